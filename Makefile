@@ -1,0 +1,40 @@
+# Fleetcast: the two commands are `make demo` and `make test`; everything they need
+# is set up here, on a fresh Debian/Ubuntu machine with Python 3.11.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test venv proto broker bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Mosquitto from the OS packages when it is missing; the tests start their own
+# instance on a free port with deploy/mosquitto/fleetcast.conf.
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto from the OS packages"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+test: venv broker
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) examples/demo.py
+
+proto: venv
+	$(PY) proto/generate.py
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

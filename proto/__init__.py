@@ -1,0 +1,1 @@
+"""Fleetcast proto."""
