@@ -1,0 +1,54 @@
+"""The agent's error tree: what callers can act on.
+
+```
+AgentError
+  + TransientError            retried with backoff; the deployment goes on later
+  |   DownloadError           connection dropped, server busy, short read
+  |   ServerUnavailableError  the control server cannot be reached
+  + FatalError                ends the deployment, always reported
+      VerificationError       bad signature, digest or length mismatch, expired, rollback
+      TrustRootError          the configured trust root is missing or unreadable
+      IncompatibleModelError  no back end here can load the model's format
+      ActivationError         the model failed to load or its smoke test / trial
+```
+Pluggable parts (fetchers, back ends) raise only these types and chain the rest
+with `raise ... from e`.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class TransientError(AgentError):
+    """Worth retrying later: nothing is known to be wrong with the deployment."""
+
+
+class DownloadError(TransientError):
+    """An artifact download failed in a way a retry may fix."""
+
+
+class ServerUnavailableError(TransientError):
+    """The control server could not be reached or answered with a transient error."""
+
+
+class FatalError(AgentError):
+    """Ends the deployment on this device; always reported with its message."""
+
+
+class VerificationError(FatalError):
+    """Signed metadata or an artifact failed a check: never install it."""
+
+
+class TrustRootError(FatalError):
+    """The trust root given by configuration is missing, unreadable or malformed."""
+
+
+class IncompatibleModelError(FatalError):
+    """No back end on this device can load the model's format."""
+
+
+class ActivationError(FatalError):
+    """The new model did not load, failed its smoke test, or failed its trial."""
