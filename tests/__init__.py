@@ -1,0 +1,1 @@
+"""Fleetcast test suite."""

@@ -1,0 +1,119 @@
+"""The repo's broker ACL (deploy/mosquitto/acl) keeps devices to their own topics."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from fleetcast.proto import topics
+from tests.support.broker import Broker
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.broker
+
+
+class Listener:
+    """A paho client that records what arrives, subscribed in on_connect."""
+
+    def __init__(self, broker: Broker, client_id: str, *, username: str | None = None, subscribe: tuple[str, ...] = ()):
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.granted: dict[str, int] = {}
+        self._subscribe = subscribe
+        self._pending_subs: set[int] = set()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        if username:
+            self.client.username_pw_set(username)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload))
+        self.client.on_subscribe = self._on_subscribe
+        self.connected = False
+        url = urlparse(broker.url)
+        self.client.connect(url.hostname or "127.0.0.1", url.port or 1883)
+        self.client.loop_start()
+        wait_for(lambda: self.connected and not self._pending_subs, timeout_s=10,
+                 what=f"client {client_id} to connect and subscribe", context=broker.log_tail)
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        for topic in self._subscribe:
+            _, mid = client.subscribe(topic, qos=1)
+            self._pending_subs.add(mid)
+        self.connected = True
+
+    def _on_subscribe(self, _c: object, _u: object, mid: int, reasons: list, _p: object) -> None:
+        self._pending_subs.discard(mid)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+
+    def received(self) -> list[tuple[str, bytes]]:
+        out = []
+        while not self.messages.empty():
+            out.append(self.messages.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def clients(mosquitto: Broker) -> Iterator[list[Listener]]:
+    made: list[Listener] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def _marker() -> bytes:
+    return uuid.uuid4().hex.encode()
+
+
+def test_device_receives_own_assignment_and_fleet_topic_but_not_another_devices(
+    mosquitto: Broker, clients: list[Listener]
+) -> None:
+    device = Listener(mosquitto, "dev-1", subscribe=(topics.device_assignment("dev-1"),
+                                                     topics.device_assignment("dev-2"),
+                                                     topics.FLEET_ASSIGNMENT))
+    server = Listener(mosquitto, f"server-{uuid.uuid4().hex[:8]}", username="fleetcast-server")
+    clients += [device, server]
+    own, other, fleet = _marker(), _marker(), _marker()
+    server.publish(topics.device_assignment("dev-2"), other)
+    server.publish(topics.device_assignment("dev-1"), own)
+    server.publish(topics.FLEET_ASSIGNMENT, fleet)
+
+    seen: list[tuple[str, bytes]] = []
+    wait_for(lambda: seen.extend(device.received()) or {p for _, p in seen} >= {own, fleet},
+             timeout_s=10, what="dev-1 to receive its own assignment and the fleet notice",
+             context=mosquitto.log_tail)
+    # A message published after the two dev-1 should get, on the same server connection,
+    # proves the earlier dev-2 message had its chance to arrive (MQTT keeps per-client order).
+    last = _marker()
+    server.publish(topics.device_assignment("dev-1"), last)
+    wait_for(lambda: seen.extend(device.received()) or last in {p for _, p in seen},
+             timeout_s=10, what="dev-1 to receive a second assignment notice", context=mosquitto.log_tail)
+    assert (topics.device_assignment("dev-2"), other) not in seen, f"dev-1 read dev-2's assignment: {seen}"
+    assert (topics.device_assignment("dev-1"), own) in seen
+    assert (topics.FLEET_ASSIGNMENT, fleet) in seen
+
+
+def test_device_cannot_publish_to_another_devices_status_topic(mosquitto: Broker, clients: list[Listener]) -> None:
+    server = Listener(mosquitto, f"server-{uuid.uuid4().hex[:8]}", username="fleetcast-server",
+                      subscribe=(topics.DEVICE_WILDCARD_STATUS,))
+    device = Listener(mosquitto, "dev-1")
+    clients += [server, device]
+    forged, own = _marker(), _marker()
+    device.publish(topics.device_status("dev-2"), forged)
+    device.publish(topics.device_status("dev-1"), own)
+
+    seen: list[tuple[str, bytes]] = []
+    # dev-1's own status is published after the forged one on the same connection, so once
+    # it arrives the forged one would have arrived too, had the broker let it through.
+    wait_for(lambda: seen.extend(server.received()) or own in {p for _, p in seen},
+             timeout_s=10, what="the server to receive dev-1's own status", context=mosquitto.log_tail)
+    assert (topics.device_status("dev-1"), own) in seen
+    assert all(payload != forged for _, payload in seen), f"dev-1 wrote to dev-2's status topic: {seen}"

@@ -1,0 +1,1 @@
+"""Test support: real processes on loopback, model builders, bounded waits."""
