@@ -1,0 +1,555 @@
+"""The two TUF repositories the server signs: the image repository and the director.
+
+Every metadata file is a DSSE envelope (`tuf.api.dsse.SimpleEnvelope`) signed with
+ed25519 keys from securesystemslib; agents verify them with python-tuf's ngclient
+(`fleetcast.agent.trust`). Why two repositories and how the keys are laid out: ADR 0002.
+
+Store layout (`MetadataStore`, repository -> name -> bytes):
+
+| repository          | names                                                           |
+|---------------------|-----------------------------------------------------------------|
+| `image`             | `N.root.json`, `N.targets.json`, `N.snapshot.json`, `timestamp.json` |
+| `director`          | `N.root.json` (the one director root every device shares), `devices.json` (index) |
+| `director/<device>` | `N.targets.json`, `N.snapshot.json`, `timestamp.json`           |
+
+Every publish writes the new versioned targets and snapshot before the new
+`timestamp.json`, so a client never sees a timestamp that points at something missing.
+Old versions stay in the store; only `timestamp.json` is overwritten.
+
+Errors:
+```
+SigningError               the signing keys or stored metadata are unusable
+  + MetadataNotFound       no such repository or metadata file (the gRPC/HTTP 404)
+  + InvalidAssignmentError an artifact or assignment the repositories cannot sign
+```
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner
+from tuf.api.dsse import SimpleEnvelope
+from tuf.api.metadata import MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
+
+from fleetcast.proto.topics import TopicError, check_device_id
+
+logger = logging.getLogger(__name__)
+
+IMAGE: Final = "image"
+DIRECTOR: Final = "director"
+DEVICE_INDEX: Final = "devices.json"
+TRUST_ROOT_FORMAT: Final = 1
+METADATA_NAME: Final = re.compile(r"^(?:(\d{1,10})\.)?(root|timestamp|snapshot|targets)\.json$")
+SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
+_ONLINE_ROLES: Final = (Targets.type, Snapshot.type, Timestamp.type)
+
+Clock = Callable[[], datetime.datetime]
+S = TypeVar("S", bound=Signed)
+
+
+class SigningError(Exception):
+    """Base of every error this module raises on purpose."""
+
+
+class MetadataNotFound(SigningError):
+    """The repository or metadata file asked for does not exist."""
+
+
+class InvalidAssignmentError(SigningError):
+    """An artifact target or director assignment that cannot be signed as given."""
+
+
+class MetadataStore(Protocol):
+    """Where signed metadata lives; the server's Store fills it (SQLite, PostgreSQL)."""
+
+    def get_metadata(self, repository: str, name: str) -> bytes | None: ...
+
+    def put_metadata(self, repository: str, name: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """How long each role's metadata stays valid once signed."""
+
+    root_expiry_s: float = 365 * 86400
+    targets_expiry_s: float = 30 * 86400
+    snapshot_expiry_s: float = 7 * 86400
+    timestamp_expiry_s: float = 86400
+
+
+@dataclass(frozen=True)
+class ArtifactTarget:
+    """One artifact the image repository vouches for, as `artifacts/<sha256>`.
+
+    `custom` holds the Fleetcast fields (kind, model, version, variant, format, ...);
+    they are stored under `custom["fleetcast"]`. A mapping whose only key is
+    "fleetcast" is taken as already wrapped.
+    """
+
+    sha256: str
+    length: int
+    custom: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GoldenRef:
+    """The golden input/output file a device checks a new model against."""
+
+    path: str
+    sha256: str
+    length: int
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class DirectorAssignment:
+    """What one device should run: the single target of its director repository."""
+
+    deployment_id: str
+    model: str
+    version: str
+    variant: str
+    format: str
+    sha256: str
+    length: int
+    golden: GoldenRef | None = None
+    inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def artifact_path(sha256: str) -> str:
+    return f"artifacts/{sha256}"
+
+
+class Signer:
+    """Signs and serves the image repository and every device's director repository.
+
+    Thread-safe within one process: every publish holds one lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: MetadataStore,
+        config: SigningConfig,
+        keys: Mapping[str, CryptoSigner],
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._keys = dict(keys)
+        self._clock = clock
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(
+        cls,
+        keys_dir: Path,
+        store: MetadataStore,
+        config: SigningConfig = SigningConfig(),
+        *,
+        clock: Clock | None = None,
+    ) -> "Signer":
+        """Loads the keys (creating them and the root metadata on first start)."""
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(keys_dir, 0o700)
+        keys: dict[str, CryptoSigner] = {}
+        for kind in (IMAGE, DIRECTOR):
+            has_root = store.get_metadata(kind, "1.root.json") is not None
+            for use in ("root", "online"):
+                keys[f"{kind}-{use}"] = _load_or_create_key(
+                    keys_dir / f"{kind}-{use}.pem", must_exist=has_root
+                )
+        signer = cls(store=store, config=config, keys=keys, clock=clock or _utc_now)
+        signer._ensure_roots()
+        return signer
+
+    # -- reading -------------------------------------------------------------
+
+    def trust_root(self) -> bytes:
+        """The trust-root.json bytes an operator copies to devices."""
+        doc = {
+            "fleetcast_trust_root": TRUST_ROOT_FORMAT,
+            "image_root": base64.b64encode(self._get(IMAGE, "1.root.json")).decode(),
+            "director_root": base64.b64encode(self._get(DIRECTOR, "1.root.json")).decode(),
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    def metadata(self, repository: str, name: str) -> bytes:
+        """Signed metadata exactly as stored; raises MetadataNotFound.
+
+        A device's director repository that was never assigned is created empty on
+        its first read, so an enrolled device always finds a timestamp.
+        """
+        match = METADATA_NAME.fullmatch(name)
+        if match is None:
+            raise MetadataNotFound(
+                f"metadata name {name[:80]!r} is not valid: ask for N.root.json, "
+                "timestamp.json, N.snapshot.json or N.targets.json"
+            )
+        repo = self._check_repository(repository)
+        version, role = match.group(1), match.group(2)
+        if role == Root.type:
+            home = IMAGE if repo == IMAGE else DIRECTOR
+            number = int(version) if version else self._latest_root_version(home)
+            return self._get(home, f"{number}.root.json")
+        if repo != IMAGE and self._store.get_metadata(repo, "timestamp.json") is None:
+            self.assign(repo.removeprefix(DIRECTOR + "/"), None)
+        if role == Timestamp.type:
+            if version:
+                raise MetadataNotFound(f"{repository} keeps only the current timestamp.json")
+            return self._get(repo, "timestamp.json")
+        if not version:
+            timestamp = self._load(repo, "timestamp.json", Timestamp)
+            snapshot_version = timestamp.snapshot_meta.version
+            if role == Snapshot.type:
+                return self._get(repo, f"{snapshot_version}.snapshot.json")
+            snapshot = self._load(repo, f"{snapshot_version}.snapshot.json", Snapshot)
+            return self._get(repo, f"{snapshot.meta['targets.json'].version}.targets.json")
+        return self._get(repo, f"{int(version)}.{role}.json")
+
+    def director_version(self, device_id: str) -> int:
+        """The device's director targets version; 0 while it has no director repository."""
+        repo = f"{DIRECTOR}/{_check_device(device_id)}"
+        if self._store.get_metadata(repo, "timestamp.json") is None:
+            return 0
+        return self._current(repo)[2].version
+
+    # -- publishing ----------------------------------------------------------
+
+    def add_artifact(self, target: ArtifactTarget) -> None:
+        """Adds (or keeps) `artifacts/<sha256>` in the image repository."""
+        _check_sha256(target.sha256, "artifact")
+        _check_length(target.length, "artifact")
+        custom = _fleetcast_custom(target.custom)
+        path = artifact_path(target.sha256)
+        with self._lock:
+            targets = self._current(IMAGE)[2]
+            old = targets.targets.get(path)
+            if old is not None and old.length != target.length:
+                raise InvalidAssignmentError(
+                    f"artifact {target.sha256} is already signed with length {old.length}, "
+                    f"not {target.length}: the same sha256 cannot have two lengths"
+                )
+            if old is not None and old.custom == custom:
+                return
+            targets.targets[path] = TargetFile(
+                target.length, {"sha256": target.sha256}, path, unrecognized_fields={"custom": custom}
+            )
+            self._publish(IMAGE, targets)
+            logger.info("image target signed path=%s version=%d", path, targets.version)
+
+    def assign(self, device_id: str, assignment: DirectorAssignment | None) -> int:
+        """Replaces the device's director target (None clears it); returns the new version."""
+        device_id = _check_device(device_id)
+        repo = f"{DIRECTOR}/{device_id}"
+        target = None if assignment is None else _director_target(device_id, assignment)
+        with self._lock:
+            fresh = self._store.get_metadata(repo, "timestamp.json") is None
+            targets = Targets(version=1) if fresh else self._current(repo)[2]
+            targets.targets = {} if target is None else {target.path: target}
+            if fresh:
+                self._index_device(device_id)
+                self._publish_snapshot(repo, targets, 0, 0)
+            else:
+                self._publish(repo, targets)
+            logger.info(
+                "director signed device_id=%s version=%d deployment=%s",
+                device_id, targets.version, assignment.deployment_id if assignment else "",
+            )
+            return targets.version
+
+    def refresh_timestamps(self) -> int:
+        """Re-signs every role within half its lifetime of expiry; returns repositories renewed."""
+        renewed = 0
+        with self._lock:
+            for kind in (IMAGE, DIRECTOR):
+                self._renew_root_if_due(kind)
+            for repo in [IMAGE, *(f"{DIRECTOR}/{d}" for d in self._devices())]:
+                if self._renew_if_due(repo):
+                    renewed += 1
+        if renewed:
+            logger.info("timestamps refreshed repositories=%d", renewed)
+        return renewed
+
+    # -- internals -----------------------------------------------------------
+
+    def _ensure_roots(self) -> None:
+        with self._lock:
+            for kind in (IMAGE, DIRECTOR):
+                data = self._store.get_metadata(kind, "1.root.json")
+                if data is None:
+                    self._write_root(kind, Root(version=1, consistent_snapshot=True))
+                    continue
+                self._check_keys_match(kind, _parse(data, Root))
+            if self._store.get_metadata(IMAGE, "timestamp.json") is None:
+                self._publish_snapshot(IMAGE, Targets(version=1), 0, 0)
+
+    def _write_root(self, kind: str, root: Root) -> None:
+        root.expires = self._expiry(self._config.root_expiry_s)
+        for role in (Root.type, *_ONLINE_ROLES):
+            for keyid in list(root.roles[role].keyids):
+                root.revoke_key(keyid, role)
+        root.add_key(self._keys[f"{kind}-root"].public_key, Root.type)
+        for role in _ONLINE_ROLES:
+            root.add_key(self._keys[f"{kind}-online"].public_key, role)
+        self._store.put_metadata(kind, f"{root.version}.root.json", self._sign(root, f"{kind}-root"))
+        logger.info("root signed repository=%s version=%d", kind, root.version)
+
+    def _check_keys_match(self, kind: str, root: Root) -> None:
+        expected = {
+            Root.type: self._keys[f"{kind}-root"].public_key.keyid,
+            Timestamp.type: self._keys[f"{kind}-online"].public_key.keyid,
+        }
+        for role, keyid in expected.items():
+            if keyid not in root.roles[role].keyids:
+                raise SigningError(
+                    f"the {kind} {role} key in the keys dir does not match the stored {kind} "
+                    "root metadata: restore the keys dir that belongs to this database"
+                )
+
+    def _renew_root_if_due(self, kind: str) -> None:
+        latest = self._latest_root_version(kind)
+        root = self._load(kind, f"{latest}.root.json", Root)
+        if self._due(root, self._config.root_expiry_s):
+            root.version += 1
+            self._write_root(kind, root)
+
+    def _renew_if_due(self, repo: str) -> bool:
+        timestamp, snapshot, targets = self._current(repo)
+        if self._due(targets, self._config.targets_expiry_s):
+            self._publish(repo, targets, snapshot.version, timestamp.version)
+        elif self._due(snapshot, self._config.snapshot_expiry_s):
+            self._publish_snapshot(repo, targets, snapshot.version, timestamp.version)
+        elif self._due(timestamp, self._config.timestamp_expiry_s):
+            snapshot_data = self._get(repo, f"{snapshot.version}.snapshot.json")
+            self._publish_timestamp(repo, snapshot.version, snapshot_data, timestamp.version)
+        else:
+            return False
+        return True
+
+    def _publish(
+        self,
+        repo: str,
+        targets: Targets,
+        snapshot_version: int | None = None,
+        timestamp_version: int | None = None,
+    ) -> None:
+        if snapshot_version is None or timestamp_version is None:
+            timestamp, snapshot, _ = self._current(repo)
+            snapshot_version, timestamp_version = snapshot.version, timestamp.version
+        targets.version += 1
+        self._publish_snapshot(repo, targets, snapshot_version, timestamp_version)
+
+    def _publish_snapshot(
+        self, repo: str, targets: Targets, snapshot_version: int, timestamp_version: int
+    ) -> None:
+        # Order matters: versioned files first, timestamp.json last.
+        targets.expires = self._expiry(self._config.targets_expiry_s)
+        kind = IMAGE if repo == IMAGE else DIRECTOR
+        targets_data = self._sign(targets, f"{kind}-online")
+        self._store.put_metadata(repo, f"{targets.version}.targets.json", targets_data)
+        snapshot = Snapshot(
+            version=snapshot_version + 1,
+            expires=self._expiry(self._config.snapshot_expiry_s),
+            meta={"targets.json": _meta_file(targets.version, targets_data)},
+        )
+        snapshot_data = self._sign(snapshot, f"{kind}-online")
+        self._store.put_metadata(repo, f"{snapshot.version}.snapshot.json", snapshot_data)
+        self._publish_timestamp(repo, snapshot.version, snapshot_data, timestamp_version)
+
+    def _publish_timestamp(
+        self, repo: str, snapshot_version: int, snapshot_data: bytes, timestamp_version: int
+    ) -> None:
+        kind = IMAGE if repo == IMAGE else DIRECTOR
+        timestamp = Timestamp(
+            version=timestamp_version + 1,
+            expires=self._expiry(self._config.timestamp_expiry_s),
+            snapshot_meta=_meta_file(snapshot_version, snapshot_data),
+        )
+        self._store.put_metadata(repo, "timestamp.json", self._sign(timestamp, f"{kind}-online"))
+
+    def _current(self, repo: str) -> tuple[Timestamp, Snapshot, Targets]:
+        timestamp = self._load(repo, "timestamp.json", Timestamp)
+        snapshot = self._load(repo, f"{timestamp.snapshot_meta.version}.snapshot.json", Snapshot)
+        targets_version = snapshot.meta["targets.json"].version
+        return timestamp, snapshot, self._load(repo, f"{targets_version}.targets.json", Targets)
+
+    def _latest_root_version(self, kind: str) -> int:
+        version = 1
+        while self._store.get_metadata(kind, f"{version + 1}.root.json") is not None:
+            version += 1
+        return version
+
+    def _devices(self) -> list[str]:
+        data = self._store.get_metadata(DIRECTOR, DEVICE_INDEX)
+        return [] if data is None else list(json.loads(data))
+
+    def _index_device(self, device_id: str) -> None:
+        devices = set(self._devices())
+        if device_id not in devices:
+            devices.add(device_id)
+            self._store.put_metadata(DIRECTOR, DEVICE_INDEX, json.dumps(sorted(devices)).encode())
+
+    def _check_repository(self, repository: str) -> str:
+        if repository == IMAGE:
+            return IMAGE
+        prefix, slash, device_id = repository.partition("/")
+        if prefix != DIRECTOR or not slash:
+            raise MetadataNotFound(
+                f"repository {repository[:80]!r} is not valid: use 'image' or 'director/<device id>'"
+            )
+        try:
+            return f"{DIRECTOR}/{check_device_id(device_id)}"
+        except TopicError as e:
+            raise MetadataNotFound(str(e)) from e
+
+    def _get(self, repo: str, name: str) -> bytes:
+        data = self._store.get_metadata(repo, name)
+        if data is None:
+            raise MetadataNotFound(f"{repo} has no {name}")
+        return data
+
+    def _load(self, repo: str, name: str, role: type[S]) -> S:
+        return _parse(self._get(repo, name), role)
+
+    def _sign(self, signed: Signed, key: str) -> bytes:
+        envelope = SimpleEnvelope.from_signed(signed)
+        envelope.sign(self._keys[key])
+        return envelope.to_bytes()
+
+    def _expiry(self, lifetime_s: float) -> datetime.datetime:
+        return self._clock() + datetime.timedelta(seconds=lifetime_s)
+
+    def _due(self, signed: Signed, lifetime_s: float) -> bool:
+        remaining_s = (signed.expires - self._clock()).total_seconds()
+        return remaining_s < lifetime_s / 2
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _parse(data: bytes, role: type[S]) -> S:
+    signed = SimpleEnvelope.from_bytes(data).get_signed()
+    if not isinstance(signed, role):
+        raise SigningError(f"stored metadata is a {signed.type}, expected {role.type}")
+    return signed
+
+
+def _meta_file(version: int, data: bytes) -> MetaFile:
+    return MetaFile(version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()})
+
+
+def _fleetcast_custom(custom: Mapping[str, Any]) -> dict[str, Any]:
+    inner = custom["fleetcast"] if set(custom) == {"fleetcast"} else custom
+    try:
+        fields = json.loads(json.dumps(dict(inner)))
+    except (TypeError, ValueError) as e:
+        raise InvalidAssignmentError(f"artifact custom fields are not JSON: {e}") from e
+    return {"fleetcast": fields}
+
+
+def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
+    _check_sha256(a.sha256, "assignment")
+    _check_length(a.length, "assignment")
+    golden = None
+    if a.golden is not None:
+        _check_sha256(a.golden.sha256, "golden")
+        _check_length(a.golden.length, "golden")
+        golden = {
+            "path": artifact_path(a.golden.sha256),
+            "sha256": a.golden.sha256,
+            "length": a.golden.length,
+            "atol": float(a.golden.atol),
+            "rtol": float(a.golden.rtol),
+        }
+    fields = {
+        "deployment_id": str(a.deployment_id),
+        "device_id": device_id,
+        "model": str(a.model),
+        "version": str(a.version),
+        "variant": str(a.variant),
+        "format": str(a.format),
+        "golden": golden,
+        "inputs": {str(name): dict(spec) for name, spec in a.inputs.items()},
+    }
+    try:
+        fields = json.loads(json.dumps(fields, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InvalidAssignmentError(f"assignment fields are not JSON: {e}") from e
+    path = artifact_path(a.sha256)
+    return TargetFile(a.length, {"sha256": a.sha256}, path, unrecognized_fields={"custom": {"fleetcast": fields}})
+
+
+def _check_device(device_id: str) -> str:
+    try:
+        return check_device_id(device_id)
+    except TopicError as e:
+        raise InvalidAssignmentError(str(e)) from e
+
+
+def _check_sha256(value: str, what: str) -> None:
+    if not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
+        raise InvalidAssignmentError(f"{what} sha256 {value!r:.80} is not 64 lowercase hex digits")
+
+
+def _check_length(value: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidAssignmentError(f"{what} length {value!r:.40} is not a non-negative integer")
+
+
+def _load_or_create_key(path: Path, *, must_exist: bool) -> CryptoSigner:
+    if path.exists():
+        try:
+            private_key = load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as e:
+            raise SigningError(f"signing key {path} is not a PEM private key: {e}") from e
+        if not isinstance(private_key, Ed25519PrivateKey):
+            raise SigningError(f"signing key {path} is not an ed25519 key")
+        return CryptoSigner(private_key)
+    if must_exist:
+        raise SigningError(
+            f"signing key {path} is missing but root metadata for it exists: "
+            "restore the keys dir that belongs to this database"
+        )
+    signer = CryptoSigner.generate_ed25519()
+    _write_secret(path, signer.private_bytes)
+    logger.info("signing key created path=%s keyid=%s", path, signer.public_key.keyid)
+    return signer
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Temp file in the same dir (0600), fsync, os.replace, fsync the dir."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
