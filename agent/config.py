@@ -1,0 +1,91 @@
+"""The agent's configuration: one frozen dataclass, loaded once at the edge.
+
+`load(args, environ)` takes the parsed command line (any object or mapping with the
+attribute names below) and the environment; nothing below this module reads
+`os.environ`. The enrollment token may come from `FLEETCAST_ENROLL_TOKEN` so it
+need not appear in a process listing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetcast.proto import topics
+
+logger = logging.getLogger(__name__)
+
+HARDWARE_CLASSES = frozenset(
+    {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
+)
+_SERVER_PATTERN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str                                  # gRPC control server, "host:port"
+    data_dir: Path
+    device_id: str
+    hardware_class: str
+    trust_root: Path                             # trust-root.json copied from the server
+    enroll_token: str = ""                       # needed only until device.json holds a token
+    mqtt_url: str | None = None                  # mqtt://host:port: notifications over MQTT
+    artifacts_url: str | None = None             # HTTP base for Range downloads; None: gRPC Download
+    telemetry_via_mqtt: bool = False             # publish telemetry batches to MQTT (needs mqtt_url)
+    group: str = ""
+    trial_s: float = 10.0
+    trial_max_error_ratio: float = 0.05
+    poll_interval_s: float = 60.0
+    telemetry_interval_s: float = 10.0
+    download_chunk_bytes: int = 256 * 1024
+    max_artifact_bytes: int = 512 * 1024**2
+    intra_op_threads: int = 1
+    rpc_timeout_s: float = 10.0
+    max_state_entries: int = 50                  # a state entered more often posts a loop event
+    retry_backoff_max_s: float = 30.0
+    max_spooled_batches: int = 10_000
+
+    def __post_init__(self) -> None:
+        topics.check_device_id(self.device_id)
+        if not _SERVER_PATTERN.fullmatch(self.server):
+            raise ConfigError(f"--server {self.server!r} must be HOST:PORT, e.g. 127.0.0.1:50051")
+        if self.hardware_class not in HARDWARE_CLASSES:
+            raise ConfigError(
+                f"--hardware {self.hardware_class!r} is not one of {', '.join(sorted(HARDWARE_CLASSES))}"
+            )
+        if self.telemetry_via_mqtt and not self.mqtt_url:
+            raise ConfigError("telemetry over MQTT needs --mqtt URL")
+        for name in ("trial_s", "poll_interval_s", "telemetry_interval_s", "rpc_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if not 0.0 <= self.trial_max_error_ratio <= 1.0:
+            raise ConfigError("trial_max_error_ratio must be between 0 and 1")
+        if self.download_chunk_bytes <= 0 or self.max_artifact_bytes <= 0 or self.intra_op_threads <= 0:
+            raise ConfigError("download_chunk_bytes, max_artifact_bytes and intra_op_threads must be positive")
+
+
+def load(args: Any, environ: Mapping[str, str]) -> AgentConfig:
+    """Builds the config from parsed arguments (attributes or mapping) and the environment."""
+    values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
+    fields = {f.name for f in dataclasses.fields(AgentConfig)}
+    chosen = {k: v for k, v in values.items() if k in fields and v is not None}
+    if not chosen.get("enroll_token"):
+        chosen["enroll_token"] = environ.get("FLEETCAST_ENROLL_TOKEN", "")
+    for key in ("data_dir", "trust_root"):
+        if key in chosen:
+            chosen[key] = Path(chosen[key]).expanduser().resolve()
+    try:
+        return AgentConfig(**chosen)
+    except topics.TopicError as e:
+        raise ConfigError(str(e)) from e
+    except TypeError as e:
+        raise ConfigError(f"missing setting: {e}") from e
