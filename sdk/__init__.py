@@ -1,1 +1,61 @@
-"""Fleetcast sdk."""
+"""Fleetcast sdk.
+
+The Python operator SDK: push models, deploy them, watch devices.
+
+    from pathlib import Path
+    from fleetcast.sdk import Client
+
+    with Client.from_data_dir(Path("/var/lib/fleetcast")) as fc:
+        v = fc.push_model(Path("digits.onnx"), name="digits")
+        d = fc.wait_deployment(fc.deploy("digits", version=v.version).id, timeout_s=300)
+
+Errors are drawn in `fleetcast.sdk._errors`; catch `FleetcastError` for all of them.
+"""
+
+from fleetcast.sdk._client import Client
+from fleetcast.sdk._errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ConflictError,
+    DeploymentTimeoutError,
+    FleetcastError,
+    IntegrityError,
+    InvalidRequestError,
+    NotFoundError,
+    ServerError,
+    TransportError,
+)
+from fleetcast.sdk._models import (
+    Deployment,
+    Device,
+    DeviceOutcome,
+    Model,
+    ModelSummary,
+    ModelVersion,
+    Variant,
+    VersionStats,
+)
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "Client",
+    "ConfigError",
+    "ConflictError",
+    "Deployment",
+    "DeploymentTimeoutError",
+    "Device",
+    "DeviceOutcome",
+    "FleetcastError",
+    "IntegrityError",
+    "InvalidRequestError",
+    "Model",
+    "ModelSummary",
+    "ModelVersion",
+    "NotFoundError",
+    "ServerError",
+    "TransportError",
+    "Variant",
+    "VersionStats",
+]

@@ -1,0 +1,282 @@
+"""Typed, read-only views of the server's JSON documents (see the REST table in
+docs/architecture.md). Each keeps the document it came from in `raw`, which is what
+`--json` prints, so fields the SDK does not model yet are never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+JsonDoc = Mapping[str, Any]
+
+# Per-device outcomes that end a device's part in a deployment.
+FINAL_OUTCOMES: Final[frozenset[str]] = frozenset(
+    {"succeeded", "success", "failed", "failure", "rolled_back", "cancelled", "canceled",
+     "skipped", "aborted"}
+)
+# Deployment states after which nothing changes any more.
+FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset(
+    {"finished", "completed", "succeeded", "failed", "cancelled", "canceled", "aborted"}
+)
+FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "failure", "rolled_back", "aborted"})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build of a model version: its format, bytes and measured metrics."""
+
+    variant: str
+    format: str
+    sha256: str
+    length: int
+    metrics: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> Variant:
+        return cls(
+            variant=str(doc["variant"]),
+            format=str(doc.get("format", "")),
+            sha256=str(doc.get("sha256", "")),
+            length=int(doc.get("length", 0)),
+            metrics=dict(doc.get("metrics") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One uploaded version of a model with its variants."""
+
+    name: str
+    version: str
+    created_at: str | None
+    variants: tuple[Variant, ...]
+    inputs: Any
+    outputs: Any
+    raw: JsonDoc = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> ModelVersion:
+        return cls(
+            name=str(doc["name"]),
+            version=str(doc["version"]),
+            created_at=doc.get("created_at"),
+            variants=tuple(Variant.from_json(v) for v in doc.get("variants") or ()),
+            inputs=doc.get("inputs"),
+            outputs=doc.get("outputs"),
+            raw=doc,
+        )
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.variant == name), None)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A line of `GET /v1/models`."""
+
+    name: str
+    latest_version: str | None
+    versions: int
+    raw: JsonDoc = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> ModelSummary:
+        latest = doc.get("latest_version")
+        return cls(
+            name=str(doc["name"]),
+            latest_version=None if latest is None else str(latest),
+            versions=int(doc.get("versions") or 0),
+            raw=doc,
+        )
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model with all its versions, oldest first as the server lists them."""
+
+    name: str
+    versions: tuple[ModelVersion, ...]
+    raw: JsonDoc = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> Model:
+        return cls(
+            name=str(doc["name"]),
+            versions=tuple(ModelVersion.from_json(v) for v in doc.get("versions") or ()),
+            raw=doc,
+        )
+
+
+@dataclass(frozen=True)
+class DeviceOutcome:
+    """Where one device stands in a deployment."""
+
+    device_id: str
+    state: str | None
+    outcome: str | None
+    reason: str | None
+    updated_at: str | None
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> DeviceOutcome:
+        return cls(
+            device_id=str(doc["device_id"]),
+            state=doc.get("state"),
+            outcome=doc.get("outcome"),
+            reason=doc.get("reason"),
+            updated_at=doc.get("updated_at"),
+        )
+
+    @property
+    def final(self) -> bool:
+        return bool(self.outcome) and str(self.outcome).lower() in FINAL_OUTCOMES
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.outcome) and str(self.outcome).lower() in FAILED_OUTCOMES
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment of one model version to a set of devices."""
+
+    id: str
+    model: str
+    version: str | None
+    target: str | None
+    state: str | None
+    created_at: str | None
+    devices: tuple[DeviceOutcome, ...]
+    counts: Mapping[str, int]
+    raw: JsonDoc = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> Deployment:
+        version = doc.get("version")
+        return cls(
+            id=str(doc["id"]),
+            model=str(doc.get("model", "")),
+            version=None if version is None else str(version),
+            target=doc.get("target"),
+            state=doc.get("state"),
+            created_at=doc.get("created_at"),
+            devices=tuple(DeviceOutcome.from_json(d) for d in doc.get("devices") or ()),
+            counts=dict(doc.get("counts") or {}),
+            raw=doc,
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Every device has a final outcome (or the deployment itself has ended)."""
+        if self.state and self.state.lower() in FINAL_DEPLOYMENT_STATES:
+            return True
+        return all(d.final for d in self.devices)
+
+    @property
+    def failed_devices(self) -> tuple[DeviceOutcome, ...]:
+        return tuple(d for d in self.devices if d.failed)
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """Serving statistics of one model version on one device."""
+
+    model: str | None
+    version: str | None
+    inferences: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> VersionStats:
+        version = doc.get("version")
+        return cls(
+            model=doc.get("model"),
+            version=None if version is None else str(version),
+            inferences=int(doc.get("inferences") or 0),
+            errors=int(doc.get("errors") or 0),
+            p50_ms=_float(doc.get("p50_ms", doc.get("p50"))),
+            p95_ms=_float(doc.get("p95_ms", doc.get("p95"))),
+            p99_ms=_float(doc.get("p99_ms", doc.get("p99"))),
+        )
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled device, what it runs and how that is serving."""
+
+    id: str
+    hardware_class: str | None
+    backends: tuple[str, ...]
+    group: str | None
+    last_seen: str | None
+    active_model: str | None
+    active_version: str | None
+    state: str | None
+    stats: tuple[VersionStats, ...]
+    raw: JsonDoc = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> Device:
+        active = doc.get("active") or doc.get("active_model") or {}
+        if isinstance(active, str):  # "name@version" or a bare name
+            name, _, ver = active.partition("@")
+            active = {"model": name, "version": ver or doc.get("active_version")}
+        version = active.get("version")
+        return cls(
+            id=str(doc.get("id") or doc["device_id"]),
+            hardware_class=doc.get("hardware_class"),
+            backends=tuple(str(b) for b in doc.get("backends") or ()),
+            group=doc.get("group"),
+            last_seen=doc.get("last_seen"),
+            active_model=active.get("model") or active.get("name"),
+            active_version=None if version is None else str(version),
+            state=doc.get("state"),
+            stats=tuple(VersionStats.from_json(s) for s in _stats_docs(doc)),
+            raw=doc,
+        )
+
+    @property
+    def active_stats(self) -> VersionStats | None:
+        """The statistics of the active model version, else of the busiest one."""
+        for s in self.stats:
+            if s.model == self.active_model and s.version == self.active_version:
+                return s
+        return max(self.stats, key=lambda s: s.inferences, default=None)
+
+    @property
+    def inferences(self) -> int:
+        return sum(s.inferences for s in self.stats)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.stats)
+
+
+def _stats_docs(doc: JsonDoc) -> list[JsonDoc]:
+    """Per-version statistics: a list, or nested under `telemetry`."""
+    telemetry = doc.get("telemetry")
+    if isinstance(telemetry, list):
+        return telemetry
+    if isinstance(telemetry, Mapping):
+        nested = telemetry.get("versions") or telemetry.get("by_version") or telemetry.get("models")
+        if isinstance(nested, list):
+            return nested
+        if isinstance(nested, Mapping):  # {"digits@1": {...}}
+            return [_keyed(k, v) for k, v in nested.items()]
+        if "inferences" in telemetry:
+            return [telemetry]
+    return []
+
+
+def _keyed(key: str, stats: JsonDoc) -> JsonDoc:
+    model, _, version = key.partition("@")
+    return {"model": model, "version": version or None, **stats}
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,453 @@
+"""The operator's commands: `fleetcast model|deploy|device ...` (see docs/cli.md).
+
+`main(argv)` gets argv with argv[0] being "model", "deploy" or "device" and returns
+the exit status: 0 done, 1 the operation failed, 2 the command line is wrong.
+Every command takes the connection options (`--server`/`--token`, or `--data DIR`
+of a local server), `--json` for the server's JSON documents and `-v` for more log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from fleetcast.sdk import _table
+from fleetcast.sdk._client import Client, read_data_dir, read_token_file
+from fleetcast.sdk._errors import ConfigError, DeploymentTimeoutError, FleetcastError
+from fleetcast.sdk._models import Deployment, Device, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+DEPLOY_SUBCOMMANDS: Final = frozenset({"create", "status", "list", "cancel"})
+Command = Callable[[Client, argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """The command line is wrong; exit 2 with the message."""
+
+
+def main(argv: Sequence[str]) -> int:
+    args_in = _expand_deploy_shorthand(list(argv))
+    try:
+        args = build_parser().parse_args(args_in)
+    except SystemExit as e:  # argparse has printed usage or help
+        return int(e.code or 0)
+    _configure_logging(args.verbose)
+    try:
+        with connect(args) as client:
+            return int(args.run(client, args))
+    except (UsageError, ConfigError) as e:
+        print(f"fleetcast {args.command} {args.action}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FleetcastError as e:
+        print(f"fleetcast {args.command} {args.action}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def connect(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Client:
+    """The client the options name: flags first, then --data, then the environment."""
+    env = os.environ if environ is None else environ
+    server, token = args.server, args.token
+    if args.token_file is not None:
+        token = read_token_file(args.token_file)
+    if args.data is not None and (server is None or token is None):
+        data_server, data_token = read_data_dir(args.data)
+        server, token = server or data_server, token or data_token
+    server = server or env.get("FLEETCAST_SERVER")
+    token = token or env.get("FLEETCAST_TOKEN")
+    if not server:
+        raise UsageError("no server: pass --server URL, set FLEETCAST_SERVER, or --data DIR")
+    if not token:
+        raise UsageError(
+            "no operator token: pass --token-file DIR/operator-token, set FLEETCAST_TOKEN, "
+            "or --data DIR"
+        )
+    return Client(server, token, timeout_s=args.http_timeout)
+
+
+# the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    conn = common.add_argument_group("connection")
+    conn.add_argument("--server", metavar="URL", help="server URL (env FLEETCAST_SERVER)")
+    conn.add_argument("--token", metavar="T", help="operator token (env FLEETCAST_TOKEN)")
+    conn.add_argument("--token-file", metavar="F", type=Path, help="file holding the operator token")
+    conn.add_argument("--data", metavar="DIR", type=Path,
+                      help="data dir of a local server: reads server.json and operator-token")
+    conn.add_argument("--http-timeout", metavar="S", type=float, default=30.0,
+                      help="seconds to wait for each HTTP answer (default 30)")
+    out = common.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the server's JSON document")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: debug)")
+
+    root = argparse.ArgumentParser(prog="fleetcast")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_model(commands, common)
+    _add_deploy(commands, common)
+    _add_device(commands, common)
+    return root
+
+
+def _leaf(
+    group: Any, name: str, common: argparse.ArgumentParser, *, help: str, example: str, run: Command
+) -> argparse.ArgumentParser:
+    parser = group.add_parser(
+        name, parents=[common], help=help, description=help,
+        epilog=f"Example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _group(commands: Any, name: str, *, help: str, examples: Sequence[str]) -> Any:
+    parser = commands.add_parser(
+        name, help=help, description=help,
+        epilog="Examples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _add_model(commands: Any, common: argparse.ArgumentParser) -> None:
+    sub = _group(commands, "model", help="push, list and show models", examples=[
+        "fleetcast model push digits.onnx --name digits --data /var/lib/fleetcast",
+        "fleetcast model list", "fleetcast model show digits@1"])
+    push = _leaf(sub, "push", common, help="upload a model file as a new version", run=cmd_model_push,
+                 example="fleetcast model push examples/digits/digits.onnx --name digits "
+                         "--golden golden.npz --compress balanced --data /tmp/fc")
+    push.add_argument("file", metavar="FILE", type=Path, help="the model (.onnx)")
+    push.add_argument("--name", required=True, help="model name")
+    push.add_argument("--version", help="version label (default: the next integer)")
+    push.add_argument("--golden", metavar="F.npz", type=Path,
+                      help="golden inputs and outputs the devices check the model against")
+    push.add_argument("--compress", metavar="L1,L2", type=_comma_list, default=(),
+                      help="compression levels to build variants for (lossless,balanced,fastest)")
+    push.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bar on stderr (default: when stderr is a terminal)")
+    _leaf(sub, "list", common, help="list models and their latest version", run=cmd_model_list,
+          example="fleetcast model list --data /tmp/fc")
+    show = _leaf(sub, "show", common, help="show a model's versions and their variants",
+                 run=cmd_model_show, example="fleetcast model show digits@1 --data /tmp/fc")
+    show.add_argument("ref", metavar="NAME[@VERSION]", help="model, and version (default: all)")
+
+
+def _add_deploy(commands: Any, common: argparse.ArgumentParser) -> None:
+    sub = _group(commands, "deploy", help="deploy a model version and follow a deployment", examples=[
+        "fleetcast deploy digits@1 --to all --wait   (short for `deploy create ...`)",
+        "fleetcast deploy status 3 --wait", "fleetcast deploy list", "fleetcast deploy cancel 3"])
+    create = _leaf(sub, "create", common, help="deploy a model version to devices",
+                   run=cmd_deploy_create,
+                   example="fleetcast deploy digits@1 --to group:lab --wait --data /tmp/fc")
+    create.add_argument("ref", metavar="NAME[@VERSION]", help="model, and version (default: latest)")
+    create.add_argument("--to", default="all", type=_target, metavar="TARGET",
+                        help="all | group:G | device:ID[,ID...] (default: all)")
+    _wait_options(create)
+    status = _leaf(sub, "status", common, help="show each device's state in a deployment",
+                   run=cmd_deploy_status, example="fleetcast deploy status 3 --wait --data /tmp/fc")
+    status.add_argument("id", metavar="ID", help="deployment id")
+    _wait_options(status)
+    _leaf(sub, "list", common, help="list deployments", run=cmd_deploy_list,
+          example="fleetcast deploy list --data /tmp/fc")
+    cancel = _leaf(sub, "cancel", common, help="cancel a deployment: devices not yet installed "
+                   "get their previous model back", run=cmd_deploy_cancel,
+                   example="fleetcast deploy cancel 3 --data /tmp/fc")
+    cancel.add_argument("id", metavar="ID", help="deployment id")
+
+
+def _add_device(commands: Any, common: argparse.ArgumentParser) -> None:
+    sub = _group(commands, "device", help="list and show enrolled devices",
+                 examples=["fleetcast device list", "fleetcast device show cam-01"])
+    _leaf(sub, "list", common, help="list devices, what they run and how it serves",
+          run=cmd_device_list, example="fleetcast device list --data /tmp/fc")
+    show = _leaf(sub, "show", common, help="show one device", run=cmd_device_show,
+                 example="fleetcast device show cam-01 --data /tmp/fc")
+    show.add_argument("id", metavar="ID", help="device id")
+
+
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="wait until every device has an outcome; exit 1 if any failed")
+    parser.add_argument("--timeout", metavar="S", type=float, default=600.0,
+                        help="seconds --wait waits (default 600)")
+
+
+def _expand_deploy_shorthand(argv: list[str]) -> list[str]:
+    """`deploy NAME@V ...` means `deploy create NAME@V ...`."""
+    if len(argv) >= 2 and argv[0] == "deploy":
+        first = argv[1]
+        if first not in DEPLOY_SUBCOMMANDS and first not in {"-h", "--help"}:
+            return ["deploy", "create", *argv[1:]]
+    return argv
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _target(text: str) -> str:
+    kind, _, rest = text.partition(":")
+    if text == "all" or (kind in {"group", "device"} and rest.strip(",")):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a target: use all, group:NAME or device:ID[,ID...]"
+    )
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    name, at, version = ref.partition("@")
+    if not name or (at and not version):
+        raise UsageError(f"{ref!r} is not NAME or NAME@VERSION")
+    return name, version or None
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# the commands
+
+
+def cmd_model_push(client: Client, args: argparse.Namespace) -> int:
+    for path in (args.file, args.golden):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path} is not a file")
+    show_bar = sys.stderr.isatty() if args.progress is None else args.progress
+    with _ProgressBar(f"push {args.name}", enabled=show_bar) as bar:
+        version = client.push_model(
+            args.file, name=args.name, version=args.version, golden=args.golden,
+            compress=args.compress, progress=bar.update,
+        )
+    _emit(args, version.raw, lambda: _version_text(version))
+    return 0
+
+
+def cmd_model_list(client: Client, args: argparse.Namespace) -> int:
+    models = client.list_models()
+    _emit(args, {"models": [m.raw for m in models]}, lambda: _table.render(
+        ["name", "latest", "versions"], [(m.name, m.latest_version, m.versions) for m in models]))
+    return 0
+
+
+def cmd_model_show(client: Client, args: argparse.Namespace) -> int:
+    name, version = _split_ref(args.ref)
+    if version is not None:
+        one = client.get_version(name, version)
+        _emit(args, one.raw, lambda: _version_text(one))
+    else:
+        model = client.get_model(name)
+        _emit(args, model.raw, lambda: "\n\n".join(_version_text(v) for v in model.versions)
+              or f"{name}: no versions")
+    return 0
+
+
+def cmd_deploy_create(client: Client, args: argparse.Namespace) -> int:
+    name, version = _split_ref(args.ref)
+    deployment = client.deploy(name, version=version, to=args.to)
+    if not args.json:
+        print(f"deployment {deployment.id}: {deployment.model}@{deployment.version} "
+              f"to {deployment.target}, {len(deployment.devices)} devices", file=sys.stderr)
+    return _show_deployment(client, args, deployment)
+
+
+def cmd_deploy_status(client: Client, args: argparse.Namespace) -> int:
+    return _show_deployment(client, args, client.get_deployment(args.id))
+
+
+def cmd_deploy_list(client: Client, args: argparse.Namespace) -> int:
+    deployments = client.list_deployments()
+    _emit(args, {"deployments": [d.raw for d in deployments]}, lambda: _table.render(
+        ["id", "model", "target", "state", "devices", "outcomes", "created"],
+        [(d.id, f"{d.model}@{d.version}", d.target, d.state, len(d.devices), _outcomes(d),
+          d.created_at) for d in deployments]))
+    return 0
+
+
+def cmd_deploy_cancel(client: Client, args: argparse.Namespace) -> int:
+    deployment = client.cancel_deployment(args.id)
+    _emit(args, deployment.raw, lambda: _deployment_text(deployment))
+    return 0
+
+
+def cmd_device_list(client: Client, args: argparse.Namespace) -> int:
+    devices = client.list_devices()
+    now = datetime.now(UTC)
+    _emit(args, {"devices": [d.raw for d in devices]}, lambda: _table.render(
+        ["device", "hardware", "backends", "active", "state", "p50/p95 ms", "inferences",
+         "errors", "last seen"],
+        [(d.id, d.hardware_class, d.backends, _active(d), d.state, _latency(d), d.inferences,
+          d.errors, _ago(d.last_seen, now)) for d in devices]))
+    return 0
+
+
+def cmd_device_show(client: Client, args: argparse.Namespace) -> int:
+    device = client.get_device(args.id)
+    _emit(args, device.raw, lambda: _device_text(device))
+    return 0
+
+
+# output
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: Callable[[], str]) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else text())
+
+
+def _show_deployment(client: Client, args: argparse.Namespace, deployment: Deployment) -> int:
+    if args.wait:
+        try:
+            deployment = client.wait_deployment(
+                deployment.id, timeout_s=args.timeout, on_update=_report_progress)
+        except DeploymentTimeoutError as e:
+            _emit(args, e.deployment.raw, lambda: _deployment_text(e.deployment))
+            raise
+    _emit(args, deployment.raw, lambda: _deployment_text(deployment))
+    failed = deployment.failed_devices
+    if args.wait and failed:
+        print(f"fleetcast deploy: {len(failed)} of {len(deployment.devices)} devices failed; "
+              "the reasons are in the table", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _report_progress(deployment: Deployment) -> None:
+    done = sum(1 for d in deployment.devices if d.final)
+    logger.info("deployment=%s state=%s final=%d/%d", deployment.id, deployment.state, done,
+                len(deployment.devices))
+    if sys.stderr.isatty():
+        print(f"deployment {deployment.id}: {deployment.state or '-'}, {done}/"
+              f"{len(deployment.devices)} devices done", file=sys.stderr)
+
+
+def _version_text(version: ModelVersion) -> str:
+    head = _table.fields([("model", f"{version.name}@{version.version}"),
+                          ("created", version.created_at),
+                          ("inputs", _io_text(version.inputs)),
+                          ("outputs", _io_text(version.outputs))])
+    variants = _table.render(
+        ["variant", "format", "size", "sha256", "metrics"],
+        [(v.variant, v.format, _table.size(v.length), v.sha256[:12], _metrics(v.metrics))
+         for v in version.variants])
+    return f"{head}\n\n{variants}"
+
+
+def _deployment_text(deployment: Deployment) -> str:
+    head = _table.fields([("deployment", deployment.id),
+                          ("model", f"{deployment.model}@{deployment.version}"),
+                          ("target", deployment.target), ("state", deployment.state),
+                          ("outcomes", _outcomes(deployment))])
+    devices = _table.render(
+        ["device", "state", "outcome", "reason", "updated"],
+        [(d.device_id, d.state, d.outcome, d.reason, d.updated_at) for d in deployment.devices])
+    return f"{head}\n\n{devices}"
+
+
+def _device_text(device: Device) -> str:
+    head = _table.fields([
+        ("device", device.id), ("hardware", device.hardware_class),
+        ("backends", device.backends), ("group", device.group), ("active", _active(device)),
+        ("state", device.state), ("last seen", device.last_seen),
+    ])
+    stats = _table.render(
+        ["model", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms"],
+        [(f"{s.model}@{s.version}", s.inferences, s.errors, s.p50_ms, s.p95_ms, s.p99_ms)
+         for s in device.stats])
+    return f"{head}\n\n{stats}"
+
+
+def _io_text(spec: Any) -> str:
+    """`{"input": {"dtype": "float32", "shape": [1, 64]}}` as `input float32[1,64]`."""
+    if not spec:
+        return "-"
+    items = spec.items() if isinstance(spec, dict) else ((s.get("name"), s) for s in spec)
+    parts = []
+    for name, info in items:
+        shape = ",".join("?" if d is None else str(d) for d in info.get("shape") or ())
+        parts.append(f"{name} {info.get('dtype', '?')}[{shape}]")
+    return ", ".join(parts)
+
+
+def _metrics(metrics: Any) -> str:
+    return " ".join(f"{k}={_table.cell(v)}" for k, v in sorted(metrics.items())) or "-"
+
+
+def _outcomes(deployment: Deployment) -> str:
+    if deployment.counts:
+        return " ".join(f"{k}={v}" for k, v in sorted(deployment.counts.items()))
+    tally: dict[str, int] = {}
+    for d in deployment.devices:
+        key = d.outcome or "pending"
+        tally[key] = tally.get(key, 0) + 1
+    return " ".join(f"{k}={v}" for k, v in sorted(tally.items())) or "-"
+
+
+def _active(device: Device) -> str | None:
+    if not device.active_model:
+        return None
+    return f"{device.active_model}@{device.active_version}" if device.active_version else device.active_model
+
+
+def _latency(device: Device) -> str | None:
+    stats = device.active_stats
+    if stats is None or stats.p50_ms is None:
+        return None
+    return f"{_table.cell(stats.p50_ms)}/{_table.cell(stats.p95_ms)}"
+
+
+def _ago(when: Any, now: datetime) -> str | None:
+    """A timestamp (ISO 8601 or epoch seconds) as `12s ago`; unparseable ones as they are."""
+    if when is None:
+        return None
+    try:
+        then = (datetime.fromtimestamp(float(when), UTC) if isinstance(when, (int, float))
+                else datetime.fromisoformat(str(when)))
+    except ValueError:
+        return str(when)
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+class _ProgressBar:
+    """A tqdm byte counter on stderr, or nothing when disabled."""
+
+    def __init__(self, label: str, *, enabled: bool) -> None:
+        self._label = label
+        self._enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def update(self, sent: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm  # only the push command needs it
+
+            self._bar = tqdm(total=total or None, desc=self._label, unit="B", unit_scale=True,
+                             unit_divisor=1024, file=sys.stderr, leave=True)
+        self._bar.update(sent - self._bar.n)
