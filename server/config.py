@@ -1,0 +1,93 @@
+"""Server configuration: one frozen dataclass, loaded once at the edge (the CLI).
+
+Nothing below this module reads the environment; everything is passed down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.signing import SigningConfig
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8470
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 8471
+    mqtt_url: str | None = None
+    max_upload_bytes: int = 512 * MiB
+    max_golden_bytes: int = 64 * MiB
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    refresh_interval_s: float = 3600.0  # 0 disables the periodic timestamp refresh
+    public_url: str | None = None  # base URL devices use for HTTP artifact downloads
+    grpc_grace_s: float = 2.0
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fleetcast.db"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def parse_address(text: str, *, what: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); port 0 means "pick a free one"."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidRequest(f"{what} address {text!r} is not HOST:PORT; use for example 127.0.0.1:8470")
+    return host.strip("[]"), int(port)
+
+
+def load(
+    *,
+    data_dir: Path,
+    http: str | None = None,
+    grpc: str | None = None,
+    mqtt_url: str | None = None,
+    timestamp_expiry_s: float | None = None,
+    refresh_interval_s: float | None = None,
+    public_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
+    env = dict(environ or {})
+    config = ServerConfig(data_dir=Path(data_dir))
+    http = http or env.get("FLEETCAST_HTTP")
+    grpc = grpc or env.get("FLEETCAST_GRPC")
+    if http:
+        host, port = parse_address(http, what="HTTP")
+        config = replace(config, http_host=host, http_port=port)
+    if grpc:
+        host, port = parse_address(grpc, what="gRPC")
+        config = replace(config, grpc_host=host, grpc_port=port)
+    mqtt_url = mqtt_url or env.get("FLEETCAST_MQTT_URL")
+    if mqtt_url:
+        config = replace(config, mqtt_url=mqtt_url)
+    if timestamp_expiry_s is not None:
+        if timestamp_expiry_s <= 0:
+            raise InvalidRequest("--timestamp-expiry-s must be positive")
+        config = replace(config, signing=replace(config.signing, timestamp_expiry_s=timestamp_expiry_s))
+    if refresh_interval_s is not None:
+        if refresh_interval_s < 0:
+            raise InvalidRequest("--refresh-interval-s must be 0 (off) or positive")
+        config = replace(config, refresh_interval_s=refresh_interval_s)
+    public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
+    if public_url:
+        config = replace(config, public_url=public_url.rstrip("/"))
+    return config

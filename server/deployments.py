@@ -1,0 +1,245 @@
+"""Deployments: resolve a target to devices, sign each device's director, follow reports.
+
+Per-device state is what the device last reported; a final report sets the outcome
+(installed, failed, rolled_back). A deployment's status follows from its devices:
+
+| devices                          | status    |
+|----------------------------------|-----------|
+| any still without an outcome     | active    |
+| all installed                    | succeeded |
+| none installed                   | failed    |
+| some installed, some not         | partial   |
+| cancelled by the operator        | cancelled (kept) |
+
+Cancelling gives every device not yet final its previous assignment back (or clears
+it). A newer deployment to a device closes its open row in older ones as "superseded".
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from fleetcast.proto.topics import AssignmentNotice
+from fleetcast.server.errors import DeploymentNotFound, DeviceNotFound, InvalidRequest, TargetEmpty
+from fleetcast.server.fleet import NAME, choose_variant
+from fleetcast.server.notify import Hub
+from fleetcast.server.registry import Registry
+from fleetcast.server.signing import DirectorAssignment, GoldenRef, Signer, artifact_path
+from fleetcast.server.store import Assignment, Deployment, DeploymentDevice, Device, ModelVersion, Store
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES: Final = frozenset({"installed", "failed", "rolled_back"})
+MAX_TARGET_DEVICES: Final = 10_000
+MAX_REASON_CHARS: Final = 1024
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One step a device reports (the fields of StatusReport the server keeps)."""
+
+    deployment_id: str
+    state: str
+    event: str = ""
+    reason: str = ""
+    active_model: str = ""
+    final: bool = False
+    outcome: str = ""
+
+    @classmethod
+    def from_message(cls, m: Any) -> "StatusUpdate":
+        return cls(deployment_id=m.deployment_id, state=m.state, event=m.event, reason=m.reason,
+                   active_model=m.active_model, final=m.final, outcome=m.outcome)
+
+    def check(self) -> "StatusUpdate":
+        if len(self.deployment_id) > 128 or len(self.state) > 32 or len(self.event) > 32:
+            raise InvalidRequest("status report: deployment_id, state or event is too long (128/32/32 characters)")
+        if len(self.active_model) > 200:
+            raise InvalidRequest("status report: active_model is longer than 200 characters")
+        if self.final and self.outcome not in OUTCOMES:
+            raise InvalidRequest(f"a final status report needs an outcome in {sorted(OUTCOMES)}, not {self.outcome[:40]!r}")
+        return self
+
+
+def status_of(rows: Sequence[DeploymentDevice]) -> str:
+    if any(not r.outcome for r in rows):
+        return "active"
+    installed = sum(r.outcome == "installed" for r in rows)
+    if installed == len(rows):
+        return "succeeded"
+    return "failed" if installed == 0 else "partial"
+
+
+def assignment_document(a: DirectorAssignment) -> dict[str, Any]:
+    return asdict(a)
+
+
+def assignment_from(doc: Mapping[str, Any]) -> DirectorAssignment:
+    golden = doc.get("golden")
+    return DirectorAssignment(**{**doc, "golden": GoldenRef(**golden) if golden else None})
+
+
+class Deployments:
+    def __init__(self, *, store: Store, signer: Signer, registry: Registry, hub: Hub,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.signer = signer
+        self.registry = registry
+        self.hub = hub
+        self.clock = clock
+
+    # -- create -------------------------------------------------------------------------
+    def resolve_target(self, target: str) -> list[Device]:
+        kind, _, rest = target.partition(":")
+        if target == "all":
+            devices = self.store.devices()
+        elif kind == "group" and NAME.fullmatch(rest):
+            devices = self.store.devices(group=rest)
+        elif kind == "device" and rest:
+            ids = list(dict.fromkeys(i.strip() for i in rest.split(",") if i.strip()))
+            if len(ids) > MAX_TARGET_DEVICES:
+                raise InvalidRequest(f"target names {len(ids)} devices; at most {MAX_TARGET_DEVICES}")
+            devices = []
+            for device_id in ids:
+                found = self.store.device(device_id) if NAME.fullmatch(device_id) else None
+                if found is None:
+                    raise DeviceNotFound(f"device {device_id[:80]!r} in the target is not enrolled: check GET /v1/devices")
+                devices.append(found)
+        else:
+            raise InvalidRequest(
+                f"target {target[:80]!r} is not valid: use 'all', 'group:NAME' or 'device:ID[,ID...]'"
+            )
+        if not devices:
+            raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
+        return devices
+
+    def create(self, *, model: str, version: str | None, target: str) -> Deployment:
+        release = self.registry.version(model, version)
+        devices = self.resolve_target(target)
+        now = self.clock()
+        deployment = Deployment(
+            deployment_id=f"dep-{secrets.token_hex(8)}", model=release.model, version=release.version,
+            target=target, status="active", created_at=now, updated_at=now,
+        )
+        plans = [(d, self._plan(deployment.deployment_id, release, d)) for d in devices]
+        rows = [
+            DeploymentDevice(
+                deployment_id=deployment.deployment_id, device_id=d.device_id, variant=a.variant, sha256=a.sha256,
+                state="assigned", outcome="", reason="", updated_at=now,
+                previous=(prev.document if (prev := self.store.assignment(d.device_id)) else None),
+            )
+            for d, a in plans
+        ]
+        for d, _ in plans:
+            self._supersede(d.device_id, now)
+        self.store.add_deployment(deployment, rows)
+        for d, a in plans:
+            self._assign(d.device_id, a)
+        if target == "all":
+            self.hub.publish_fleet()
+        logger.info("deployment created deployment=%s model=%s version=%s devices=%d",
+                    deployment.deployment_id, release.model, release.version, len(rows))
+        return deployment
+
+    def _plan(self, deployment_id: str, release: ModelVersion, device: Device) -> DirectorAssignment:
+        name = choose_variant(device.hardware_class, [v.variant for v in release.variants])
+        variant = release.variant(name) or release.variants[0]
+        g = release.golden
+        return DirectorAssignment(
+            deployment_id=deployment_id, model=release.model, version=release.version, variant=variant.variant,
+            format=variant.format, sha256=variant.sha256, length=variant.length,
+            golden=GoldenRef(path=artifact_path(g.sha256), sha256=g.sha256, length=g.length, atol=g.atol, rtol=g.rtol)
+            if g else None,
+            inputs=release.inputs,
+        )
+
+    def _assign(self, device_id: str, a: DirectorAssignment | None) -> None:
+        version = self.signer.assign(device_id, a)
+        self.store.set_assignment(
+            device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a))
+        )
+        self.hub.publish(device_id, AssignmentNotice(director_version=version, deployment_id=a.deployment_id if a else ""))
+
+    def _supersede(self, device_id: str, now: float) -> None:
+        for row in self.store.open_rows_of(device_id):
+            self.store.update_deployment_device(row.deployment_id, device_id, state=row.state, outcome="superseded",
+                                                reason="a newer deployment replaced this one", at=now)
+            self._refresh_status(row.deployment_id, now)
+
+    # -- reports ------------------------------------------------------------------------
+    def apply_status(self, device_id: str, update: StatusUpdate) -> None:
+        update.check()
+        now = self.clock()
+        self.store.record_report(device_id, at=now, state=update.state, active_model=update.active_model,
+                                 deployment_id=update.deployment_id)
+        row = self.store.deployment_device(update.deployment_id, device_id) if update.deployment_id else None
+        if row is None or row.outcome:
+            return  # a report for no deployment of ours, or after the row closed: device state only
+        outcome = update.outcome if update.final else ""
+        reason = update.reason[:MAX_REASON_CHARS]
+        self.store.update_deployment_device(update.deployment_id, device_id, state=update.state, outcome=outcome,
+                                            reason=reason, at=now)
+        if outcome:
+            logger.info("deployment device final deployment=%s device_id=%s outcome=%s reason=%s",
+                        update.deployment_id, device_id, outcome, reason)
+        self._refresh_status(update.deployment_id, now)
+
+    def _refresh_status(self, deployment_id: str, now: float) -> None:
+        deployment = self.store.deployment(deployment_id)
+        if deployment is None or deployment.status == "cancelled":
+            return
+        status = status_of(self.store.deployment_devices(deployment_id))
+        if status != deployment.status:
+            self.store.set_deployment_status(deployment_id, status, now)
+
+    # -- cancel -------------------------------------------------------------------------
+    def cancel(self, deployment_id: str) -> Deployment:
+        deployment = self.get(deployment_id)
+        now = self.clock()
+        if deployment.status != "active":
+            raise InvalidRequest(f"deployment {deployment_id} is {deployment.status}; only an active deployment can be cancelled")
+        for row in self.store.deployment_devices(deployment_id):
+            if row.outcome:
+                continue
+            self.store.update_deployment_device(deployment_id, row.device_id, state=row.state, outcome="cancelled",
+                                                reason="cancelled by the operator", at=now)
+            self._assign(row.device_id, assignment_from(row.previous) if row.previous else None)
+        self.store.set_deployment_status(deployment_id, "cancelled", now)
+        logger.info("deployment cancelled deployment=%s", deployment_id)
+        return self.get(deployment_id)
+
+    # -- reading ------------------------------------------------------------------------
+    def get(self, deployment_id: str) -> Deployment:
+        found = self.store.deployment(deployment_id) if len(deployment_id) <= 128 else None
+        if found is None:
+            raise DeploymentNotFound(f"deployment {deployment_id[:80]!r} does not exist: list them with GET /v1/deployments")
+        return found
+
+    def document(self, deployment: Deployment) -> dict[str, Any]:
+        rows = self.store.deployment_devices(deployment.deployment_id)
+        counts: dict[str, int] = {"total": len(rows), "pending": 0}
+        for r in rows:
+            if r.outcome:
+                counts[r.outcome] = counts.get(r.outcome, 0) + 1
+            else:
+                counts["pending"] += 1
+        return {
+            "id": deployment.deployment_id, "model": deployment.model, "version": deployment.version,
+            "target": deployment.target, "status": deployment.status, "created_at": deployment.created_at,
+            "updated_at": deployment.updated_at, "counts": counts,
+            "devices": [
+                {"device_id": r.device_id, "variant": r.variant, "sha256": r.sha256, "state": r.state,
+                 "outcome": r.outcome or None, "reason": r.reason, "updated_at": r.updated_at}
+                for r in rows
+            ],
+        }
+
+    def current_notice(self, device_id: str) -> AssignmentNotice:
+        current = self.store.assignment(device_id)
+        return AssignmentNotice(director_version=self.signer.director_version(device_id),
+                                deployment_id=current.deployment_id if current else "")

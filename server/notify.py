@@ -1,0 +1,205 @@
+"""Telling devices to look again: in-process watchers (gRPC streams) and the MQTT bridge.
+
+A notice only says "your director metadata changed"; trust comes from the signed
+metadata. `Hub.publish` may be called from any thread (domain calls run in worker
+threads); watchers live on the event loop and always see the latest notice.
+
+The MQTT bridge (paho-mqtt, callback API v2) publishes retained QoS 1 notices to
+each device's assignment topic and consumes the upstream status and telemetry
+topics, handing each parsed message to the same domain functions the gRPC service
+uses. It subscribes in `on_connect`, so a reconnect restores the subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from fleetcast.proto import topics
+from fleetcast.proto.topics import AssignmentNotice
+
+logger = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None: ...
+    def fleet_notice(self) -> None: ...
+
+
+class Watcher:
+    """One open WatchAssignments stream: wakes on each change, keeps only the latest."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._latest: AssignmentNotice | None = None
+        self.closed = False
+
+    def offer(self, notice: AssignmentNotice | None) -> None:
+        if notice is None:
+            self.closed = True
+        else:
+            self._latest = notice
+        self._event.set()
+
+    async def next(self) -> AssignmentNotice | None:
+        """The next notice, or None once the hub closes."""
+        await self._event.wait()
+        self._event.clear()
+        if self.closed:
+            return None
+        return self._latest
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: dict[str, set[Watcher]] = {}
+        self._sinks: list[Sink] = []
+        self._closed = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._closed = False
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def publish(self, device_id: str, notice: AssignmentNotice) -> None:
+        """Thread-safe: tells the device's open streams and every sink."""
+        for sink in list(self._sinks):
+            try:
+                sink.device_notice(device_id, notice)
+            except Exception:
+                logger.exception("notice sink failed device_id=%s", device_id)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._offer, device_id, notice)
+
+    def publish_fleet(self) -> None:
+        for sink in list(self._sinks):
+            try:
+                sink.fleet_notice()
+            except Exception:
+                logger.exception("fleet notice sink failed")
+
+    def _offer(self, device_id: str, notice: AssignmentNotice | None) -> None:
+        for watcher in list(self._watchers.get(device_id, ())):
+            watcher.offer(notice)
+
+    @contextmanager
+    def watch(self, device_id: str) -> Iterator[Watcher]:
+        """Registers a watcher on the running loop for the life of the block."""
+        watcher = Watcher()
+        if self._closed:
+            watcher.offer(None)
+        self._watchers.setdefault(device_id, set()).add(watcher)
+        try:
+            yield watcher
+        finally:
+            group = self._watchers.get(device_id)
+            if group is not None:
+                group.discard(watcher)
+                if not group:
+                    del self._watchers[device_id]
+
+    def watching(self, device_id: str) -> int:
+        return len(self._watchers.get(device_id, ()))
+
+    def close(self) -> None:
+        """Ends every open watch (called on the loop when the server stops)."""
+        self._closed = True
+        for group in list(self._watchers.values()):
+            for watcher in list(group):
+                watcher.offer(None)
+
+
+UpstreamHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class MqttBridge:
+    """paho-mqtt adapter: publishes notices, hands upstream payloads to the event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_status: UpstreamHandler,
+        on_telemetry: UpstreamHandler,
+        reconnect_min_s: int = 1,
+        reconnect_max_s: int = 30,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+            raise ValueError(f"MQTT URL {url!r} is not valid: use mqtt://HOST:PORT")
+        self.host, self.port = parts.hostname, parts.port or 1883
+        self._loop = loop
+        self._handlers = {"status": on_status, "telemetry": on_telemetry}
+        self.connected = asyncio.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleetcast-server-{os.getpid()}")
+        client.username_pw_set(parts.username or "fleetcast-server", parts.password)
+        client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self) -> None:
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        logger.info("mqtt bridge connecting host=%s port=%d", self.host, self.port)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            logger.warning("mqtt connect refused reason=%s", reason_code)
+            return
+        client.subscribe([(topics.DEVICE_WILDCARD_STATUS, 1), (topics.DEVICE_WILDCARD_TELEMETRY, 1)])
+        logger.info("mqtt bridge connected host=%s port=%d", self.host, self.port)
+        self._loop.call_soon_threadsafe(self.connected.set)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        logger.info("mqtt bridge disconnected reason=%s", reason_code)
+        self._loop.call_soon_threadsafe(self.connected.clear)
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        payload = bytes(message.payload)
+        if len(payload) > topics.MAX_PAYLOAD_BYTES:
+            logger.warning("mqtt payload dropped topic=%s bytes=%d", message.topic, len(payload))
+            return
+        try:
+            device_id, kind = topics.device_of(message.topic)
+        except topics.TopicError as e:
+            logger.warning("mqtt message dropped: %s", e)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(handler(device_id, payload), self._loop)
+        future.add_done_callback(_log_failure(message.topic))
+
+    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
+        self._client.publish(topics.device_assignment(device_id), notice.encode(), qos=1, retain=True)
+
+    def fleet_notice(self) -> None:
+        self._client.publish(topics.FLEET_ASSIGNMENT, b'{"v":1}', qos=1)
+
+
+def _log_failure(topic: str) -> Callable[..., None]:
+    def done(future) -> None:  # type: ignore[no-untyped-def]
+        if not future.cancelled() and future.exception() is not None:
+            logger.warning("mqtt message refused topic=%s error=%s", topic, future.exception())
+    return done

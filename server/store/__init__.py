@@ -1,0 +1,170 @@
+"""The server's state, behind one protocol so a PostgreSQL store can fill it later.
+
+`Store` lists everything the domain asks of storage; the records below are what
+crosses that line. `sqlite.SqliteStore` is the embedded default. A store also fills
+the signing module's `MetadataStore` protocol (get_metadata / put_metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Variant:
+    variant: str
+    format: str
+    sha256: str
+    length: int
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Golden:
+    sha256: str
+    length: int
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: str
+    created_at: float
+    inputs: Mapping[str, Mapping[str, Any]]
+    outputs: Mapping[str, Mapping[str, Any]]
+    golden: Golden | None
+    variants: Sequence[Variant] = ()
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.variant == name), None)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    length: int
+    kind: str  # "model" | "golden"
+    model: str
+    version: str
+    variant: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    token_sha256: str
+    hardware_class: str
+    backends: Sequence[str]
+    group: str
+    labels: Mapping[str, str]
+    agent_version: str
+    enrolled_at: float
+    last_seen: float | None = None
+    active_model: str = ""
+    state: str = ""
+    deployment_id: str = ""  # deployment of the latest report
+
+
+@dataclass(frozen=True)
+class Deployment:
+    deployment_id: str
+    model: str
+    version: str
+    target: str
+    status: str  # active | succeeded | failed | partial | cancelled
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DeploymentDevice:
+    deployment_id: str
+    device_id: str
+    variant: str
+    sha256: str
+    state: str
+    outcome: str  # "" until final: installed | failed | rolled_back | cancelled | superseded
+    reason: str
+    updated_at: float
+    previous: Mapping[str, Any] | None  # the assignment the device had before, as stored
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What a device is told to run now (the director's input), as a JSON-able document."""
+
+    device_id: str
+    deployment_id: str
+    document: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    model: str
+    version: str
+    variant: str
+    inferences: int
+    errors: int
+    latency_sum_ms: float
+    histogram: Sequence[int]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    device_id: str
+    model: str
+    version: str
+    variant: str
+    inferences: int
+    errors: int
+    latency_sum_ms: float
+    histogram: Sequence[int]
+
+
+class Store(Protocol):
+    # signing's MetadataStore
+    def get_metadata(self, repository: str, name: str) -> bytes | None: ...
+    def put_metadata(self, repository: str, name: str, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    # models
+    def add_artifact(self, artifact: Artifact) -> None: ...
+    def artifact(self, sha256: str) -> Artifact | None: ...
+    def add_version(self, version: ModelVersion) -> None: ...
+    def add_variant(self, model: str, version: str, variant: Variant) -> None: ...
+    def version(self, model: str, version: str) -> ModelVersion | None: ...
+    def latest_version(self, model: str) -> ModelVersion | None: ...
+    def versions(self, model: str) -> list[ModelVersion]: ...
+    def models(self) -> list[tuple[str, str, int]]: ...  # (name, latest version, count)
+
+    # devices
+    def put_device(self, device: Device) -> None: ...
+    def device(self, device_id: str) -> Device | None: ...
+    def device_by_token(self, token_sha256: str) -> Device | None: ...
+    def devices(self, *, group: str | None = None) -> list[Device]: ...
+    def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str) -> None: ...
+    def touch_device(self, device_id: str, at: float) -> None: ...
+
+    # deployments
+    def add_deployment(self, deployment: Deployment, devices: Sequence[DeploymentDevice]) -> None: ...
+    def deployment(self, deployment_id: str) -> Deployment | None: ...
+    def deployments(self, *, limit: int = 200) -> list[Deployment]: ...
+    def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]: ...
+    def deployment_device(self, deployment_id: str, device_id: str) -> DeploymentDevice | None: ...
+    def update_deployment_device(
+        self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
+    ) -> None: ...
+    def open_rows_of(self, device_id: str) -> list[DeploymentDevice]: ...
+    def set_deployment_status(self, deployment_id: str, status: str, at: float) -> None: ...
+    def assignment(self, device_id: str) -> Assignment | None: ...
+    def set_assignment(self, device_id: str, assignment: Assignment | None) -> None: ...
+
+    # telemetry
+    def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool: ...
+    def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]: ...

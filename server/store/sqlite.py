@@ -1,0 +1,421 @@
+"""The embedded store: one SQLite file, one connection, one lock.
+
+Migrations are an ordered list of named functions; each name is recorded in the
+`migrations` table when applied, and names are never renamed or reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import sqlite_utils
+
+from fleetcast.proto import telemetry as buckets
+from fleetcast.server.store import (
+    Aggregate,
+    Artifact,
+    Assignment,
+    Deployment,
+    DeploymentDevice,
+    Device,
+    Golden,
+    ModelVersion,
+    StatsRow,
+    Variant,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def create_metadata(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE metadata (repository TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,"
+        " PRIMARY KEY (repository, name))"
+    )
+
+
+def create_models(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE artifacts (sha256 TEXT PRIMARY KEY, length INTEGER NOT NULL, kind TEXT NOT NULL,"
+        " model TEXT NOT NULL, version TEXT NOT NULL, variant TEXT NOT NULL, format TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE versions (model TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " created_at REAL NOT NULL, inputs TEXT NOT NULL, outputs TEXT NOT NULL,"
+        " golden_sha256 TEXT, golden_length INTEGER, atol REAL, rtol REAL,"
+        " PRIMARY KEY (model, version))"
+    )
+    db.execute(
+        "CREATE TABLE variants (model TEXT NOT NULL, version TEXT NOT NULL, variant TEXT NOT NULL,"
+        " format TEXT NOT NULL, sha256 TEXT NOT NULL, length INTEGER NOT NULL, metrics TEXT NOT NULL,"
+        " PRIMARY KEY (model, version, variant))"
+    )
+
+
+def create_devices(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE,"
+        " hardware_class TEXT NOT NULL, backends TEXT NOT NULL, grp TEXT NOT NULL, labels TEXT NOT NULL,"
+        " agent_version TEXT NOT NULL, enrolled_at REAL NOT NULL, last_seen REAL,"
+        " active_model TEXT NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT '',"
+        " deployment_id TEXT NOT NULL DEFAULT '')"
+    )
+    db.execute("CREATE INDEX devices_grp ON devices (grp)")
+
+
+def create_deployments(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE deployments (deployment_id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,"
+        " target TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE deployment_devices (deployment_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " variant TEXT NOT NULL, sha256 TEXT NOT NULL, state TEXT NOT NULL, outcome TEXT NOT NULL,"
+        " reason TEXT NOT NULL, updated_at REAL NOT NULL, previous TEXT,"
+        " PRIMARY KEY (deployment_id, device_id))"
+    )
+    db.execute("CREATE INDEX deployment_devices_device ON deployment_devices (device_id, outcome)")
+    db.execute(
+        "CREATE TABLE assignments (device_id TEXT PRIMARY KEY, deployment_id TEXT NOT NULL, document TEXT NOT NULL)"
+    )
+
+
+def create_telemetry(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE telemetry_batches (device_id TEXT NOT NULL, batch_id TEXT NOT NULL,"
+        " received_at REAL NOT NULL, PRIMARY KEY (device_id, batch_id))"
+    )
+    db.execute(
+        "CREATE TABLE telemetry_aggregates (device_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,"
+        " variant TEXT NOT NULL, inferences INTEGER NOT NULL, errors INTEGER NOT NULL,"
+        " latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL, updated_at REAL NOT NULL,"
+        " PRIMARY KEY (device_id, model, version, variant))"
+    )
+
+
+# Applied in order; names are recorded and never change.
+MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
+    create_metadata,
+    create_models,
+    create_devices,
+    create_deployments,
+    create_telemetry,
+]
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Applies the migrations not yet recorded; returns the names applied now."""
+    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM migrations").fetchall()}
+    applied: list[str] = []
+    for step in MIGRATIONS:
+        if step.__name__ in done:
+            continue
+        with db.conn:
+            step(db)
+            db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", [step.__name__, time.time()])
+        applied.append(step.__name__)
+        logger.info("migration applied name=%s", step.__name__)
+    return applied
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        device_id=row["device_id"], token_sha256=row["token_sha256"], hardware_class=row["hardware_class"],
+        backends=tuple(json.loads(row["backends"])), group=row["grp"], labels=json.loads(row["labels"]),
+        agent_version=row["agent_version"], enrolled_at=row["enrolled_at"], last_seen=row["last_seen"],
+        active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
+    )
+
+
+def _deployment(row: sqlite3.Row) -> Deployment:
+    return Deployment(**{k: row[k] for k in row.keys()})
+
+
+def _deployment_device(row: sqlite3.Row) -> DeploymentDevice:
+    values = {k: row[k] for k in row.keys()}
+    values["previous"] = json.loads(values["previous"]) if values["previous"] else None
+    return DeploymentDevice(**values)
+
+
+class SqliteStore:
+    """`Store` on one SQLite file. Safe to call from several threads (one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        conn = sqlite3.connect(str(path), check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = conn
+        self._db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        with self._lock:
+            migrate(self._db)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._conn:
+            yield self._conn
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def applied_migrations(self) -> list[str]:
+        return [r[0] for r in self._all("SELECT name FROM migrations ORDER BY rowid")]
+
+    # -- signing's MetadataStore ------------------------------------------------------
+    def get_metadata(self, repository: str, name: str) -> bytes | None:
+        row = self._one("SELECT data FROM metadata WHERE repository = ? AND name = ?", (repository, name))
+        return bytes(row[0]) if row else None
+
+    def put_metadata(self, repository: str, name: str, data: bytes) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO metadata (repository, name, data) VALUES (?, ?, ?)"
+                " ON CONFLICT (repository, name) DO UPDATE SET data = excluded.data",
+                (repository, name, bytes(data)),
+            )
+
+    # -- models -------------------------------------------------------------------------
+    def add_artifact(self, artifact: Artifact) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (artifact.sha256, artifact.length, artifact.kind, artifact.model, artifact.version,
+                 artifact.variant, artifact.format),
+            )
+
+    def artifact(self, sha256: str) -> Artifact | None:
+        row = self._one("SELECT * FROM artifacts WHERE sha256 = ?", (sha256,))
+        return Artifact(**{k: row[k] for k in row.keys()}) if row else None
+
+    def add_version(self, version: ModelVersion) -> None:
+        g = version.golden
+        with self._tx() as c:
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE model = ?", (version.model,)).fetchone()[0]
+            c.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (version.model, version.version, seq, version.created_at, json.dumps(version.inputs),
+                 json.dumps(version.outputs), g.sha256 if g else None, g.length if g else None,
+                 g.atol if g else None, g.rtol if g else None),
+            )
+            for v in version.variants:
+                self._insert_variant(c, version.model, version.version, v)
+
+    @staticmethod
+    def _insert_variant(c: sqlite3.Connection, model: str, version: str, v: Variant) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO variants VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (model, version, v.variant, v.format, v.sha256, v.length, json.dumps(dict(v.metrics))),
+        )
+
+    def add_variant(self, model: str, version: str, variant: Variant) -> None:
+        with self._tx() as c:
+            self._insert_variant(c, model, version, variant)
+
+    def _version(self, row: sqlite3.Row) -> ModelVersion:
+        variants = [
+            Variant(variant=r["variant"], format=r["format"], sha256=r["sha256"], length=r["length"],
+                    metrics=json.loads(r["metrics"]))
+            for r in self._all(
+                "SELECT * FROM variants WHERE model = ? AND version = ? ORDER BY rowid", (row["model"], row["version"])
+            )
+        ]
+        golden = (
+            Golden(sha256=row["golden_sha256"], length=row["golden_length"], atol=row["atol"], rtol=row["rtol"])
+            if row["golden_sha256"] else None
+        )
+        return ModelVersion(
+            model=row["model"], version=row["version"], created_at=row["created_at"],
+            inputs=json.loads(row["inputs"]), outputs=json.loads(row["outputs"]), golden=golden,
+            variants=tuple(variants),
+        )
+
+    def version(self, model: str, version: str) -> ModelVersion | None:
+        row = self._one("SELECT * FROM versions WHERE model = ? AND version = ?", (model, version))
+        return self._version(row) if row else None
+
+    def latest_version(self, model: str) -> ModelVersion | None:
+        row = self._one("SELECT * FROM versions WHERE model = ? ORDER BY seq DESC LIMIT 1", (model,))
+        return self._version(row) if row else None
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        return [self._version(r) for r in self._all("SELECT * FROM versions WHERE model = ? ORDER BY seq", (model,))]
+
+    def models(self) -> list[tuple[str, str, int]]:
+        rows = self._all(
+            "SELECT model, COUNT(*) AS n, (SELECT v.version FROM versions v WHERE v.model = versions.model"
+            " ORDER BY v.seq DESC LIMIT 1) AS latest FROM versions GROUP BY model ORDER BY model"
+        )
+        return [(r["model"], r["latest"], r["n"]) for r in rows]
+
+    # -- devices ------------------------------------------------------------------------
+    def put_device(self, device: Device) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (device_id) DO UPDATE SET token_sha256 = excluded.token_sha256,"
+                " hardware_class = excluded.hardware_class, backends = excluded.backends, grp = excluded.grp,"
+                " labels = excluded.labels, agent_version = excluded.agent_version,"
+                " last_seen = excluded.last_seen",
+                (device.device_id, device.token_sha256, device.hardware_class, json.dumps(list(device.backends)),
+                 device.group, json.dumps(dict(device.labels)), device.agent_version, device.enrolled_at,
+                 device.last_seen, device.active_model, device.state, device.deployment_id),
+            )
+
+    def device(self, device_id: str) -> Device | None:
+        row = self._one("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+        return _device(row) if row else None
+
+    def device_by_token(self, token_sha256: str) -> Device | None:
+        row = self._one("SELECT * FROM devices WHERE token_sha256 = ?", (token_sha256,))
+        return _device(row) if row else None
+
+    def devices(self, *, group: str | None = None) -> list[Device]:
+        if group is None:
+            return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
+        return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
+
+    def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE devices SET last_seen = ?, state = ?, active_model = ?, deployment_id = ? WHERE device_id = ?",
+                (at, state, active_model, deployment_id, device_id),
+            )
+
+    def touch_device(self, device_id: str, at: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
+
+    # -- deployments --------------------------------------------------------------------
+    def add_deployment(self, deployment: Deployment, devices: Sequence[DeploymentDevice]) -> None:
+        d = deployment
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (d.deployment_id, d.model, d.version, d.target, d.status, d.created_at, d.updated_at),
+            )
+            c.executemany(
+                "INSERT INTO deployment_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.deployment_id, r.device_id, r.variant, r.sha256, r.state, r.outcome, r.reason, r.updated_at,
+                     json.dumps(r.previous) if r.previous is not None else None)
+                    for r in devices
+                ],
+            )
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        row = self._one("SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,))
+        return _deployment(row) if row else None
+
+    def deployments(self, *, limit: int = 200) -> list[Deployment]:
+        rows = self._all("SELECT * FROM deployments ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+        return [_deployment(r) for r in rows]
+
+    def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
+        rows = self._all(
+            "SELECT * FROM deployment_devices WHERE deployment_id = ? ORDER BY device_id", (deployment_id,)
+        )
+        return [_deployment_device(r) for r in rows]
+
+    def deployment_device(self, deployment_id: str, device_id: str) -> DeploymentDevice | None:
+        row = self._one(
+            "SELECT * FROM deployment_devices WHERE deployment_id = ? AND device_id = ?", (deployment_id, device_id)
+        )
+        return _deployment_device(row) if row else None
+
+    def update_deployment_device(
+        self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE deployment_devices SET state = ?, outcome = ?, reason = ?, updated_at = ?"
+                " WHERE deployment_id = ? AND device_id = ?",
+                (state, outcome, reason, at, deployment_id, device_id),
+            )
+
+    def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
+        rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
+        return [_deployment_device(r) for r in rows]
+
+    def set_deployment_status(self, deployment_id: str, status: str, at: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE deployments SET status = ?, updated_at = ? WHERE deployment_id = ?",
+                (status, at, deployment_id),
+            )
+
+    def assignment(self, device_id: str) -> Assignment | None:
+        row = self._one("SELECT * FROM assignments WHERE device_id = ?", (device_id,))
+        if row is None:
+            return None
+        return Assignment(device_id=device_id, deployment_id=row["deployment_id"], document=json.loads(row["document"]))
+
+    def set_assignment(self, device_id: str, assignment: Assignment | None) -> None:
+        with self._tx() as c:
+            if assignment is None:
+                c.execute("DELETE FROM assignments WHERE device_id = ?", (device_id,))
+            else:
+                c.execute(
+                    "INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)",
+                    (device_id, assignment.deployment_id, json.dumps(dict(assignment.document))),
+                )
+
+    # -- telemetry ----------------------------------------------------------------------
+    def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:
+        """Counts a batch once: returns True (duplicate) when (device, batch) was seen before.
+
+        The dedupe row and the aggregate update commit in one transaction.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (device_id, batch_id, at)
+            )
+            if cur.rowcount == 0:
+                return True
+            for r in rows:
+                key = (device_id, r.model, r.version, r.variant)
+                old = c.execute(
+                    "SELECT inferences, errors, latency_sum_ms, histogram FROM telemetry_aggregates"
+                    " WHERE device_id = ? AND model = ? AND version = ? AND variant = ?", key,
+                ).fetchone()
+                hist = buckets.empty() if old is None else json.loads(old["histogram"])
+                buckets.merge(hist, r.histogram)
+                c.execute(
+                    "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, (old["inferences"] if old else 0) + r.inferences, (old["errors"] if old else 0) + r.errors,
+                     (old["latency_sum_ms"] if old else 0.0) + r.latency_sum_ms, json.dumps(hist), at),
+                )
+            c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
+            return False
+
+    def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
+        sql = "SELECT * FROM telemetry_aggregates"
+        params: tuple[Any, ...] = ()
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            params = (device_id,)
+        rows = self._all(sql + " ORDER BY device_id, model, version, variant", params)
+        return [
+            Aggregate(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
+                      inferences=r["inferences"], errors=r["errors"], latency_sum_ms=r["latency_sum_ms"],
+                      histogram=json.loads(r["histogram"]))
+            for r in rows
+        ]

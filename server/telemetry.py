@@ -1,0 +1,106 @@
+"""Telemetry ingest: each (device, batch id) counted once, aggregates per model variant.
+
+The dedupe row and the aggregate update commit in one transaction (the store's
+`ingest_telemetry`), so a batch resent after a lost acknowledgement is acknowledged
+as a duplicate and never counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fleetcast.proto import telemetry as buckets
+from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.store import Aggregate, StatsRow, Store
+
+logger = logging.getLogger(__name__)
+
+MAX_STATS: Final = 256
+MAX_BATCH_ID_CHARS: Final = 128
+MAX_NAME_CHARS: Final = 128
+MAX_COUNT: Final = 2**53  # keeps sums exact in SQLite and JSON
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    device_id: str
+    stats: Sequence[StatsRow]
+
+    @classmethod
+    def from_message(cls, m: Any) -> "Batch":
+        return cls(
+            batch_id=m.batch_id, device_id=m.device_id,
+            stats=tuple(
+                StatsRow(model=s.model, version=s.version, variant=s.variant, inferences=s.inferences,
+                         errors=s.errors, latency_sum_ms=s.latency_sum_ms, histogram=tuple(s.latency.counts))
+                for s in m.stats
+            ),
+        )
+
+
+def check_batch(batch: Batch, device_id: str) -> Batch:
+    if batch.device_id and batch.device_id != device_id:
+        raise InvalidRequest(f"telemetry batch names device {batch.device_id[:80]!r} but was sent by {device_id!r}")
+    if not batch.batch_id or len(batch.batch_id) > MAX_BATCH_ID_CHARS:
+        raise InvalidRequest(f"telemetry batch_id must be 1-{MAX_BATCH_ID_CHARS} characters")
+    if len(batch.stats) > MAX_STATS:
+        raise InvalidRequest(f"telemetry batch has {len(batch.stats)} stats entries, at most {MAX_STATS}")
+    for s in batch.stats:
+        if not s.model or any(len(x) > MAX_NAME_CHARS for x in (s.model, s.version, s.variant)):
+            raise InvalidRequest(f"telemetry stats need a model name and names up to {MAX_NAME_CHARS} characters")
+        if len(s.histogram) != buckets.BUCKETS:
+            raise InvalidRequest(
+                f"latency histogram for {s.model[:40]} has {len(s.histogram)} buckets, expected {buckets.BUCKETS} "
+                "(see fleetcast.proto.telemetry)"
+            )
+        if not 0 <= s.errors <= s.inferences <= MAX_COUNT or sum(s.histogram) > MAX_COUNT:
+            raise InvalidRequest(f"telemetry counts for {s.model[:40]} are not sane: need 0 <= errors <= inferences")
+        if not 0.0 <= s.latency_sum_ms < float("inf"):
+            raise InvalidRequest(f"latency_sum_ms for {s.model[:40]} must be a finite, non-negative number")
+    return batch
+
+
+class Telemetry:
+    def __init__(self, *, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def ingest(self, device_id: str, batch: Batch) -> bool:
+        """Stores a batch; returns True when it was a duplicate (acknowledged, not counted)."""
+        check_batch(batch, device_id)
+        duplicate = self.store.ingest_telemetry(device_id, batch.batch_id, batch.stats, self.clock())
+        logger.debug("telemetry batch device_id=%s batch=%s duplicate=%s", device_id, batch.batch_id, duplicate)
+        return duplicate
+
+    def summary(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        """Per model@version (and variant): counts and p50/p95/p99 from the summed histograms."""
+        merged: dict[tuple[str, str, str], Aggregate] = {}
+        for a in self.store.aggregates(device_id=device_id):
+            key = (a.model, a.version, a.variant)
+            old = merged.get(key)
+            if old is None:
+                merged[key] = a
+            else:
+                merged[key] = Aggregate(
+                    device_id="*", model=a.model, version=a.version, variant=a.variant,
+                    inferences=old.inferences + a.inferences, errors=old.errors + a.errors,
+                    latency_sum_ms=old.latency_sum_ms + a.latency_sum_ms,
+                    histogram=buckets.merge(list(old.histogram), a.histogram),
+                )
+        return [summarize(a) for a in merged.values()]
+
+
+def summarize(a: Aggregate) -> dict[str, Any]:
+    return {
+        "model": a.model, "version": a.version, "variant": a.variant,
+        "inferences": a.inferences, "errors": a.errors,
+        "mean_ms": a.latency_sum_ms / a.inferences if a.inferences else None,
+        "p50_ms": buckets.percentile(a.histogram, 0.50),
+        "p95_ms": buckets.percentile(a.histogram, 0.95),
+        "p99_ms": buckets.percentile(a.histogram, 0.99),
+    }
