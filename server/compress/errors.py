@@ -1,0 +1,53 @@
+"""The compression error tree.
+
+```
+CompressError                  anything the pipeline raises on purpose
+  + InputError                 the run cannot start; nothing is written (exit 2)
+  |   ModelFormatError         not an ONNX file, or an ONNX file that does not check
+  |   UnsupportedModelError    an operator onnxruntime cannot run
+  |   SampleError              calibration or evaluation data missing or mismatched
+  |   OutputDirError           --out exists and is not empty
+  + LevelError                 one level could not be built; the others go on
+  |   NormalizationError       a transform changed the model's outputs
+  + PackageError               fcpack bytes that do not decode (package.py)
+```
+Every message names the problem and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class CompressError(Exception):
+    """Base of every error the compression pipeline raises on purpose."""
+
+
+class InputError(CompressError):
+    """The user's input is unusable; the run stops before writing anything."""
+
+
+class ModelFormatError(InputError):
+    """The file is not an ONNX model, or does not pass the ONNX checker."""
+
+
+class UnsupportedModelError(InputError):
+    """The model uses an operator (or opset) onnxruntime cannot run."""
+
+
+class SampleError(InputError):
+    """Calibration or evaluation samples are missing, empty or do not fit the model."""
+
+
+class OutputDirError(InputError):
+    """The output directory cannot be used."""
+
+
+class LevelError(CompressError):
+    """One level could not be built; the report says why and the others go on."""
+
+
+class NormalizationError(LevelError):
+    """A graph transform changed the model's outputs beyond tolerance."""
+
+
+class PackageError(CompressError):
+    """fcpack bytes are malformed, truncated or of an unknown version."""

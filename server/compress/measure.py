@@ -1,0 +1,123 @@
+"""Measuring a build: latency on onnxruntime's CPU provider, and quality against labels
+or against the original model's outputs.
+
+Quality figures are percentages so a budget in percentage points compares directly:
+- with labels: top-1 accuracy;
+- without, for a classifier output ([N, classes]): top-1 agreement with the original;
+- otherwise: 100 x mean cosine similarity, with the signal-to-noise ratio beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from fleetcast.server.compress.samples import Feed, SampleSet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    warmup_runs: int = 5
+    min_runs: int = 20
+    max_runs: int = 500
+    min_duration_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Quality:
+    score: float                      # the figure the budget is checked on, in percent
+    metric: str                       # "accuracy" | "agreement" | "cosine"
+    accuracy_pct: float | None = None
+    agreement_pct: float | None = None
+    cosine: float | None = None
+    snr_db: float | None = None
+
+
+def open_session(model: bytes | str, *, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run_first_output(session: ort.InferenceSession, feeds: tuple[Feed, ...]) -> np.ndarray:
+    """The first output over all feeds, stacked along the batch axis, as float64."""
+    name = session.get_outputs()[0].name
+    outputs = [np.asarray(session.run([name], feed)[0], dtype=np.float64) for feed in feeds]
+    return np.concatenate([o.reshape(len(o), -1) if o.ndim else o.reshape(1, 1) for o in outputs])
+
+
+def measure_latency_ms(model: bytes | str, feed: Feed, *, threads: int, config: LatencyConfig) -> float:
+    """Median wall time of one inference, in milliseconds."""
+    session = open_session(model, threads=threads)
+    for _ in range(config.warmup_runs):
+        session.run(None, feed)
+    timings: list[float] = []
+    started = time.perf_counter()
+    while len(timings) < config.max_runs and (
+            len(timings) < config.min_runs or time.perf_counter() - started < config.min_duration_s):
+        begin = time.perf_counter()
+        session.run(None, feed)
+        timings.append(time.perf_counter() - begin)
+    return statistics.median(timings) * 1000.0
+
+
+def is_classifier(reference: np.ndarray) -> bool:
+    return reference.ndim == 2 and reference.shape[1] >= 2
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> Quality:
+    """Quality of `candidate` outputs against the original's `reference` (and labels)."""
+    cosine = mean_cosine(reference, candidate)
+    snr = snr_db(reference, candidate)
+    agreement = None
+    if is_classifier(reference):
+        agreement = 100.0 * float((reference.argmax(1) == candidate.argmax(1)).mean())
+    if labels is not None and is_classifier(reference):
+        accuracy = 100.0 * float((candidate.argmax(1) == labels).mean())
+        return Quality(accuracy, "accuracy", accuracy, agreement, cosine, snr)
+    if agreement is not None:
+        return Quality(agreement, "agreement", None, agreement, cosine, snr)
+    return Quality(100.0 * cosine, "cosine", None, None, cosine, snr)
+
+
+def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    dot = (reference * candidate).sum(1)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    both_zero = norms == 0
+    cosine = np.where(both_zero, 1.0, dot / np.where(both_zero, 1.0, norms))
+    return float(cosine.mean())
+
+
+def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    noise = float(((reference - candidate) ** 2).sum())
+    signal = float((reference ** 2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-30) / noise))
+
+
+class Evaluator:
+    """Scores builds on one sample set against the original model's outputs there."""
+
+    def __init__(self, original: bytes, samples: SampleSet, *, threads: int) -> None:
+        self.samples = samples
+        self.threads = threads
+        self.reference = run_first_output(open_session(original, threads=threads), samples.feeds)
+        self.baseline = compare(self.reference, self.reference, samples.labels)
+
+    def evaluate(self, model: bytes | str) -> Quality:
+        outputs = run_first_output(open_session(model, threads=self.threads), self.samples.feeds)
+        return compare(self.reference, outputs, self.samples.labels)
+
+    def drop_pp(self, quality: Quality) -> float:
+        return self.baseline.score - quality.score

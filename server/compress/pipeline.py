@@ -1,0 +1,251 @@
+"""The compression pipeline: one model in, one measured build per level out.
+
+    report = compress(Path("model.onnx"), Path("variants/"), CompressConfig(levels=("balanced",)))
+
+Writes `<level>.onnx` (or `smallest.fcpack`) per level and `report.json`, `report.md`,
+`report.png` into `out_dir`, which must be new or empty. Everything is built in a
+sibling staging directory and renamed into place at the end, so a failed run leaves
+nothing in `out_dir`. Raises InputError (see `errors`) for unusable input; a level
+that cannot be built is reported with its `error` and the others are still built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from fleetcast.server.compress import package
+from fleetcast.server.compress.errors import LevelError, OutputDirError
+from fleetcast.server.compress.levels import ALL_LEVELS, NEEDS_CALIBRATION, parse_levels
+from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_ms
+from fleetcast.server.compress.normalize import check_runnable, load_model, normalize, optimize_graph
+from fleetcast.server.compress.quantize import Method
+from fleetcast.server.compress.recipes import BUILDERS, Build, BuildContext
+from fleetcast.server.compress.samples import SampleSet, input_specs, load_samples, synthetic_feed
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressConfig:
+    levels: tuple[str, ...] = ALL_LEVELS
+    budget_pp: float = 1.0                    # allowed accuracy (or fidelity) drop, percentage points
+    calibration_dir: Path | None = None
+    eval_dir: Path | None = None
+    intra_op_threads: int = 1                 # threads for the quality runs (latency runs use 1 and 2)
+    max_calibration_samples: int = 128
+    max_eval_samples: int = 2000
+    calibration_methods: tuple[str, ...] = tuple(method.value for method in Method)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+    def __post_init__(self) -> None:
+        parse_levels(",".join(self.levels))   # raises ValueError naming an unknown level
+        for name in self.calibration_methods:
+            Method(name)
+        if self.budget_pp < 0:
+            raise ValueError(f"budget_pp must be >= 0 percentage points, got {self.budget_pp}")
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    level: str
+    path: Path | None                         # None when the level could not be built
+    format: str | None                        # "onnx" | "fcpack"
+    size_bytes: int | None = None             # the ONNX model the device runs
+    packed_bytes: int | None = None           # transport size: fcpack (zstd) of that model, or the fcpack artifact
+    latency_ms_1t: float | None = None
+    latency_ms_2t: float | None = None
+    latency_ratio: float | None = None        # latency_ms_1t / original's, same run
+    latency_ratio_2t: float | None = None
+    size_ratio: float | None = None           # size_bytes / original file
+    packed_ratio: float | None = None         # packed_bytes / original file
+    metric: str | None = None                 # "accuracy" | "agreement" | "cosine"
+    accuracy_pct: float | None = None         # top-1 with labels
+    agreement_pct: float | None = None        # top-1 agreement with the original (classifiers)
+    cosine: float | None = None
+    snr_db: float | None = None
+    drop_pp: float | None = None              # baseline score - this level's score
+    within_budget: bool | None = None
+    recipe: Mapping[str, object] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        document = asdict(self)
+        document["path"] = str(self.path) if self.path else None
+        document["recipe"] = dict(self.recipe)
+        return document
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    model: str
+    original: LevelResult
+    levels: list[LevelResult]
+    quality_data: str                         # what the quality figures were measured on
+    budget_pp: float
+    notes: list[str]
+    machine: Mapping[str, str]
+
+    def to_json(self) -> dict:
+        return {"fleetcast_compression_report": 1, "model": self.model, "budget_pp": self.budget_pp,
+                "quality_data": self.quality_data, "notes": list(self.notes), "machine": dict(self.machine),
+                "original": self.original.to_json(), "levels": [level.to_json() for level in self.levels]}
+
+
+def compress(model_path: Path, out_dir: Path, config: CompressConfig,
+             progress: Progress | None = None) -> CompressionReport:
+    """Build and measure every level in `config.levels`; see the module docstring."""
+    say = progress or (lambda _: None)
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    check_out_dir(out_dir)
+    say("loading model")
+    model = load_model(model_path)
+    check_runnable(model, model_path)
+    specs = input_specs(model)
+    calibration = load_optional(config.calibration_dir, specs, "calibration", config.max_calibration_samples)
+    evaluation = load_optional(config.eval_dir, specs, "evaluation", config.max_eval_samples)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="fleetcast-compress-") as workdir:
+            report = build_all(model, model_path, calibration, evaluation, config, staging, out_dir,
+                               Path(workdir), say)
+        from fleetcast.server.compress.report import write_reports
+
+        say("writing report")
+        write_reports(report, staging)
+        publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputDirError(f"output directory {out_dir} already exists and is not empty; "
+                             "pass a new or empty directory with --out")
+
+
+def load_optional(directory: Path | None, specs, role: str, limit: int) -> SampleSet | None:
+    return None if directory is None else load_samples(Path(directory), specs, role=role, max_samples=limit)
+
+
+def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet | None,
+              evaluation: SampleSet | None, config: CompressConfig, staging: Path, out_dir: Path,
+              workdir: Path, say: Progress) -> CompressionReport:
+    specs = input_specs(model)
+    search = evaluation or calibration or SampleSet(tuple(synthetic_feed(specs, seed=s) for s in range(8)),
+                                                    None, Path("(random inputs)"))
+    probe = search.feeds[:4]
+    original_bytes = model.SerializeToString()
+    base, notes = normalize(model, probe, say)
+    try:
+        say("lossless: optimizing graph")
+        base = optimize_graph(base, probe)
+    except Exception as error:  # onnxruntime or the output check: keep the normalized model
+        notes.append(f"graph optimization skipped: {error}")
+    base_path = workdir / "base.onnx"
+    onnx.save(base, str(base_path))
+    say("measuring the original")
+    evaluator = Evaluator(original_bytes, search, threads=config.intra_op_threads)
+    latency_feed = {name: array[:1] for name, array in search.feeds[0].items()}
+    original = measure_original(model_path, original_bytes, evaluator, latency_feed, config)
+    if calibration is None and any(level in NEEDS_CALIBRATION for level in config.levels):
+        notes.append("no calibration data given: only the data-free levels (lossless, fp16) were built")
+    context = BuildContext(base=base, base_path=base_path, workdir=workdir, calibration=calibration,
+                           evaluator=evaluator, budget_pp=config.budget_pp, methods=config.calibration_methods)
+    results = []
+    for index, level in enumerate(config.levels, 1):
+        step = lambda text, level=level, index=index: say(f"[{index}/{len(config.levels)}] {level}: {text}")
+        results.append(build_level(level, context, original, latency_feed, config, staging, out_dir, step))
+    return CompressionReport(model=str(model_path), original=original, levels=results,
+                             quality_data=describe(search), budget_pp=config.budget_pp, notes=notes,
+                             machine={"cpu": platform.processor() or platform.machine(),
+                                      "onnxruntime": ort.__version__, "python": platform.python_version()})
+
+
+def measure_original(model_path: Path, data: bytes, evaluator: Evaluator, feed, config: CompressConfig) -> LevelResult:
+    size = model_path.stat().st_size
+    packed = len(package.encode(data))
+    latency_1t = measure_latency_ms(data, feed, threads=1, config=config.latency)
+    latency_2t = measure_latency_ms(data, feed, threads=2, config=config.latency)
+    return quality_fields(LevelResult("original", model_path, "onnx", size, packed, latency_1t, latency_2t,
+                                      1.0, 1.0, 1.0, packed / size), evaluator.baseline, 0.0, None)
+
+
+def build_level(level: str, context: BuildContext, original: LevelResult, feed, config: CompressConfig,
+                staging: Path, out_dir: Path, say: Progress) -> LevelResult:
+    started = time.monotonic()
+    try:
+        build = BUILDERS[level](context, say)
+        say("measuring")
+        name = f"{level}.{build.format}"
+        write_file(staging / name, build.artifact)
+        result = measure_build(level, build, out_dir / name, context, original, feed, config)
+    except LevelError as error:
+        logger.warning("level=%s not built: %s", level, error)
+        return LevelResult(level, None, None, error=str(error))
+    except Exception as error:  # an unexpected failure of one level must not stop the others
+        logger.exception("level=%s failed", level)
+        return LevelResult(level, None, None, error=f"{type(error).__name__}: {error}")
+    logger.info("level=%s built in %.1fs", level, time.monotonic() - started)
+    return result
+
+
+def measure_build(level: str, build: Build, path: Path, context: BuildContext, original: LevelResult,
+                  feed, config: CompressConfig) -> LevelResult:
+    size = len(build.runnable)
+    packed = len(build.artifact) if build.format == "fcpack" else len(package.encode(build.runnable))
+    latency_1t = measure_latency_ms(build.runnable, feed, threads=1, config=config.latency)
+    latency_2t = measure_latency_ms(build.runnable, feed, threads=2, config=config.latency)
+    quality = context.evaluator.evaluate(build.runnable)
+    drop = context.evaluator.drop_pp(quality)
+    result = LevelResult(level, path, build.format, size, packed, latency_1t, latency_2t,
+                         latency_1t / original.latency_ms_1t, latency_2t / original.latency_ms_2t,
+                         size / original.size_bytes, packed / original.size_bytes, recipe=build.recipe)
+    within = drop <= config.budget_pp + 1e-9 if level in ("balanced", "smallest") else None
+    return quality_fields(result, quality, drop, within)
+
+
+def quality_fields(result: LevelResult, quality: Quality, drop: float, within: bool | None) -> LevelResult:
+    return replace(result, metric=quality.metric, accuracy_pct=quality.accuracy_pct,
+                   agreement_pct=quality.agreement_pct, cosine=quality.cosine, snr_db=quality.snr_db,
+                   drop_pp=drop, within_budget=within)
+
+
+def describe(samples: SampleSet) -> str:
+    kind = "labelled" if samples.labels is not None else "unlabelled"
+    return f"{len(samples)} {kind} samples from {samples.source}"
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write and fsync (the whole staging directory is renamed into place later)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        out_dir.rmdir()                       # checked empty at the start
+    os.replace(staging, out_dir)
+    directory = os.open(out_dir.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+

@@ -1,0 +1,181 @@
+"""The recipe behind each level: how a build is made from the normalized model.
+
+Each builder returns a `Build`: the artifact bytes, its format, the ONNX bytes a
+device would run (for fcpack, the decoded model), and what was chosen. A builder
+raises LevelError when its level cannot be built; the other levels go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fleetcast.server.compress import package
+from fleetcast.server.compress.errors import LevelError
+from fleetcast.server.compress.measure import Evaluator
+from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights, prune
+from fleetcast.server.compress.quantize import Int8Quantizer, Method, weighted_layers
+from fleetcast.server.compress.samples import SampleSet
+from fleetcast.server.compress.sensitivity import choose_float_layers, choose_per_layer
+from fleetcast.server.compress.weight_sharing import ENTRY_STEPS, share
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Build:
+    artifact: bytes
+    format: str                      # "onnx" | "fcpack"
+    runnable: bytes                  # ONNX bytes the device runs
+    recipe: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class BuildContext:
+    """What every builder may use; the INT8 method choice is shared by balanced and fastest."""
+
+    base: onnx.ModelProto            # normalized, graph-optimized FP32
+    base_path: Path
+    workdir: Path
+    calibration: SampleSet | None
+    evaluator: Evaluator             # scores on the search data against the original
+    budget_pp: float
+    methods: tuple[str, ...]
+    method_scores: dict[str, float] = field(default_factory=dict)
+    quantizer: Int8Quantizer | None = None
+
+    def floor(self) -> float:
+        return self.evaluator.baseline.score - self.budget_pp
+
+    def int8(self) -> Int8Quantizer:
+        if self.calibration is None:
+            raise LevelError("this level needs calibration samples and none were given; "
+                             "pass --calibration DIR (.npz or .npy files, one sample each)")
+        if self.quantizer is None:
+            self.quantizer = Int8Quantizer(self.base_path, self.calibration, self.workdir)
+        return self.quantizer
+
+    def best_method(self, progress: Progress) -> Method:
+        """Try each calibration method on the whole model once; keep the best scoring."""
+        failures = []
+        for index, name in enumerate(self.methods, 1):
+            if name in self.method_scores:
+                continue
+            progress(f"calibrating {index}/{len(self.methods)} method {name}")
+            try:
+                model = self.int8().quantize(Method(name))
+            except LevelError as error:
+                failures.append(str(error))
+                continue
+            self.method_scores[name] = self.evaluator.evaluate(model).score
+        if not self.method_scores:
+            raise LevelError("; ".join(failures))
+        return Method(max(self.method_scores, key=lambda name: self.method_scores[name]))
+
+
+def build_lossless(context: BuildContext, progress: Progress) -> Build:
+    data = context.base.SerializeToString()
+    return Build(data, "onnx", data, {"transforms": "normalized, onnxruntime basic graph optimizations"})
+
+
+def build_fp16(context: BuildContext, progress: Progress) -> Build:
+    from onnxconverter_common import float16
+
+    progress("converting weights to float16")
+    try:
+        model = float16.convert_float_to_float16(context.base, keep_io_types=True)
+    except Exception as error:  # the converter raises plain exceptions on odd graphs
+        raise LevelError(f"onnxconverter-common could not convert to float16: {error}") from error
+    data = model.SerializeToString()
+    return Build(data, "onnx", data, {"io_types": "float32"})
+
+
+def build_fastest(context: BuildContext, progress: Progress) -> Build:
+    method = context.best_method(progress)
+    progress(f"quantizing every layer ({method})")
+    data = context.int8().quantize(method)
+    return Build(data, "onnx", data, {"calibration_method": str(method), "float_layers": [],
+                                      "method_scores": dict(context.method_scores)})
+
+
+def build_balanced(context: BuildContext, progress: Progress) -> Build:
+    method = context.best_method(progress)
+    layers = weighted_layers(context.base)
+    cache: dict[tuple[str, ...], bytes] = {}
+
+    def score_of(keep_float: tuple[str, ...]) -> float:
+        cache.clear()  # the search always ends on the build it chose: keep only the latest
+        cache[keep_float] = context.int8().quantize(method, keep_float=keep_float)
+        return context.evaluator.evaluate(cache[keep_float]).score
+
+    choice = choose_float_layers(score_of, layers, context.floor(), progress)
+    recipe = {"calibration_method": str(method), "method_scores": dict(context.method_scores),
+              "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
+              "budget_met": choice.within_budget,
+              "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
+    return Build(cache[choice.keep_float], "onnx", cache[choice.keep_float], recipe)
+
+
+def build_smallest(context: BuildContext, progress: Progress) -> Build:
+    if context.calibration is None:
+        raise LevelError("smallest needs samples to check its accuracy budget and none were given; "
+                         "pass --calibration DIR")
+    weights = {t.name: numpy_helper.to_array(t) for t in context.base.graph.initializer}
+    names = prunable_weights(context.base)
+    half_floor = context.evaluator.baseline.score - context.budget_pp / 2
+
+    def score_sparsity(plan: Mapping[str, float]) -> float:
+        return context.evaluator.evaluate(with_weights(context.base, apply_plan(weights, plan, {}))).score
+
+    sparsity = choose_per_layer(score_sparsity, {n: SPARSITY_STEPS for n in names}, {n: 0.0 for n in names},
+                                half_floor, progress, step="pruning").options
+
+    def score_sharing(plan: Mapping[str, int | None]) -> float:
+        return context.evaluator.evaluate(with_weights(context.base, apply_plan(weights, sparsity, plan))).score
+
+    entries = choose_per_layer(score_sharing, {n: (*ENTRY_STEPS, None) for n in names}, {n: None for n in names},
+                               context.floor(), progress, step="weight sharing").options
+    progress("packing (zstd)")
+    model = with_weights(context.base, apply_plan(weights, sparsity, entries))
+    artifact = package.encode(model)
+    recipe = {"sparsity": {n: sparsity[n] for n in names}, "codebook_entries": {n: entries[n] for n in names},
+              "package": "fcpack v1"}
+    return Build(artifact, "fcpack", package.decode(artifact), recipe)
+
+
+def apply_plan(weights: Mapping[str, np.ndarray], sparsity: Mapping[str, float],
+               entries: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+    changed = {}
+    for name in set(sparsity) | set(entries):
+        values = prune(weights[name], sparsity.get(name, 0.0))
+        if entries.get(name) is not None:
+            values = share(values, entries[name])
+        changed[name] = values
+    return changed
+
+
+def with_weights(model: onnx.ModelProto, changed: Mapping[str, np.ndarray]) -> bytes:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        if tensor.name in changed:
+            tensor.CopyFrom(numpy_helper.from_array(changed[tensor.name].astype(numpy_helper.to_array(tensor).dtype),
+                                                    tensor.name))
+    return copy.SerializeToString()
+
+
+BUILDERS: Mapping[str, Callable[[BuildContext, Progress], Build]] = {
+    "lossless": build_lossless,
+    "fp16": build_fp16,
+    "balanced": build_balanced,
+    "fastest": build_fastest,
+    "smallest": build_smallest,
+}

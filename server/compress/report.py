@@ -1,0 +1,117 @@
+"""The compression report: `report.json` (machine), `report.md` (people), `report.png`
+(size, latency and quality per level side by side, as bars)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from fleetcast.server.compress.pipeline import CompressionReport, LevelResult
+
+logger = logging.getLogger(__name__)
+
+
+def write_reports(report: CompressionReport, directory: Path) -> None:
+    document = report.to_json()
+    for level in document["levels"]:
+        level["path"] = Path(level["path"]).name if level["path"] else None  # relative to the report
+    document["original"]["path"] = report.original.path.name if report.original.path else None
+    write_text(directory / "report.json", json.dumps(document, indent=2, sort_keys=False) + "\n")
+    write_text(directory / "report.md", render_markdown(report))
+    plot(report, directory / "report.png")
+
+
+def write_text(path: Path, text: str) -> None:
+    from fleetcast.server.compress.pipeline import write_file
+
+    write_file(path, text.encode())
+
+
+def kib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1024:,.1f} KiB"
+
+
+def ratio(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
+
+
+def quality_text(result: LevelResult) -> str:
+    if result.metric == "accuracy":
+        return f"top-1 {result.accuracy_pct:.2f} %"
+    if result.metric == "agreement":
+        return f"agreement {result.agreement_pct:.2f} %"
+    if result.metric == "cosine":
+        return f"cosine {result.cosine:.5f}, SNR {result.snr_db:.1f} dB"
+    return "-"
+
+
+def render_markdown(report: CompressionReport) -> str:
+    lines = [f"# Compression report: {Path(report.model).name}", "",
+             f"Quality measured on {report.quality_data}; budget {report.budget_pp} percentage points. "
+             f"Latency: median of one batch-1 inference on onnxruntime {report.machine.get('onnxruntime')} "
+             f"CPU, ratios to the original measured in the same run.", "",
+             "| level | file | size | packed | latency 1 thread | latency 2 threads | quality | drop (pp) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for result in [report.original, *report.levels]:
+        if result.error:
+            lines.append(f"| {result.level} | not built | | | | | | |")
+            continue
+        lines.append(
+            f"| {result.level} | {result.path.name if result.path else '-'} "
+            f"| {kib(result.size_bytes)} ({ratio(result.size_ratio)}) "
+            f"| {kib(result.packed_bytes)} ({ratio(result.packed_ratio, 3)}) "
+            f"| {result.latency_ms_1t:.3f} ms ({ratio(result.latency_ratio)}) "
+            f"| {result.latency_ms_2t:.3f} ms ({ratio(result.latency_ratio_2t)}) "
+            f"| {quality_text(result)} | {result.drop_pp:+.2f} |")
+    missing = [r for r in report.levels if r.error]
+    if missing:
+        lines += ["", "## Levels not built", ""] + [f"- **{r.level}**: {r.error}" for r in missing]
+    recipes = [r for r in report.levels if r.recipe and not r.error]
+    if recipes:
+        lines += ["", "## Recipes", ""]
+        for result in recipes:
+            summary = ", ".join(f"{k}={v}" for k, v in result.recipe.items() if k != "sensitivity_pp")
+            lines.append(f"- **{result.level}**: {summary}")
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: CompressionReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    built = [r for r in [report.original, *report.levels] if not r.error]
+    names = [r.level for r in built]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    positions = range(len(built))
+    axes[0].bar([p - 0.2 for p in positions], [r.size_ratio for r in built], 0.4, label="file")
+    axes[0].bar([p + 0.2 for p in positions], [r.packed_ratio for r in built], 0.4, label="packed (zstd)")
+    axes[0].set_title("size / original")
+    axes[0].legend()
+    axes[1].bar([p - 0.2 for p in positions], [r.latency_ratio for r in built], 0.4, label="1 thread")
+    axes[1].bar([p + 0.2 for p in positions], [r.latency_ratio_2t for r in built], 0.4, label="2 threads")
+    axes[1].set_title("latency / original")
+    axes[1].legend()
+    metric = built[0].metric or "score"
+    axes[2].bar(list(positions), [score_of(r) for r in built], 0.6, color="tab:green")
+    axes[2].set_title(f"{metric} (%)")
+    low = min(score_of(r) for r in built)
+    axes[2].set_ylim(max(0.0, low - 5.0), 100.5)
+    for axis in axes:
+        axis.set_xticks(list(positions), names, rotation=30)
+    figure.suptitle(f"{Path(report.model).name}: {report.quality_data}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def score_of(result: LevelResult) -> float:
+    if result.metric == "accuracy":
+        return result.accuracy_pct or 0.0
+    if result.metric == "agreement":
+        return result.agreement_pct or 0.0
+    return 100.0 * (result.cosine or 0.0)

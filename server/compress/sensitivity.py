@@ -1,0 +1,80 @@
+"""Per-layer sensitivity searches: which layers to keep in float (balanced), and how
+hard each layer can be pruned and shared (smallest), within an accuracy budget.
+
+Both are greedy searches over a score function that builds and measures a whole
+model, so interactions between layers are measured, not assumed away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+Option = TypeVar("Option")
+
+
+@dataclass(frozen=True)
+class FloatLayerChoice:
+    keep_float: tuple[str, ...]
+    score: float
+    within_budget: bool
+    sensitivity: Mapping[str, float]  # layer -> score gained by keeping only it in float
+
+
+def choose_float_layers(score_of: Callable[[tuple[str, ...]], float], layers: Sequence[str], floor: float,
+                        progress: Callable[[str], None]) -> FloatLayerChoice:
+    """Fewest layers to keep in float so that score_of(kept) >= floor.
+
+    Measures each layer's sensitivity (the score with only that layer in float), then
+    keeps layers in float most sensitive first until the floor is met.
+    """
+    score = score_of(())
+    if score >= floor:
+        return FloatLayerChoice((), score, True, {})
+    sensitivity: dict[str, float] = {}
+    for index, layer in enumerate(layers, 1):
+        progress(f"sensitivity {index}/{len(layers)} layer {layer}")
+        sensitivity[layer] = score_of((layer,)) - score
+    kept: list[str] = []
+    for layer in sorted(layers, key=lambda name: -sensitivity[name]):
+        kept.append(layer)
+        progress(f"keeping {len(kept)} layer(s) in float, latest {layer}")
+        score = score_of(tuple(kept))
+        logger.info("float layers=%d latest=%s score=%.3f floor=%.3f", len(kept), layer, score, floor)
+        if score >= floor:
+            return FloatLayerChoice(tuple(kept), score, True, sensitivity)
+    return FloatLayerChoice(tuple(kept), score, False, sensitivity)
+
+
+@dataclass(frozen=True)
+class LayerPlan(Generic[Option]):
+    options: Mapping[str, Option]   # layer -> chosen option
+    score: float
+
+
+def choose_per_layer(score_of: Callable[[Mapping[str, Option]], float],
+                     candidates: Mapping[str, Sequence[Option]], start: Mapping[str, Option],
+                     floor: float, progress: Callable[[str], None], *, step: str) -> LayerPlan[Option]:
+    """For each layer in turn, the most aggressive option that keeps the whole model at
+    or above `floor`, given the choices already made; candidates are ordered most
+    aggressive first, and `start` holds each layer's safe option (used when none fits)."""
+    chosen = dict(start)
+    score = float("nan")
+    for index, (layer, options) in enumerate(candidates.items(), 1):
+        for option in options:
+            if option == start[layer]:
+                break
+            progress(f"{step} {index}/{len(candidates)} layer {layer}: trying {option}")
+            trial = {**chosen, layer: option}
+            trial_score = score_of(trial)
+            if trial_score >= floor:
+                chosen, score = trial, trial_score
+                logger.info("%s layer=%s option=%s score=%.3f", step, layer, option, trial_score)
+                break
+    if score != score:  # nothing changed: measure the start plan itself
+        score = score_of(chosen)
+    return LayerPlan(chosen, score)
