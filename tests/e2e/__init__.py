@@ -1,0 +1,1 @@
+"""End-to-end scenarios: the server and agents run as subprocesses."""

@@ -1,0 +1,84 @@
+"""Delivery with MQTT notifications: the server and agents are given a real broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import models
+from tests.support.broker import Broker
+from tests.support.deployments import deploy_and_install, push, wait_serving
+from tests.support.processes import Fleet, ServerProcess
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.broker]
+
+HARDWARE = {"mq-x86": "x86-cpu", "mq-arm": "arm-cpu", "mq-jetson": "jetson"}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    # Our own broker, not the session one: a scenario here restarts it.
+    with Broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def mqtt_fleet(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Fleet]]:
+    root = tmp_path_factory.mktemp("mqtt")
+    server = ServerProcess(root / "server", mqtt_url=broker.url)
+    server.start()
+    try:
+        with Fleet(root / "agents", server, HARDWARE.items(), mqtt_url=broker.url) as fleet:
+            yield server, fleet
+    finally:
+        server.stop()
+
+
+def assert_notified_over_mqtt(broker: Broker, device_ids: list[str], since: int) -> None:
+    """The broker log (verbose) shows an assignment notice sent to each device's client."""
+    log = broker.log_path.read_text(errors="replace")[since:]
+    for device_id in device_ids:
+        topic = f"fleetcast/v1/devices/{device_id}/assignment"
+        sent = [line for line in log.splitlines() if f"Sending PUBLISH to {device_id} " in line and topic in line]
+        assert sent, f"the broker never sent {topic} to client {device_id}\n{broker.log_tail()}"
+
+
+def reconnected(broker: Broker, device_ids: list[str], since: int) -> set[str]:
+    log = broker.log_path.read_text(errors="replace")[since:]
+    back = {d for d in device_ids if f" as {d} " in log}
+    return back | ({"fleetcast-server"} if "u'fleetcast-server'" in log else set())
+
+
+def deploy_new_version(server: ServerProcess, fleet: Fleet, tmp_path: Path, seed: int) -> str:
+    model = models.write(models.tiny_classifier(seed), tmp_path / f"m{seed}.onnx")
+    version = push(server, model, name="mqtt-classifier").version
+    deploy_and_install(server, fleet.agents, "mqtt-classifier", version)
+    for agent in fleet:
+        wait_serving(agent, "mqtt-classifier", version)
+        assert models.sha256_of(agent.active_model_path()) == models.sha256_of(model)
+    return version
+
+
+def test_deploy_with_mqtt_notifications_installs_on_every_device(
+    broker: Broker, mqtt_fleet: tuple[ServerProcess, Fleet], tmp_path: Path
+) -> None:
+    server, fleet = mqtt_fleet
+    since = broker.log_path.stat().st_size
+    deploy_new_version(server, fleet, tmp_path, seed=11)
+    assert_notified_over_mqtt(broker, list(HARDWARE), since)
+
+
+def test_devices_still_get_notified_and_install_after_the_broker_restarts(
+    broker: Broker, mqtt_fleet: tuple[ServerProcess, Fleet], tmp_path: Path
+) -> None:
+    server, fleet = mqtt_fleet
+    broker.restart()
+    since = broker.log_path.stat().st_size
+    everyone = {*HARDWARE, "fleetcast-server"}
+    wait_for(lambda: reconnected(broker, list(HARDWARE), since) == everyone, timeout_s=60,
+             what="the server and every agent to reconnect to the restarted broker", context=broker.log_tail)
+    deploy_new_version(server, fleet, tmp_path, seed=12)
+    assert_notified_over_mqtt(broker, list(HARDWARE), since)

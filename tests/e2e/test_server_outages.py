@@ -1,0 +1,80 @@
+"""The server goes away and comes back: deployments finish, telemetry counts once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import models
+from tests.support.deployments import (
+    deploy, deploy_and_install, deployment_doc, device_entries, assert_installed, infer_output,
+    inferences_of, push, wait_outcomes, wait_serving,
+)
+from tests.support.processes import Fleet, ServerProcess
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+RATE_FLAG = "--download-rate-bps"
+
+
+def test_server_restarted_in_the_middle_of_a_deployment_still_completes_it(new_server, tmp_path: Path) -> None:
+    server: ServerProcess = new_server()
+    devices = {"out-1": "x86-cpu", "out-2": "arm-cpu"}
+    model = models.write(models.sized_model(6.0, seed=5), tmp_path / "m.onnx")
+    with Fleet(tmp_path / "agents", server, devices.items()) as fleet:
+        version = push(server, model, name="outage").version
+        deployment = deploy(server, "outage", version=version, devices=list(devices))
+        # Kill as soon as any device is on its way (or at once, if none reported yet).
+        try:
+            wait_for(lambda: any(e.get("state") for e in device_entries(deployment_doc(server, deployment)).values()
+                                 if not e.get("outcome")),
+                     timeout_s=5, interval_s=0.05, what="a device to start the update")
+        except AssertionError:
+            pass  # a kill before any device reported is a restart in the middle too
+        server.kill()
+        server.start()
+        entries = wait_outcomes(server, deployment, devices=list(devices), timeout_s=120, logs=fleet.log_tails)
+        assert_installed(entries, fleet.log_tails)
+        for agent in fleet:
+            wait_serving(agent, "outage", version)
+            assert models.sha256_of(agent.active_model_path()) == models.sha256_of(model)
+
+
+def test_telemetry_sent_while_server_is_down_arrives_exactly_once(new_server, new_agent, tmp_path: Path) -> None:
+    server: ServerProcess = new_server()
+    agent = new_agent(server, "dev-telemetry")
+    path = models.write(models.tiny_classifier(200), tmp_path / "t.onnx")
+    version = push(server, path, name="counted").version
+    deploy_and_install(server, [agent], "counted", version)
+    wait_serving(agent, "counted", version)
+
+    def count() -> int:
+        return inferences_of(server, agent.device_id, "counted", version)
+
+    # Whatever the device counted while installing (smoke test, trial) settles first.
+    x = models.sample_input()
+    infer_output(agent, x)
+    wait_for(lambda: count() >= 1, timeout_s=30, what="the server to count a first inference",
+             context=lambda: f"{server.log_tail(20)}\n{agent.log_tail(20)}")
+    base = count()
+
+    k = 25
+    server.stop()
+    for _ in range(k):
+        infer_output(agent, x)
+    time.sleep(2.5)  # part of the scenario: telemetry intervals pass with the server away
+    server.start()
+    wait_for(lambda: count() == base + k, timeout_s=60,
+             what=f"the server to count {base + k} inferences", context=lambda: f"count={count()}\n{agent.log_tail()}")
+
+    # A restart resends whatever the agent does not know was acknowledged: nothing counts twice.
+    agent.kill()
+    agent.start()
+    infer_output(agent, x)
+    wait_for(lambda: count() >= base + k + 1, timeout_s=60,
+             what="the server to count the inference made after the agent restart",
+             context=lambda: f"count={count()}\n{agent.log_tail()}")
+    assert count() == base + k + 1, f"the server counted {count()} inferences, expected {base + k + 1}"

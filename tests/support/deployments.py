@@ -1,0 +1,143 @@
+"""What an operator does in the scenarios: push, deploy, wait for outcomes, and ask a
+device what it serves. Failures show the deployment document and the process logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.support.processes import AgentProcess, ServerProcess
+from tests.support.waiting import wait_for
+
+# Per-device outcomes that end a device's part in a deployment (proto StatusReport.outcome).
+FINAL_OUTCOMES = frozenset({"installed", "failed", "rolled_back"})
+
+
+def push(server: ServerProcess, path: Path, *, name: str, version: str | None = None) -> Any:
+    with server.client() as fc:
+        return fc.push_model(path, name=name, version=version)
+
+
+def deploy(server: ServerProcess, model: str, *, version: str | None, devices: Iterable[str]) -> str:
+    """Deploys to the named devices; returns the deployment id."""
+    with server.client() as fc:
+        return fc.deploy(model, version=version, to="device:" + ",".join(devices)).id
+
+
+def deployment_doc(server: ServerProcess, deployment_id: str) -> dict[str, Any]:
+    with server.client() as fc:
+        return dict(fc.get_deployment(deployment_id).raw)
+
+
+def device_entries(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {str(d.get("device_id")): d for d in doc.get("devices") or ()}
+
+
+def show(doc: Any) -> str:
+    return json.dumps(doc, indent=1, sort_keys=True, default=str)
+
+
+def wait_outcomes(
+    server: ServerProcess,
+    deployment_id: str,
+    *,
+    devices: Sequence[str],
+    timeout_s: float,
+    logs: Callable[[], str] = lambda: "",
+) -> dict[str, dict[str, Any]]:
+    """Waits until every named device has a final outcome; returns {device_id: entry}."""
+    last: dict[str, Any] = {}
+
+    def probe() -> dict[str, dict[str, Any]] | None:
+        nonlocal last
+        last = deployment_doc(server, deployment_id)
+        entries = device_entries(last)
+        if all(str((entries.get(d) or {}).get("outcome") or "") in FINAL_OUTCOMES for d in devices):
+            return {d: entries[d] for d in devices}
+        return None
+
+    return wait_for(
+        probe, timeout_s=timeout_s, interval_s=0.3,
+        what=f"devices {list(devices)} to reach a final outcome in deployment {deployment_id}",
+        context=lambda: f"deployment document:\n{show(last)}\n{server.log_tail(30)}\n{logs()}",
+    )
+
+
+def assert_installed(entries: dict[str, dict[str, Any]], logs: Callable[[], str] = lambda: "") -> None:
+    not_installed = {d: e for d, e in entries.items() if e.get("outcome") != "installed"}
+    assert not not_installed, f"devices did not install: {show(not_installed)}\n{logs()}"
+
+
+def deploy_and_install(
+    server: ServerProcess, agents: Sequence[AgentProcess], model: str, version: str, *, timeout_s: float = 90
+) -> str:
+    """Deploys `model@version` to the agents and asserts every one ends `installed`."""
+    logs = lambda: "\n".join(a.log_tail(30) for a in agents)  # noqa: E731
+    deployment = deploy(server, model, version=version, devices=[a.device_id for a in agents])
+    entries = wait_outcomes(server, deployment, devices=[a.device_id for a in agents], timeout_s=timeout_s, logs=logs)
+    assert_installed(entries, logs)
+    return deployment
+
+
+# what a device serves, through its local API
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(obj, dict) and obj.get(name) is not None:
+            return obj[name]
+        if not isinstance(obj, dict) and getattr(obj, name, None) is not None:
+            return getattr(obj, name)
+    return None
+
+
+def serving(agent: AgentProcess) -> tuple[str, str] | None:
+    """(model, version) the agent's local API says it serves, or None."""
+    status = agent.status()
+    active = _get(status, "active", "serving", "model")
+    if isinstance(active, str) and "@" in active:
+        name, _, version = active.partition("@")
+        return name, version
+    if active is not None and not isinstance(active, str):
+        name, version = _get(active, "model", "name"), _get(active, "version")
+    else:
+        name, version = active, _get(status, "version")
+    if name is None or version is None:
+        return None
+    return str(name), str(version)
+
+
+def wait_serving(agent: AgentProcess, model: str, version: str, *, timeout_s: float = 30) -> None:
+    wait_for(
+        lambda: serving(agent) == (model, str(version)), timeout_s=timeout_s,
+        what=f"{agent.label} to serve {model}@{version}", context=agent.log_tail,
+    )
+
+
+def infer_output(agent: AgentProcess, x: np.ndarray) -> np.ndarray:
+    """Runs one inference through the agent's local API; returns the first output."""
+    result = agent.infer({"input": x})
+    outputs = _get(result, "outputs") if not isinstance(result, (list, tuple, np.ndarray)) else result
+    if outputs is None:
+        outputs = result
+    if isinstance(outputs, dict):
+        outputs = outputs.get("output", next(iter(outputs.values())))
+    elif isinstance(outputs, (list, tuple)) and outputs and not np.isscalar(outputs[0]):
+        first = outputs[0]
+        outputs = first if isinstance(first, np.ndarray) or isinstance(first, list) else outputs
+    return np.asarray(outputs, dtype=np.float32)
+
+
+def device_doc(server: ServerProcess, device_id: str) -> Any:
+    with server.client() as fc:
+        return fc.get_device(device_id)
+
+
+def inferences_of(server: ServerProcess, device_id: str, model: str, version: str) -> int:
+    """The server's count of inferences the device reported for model@version."""
+    device = device_doc(server, device_id)
+    return sum(s.inferences for s in device.stats if s.model == model and s.version == str(version))

@@ -1,0 +1,382 @@
+"""The Fleetcast server and agents as real subprocesses on 127.0.0.1.
+
+Each process logs to a file beside its data dir; every failed wait shows the log's tail.
+Processes run in their own session so a kill reaches everything they started, and
+nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.support.waiting import log_tail, port_accepts, wait_for
+
+START_TIMEOUT_S = 60.0  # imports of onnx/onnxruntime/grpc on a loaded 2-core machine
+STOP_TIMEOUT_S = 20.0
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class _Process:
+    """A subprocess with a log file, started in its own session."""
+
+    label = "process"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    # subclasses: the command line and the readiness check
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> "_Process":
+        """Starts the process and waits (bounded) until it says it serves."""
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
+        """Starts the process without waiting for it to serve."""
+        assert not self.running, f"{self.label} is already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        cmd = self.command()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts}: {' '.join(cmd)}\n".encode())
+            log.flush()
+            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        def ready() -> bool:
+            if self._proc is None or self._proc.poll() is not None:
+                code = None if self._proc is None else self._proc.returncode
+                raise AssertionError(f"{self.label} exited with {code} before it served\n{self.log_tail()}")
+            return self._ready()
+
+        try:
+            wait_for(ready, timeout_s=timeout_s, what=f"{self.label} to serve", context=self.log_tail)
+        except AssertionError as e:
+            # A process that exited is the answer already; do not wait out the clock.
+            raise AssertionError(str(e)) from None
+
+    def stop(self) -> int | None:
+        """SIGTERM, then wait for the exit; returns the exit code."""
+        return self._end(signal.SIGTERM)
+
+    def kill(self) -> int | None:
+        """SIGKILL to the process and everything it started."""
+        return self._end(signal.SIGKILL)
+
+    def restart(self) -> "_Process":
+        self.stop()
+        return self.start()
+
+    def _end(self, sig: int) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+                raise AssertionError(f"{self.label} ignored signal {sig} for {STOP_TIMEOUT_S}s\n{self.log_tail()}")
+        if sig == signal.SIGKILL:
+            # The session may have children that outlived the leader: end them too.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._proc = None
+        return proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log_path, lines=lines, label=f"{self.label} log ({self.log_path})")
+
+    def __enter__(self) -> "_Process":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerProcess(_Process):
+    """`fleetcast server` with its own data dir; restarts come back on the same ports."""
+
+    label = "server"
+
+    def __init__(self, data_dir: Path, *, mqtt_url: str | None = None, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(data_dir)
+        self.mqtt_url = mqtt_url
+        self.extra_args = list(extra_args)
+        self.http_address = "127.0.0.1:0"
+        self.grpc_address = "127.0.0.1:0"
+        self.info: dict[str, Any] = {}
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "fleetcast.sdk.console", "server", "--data", str(self.data_dir),
+            "--http", self.http_address, "--grpc", self.grpc_address,
+        ]
+        if self.mqtt_url:
+            cmd += ["--mqtt", self.mqtt_url]
+        return cmd + self.extra_args
+
+    @property
+    def server_json(self) -> Path:
+        return self.data_dir / "server.json"
+
+    def _ready(self) -> bool:
+        doc = _read_json(self.server_json)
+        if not doc or doc.get("pid") != self.pid or not doc.get("http") or not doc.get("grpc"):
+            return False
+        self.info = doc
+        host, _, port = str(doc["grpc"]).rpartition(":")
+        return port_accepts(host.strip("[]") or "127.0.0.1", int(port))
+
+    def start(self) -> "ServerProcess":
+        super().start()
+        # Later starts reuse the ports this one got, so agents find it again.
+        self.http_address = self.http.split("://", 1)[-1].rstrip("/")
+        self.grpc_address = self.grpc
+        return self
+
+    @property
+    def http(self) -> str:
+        return str(self.info["http"]).rstrip("/")
+
+    @property
+    def grpc(self) -> str:
+        return str(self.info["grpc"])
+
+    @property
+    def operator_token(self) -> str:
+        return (self.data_dir / "operator-token").read_text().strip()
+
+    @property
+    def enroll_token(self) -> str:
+        return (self.data_dir / "enroll-token").read_text().strip()
+
+    @property
+    def trust_root(self) -> Path:
+        return self.data_dir / "trust-root.json"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fleetcast.db"
+
+    def client(self) -> Any:
+        """An operator SDK client for this server (close it, or use it in a `with`)."""
+        from fleetcast.sdk import Client
+
+        return Client(self.http, self.operator_token)
+
+
+class AgentProcess(_Process):
+    """`fleetcast agent` for one device, with fast trial, poll and telemetry periods."""
+
+    label = "agent"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        server: ServerProcess | str,
+        device_id: str,
+        hardware: str,
+        trust_root: Path,
+        enroll_token: str,
+        mqtt_url: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(data_dir)
+        self.server = server
+        self.device_id = device_id
+        self.hardware = hardware
+        self.trust_root = Path(trust_root)
+        self.enroll_token = enroll_token
+        self.mqtt_url = mqtt_url
+        self.extra_args = list(extra_args)
+        self.label = f"agent {device_id}"
+        self.info: dict[str, Any] = {}
+
+    def command(self) -> list[str]:
+        grpc = self.server.grpc if isinstance(self.server, ServerProcess) else self.server
+        cmd = [
+            sys.executable, "-m", "fleetcast.sdk.console", "agent",
+            "--server", grpc, "--data", str(self.data_dir), "--device-id", self.device_id,
+            "--hardware", self.hardware, "--trust-root", str(self.trust_root),
+            "--enroll-token", self.enroll_token,
+            "--trial-s", "1", "--poll-interval-s", "5", "--telemetry-interval-s", "1",
+        ]
+        if self.mqtt_url:
+            cmd += ["--mqtt", self.mqtt_url]
+        return cmd + self.extra_args
+
+    @property
+    def agent_json(self) -> Path:
+        return self.data_dir / "agent.json"
+
+    def _ready(self) -> bool:
+        doc = _read_json(self.agent_json)
+        if not doc or doc.get("pid") != self.pid:
+            return False
+        self.info = doc
+        return Path(str(doc.get("socket", self.data_dir / "agent.sock"))).exists()
+
+    def start(self) -> "AgentProcess":
+        super().start()
+        return self
+
+    # what the device holds and serves
+
+    def active_slot(self) -> str | None:
+        try:
+            return (self.data_dir / "active").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def active_model_path(self) -> Path | None:
+        slot = self.active_slot()
+        return None if slot is None else self.data_dir / "slots" / slot / "model.onnx"
+
+    def active_manifest(self) -> dict[str, Any] | None:
+        slot = self.active_slot()
+        return None if slot is None else _read_json(self.data_dir / "slots" / slot / "manifest.json")
+
+    def inference_client(self) -> Any:
+        from fleetcast.agent.local_api import InferenceClient
+
+        return InferenceClient(self.data_dir)
+
+    def status(self) -> Any:
+        """What the running agent says it serves (its local API)."""
+        return self.inference_client().status()
+
+    def infer(self, inputs: Any) -> Any:
+        return self.inference_client().infer(inputs)
+
+
+class Fleet:
+    """N agents of one server, started together; a context manager that stops them."""
+
+    def __init__(
+        self,
+        root: Path,
+        server: ServerProcess,
+        devices: Iterable[tuple[str, str]],
+        *,
+        mqtt_url: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.agents = [
+            AgentProcess(
+                Path(root) / device_id, server=server, device_id=device_id, hardware=hardware,
+                trust_root=server.trust_root, enroll_token=server.enroll_token,
+                mqtt_url=mqtt_url, extra_args=extra_args,
+            )
+            for device_id, hardware in devices
+        ]
+
+    def __iter__(self) -> Iterator[AgentProcess]:
+        return iter(self.agents)
+
+    def __getitem__(self, device_id: str) -> AgentProcess:
+        return next(a for a in self.agents if a.device_id == device_id)
+
+    def start(self) -> "Fleet":
+        for agent in self.agents:  # launch all first: they import in parallel
+            agent.launch()
+        for agent in self.agents:
+            agent.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        errors = []
+        for agent in self.agents:
+            try:
+                agent.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+    def log_tails(self, lines: int = 40) -> str:
+        return "\n".join(a.log_tail(lines) for a in self.agents)
+
+    def __enter__(self) -> "Fleet":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def running(*processes: _Process) -> Iterator[None]:
+    """Stops (SIGTERM) every given process on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        for p in reversed(processes):
+            try:
+                p.stop()
+            except AssertionError:
+                p.kill()
+
+
+def wait_until_gone(pid: int, timeout_s: float = 10.0) -> None:
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout_s=timeout_s, what=f"process {pid} to exit")
+
+
+def sleep_s(seconds: float) -> None:
+    """A deliberate pause that is part of a scenario (not a wait for a condition)."""
+    time.sleep(seconds)
