@@ -307,7 +307,7 @@ def _tuf_errors(repository: str) -> Iterator[None]:
     except tuf_errors.DownloadLengthMismatchError as e:
         raise VerificationError(f"{repository} metadata is longer than allowed: {e}") from e
     except tuf_errors.RepositoryError as e:
-        raise VerificationError(f"{repository} metadata is invalid: {e}") from e
+        raise VerificationError(f"{repository} metadata is invalid: {e or e.__cause__}") from e
     except tuf_errors.DownloadError as e:
         raise ServerUnavailableError(f"{repository} metadata could not be fetched: {e}") from e
 
@@ -322,7 +322,7 @@ def _check_self_signed(data: bytes, what: str, fix: str) -> None:
     except tuf_errors.UnsignedMetadataError as e:
         raise TrustRootError(f"{what} is not signed by its own root keys ({e}): {fix}") from e
     except tuf_errors.RepositoryError as e:
-        raise TrustRootError(f"{what} is not a TUF root envelope ({e}): {fix}") from e
+        raise TrustRootError(f"{what} is not a TUF root envelope ({e or e.__cause__}): {fix}") from e
 
 
 def _require_same(found: TargetFile | None, path: str, length: int, sha256: str, what: str) -> None:

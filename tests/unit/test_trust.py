@@ -1,0 +1,329 @@
+"""The agent's checks: metadata the server's Signer signed, verified by Verifier."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import tempfile
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from securesystemslib.dsse import Envelope
+
+from fleetcast.agent.errors import ServerUnavailableError, TrustRootError, VerificationError
+from fleetcast.agent.trust import (
+    GrpcMetadataFetcher,
+    TrustConfig,
+    TrustRoot,
+    VerifiedAssignment,
+    Verifier,
+    load_trust_root,
+    parse_trust_root,
+)
+from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
+from fleetcast.server.signing import (
+    ArtifactTarget,
+    DirectorAssignment,
+    GoldenRef,
+    MetadataNotFound,
+    Signer,
+    SigningConfig,
+)
+from tests.support.metadata_store import MemoryMetadataStore
+from tests.support.repository_simulator import RepositorySimulator
+
+DEVICE = "dev-1"
+MODEL_SHA = "a" * 64
+GOLDEN_SHA = "b" * 64
+
+
+@dataclass
+class Fleet:
+    signer: Signer
+    trust_root: TrustRoot
+    simulator: RepositorySimulator
+    state_dir: Path
+
+    def verifier(self, device_id: str = DEVICE) -> Verifier:
+        """A new Verifier each time, as after an agent restart (same state dir)."""
+        return Verifier(trust_root=self.trust_root, state_dir=self.state_dir,
+                        fetcher=self.simulator, config=TrustConfig(device_id=device_id))
+
+
+def make_fleet(root: Path, config: SigningConfig = SigningConfig(), clock=None) -> Fleet:
+    signer = Signer.open(root / "keys", MemoryMetadataStore(), config, clock=clock)
+    (root / "trust-root.json").write_bytes(signer.trust_root())
+    signer.add_artifact(ArtifactTarget(MODEL_SHA, 100, {"kind": "model", "model": "digits"}))
+    signer.add_artifact(ArtifactTarget(GOLDEN_SHA, 20, {"kind": "golden", "model": "digits"}))
+    return Fleet(signer, load_trust_root(root / "trust-root.json"),
+                 RepositorySimulator(signer, DEVICE), root / "state")
+
+
+def assignment(*, sha256: str = MODEL_SHA, length: int = 100, golden_sha: str | None = GOLDEN_SHA,
+               deployment_id: str = "dep-1") -> DirectorAssignment:
+    golden = None if golden_sha is None else GoldenRef(
+        path=f"artifacts/{golden_sha}", sha256=golden_sha, length=20, atol=1e-4, rtol=1e-3)
+    return DirectorAssignment(
+        deployment_id=deployment_id, model="digits", version="3", variant="int8", format="onnx",
+        sha256=sha256, length=length, golden=golden,
+        inputs={"input": {"dtype": "float32", "shape": ["batch", 64]}},
+    )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    return make_fleet(tmp_path)
+
+
+def test_check_returns_the_assignment_both_repositories_agree_on(fleet: Fleet) -> None:
+    version = fleet.signer.assign(DEVICE, assignment())
+
+    verified = fleet.verifier().check()
+
+    assert verified is not None
+    assert (verified.deployment_id, verified.device_id, verified.model, verified.version) == (
+        "dep-1", DEVICE, "digits", "3")
+    assert (verified.variant, verified.format, verified.length) == ("int8", "onnx", 100)
+    assert verified.target_path == f"artifacts/{MODEL_SHA}" and verified.sha256 == MODEL_SHA
+    assert verified.golden is not None and verified.golden.sha256 == GOLDEN_SHA
+    assert (verified.golden.length, verified.golden.atol, verified.golden.rtol) == (20, 1e-4, 1e-3)
+    assert dict(verified.inputs["input"]) == {"dtype": "float32", "shape": ("batch", 64)}
+    assert verified.director_version == version
+
+
+def test_saved_assignment_reads_back_equal_and_checks_types(fleet: Fleet) -> None:
+    fleet.signer.assign(DEVICE, assignment())
+    verified = fleet.verifier().check()
+    assert verified is not None
+    saved = json.loads(json.dumps(verified.to_json()))
+
+    assert VerifiedAssignment.from_saved(saved) == verified
+    with pytest.raises(VerificationError, match="length"):
+        VerifiedAssignment.from_saved({**saved, "length": "100"})
+    with pytest.raises(VerificationError, match="target_path"):
+        VerifiedAssignment.from_saved({**saved, "target_path": "../../etc/passwd"})
+
+
+def test_a_verified_assignment_cannot_be_built_outside_the_check() -> None:
+    with pytest.raises(TypeError, match="Verifier.check"):
+        VerifiedAssignment(
+            deployment_id="d", device_id=DEVICE, model="m", version="1", variant="v", format="onnx",
+            target_path=f"artifacts/{MODEL_SHA}", sha256=MODEL_SHA, length=1, golden=None,
+            inputs={}, director_version=1,
+        )
+
+
+def test_check_returns_none_when_nothing_is_assigned(fleet: Fleet) -> None:
+    assert fleet.verifier().check() is None
+    fleet.signer.assign(DEVICE, assignment())
+    fleet.signer.assign(DEVICE, None)
+
+    assert fleet.verifier().check() is None
+
+
+def test_director_target_missing_from_the_image_repository_is_refused(fleet: Fleet) -> None:
+    fleet.signer.assign(DEVICE, assignment(sha256="c" * 64))
+
+    with pytest.raises(VerificationError, match="image repository does not list the model"):
+        fleet.verifier().check()
+
+
+def test_director_and_image_disagreeing_on_length_is_refused(fleet: Fleet) -> None:
+    fleet.signer.assign(DEVICE, assignment(length=101))
+
+    with pytest.raises(VerificationError, match="disagree on the model length"):
+        fleet.verifier().check()
+
+
+def test_golden_file_missing_from_the_image_repository_is_refused(fleet: Fleet) -> None:
+    fleet.signer.assign(DEVICE, assignment(golden_sha="d" * 64))
+
+    with pytest.raises(VerificationError, match="golden"):
+        fleet.verifier().check()
+
+
+def test_an_assignment_for_another_device_is_refused(fleet: Fleet) -> None:
+    fleet.signer.assign(DEVICE, assignment())
+
+    with pytest.raises(VerificationError, match="not this device 'dev-2'"):
+        fleet.verifier(device_id="dev-2").check()
+
+
+def test_a_tampered_timestamp_payload_fails_as_a_bad_signature(fleet: Fleet) -> None:
+    fleet.signer.assign(DEVICE, assignment())
+    repo = f"director/{DEVICE}"
+    fleet.simulator.serve(repo, "timestamp.json", rewrite_payload(
+        fleet.signer.metadata(repo, "timestamp.json"), version=99))
+
+    with pytest.raises(VerificationError, match="bad signature"):
+        fleet.verifier().check()
+
+
+def test_a_tampered_targets_payload_fails_its_signed_hash(fleet: Fleet) -> None:
+    version = fleet.signer.assign(DEVICE, assignment())
+    repo, name = f"director/{DEVICE}", f"{version}.targets.json"
+    fleet.simulator.serve(repo, name, flip_payload_byte(fleet.signer.metadata(repo, name), index=40, mask=1))
+
+    with pytest.raises(VerificationError, match="signed hash"):
+        fleet.verifier().check()
+
+
+def rewrite_payload(data: bytes, **fields: object) -> bytes:
+    """The same envelope and signatures around a payload with some fields changed."""
+    envelope = Envelope.from_dict(json.loads(data))
+    payload = json.dumps({**json.loads(envelope.payload), **fields}).encode()
+    return json.dumps(Envelope(payload, envelope.payload_type, envelope.signatures).to_dict()).encode()
+
+
+def flip_payload_byte(data: bytes, *, index: int, mask: int) -> bytes:
+    """The same envelope and signatures around a payload with one byte changed."""
+    envelope = Envelope.from_dict(json.loads(data))
+    payload = bytearray(envelope.payload)
+    payload[index % len(payload)] ^= mask
+    return json.dumps(Envelope(bytes(payload), envelope.payload_type, envelope.signatures).to_dict()).encode()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    role=st.sampled_from(["timestamp.json", "1.snapshot.json", "1.targets.json"]),
+    index=st.integers(min_value=0, max_value=10_000),
+    mask=st.integers(min_value=1, max_value=255),
+)
+def test_any_changed_payload_byte_never_verifies(role: str, index: int, mask: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet = make_fleet(Path(tmp))
+        fleet.signer.assign(DEVICE, assignment())
+        repo = f"director/{DEVICE}"
+        fleet.simulator.serve(repo, role, flip_payload_byte(
+            fleet.signer.metadata(repo, role), index=index, mask=mask))
+
+        with pytest.raises(VerificationError):
+            fleet.verifier().check()
+
+
+def test_expired_timestamp_is_refused_until_the_server_refreshes_it(tmp_path: Path) -> None:
+    two_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    clock = Clock(two_days_ago)
+    fleet = make_fleet(tmp_path, SigningConfig(timestamp_expiry_s=86400.0), clock=clock)
+    fleet.signer.assign(DEVICE, assignment())
+
+    with pytest.raises(VerificationError, match="expired"):
+        fleet.verifier().check()
+
+    clock.now = datetime.datetime.now(datetime.timezone.utc)
+    assert fleet.signer.refresh_timestamps() == 2
+    assert fleet.verifier().check() is not None
+
+
+class Clock:
+    def __init__(self, now: datetime.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+
+def test_older_director_metadata_is_refused_after_a_restart(fleet: Fleet) -> None:
+    repo = f"director/{DEVICE}"
+    fleet.signer.assign(DEVICE, assignment(deployment_id="dep-old"))
+    old_timestamp = fleet.signer.metadata(repo, "timestamp.json")
+    fleet.signer.assign(DEVICE, assignment(deployment_id="dep-new"))
+    verified = fleet.verifier().check()
+    assert verified is not None and verified.deployment_id == "dep-new"
+
+    fleet.simulator.serve(repo, "timestamp.json", old_timestamp)
+
+    with pytest.raises(VerificationError, match="rollback"):
+        fleet.verifier().check()
+
+
+def test_unreachable_server_is_a_transient_error(fleet: Fleet) -> None:
+    fleet.simulator.offline = True
+
+    with pytest.raises(ServerUnavailableError):
+        fleet.verifier().check()
+
+
+def write_trust_root(path: Path, doc: object) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_trust_root_problems_each_name_what_is_wrong(fleet: Fleet, tmp_path: Path) -> None:
+    good = json.loads((tmp_path / "trust-root.json").read_bytes())
+    timestamp = fleet.signer.metadata("image", "timestamp.json")
+    root_bytes = base64.b64decode(good["image_root"])
+    forged = rewrite_payload(root_bytes, consistent_snapshot=False)
+    cases = {
+        "does not exist": tmp_path / "absent.json",
+        "is not JSON": tmp_path / "bad.json",
+        "not a Fleetcast trust root": write_trust_root(tmp_path / "v2.json", {**good, "fleetcast_trust_root": 2}),
+        "no director_root": write_trust_root(tmp_path / "half.json", {**good, "director_root": None}),
+        "not valid base64": write_trust_root(tmp_path / "b64.json", {**good, "image_root": "%%%"}),
+        "not a root": write_trust_root(tmp_path / "ts.json", {
+            **good, "image_root": base64.b64encode(timestamp).decode()}),
+        "not signed by its own root keys": write_trust_root(tmp_path / "forged.json", {
+            **good, "image_root": base64.b64encode(forged).decode()}),
+        "not a TUF root envelope": write_trust_root(tmp_path / "junk.json", {
+            **good, "director_root": base64.b64encode(b"{}").decode()}),
+    }
+    (tmp_path / "bad.json").write_text("{not json")
+
+    for message, path in cases.items():
+        with pytest.raises(TrustRootError, match=message):
+            load_trust_root(path)
+    assert parse_trust_root(json.dumps(good).encode()) == fleet.trust_root
+
+
+class MetadataServicer(device_pb2_grpc.DeviceServiceServicer):
+    """FetchMetadata only, answered from a Signer, for the device holding TOKEN."""
+
+    TOKEN = "device-token"
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+
+    def FetchMetadata(self, request: device_pb2.MetadataRequest, context: grpc.ServicerContext
+                      ) -> device_pb2.MetadataResponse:
+        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {self.TOKEN}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad device token")
+        repo = "image" if request.repository == device_pb2.REPOSITORY_IMAGE else f"director/{DEVICE}"
+        try:
+            return device_pb2.MetadataResponse(data=self.signer.metadata(repo, request.name))
+        except MetadataNotFound as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            raise
+
+
+@pytest.fixture
+def metadata_server(fleet: Fleet) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(MetadataServicer(fleet.signer), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+def test_grpc_fetcher_verifies_over_a_real_server(fleet: Fleet, metadata_server: str) -> None:
+    fleet.signer.assign(DEVICE, assignment())
+    with grpc.insecure_channel(metadata_server) as channel:
+        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        verifier = Verifier(trust_root=fleet.trust_root, state_dir=fleet.state_dir,
+                            fetcher=GrpcMetadataFetcher(stub, MetadataServicer.TOKEN), device_id=DEVICE)
+        verified = verifier.check()
+        intruder = Verifier(trust_root=fleet.trust_root, state_dir=fleet.state_dir / "x",
+                            fetcher=GrpcMetadataFetcher(stub, "stolen", timeout_s=5.0), device_id=DEVICE)
+        with pytest.raises(ServerUnavailableError, match="UNAUTHENTICATED"):
+            intruder.check()
+
+    assert verified is not None and verified.sha256 == MODEL_SHA
