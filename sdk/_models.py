@@ -11,16 +11,13 @@ from typing import Any, Final
 
 JsonDoc = Mapping[str, Any]
 
-# Per-device outcomes that end a device's part in a deployment.
-FINAL_OUTCOMES: Final[frozenset[str]] = frozenset(
-    {"succeeded", "success", "failed", "failure", "rolled_back", "cancelled", "canceled",
-     "skipped", "aborted"}
-)
+# A device's outcome is "" or null until it is final (installed, failed, rolled_back,
+# cancelled, superseded); these are the ones that count as failures.
+FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "failure", "rolled_back", "aborted"})
 # Deployment states after which nothing changes any more.
 FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset(
-    {"finished", "completed", "succeeded", "failed", "cancelled", "canceled", "aborted"}
+    {"succeeded", "failed", "partial", "cancelled", "canceled", "finished", "completed"}
 )
-FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "failure", "rolled_back", "aborted"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class ModelVersion:
 
     name: str
     version: str
-    created_at: str | None
+    created_at: str | float | None
     variants: tuple[Variant, ...]
     inputs: Any
     outputs: Any
@@ -117,7 +114,7 @@ class DeviceOutcome:
     state: str | None
     outcome: str | None
     reason: str | None
-    updated_at: str | None
+    updated_at: str | float | None
 
     @classmethod
     def from_json(cls, doc: JsonDoc) -> DeviceOutcome:
@@ -131,7 +128,7 @@ class DeviceOutcome:
 
     @property
     def final(self) -> bool:
-        return bool(self.outcome) and str(self.outcome).lower() in FINAL_OUTCOMES
+        return bool(self.outcome)
 
     @property
     def failed(self) -> bool:
@@ -147,7 +144,7 @@ class Deployment:
     version: str | None
     target: str | None
     state: str | None
-    created_at: str | None
+    created_at: str | float | None
     devices: tuple[DeviceOutcome, ...]
     counts: Mapping[str, int]
     raw: JsonDoc = field(repr=False, compare=False)
@@ -156,11 +153,11 @@ class Deployment:
     def from_json(cls, doc: JsonDoc) -> Deployment:
         version = doc.get("version")
         return cls(
-            id=str(doc["id"]),
+            id=str(doc.get("id") or doc["deployment_id"]),
             model=str(doc.get("model", "")),
             version=None if version is None else str(version),
             target=doc.get("target"),
-            state=doc.get("state"),
+            state=doc.get("state") or doc.get("status"),
             created_at=doc.get("created_at"),
             devices=tuple(DeviceOutcome.from_json(d) for d in doc.get("devices") or ()),
             counts=dict(doc.get("counts") or {}),
@@ -213,7 +210,7 @@ class Device:
     hardware_class: str | None
     backends: tuple[str, ...]
     group: str | None
-    last_seen: str | None
+    last_seen: str | float | None
     active_model: str | None
     active_version: str | None
     state: str | None

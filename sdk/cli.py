@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+
+import httpx
 
 from fleetcast.sdk import _table
 from fleetcast.sdk._client import Client, read_data_dir, read_token_file
@@ -35,7 +37,13 @@ class UsageError(Exception):
     """The command line is wrong; exit 2 with the message."""
 
 
-def main(argv: Sequence[str]) -> int:
+def main(
+    argv: Sequence[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> int:
+    """Run one command. `environ` and `transport` default to the process's and the network."""
     args_in = _expand_deploy_shorthand(list(argv))
     try:
         args = build_parser().parse_args(args_in)
@@ -43,7 +51,7 @@ def main(argv: Sequence[str]) -> int:
         return int(e.code or 0)
     _configure_logging(args.verbose)
     try:
-        with connect(args) as client:
+        with connect(args, os.environ if environ is None else environ, transport) as client:
             return int(args.run(client, args))
     except (UsageError, ConfigError) as e:
         print(f"fleetcast {args.command} {args.action}: error: {e}", file=sys.stderr)
@@ -56,9 +64,10 @@ def main(argv: Sequence[str]) -> int:
         return 130
 
 
-def connect(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Client:
+def connect(
+    args: argparse.Namespace, env: Mapping[str, str], transport: httpx.BaseTransport | None
+) -> Client:
     """The client the options name: flags first, then --data, then the environment."""
-    env = os.environ if environ is None else environ
     server, token = args.server, args.token
     if args.token_file is not None:
         token = read_token_file(args.token_file)
@@ -74,7 +83,7 @@ def connect(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
             "no operator token: pass --token-file DIR/operator-token, set FLEETCAST_TOKEN, "
             "or --data DIR"
         )
-    return Client(server, token, timeout_s=args.http_timeout)
+    return Client(server, token, timeout_s=args.http_timeout, transport=transport)
 
 
 # the parser
@@ -274,7 +283,7 @@ def cmd_deploy_list(client: Client, args: argparse.Namespace) -> int:
     _emit(args, {"deployments": [d.raw for d in deployments]}, lambda: _table.render(
         ["id", "model", "target", "state", "devices", "outcomes", "created"],
         [(d.id, f"{d.model}@{d.version}", d.target, d.state, len(d.devices), _outcomes(d),
-          d.created_at) for d in deployments]))
+          _when(d.created_at)) for d in deployments]))
     return 0
 
 
@@ -336,7 +345,7 @@ def _report_progress(deployment: Deployment) -> None:
 
 def _version_text(version: ModelVersion) -> str:
     head = _table.fields([("model", f"{version.name}@{version.version}"),
-                          ("created", version.created_at),
+                          ("created", _when(version.created_at)),
                           ("inputs", _io_text(version.inputs)),
                           ("outputs", _io_text(version.outputs))])
     variants = _table.render(
@@ -353,7 +362,8 @@ def _deployment_text(deployment: Deployment) -> str:
                           ("outcomes", _outcomes(deployment))])
     devices = _table.render(
         ["device", "state", "outcome", "reason", "updated"],
-        [(d.device_id, d.state, d.outcome, d.reason, d.updated_at) for d in deployment.devices])
+        [(d.device_id, d.state, d.outcome, d.reason, _when(d.updated_at))
+         for d in deployment.devices])
     return f"{head}\n\n{devices}"
 
 
@@ -361,7 +371,7 @@ def _device_text(device: Device) -> str:
     head = _table.fields([
         ("device", device.id), ("hardware", device.hardware_class),
         ("backends", device.backends), ("group", device.group), ("active", _active(device)),
-        ("state", device.state), ("last seen", device.last_seen),
+        ("state", device.state), ("last seen", _when(device.last_seen)),
     ])
     stats = _table.render(
         ["model", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms"],
@@ -407,6 +417,13 @@ def _latency(device: Device) -> str | None:
     if stats is None or stats.p50_ms is None:
         return None
     return f"{_table.cell(stats.p50_ms)}/{_table.cell(stats.p95_ms)}"
+
+
+def _when(value: Any) -> str | None:
+    """Epoch seconds as `2025-01-31 12:00:00Z`; text as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return None if value is None else str(value)
 
 
 def _ago(when: Any, now: datetime) -> str | None:
