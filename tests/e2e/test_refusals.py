@@ -3,6 +3,7 @@ artifact, an older signed assignment, expired metadata, a model failing its smok
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -95,12 +96,34 @@ def restore_db(saved: Path, db: Path) -> None:
         shutil.copy2(p, db.parent / p.name)
 
 
-def refusal_reasons(server: ServerProcess, deployments: list[str], device_id: str) -> str:
-    reasons = []
+def refusal_evidence(server: ServerProcess, agent: AgentProcess, deployments: list[str], words: tuple[str, ...]) -> dict[str, str]:
+    """Where a refusal naming one of `words` shows: the server's deployment rows (the
+    report reached the server), the agent's saved state, or the agent's log."""
+    found: dict[str, str] = {}
+    hit = lambda text: any(w in text.lower() for w in words)  # noqa: E731
     for d in deployments:
-        entry = device_entries(deployment_doc(server, d)).get(device_id) or {}
-        reasons.append(str(entry.get("reason") or ""))
-    return " | ".join(r for r in reasons if r)
+        reason = str((device_entries(deployment_doc(server, d)).get(agent.device_id) or {}).get("reason") or "")
+        if hit(reason):
+            found[f"deployment {d}"] = reason
+    try:
+        reason = str(json.loads((agent.data_dir / "state.json").read_text()).get("reason") or "")
+    except (OSError, ValueError):
+        reason = ""
+    if hit(reason):
+        found["agent state.json"] = reason
+    lines = [line for line in agent.log_path.read_text(errors="replace").splitlines()[-400:] if hit(line)]
+    if lines:
+        found["agent log"] = lines[-1]
+    return found
+
+
+def wait_refusal(server: ServerProcess, agent: AgentProcess, deployments: list[str], words: tuple[str, ...], what: str) -> dict[str, str]:
+    evidence = wait_for(
+        lambda: refusal_evidence(server, agent, deployments, words), timeout_s=60, what=what,
+        context=lambda: "\n".join(show(deployment_doc(server, d)) for d in deployments) + "\n" + agent.log_tail(),
+    )
+    print(f"{what}: {show(evidence)}")
+    return evidence
 
 
 def test_older_signed_assignment_served_back_is_refused_and_newer_model_keeps_serving(
@@ -124,12 +147,8 @@ def test_older_signed_assignment_served_back_is_refused_and_newer_model_keeps_se
     server.start()
     with server.client() as fc:
         deployments = [d.id for d in fc.list_deployments()]
-    wait_for(
-        lambda: any(w in refusal_reasons(server, deployments, agent.device_id).lower()
-                    for w in ("rollback", "roll back", "older", "version")),
-        timeout_s=60, what="the device to report that it refused the older metadata",
-        context=lambda: f"reasons: {refusal_reasons(server, deployments, agent.device_id)}\n{agent.log_tail()}",
-    )
+    wait_refusal(server, agent, deployments, ("rollback", "older than"),
+                 what="the device to refuse the older signed metadata")
     assert_still_serves(agent, "replay", new_version, newer)
 
 
@@ -144,10 +163,8 @@ def test_expired_metadata_is_refused_and_current_model_keeps_serving(new_server,
     time.sleep(3.5)  # part of the scenario: let the signed timestamp expire
 
     agent.start()
-    wait_for(
-        lambda: "expir" in str((device_entries(deployment_doc(server, deployment)).get(agent.device_id) or {})
-                               .get("reason") or "").lower(),
-        timeout_s=60, what="the device to report the metadata expired",
-        context=lambda: f"{show(deployment_doc(server, deployment))}\n{agent.log_tail()}",
-    )
+    evidence = wait_refusal(server, agent, [deployment], ("expired",), what="the device to refuse expired metadata")
+    assert f"deployment {deployment}" in evidence, (
+        f"the device refused the expired metadata but the deployment does not show it: {show(evidence)}\n"
+        f"{show(deployment_doc(server, deployment))}")
     assert_still_serves(agent, "expiry", v1, first)

@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -351,32 +349,3 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextmanager
-def running(*processes: _Process) -> Iterator[None]:
-    """Stops (SIGTERM) every given process on the way out, whatever happened."""
-    try:
-        yield
-    finally:
-        for p in reversed(processes):
-            try:
-                p.stop()
-            except AssertionError:
-                p.kill()
-
-
-def wait_until_gone(pid: int, timeout_s: float = 10.0) -> None:
-    def gone() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_for(gone, timeout_s=timeout_s, what=f"process {pid} to exit")
-
-
-def sleep_s(seconds: float) -> None:
-    """A deliberate pause that is part of a scenario (not a wait for a condition)."""
-    time.sleep(seconds)

@@ -327,3 +327,18 @@ def test_grpc_fetcher_verifies_over_a_real_server(fleet: Fleet, metadata_server:
             intruder.check()
 
     assert verified is not None and verified.sha256 == MODEL_SHA
+
+
+def test_a_renewed_root_is_followed_from_the_configured_one(tmp_path: Path) -> None:
+    clock = Clock(datetime.datetime.now(datetime.timezone.utc))
+    fleet = make_fleet(tmp_path, clock=clock)
+    fleet.signer.assign(DEVICE, assignment())
+    clock.now += datetime.timedelta(days=200)
+
+    fleet.signer.refresh_timestamps()
+    verified = fleet.verifier().check()
+
+    assert verified is not None
+    assert (fleet.state_dir / "director" / "root_history" / "2.root.json").read_bytes() == \
+        fleet.signer.metadata(f"director/{DEVICE}", "2.root.json")
+    assert (fleet.state_dir / "image" / "root_history" / "2.root.json").exists()
