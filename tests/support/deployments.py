@@ -14,7 +14,7 @@ from tests.support.processes import AgentProcess, ServerProcess
 from tests.support.waiting import wait_for
 
 # Per-device outcomes that end a device's part in a deployment (proto StatusReport.outcome).
-FINAL_OUTCOMES = frozenset({"installed", "failed", "rolled_back"})
+FINAL_OUTCOMES = frozenset({"installed", "failed", "rolled_back", "superseded", "cancelled"})
 
 
 def push(server: ServerProcess, path: Path, *, name: str, version: str | None = None) -> Any:
