@@ -1,0 +1,1 @@
+"""The operator REST API and the device data plane over HTTP (aiohttp)."""

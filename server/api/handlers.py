@@ -1,0 +1,209 @@
+"""Thin HTTP handlers: parse, call the domain, respond. Errors are raised, never built here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from aiohttp import BodyPartReader, web
+
+from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
+from fleetcast.server.blobs import StagedFile, check_sha256
+from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
+from fleetcast.server.fleet import read_metadata
+from fleetcast.server.registry import check_model_name, parse_levels, version_document
+from fleetcast.server.store import Device
+
+CHUNK_BYTES: Final = 256 * 1024
+MAX_FIELD_BYTES: Final = 256
+BINARY: Final = "application/octet-stream"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, sort_keys=True))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(request.app[OPENAPI])
+
+
+# -- models ---------------------------------------------------------------------------
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK_BYTES):
+        yield chunk
+
+
+async def _field(part: BodyPartReader) -> str:
+    data = await part.read_chunk(MAX_FIELD_BYTES + 1)
+    if len(data) > MAX_FIELD_BYTES or await part.read_chunk(1):
+        raise InvalidRequest(f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes")
+    return data.decode("utf-8", errors="replace").strip()
+
+
+async def upload_model(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    name = check_model_name(request.match_info["name"])
+    limit = s.config.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + s.config.max_golden_bytes + 65536:
+        raise TooLarge(f"upload of {request.content_length} bytes is larger than the server's limit of {limit} bytes")
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequest("send the model as multipart/form-data with a file field named 'model'")
+    staged: dict[str, StagedFile] = {}
+    fields: dict[str, str] = {}
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart bodies are not accepted")
+            if part.name in {"model", "golden"} and part.name not in staged:
+                bound = limit if part.name == "model" else s.config.max_golden_bytes
+                staged[part.name] = await s.blobs.stage_stream(_chunks(part), bound)
+            elif part.name in {"version", "compress"} and part.name not in fields:
+                fields[part.name] = await _field(part)
+            else:
+                raise InvalidRequest(
+                    f"form field {str(part.name)[:40]!r} is unknown or repeated: send model, golden, version, compress"
+                )
+        if "model" not in staged:
+            raise InvalidRequest("the multipart field 'model' (an .onnx file) is required")
+        levels = parse_levels(fields.get("compress", ""))
+        model = staged.pop("model")
+        golden = staged.pop("golden", None)
+    except BaseException:
+        for f in staged.values():
+            f.discard()
+        raise
+    record = await asyncio.to_thread(
+        s.registry.add_version, name, model, golden=golden, version=fields.get("version") or None, compress=levels
+    )
+    return _json(version_document(record), status=201)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    models = await asyncio.to_thread(request.app[SERVICES].store.models)
+    return _json({"models": [{"name": n, "latest_version": v, "versions": c} for n, v, c in models]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    versions = await asyncio.to_thread(request.app[SERVICES].registry.versions, name)
+    return _json({"name": name, "versions": [version_document(v) for v in versions]})
+
+
+async def get_version(request: web.Request) -> web.Response:
+    registry = request.app[SERVICES].registry
+    v = await asyncio.to_thread(registry.version, request.match_info["name"], request.match_info["version"])
+    return _json(version_document(v))
+
+
+async def download_version(request: web.Request) -> web.FileResponse:
+    s = request.app[SERVICES]
+    v = await asyncio.to_thread(s.registry.version, request.match_info["name"], request.match_info["version"])
+    name = request.query.get("variant", "original")
+    variant = v.variant(name)
+    if variant is None:
+        raise ArtifactNotFound(
+            f"{v.model}@{v.version} has no variant {name[:40]!r}; it has {', '.join(x.variant for x in v.variants)}"
+        )
+    return web.FileResponse(s.blobs.path(variant.sha256), headers={"Content-Type": BINARY})
+
+
+# -- devices --------------------------------------------------------------------------
+
+def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
+    s = request.app[SERVICES]
+    assignment = s.store.assignment(d.device_id)
+    doc = assignment.document if assignment else None
+    return {
+        "id": d.device_id, "hardware_class": d.hardware_class, "backends": list(d.backends), "group": d.group,
+        "labels": dict(d.labels), "agent_version": d.agent_version, "enrolled_at": d.enrolled_at,
+        "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
+        "deployment_id": d.deployment_id or None,
+        "assignment": None if doc is None else {k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
+        "telemetry": s.telemetry.summary(d.device_id),
+    }
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    def build() -> list[dict[str, Any]]:
+        return [_device_document(request, d) for d in request.app[SERVICES].store.devices()]
+    return _json({"devices": await asyncio.to_thread(build)})
+
+
+async def get_device(request: web.Request) -> web.Response:
+    fleet = request.app[SERVICES].fleet
+
+    def build() -> dict[str, Any]:
+        return _device_document(request, fleet.device(request.match_info["id"]))
+    return _json(await asyncio.to_thread(build))
+
+
+# -- deployments ----------------------------------------------------------------------
+
+async def create_deployment(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"the body is not JSON ({e}); send {{\"model\", \"version\", \"target\"}}") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object: {"model": ..., "version": ..., "target": ...}')
+    model, version, target = body.get("model"), body.get("version"), body.get("target", "all")
+    if not isinstance(model, str) or not isinstance(target, str) or not (version is None or isinstance(version, str)):
+        raise InvalidRequest('"model" and "target" must be strings, "version" a string or absent')
+    d = request.app[SERVICES].deployments
+    deployment = await asyncio.to_thread(d.create, model=model, version=version or None, target=target)
+    return _json(await asyncio.to_thread(d.document, deployment), status=201)
+
+
+async def list_deployments(request: web.Request) -> web.Response:
+    d = request.app[SERVICES].deployments
+
+    def build() -> list[dict[str, Any]]:
+        return [d.document(x) for x in d.store.deployments()]
+    return _json({"deployments": await asyncio.to_thread(build)})
+
+
+async def get_deployment(request: web.Request) -> web.Response:
+    d = request.app[SERVICES].deployments
+
+    def build() -> dict[str, Any]:
+        return d.document(d.get(request.match_info["id"]))
+    return _json(await asyncio.to_thread(build))
+
+
+async def cancel_deployment(request: web.Request) -> web.Response:
+    d = request.app[SERVICES].deployments
+
+    def run() -> dict[str, Any]:
+        return d.document(d.cancel(request.match_info["id"]))
+    return _json(await asyncio.to_thread(run))
+
+
+# -- device data plane ----------------------------------------------------------------
+
+async def get_artifact(request: web.Request) -> web.FileResponse:
+    s = request.app[SERVICES]
+    sha256 = check_sha256(request.match_info["sha256"])
+    if await asyncio.to_thread(s.store.artifact, sha256) is None:
+        raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
+    return web.FileResponse(s.blobs.path(sha256), headers={"Content-Type": BINARY})
+
+
+async def _metadata(request: web.Request, repository: str) -> web.Response:
+    s = request.app[SERVICES]
+    data = await asyncio.to_thread(
+        read_metadata, s.signer, repository=repository, name=request.match_info["name"][:128],
+        device_id=request[DEVICE_ID],
+    )
+    return web.Response(body=data, content_type="application/json")
+
+
+async def get_image_metadata(request: web.Request) -> web.Response:
+    return await _metadata(request, "image")
+
+
+async def get_director_metadata(request: web.Request) -> web.Response:
+    return await _metadata(request, "director")

@@ -1,0 +1,94 @@
+"""The OpenAPI 3.1 document, generated from the route table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from fleetcast.server.api.routes import Route
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"],
+                                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "ModelUpload": {
+        "type": "object", "required": ["model"],
+        "properties": {
+            "model": {"type": "string", "contentMediaType": "application/octet-stream", "description": "the .onnx file"},
+            "golden": {"type": "string", "contentMediaType": "application/octet-stream",
+                       "description": ".npz with keys input:<name> and optional output:<name>"},
+            "version": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$",
+                        "description": "default: the next integer"},
+            "compress": {"type": "string", "description": "comma-separated compression levels"},
+        },
+    },
+    "DeploymentRequest": {
+        "type": "object", "required": ["model"],
+        "properties": {
+            "model": {"type": "string"},
+            "version": {"type": "string", "description": "default: the latest version"},
+            "target": {"type": "string", "description": "all | group:G | device:ID[,ID...]", "default": "all"},
+        },
+    },
+}
+
+BODIES: dict[str, dict[str, Any]] = {
+    "model-upload": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"$ref": "#/components/schemas/ModelUpload"}}}},
+    "deployment": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/DeploymentRequest"}}}},
+}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in re.findall(r"\{(\w+)\}", route.path)
+    ]
+    params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in route.query]
+    ok = "201" if route.reply == "created" else "200"
+    media = "application/octet-stream" if route.reply == "binary" else "application/json"
+    responses: dict[str, Any] = {ok: {"description": "success", "content": {media: {"schema": {}}}}}
+    if route.reply == "binary" and "artifacts" in route.path:
+        responses["206"] = {"description": "the requested Range"}
+        responses["416"] = {"description": "the Range is not satisfiable"}
+    for status, text in (("400", "the request is not valid"), ("401", "missing or wrong bearer token"),
+                         ("404", "not found"), ("409", "conflict"), ("413", "too large"),
+                         ("422", "the model or request cannot be used")):
+        if status == "401" and route.auth == "public":
+            continue
+        responses.setdefault(status, {"description": text, "content": {"application/json": {"schema": ERROR}}})
+    op: dict[str, Any] = {"operationId": route.operation_id, "summary": route.summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    if route.body != "none":
+        op["requestBody"] = BODIES[route.body]
+    op["security"] = [] if route.auth == "public" else [{"operatorToken": []} if route.auth == "operator" else {"deviceToken": []}]
+    return op
+
+
+def document(routes: Sequence[Route], *, server_url: str | None = None) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Fleetcast server", "version": "1",
+                 "description": "Operator REST API and device data plane of the Fleetcast server."},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "operatorToken": {"type": "http", "scheme": "bearer", "description": "DATA/operator-token"},
+                "deviceToken": {"type": "http", "scheme": "bearer", "description": "the token Enroll returned"},
+            },
+        },
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

@@ -1,0 +1,62 @@
+"""The route table: every HTTP route the server serves, in one place.
+
+The app factory registers these, the auth wrapper reads `auth`, and the OpenAPI
+document is generated from the same rows, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from aiohttp import web
+
+from fleetcast.server.api import handlers as h
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Auth = Literal["operator", "device", "public"]
+Body = Literal["none", "model-upload", "deployment"]
+Reply = Literal["json", "binary", "created"]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    auth: Auth
+    summary: str
+    body: Body = "none"
+    reply: Reply = "json"
+    query: Sequence[str] = ()
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", "/v1/openapi.json", h.openapi, "public", "This OpenAPI 3.1 document"),
+    Route("GET", "/v1/models", h.list_models, "operator", "List models with their latest version"),
+    Route("POST", "/v1/models/{name}", h.upload_model, "operator",
+          "Upload a model version (multipart: model, golden, version, compress)", body="model-upload", reply="created"),
+    Route("GET", "/v1/models/{name}", h.get_model, "operator", "A model and all its versions"),
+    Route("GET", "/v1/models/{name}/versions/{version}", h.get_version, "operator", "One version document"),
+    Route("GET", "/v1/models/{name}/versions/{version}/download", h.download_version, "operator",
+          "The bytes of one variant of a version", reply="binary", query=("variant",)),
+    Route("GET", "/v1/devices", h.list_devices, "operator", "Enrolled devices with state and telemetry summary"),
+    Route("GET", "/v1/devices/{id}", h.get_device, "operator", "One device document"),
+    Route("POST", "/v1/deployments", h.create_deployment, "operator",
+          "Deploy a model version to all devices, a group or a list of devices", body="deployment", reply="created"),
+    Route("GET", "/v1/deployments", h.list_deployments, "operator", "Deployments, newest first"),
+    Route("GET", "/v1/deployments/{id}", h.get_deployment, "operator", "One deployment with per-device state"),
+    Route("POST", "/v1/deployments/{id}/cancel", h.cancel_deployment, "operator",
+          "Cancel: devices not yet final get their previous assignment back"),
+    Route("GET", "/v1/artifacts/{sha256}", h.get_artifact, "device",
+          "An artifact's bytes (Range requests give 206 / 416)", reply="binary"),
+    Route("GET", "/v1/repository/image/{name}", h.get_image_metadata, "device",
+          "Signed image repository metadata (DSSE envelope bytes)", reply="binary"),
+    Route("GET", "/v1/repository/director/{name}", h.get_director_metadata, "device",
+          "The calling device's signed director metadata", reply="binary"),
+)

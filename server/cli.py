@@ -1,0 +1,101 @@
+"""`fleetcast server`: run the Fleetcast server (REST + gRPC, optional MQTT bridge)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from fleetcast.server import config as server_config
+from fleetcast.server import datadir
+from fleetcast.server.api.app import create_app
+from fleetcast.server.api.keys import ADDRESSES
+from fleetcast.server.errors import FleetcastError
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = """\
+Example:
+  fleetcast server --data ./fleet --http 127.0.0.1:8470 --grpc 127.0.0.1:8471
+  fleetcast server --data ./fleet --http 127.0.0.1:0 --grpc 127.0.0.1:0 --mqtt mqtt://127.0.0.1:1883 -v
+
+The first start creates DATA/keys/, DATA/operator-token, DATA/enroll-token and
+DATA/trust-root.json (copy it to devices). Once serving, DATA/server.json holds
+{"http": URL, "grpc": HOST:PORT, "pid": N}. SIGTERM or Ctrl-C stops cleanly.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fleetcast server", description="Run the Fleetcast server: operator REST API, device gRPC, downloads.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data directory (created on first start)")
+    p.add_argument("--http", metavar="HOST:PORT", help="REST API address (default 127.0.0.1:8470; port 0 picks one)")
+    p.add_argument("--grpc", metavar="HOST:PORT", help="device gRPC address (default 127.0.0.1:8471; port 0 picks one)")
+    p.add_argument("--mqtt", metavar="URL", help="MQTT broker for notifications, e.g. mqtt://127.0.0.1:1883 (default: none)")
+    p.add_argument("--public-url", metavar="URL", help="base URL devices use for HTTP downloads")
+    p.add_argument("--timestamp-expiry-s", type=float, metavar="S", help="lifetime of signed timestamps (default 86400)")
+    p.add_argument("--refresh-interval-s", type=float, metavar="S",
+                   help="how often to re-sign timestamps near expiry (default 3600; 0 disables)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    return p
+
+
+async def serve(config: server_config.ServerConfig) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.http_host, config.http_port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        addresses = app[ADDRESSES]
+        addresses.http = f"http://{config.http_host}:{port}"
+        document = {"http": addresses.http, "grpc": addresses.grpc, "pid": os.getpid()}
+        datadir.write_server_json(config.data_dir, document)
+        print(f"fleetcast server: http={addresses.http} grpc={addresses.grpc} pid={os.getpid()} "
+              f"data={config.data_dir}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("stopping")
+    finally:
+        datadir.remove_server_json(config.data_dir)
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in and args_in[0] == "server":
+        args_in = args_in[1:]
+    args = parser().parse_args(args_in)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = server_config.load(
+            data_dir=args.data, http=args.http, grpc=args.grpc, mqtt_url=args.mqtt,
+            timestamp_expiry_s=args.timestamp_expiry_s, refresh_interval_s=args.refresh_interval_s,
+            public_url=args.public_url, environ=os.environ,
+        )
+        asyncio.run(serve(config))
+    except FleetcastError as e:
+        print(f"fleetcast server: {e.message}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"fleetcast server: cannot start: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
