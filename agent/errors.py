@@ -2,6 +2,8 @@
 
 ```
 AgentError
+  + NotServingError           no model is loaded yet: nothing to infer with
+  + InferenceError            one inference failed (bad input, back end error); serving goes on
   + TransientError            retried with backoff; the deployment goes on later
   |   DownloadError           connection dropped, server busy, short read
   |   ServerUnavailableError  the control server cannot be reached
@@ -20,6 +22,14 @@ from __future__ import annotations
 
 class AgentError(Exception):
     """Base of every error the agent raises on purpose."""
+
+
+class NotServingError(AgentError):
+    """No model is loaded: the device has none installed yet, or it failed to load."""
+
+
+class InferenceError(AgentError):
+    """One inference failed; the model keeps serving."""
 
 
 class TransientError(AgentError):
