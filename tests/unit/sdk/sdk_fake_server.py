@@ -140,7 +140,7 @@ class FakeServer:
         dep_id = str(len(self.deployments) + 1)
         doc = {"id": dep_id, "model": name, "version": version, "target": body["target"],
                "status": "active", "created_at": 1700000100.0,
-               "devices": [{"device_id": i, "state": "assigned", "outcome": "", "reason": "",
+               "devices": [{"device_id": i, "state": "assigned", "outcome": None, "reason": "",
                             "updated_at": 1700000100.0} for i in ids]}
         self.deployments[dep_id] = doc
         return httpx.Response(201, json=doc)
@@ -177,10 +177,12 @@ class FakeServer:
 
 
 def device_doc(device_id: str, *, hardware: str = "x86-cpu") -> dict[str, Any]:
+    """A device document as the server writes it."""
     return {
         "id": device_id, "hardware_class": hardware, "backends": ["onnxruntime"], "group": "lab",
-        "last_seen": 1700000200.0, "active": {"model": "digits", "version": "1", "variant": "original"},
-        "state": "serving",
-        "telemetry": {"versions": [{"model": "digits", "version": "1", "inferences": 120, "errors": 2,
-                                    "p50_ms": 0.42, "p95_ms": 1.3, "p99_ms": 2.5}]},
+        "labels": {}, "agent_version": "0.1.0", "enrolled_at": 1700000000.0, "last_seen": 1700000200.0,
+        "active_model": "digits@1", "state": "serving", "deployment_id": "1",
+        "assignment": {"deployment_id": "1", "model": "digits", "version": "1", "variant": "original"},
+        "telemetry": [{"model": "digits", "version": "1", "variant": "original", "inferences": 120,
+                       "errors": 2, "mean_ms": 0.5, "p50_ms": 0.42, "p95_ms": 1.3, "p99_ms": 2.5}],
     }
