@@ -349,10 +349,19 @@ def _version_text(version: ModelVersion) -> str:
                           ("inputs", _io_text(version.inputs)),
                           ("outputs", _io_text(version.outputs))])
     variants = _table.render(
-        ["variant", "format", "size", "sha256", "metrics"],
-        [(v.variant, v.format, _table.size(v.length), v.sha256[:12], _metrics(v.metrics))
-         for v in version.variants])
-    return f"{head}\n\n{variants}"
+        ["variant", "format", "size", "sha256"],
+        [(v.variant, v.format, _table.size(v.length), v.sha256[:12]) for v in version.variants])
+    return "\n\n".join(part for part in (head, variants, _metrics_text(version)) if part)
+
+
+def _metrics_text(version: ModelVersion) -> str:
+    """The measured metrics, one row per metric and one column per variant, side by side."""
+    names = sorted({k for v in version.variants for k in v.metrics})
+    if not names:
+        return ""
+    return _table.render(
+        ["metric", *(v.variant for v in version.variants)],
+        [(name, *(v.metrics.get(name) for v in version.variants)) for name in names])
 
 
 def _deployment_text(deployment: Deployment) -> str:
@@ -390,10 +399,6 @@ def _io_text(spec: Any) -> str:
         shape = ",".join("?" if d is None else str(d) for d in info.get("shape") or ())
         parts.append(f"{name} {info.get('dtype', '?')}[{shape}]")
     return ", ".join(parts)
-
-
-def _metrics(metrics: Any) -> str:
-    return " ".join(f"{k}={_table.cell(v)}" for k, v in sorted(metrics.items())) or "-"
 
 
 def _outcomes(deployment: Deployment) -> str:
