@@ -62,6 +62,9 @@ def main(
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fleetcast device list | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def connect(
@@ -347,7 +350,8 @@ def _version_text(version: ModelVersion) -> str:
     head = _table.fields([("model", f"{version.name}@{version.version}"),
                           ("created", _when(version.created_at)),
                           ("inputs", _io_text(version.inputs)),
-                          ("outputs", _io_text(version.outputs))])
+                          ("outputs", _io_text(version.outputs)),
+                          ("golden", _golden_text(version.raw.get("golden")))])
     variants = _table.render(
         ["variant", "format", "size", "sha256"],
         [(v.variant, v.format, _table.size(v.length), v.sha256[:12]) for v in version.variants])
@@ -387,6 +391,13 @@ def _device_text(device: Device) -> str:
         [(f"{s.model}@{s.version}", s.inferences, s.errors, s.p50_ms, s.p95_ms, s.p99_ms)
          for s in device.stats])
     return f"{head}\n\n{stats}"
+
+
+def _golden_text(golden: Any) -> str | None:
+    if not isinstance(golden, dict):
+        return None
+    return (f"{str(golden.get('sha256', ''))[:12]}, {_table.size(golden.get('length'))}, "
+            f"atol={golden.get('atol')} rtol={golden.get('rtol')}")
 
 
 def _io_text(spec: Any) -> str:
