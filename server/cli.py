@@ -42,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", metavar="HOST:PORT", help="device gRPC address (default 127.0.0.1:8471; port 0 picks one)")
     p.add_argument("--mqtt", metavar="URL", help="MQTT broker for notifications, e.g. mqtt://127.0.0.1:1883 (default: none)")
     p.add_argument("--public-url", metavar="URL", help="base URL devices use for HTTP downloads")
+    p.add_argument("--max-upload-bytes", type=int, metavar="N", help="largest model upload (default 536870912)")
     p.add_argument("--timestamp-expiry-s", type=float, metavar="S", help="lifetime of signed timestamps (default 86400)")
     p.add_argument("--refresh-interval-s", type=float, metavar="S",
                    help="how often to re-sign timestamps near expiry (default 3600; 0 disables)")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         config = server_config.load(
             data_dir=args.data, http=args.http, grpc=args.grpc, mqtt_url=args.mqtt,
             timestamp_expiry_s=args.timestamp_expiry_s, refresh_interval_s=args.refresh_interval_s,
-            public_url=args.public_url, environ=os.environ,
+            public_url=args.public_url, max_upload_bytes=args.max_upload_bytes, environ=os.environ,
         )
         asyncio.run(serve(config))
     except FleetcastError as e:

@@ -63,6 +63,7 @@ def load(
     timestamp_expiry_s: float | None = None,
     refresh_interval_s: float | None = None,
     public_url: str | None = None,
+    max_upload_bytes: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
@@ -87,6 +88,10 @@ def load(
         if refresh_interval_s < 0:
             raise InvalidRequest("--refresh-interval-s must be 0 (off) or positive")
         config = replace(config, refresh_interval_s=refresh_interval_s)
+    if max_upload_bytes is not None:
+        if max_upload_bytes <= 0:
+            raise InvalidRequest("--max-upload-bytes must be positive")
+        config = replace(config, max_upload_bytes=max_upload_bytes)
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tuf.api.dsse import SimpleEnvelope
+
+from fleetcast.server.deployments import StatusUpdate
+from fleetcast.server.errors import DeviceNotFound, InvalidRequest, ModelNotFound, TargetEmpty
+from fleetcast.server.fleet import Enrollment
+from fleetcast.server.services import Services
+from tests.support import models
+
+
+def _enroll(services: Services, device_id: str, group: str = "lab", hw: str = "x86-cpu") -> str:
+    enroll_token = (services.config.data_dir / "enroll-token").read_text().strip()
+    return services.fleet.enroll(Enrollment(device_id=device_id, hardware_class=hw, enroll_token=enroll_token,
+                                            backends=("onnxruntime",), group=group))
+
+
+def _upload(services: Services, seed: int) -> str:
+    data = models.to_bytes(models.tiny_classifier(seed=seed))
+    staged = services.blobs.stage(len(data))
+    staged.write(data)
+    return services.registry.add_version("digits", staged).version
+
+
+def _director_target(services: Services, device_id: str) -> dict | None:
+    signed = SimpleEnvelope.from_bytes(services.signer.metadata(f"director/{device_id}", "targets.json")).get_signed()
+    [target] = signed.targets.values() or [None]
+    return None if target is None else target.unrecognized_fields["custom"]["fleetcast"]
+
+
+def test_deployment_signs_each_device_and_records_it_assigned(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _enroll(services, "dev-2", group="field")
+    version = _upload(services, 1)
+    d = services.deployments.create(model="digits", version=None, target="group:lab")
+    doc = services.deployments.document(d)
+    assert doc["status"] == "active" and doc["version"] == version
+    assert [(x["device_id"], x["state"]) for x in doc["devices"]] == [("dev-1", "assigned")]
+    assert _director_target(services, "dev-1")["deployment_id"] == d.deployment_id
+    assert services.signer.director_version("dev-2") == 0
+    notice = services.deployments.current_notice("dev-1")
+    assert notice.deployment_id == d.deployment_id and notice.director_version >= 1
+
+
+def test_watchers_are_told_of_a_new_assignment(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _upload(services, 1)
+
+    async def scenario() -> int:
+        services.hub.bind(asyncio.get_running_loop())
+        with services.hub.watch("dev-1") as watcher:
+            await asyncio.to_thread(services.deployments.create, model="digits", version="1", target="all")
+            notice = await asyncio.wait_for(watcher.next(), 5)
+            return notice.director_version
+
+    assert asyncio.run(scenario()) == services.signer.director_version("dev-1")
+
+
+def test_targets_that_name_nothing_or_unknown_devices_are_refused(services: Services) -> None:
+    _upload(services, 1)
+    with pytest.raises(TargetEmpty):
+        services.deployments.create(model="digits", version=None, target="all")
+    _enroll(services, "dev-1")
+    with pytest.raises(DeviceNotFound, match="ghost"):
+        services.deployments.create(model="digits", version=None, target="device:dev-1,ghost")
+    with pytest.raises(TargetEmpty):
+        services.deployments.create(model="digits", version=None, target="group:nobody")
+    with pytest.raises(InvalidRequest, match="target"):
+        services.deployments.create(model="digits", version=None, target="everyone")
+    with pytest.raises(ModelNotFound):
+        services.deployments.create(model="digits", version="7", target="all")
+
+
+def test_status_follows_final_reports(services: Services) -> None:
+    for d in ("dev-1", "dev-2"):
+        _enroll(services, d)
+    _upload(services, 1)
+    dep = services.deployments.create(model="digits", version=None, target="all")
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "download", "success"))
+    assert services.deployments.get(dep.deployment_id).status == "active"
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", "success",
+                                                            active_model="digits@1", final=True, outcome="installed"))
+    services.deployments.apply_status("dev-2", StatusUpdate(dep.deployment_id, "idle", "failure", reason="smoke test",
+                                                            final=True, outcome="rolled_back"))
+    doc = services.deployments.document(services.deployments.get(dep.deployment_id))
+    assert doc["status"] == "partial"
+    assert doc["counts"] == {"total": 2, "pending": 0, "installed": 1, "rolled_back": 1}
+    assert services.store.device("dev-1").active_model == "digits@1"
+    with pytest.raises(InvalidRequest, match="outcome"):
+        services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", final=True, outcome="maybe"))
+
+
+def test_cancel_gives_devices_their_previous_assignment_back(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _enroll(services, "dev-2")
+    _upload(services, 1)
+    _upload(services, 2)
+    first = services.deployments.create(model="digits", version="1", target="device:dev-1")
+    services.deployments.apply_status("dev-1", StatusUpdate(first.deployment_id, "idle", final=True, outcome="installed"))
+    second = services.deployments.create(model="digits", version="2", target="all")
+    services.deployments.cancel(second.deployment_id)
+    assert services.deployments.get(second.deployment_id).status == "cancelled"
+    assert _director_target(services, "dev-1")["version"] == "1"
+    assert _director_target(services, "dev-2") is None
+    assert services.store.assignment("dev-2") is None
+
+
+def test_a_newer_deployment_supersedes_an_open_one(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _upload(services, 1)
+    first = services.deployments.create(model="digits", version=None, target="all")
+    services.deployments.create(model="digits", version=None, target="all")
+    [row] = services.store.deployment_devices(first.deployment_id)
+    assert row.outcome == "superseded"
+    assert services.deployments.get(first.deployment_id).status == "failed"
+
+
+def test_reenrolling_rotates_the_device_token(services: Services) -> None:
+    old = _enroll(services, "dev-1")
+    new = _enroll(services, "dev-1", hw="arm-cpu")
+    assert services.fleet.authenticate(new) == "dev-1"
+    from fleetcast.server.errors import Unauthenticated
+    with pytest.raises(Unauthenticated):
+        services.fleet.authenticate(old)
+    with pytest.raises(Unauthenticated):
+        services.fleet.enroll(Enrollment(device_id="dev-9", hardware_class="x86-cpu", enroll_token="wrong"))
+    with pytest.raises(InvalidRequest, match="hardware class"):
+        _enroll(services, "dev-3", hw="toaster")
+    with pytest.raises(InvalidRequest, match="device id"):
+        _enroll(services, "dev/3")

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from tuf.api.dsse import SimpleEnvelope
+
+from fleetcast.server.errors import GoldenMismatch, InvalidRequest, ModelInvalid, VersionExists
+from fleetcast.server.services import Services
+from fleetcast.server.signing import artifact_path
+from tests.support import models
+
+
+def _stage(services: Services, data: bytes):
+    staged = services.blobs.stage(len(data) + 1)
+    staged.write(data)
+    return staged
+
+
+def _blob_count(services: Services) -> int:
+    return sum(1 for p in (services.blobs.root / "sha256").rglob("*") if p.is_file())
+
+
+def _image_targets(services: Services) -> dict:
+    signed = SimpleEnvelope.from_bytes(services.signer.metadata("image", "targets.json")).get_signed()
+    return {path: t.to_dict() for path, t in signed.targets.items()}
+
+
+def test_upload_records_version_one_with_original_variant_and_golden(services: Services, model_bytes: bytes) -> None:
+    v = services.registry.add_version("digits", _stage(services, model_bytes))
+    assert v.version == "1"
+    assert [x.variant for x in v.variants] == ["original"]
+    assert v.inputs == {"input": {"dtype": "float32", "shape": [None, 16]}}
+    assert services.blobs.path(v.variants[0].sha256).read_bytes() == model_bytes
+    with np.load(services.blobs.path(v.golden.sha256)) as golden:
+        assert sorted(golden.files) == ["input:input", "output:output"]
+        assert golden["input:input"].shape == (1, 16)
+    targets = _image_targets(services)
+    assert targets[artifact_path(v.variants[0].sha256)]["custom"]["fleetcast"]["kind"] == "model"
+    assert targets[artifact_path(v.golden.sha256)]["custom"]["fleetcast"]["kind"] == "golden"
+    assert services.registry.add_version("digits", _stage(services, model_bytes)).version == "2"
+
+
+def test_generated_golden_inputs_are_deterministic(services: Services, model_bytes: bytes) -> None:
+    a = services.registry.add_version("a", _stage(services, model_bytes))
+    b = services.registry.add_version("b", _stage(services, model_bytes))
+    with np.load(services.blobs.path(a.golden.sha256)) as ga, np.load(services.blobs.path(b.golden.sha256)) as gb:
+        assert np.array_equal(ga["input:input"], gb["input:input"])
+        assert np.array_equal(ga["output:output"], gb["output:output"])
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"this is not a model at all" * 10, "ONNX"),
+])
+def test_garbage_is_refused_and_nothing_is_stored(services: Services, data: bytes, words: str) -> None:
+    with pytest.raises(ModelInvalid, match=words):
+        services.registry.add_version("bad", _stage(services, data))
+    assert _blob_count(services) == 0
+    assert list(services.blobs.tmp_dir.iterdir()) == []
+    assert services.store.versions("bad") == []
+
+
+def test_operator_golden_outputs_that_disagree_are_refused(services: Services, model_bytes: bytes) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"input:input": models.sample_input(), "output:output": np.full((1, 4), 0.25, np.float32) + 0.5})
+    with pytest.raises(GoldenMismatch):
+        services.registry.add_version("m", _stage(services, model_bytes), golden=_stage(services, buffer.getvalue()))
+    assert _blob_count(services) == 0
+
+
+def test_operator_golden_inputs_are_used(services: Services, model_bytes: bytes) -> None:
+    x = models.sample_input(seed=42)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"input:input": x})
+    v = services.registry.add_version("m", _stage(services, model_bytes), golden=_stage(services, buffer.getvalue()))
+    with np.load(services.blobs.path(v.golden.sha256)) as golden:
+        assert np.array_equal(golden["input:input"], x)
+
+
+def test_golden_with_a_wrong_input_name_is_refused(services: Services, model_bytes: bytes) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"input:pixels": models.sample_input()})
+    with pytest.raises(InvalidRequest, match="missing"):
+        services.registry.add_version("m", _stage(services, model_bytes), golden=_stage(services, buffer.getvalue()))
+
+
+def test_bad_names_and_repeated_versions_are_refused(services: Services, model_bytes: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="model name"):
+        services.registry.add_version("../etc", _stage(services, model_bytes))
+    with pytest.raises(InvalidRequest, match="version"):
+        services.registry.add_version("m", _stage(services, model_bytes), version="-1/2")
+    services.registry.add_version("m", _stage(services, model_bytes), version="v1.0")
+    with pytest.raises(VersionExists):
+        services.registry.add_version("m", _stage(services, model_bytes), version="v1.0")
