@@ -155,6 +155,9 @@ def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet |
     try:
         say("lossless: optimizing graph")
         base = optimize_graph(base, probe)
+        # The same steps as onnxruntime's quant_pre_process (symbolic shape inference,
+        # basic optimizations); the mark tells its quantizer so.
+        onnx.helper.set_model_props(base, {"onnx.quant.pre_process": "onnxruntime.quant"})
     except Exception as error:  # onnxruntime or the output check: keep the normalized model
         notes.append(f"graph optimization skipped: {error}")
     base_path = workdir / "base.onnx"

@@ -10,7 +10,9 @@ float layers costs one quantization pass each, not one calibration each.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import io
 import logging
 from pathlib import Path
 from typing import Final
@@ -89,18 +91,21 @@ class Int8Quantizer:
         extra_options = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if method is Method.PERCENTILE:
             extra_options["CalibPercentile"] = PERCENTILE
+        chatter = io.StringIO()  # the calibrators print to stdout, which `--json` keeps for the report
         try:
-            quantize_static(
-                self.model_path, output, FeedReader(self.calibration.feeds),
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(keep_float), calibrate_method=ORT_METHODS[method],
-                extra_options=extra_options,
-                calibration_cache_path=self.workdir / f"calibration-{method}.json",
-            )
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(
+                    self.model_path, output, FeedReader(self.calibration.feeds),
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=list(keep_float), calibrate_method=ORT_METHODS[method],
+                    extra_options=extra_options,
+                    calibration_cache_path=self.workdir / f"calibration-{method}.json",
+                )
         except Exception as error:  # the quantizer raises many kinds; the level reports it
             raise LevelError(f"onnxruntime's quantizer failed with {method} calibration: "
                              f"{type(error).__name__}: {str(error)[:300]}") from error
+        logger.debug("quantizer output: %s", chatter.getvalue())
         data = output.read_bytes()
         output.unlink()
         return data

@@ -8,6 +8,7 @@ raises LevelError when its level cannot be built; the other levels go on.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,9 @@ def build_fp16(context: BuildContext, progress: Progress) -> Build:
 
     progress("converting weights to float16")
     try:
-        model = float16.convert_float_to_float16(context.base, keep_io_types=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # one warning per weight clipped to float16's range
+            model = float16.convert_float_to_float16(context.base, keep_io_types=True)
     except Exception as error:  # the converter raises plain exceptions on odd graphs
         raise LevelError(f"onnxconverter-common could not convert to float16: {error}") from error
     data = model.SerializeToString()

@@ -1,0 +1,110 @@
+"""Compression benchmark: every level on ResNet-18, MobileNetV2 and the digits model.
+
+    .venv/bin/python benchmarks/compress_bench.py [--nets resnet18,mobilenet_v2,digits] [--out DIR]
+
+ResNet-18 and MobileNetV2 are built in code (benchmarks/compress_nets.py, no torch),
+fed seeded Gaussian images: their quality is fidelity to FP32 (top-1 agreement,
+cosine, SNR). The digits model (examples/digits) is scored on its labelled test split.
+Every ratio is against the FP32 original measured in the same run, on the same
+machine. Prints a markdown table per model, the form used in docs/benchmarks.md,
+and leaves each run's report.{json,md,png} under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compress_nets  # noqa: E402
+
+from fleetcast.server.compress.pipeline import CompressConfig, CompressionReport, compress  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits"
+
+
+def write_images(directory: Path, count: int, seed: int) -> Path:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        np.save(directory / f"{index:04d}.npy", rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
+    return directory
+
+
+def run_net(name: str, work: Path, args: argparse.Namespace) -> CompressionReport:
+    model = getattr(compress_nets, name)()
+    model_path = work / f"{name}.onnx"
+    onnx.save(model, str(model_path))
+    calibration = write_images(work / f"{name}-calibration", args.calibration_samples, seed=1)
+    evaluation = write_images(work / f"{name}-eval", args.eval_samples, seed=2)
+    config = CompressConfig(budget_pp=args.budget, calibration_dir=calibration, eval_dir=evaluation)
+    return compress(model_path, work / f"{name}-variants", config, progress)
+
+
+def run_digits(work: Path, args: argparse.Namespace) -> CompressionReport:
+    config = CompressConfig(budget_pp=args.budget, calibration_dir=DIGITS / "calibration", eval_dir=DIGITS / "eval")
+    return compress(DIGITS / "digits.onnx", work / "digits-variants", config, progress)
+
+
+def progress(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
+
+
+def table(report: CompressionReport) -> str:
+    rows = ["| level | file | packed | size x | packed x | latency 1t | 1t x | latency 2t | 2t x | quality | drop pp |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [report.original, *report.levels]:
+        if r.error:
+            rows.append(f"| {r.level} | not built: {r.error} |||||||||")
+            continue
+        quality = (f"top-1 {r.accuracy_pct:.2f} %" if r.metric == "accuracy" else
+                   f"agree {r.agreement_pct:.1f} %, cos {r.cosine:.4f}, SNR {r.snr_db:.1f} dB")
+        rows.append(f"| {r.level} | {r.size_bytes / 1024:,.0f} KiB | {r.packed_bytes / 1024:,.0f} KiB "
+                    f"| {r.size_ratio:.3f} | {r.packed_ratio:.3f} | {r.latency_ms_1t:.3f} ms | {r.latency_ratio:.2f} "
+                    f"| {r.latency_ms_2t:.3f} ms | {r.latency_ratio_2t:.2f} | {quality} | {r.drop_pp:+.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", default="resnet18,mobilenet_v2,digits")
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--eval-samples", type=int, default=64)
+    parser.add_argument("--budget", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=None, help="keep variants and reports here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = args.out or Path(tempfile.mkdtemp(prefix="fleetcast-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.processor() or platform.machine()}, onnxruntime {ort.__version__}, "
+          f"numpy {np.__version__}, python {platform.python_version()}")
+    for name in args.nets.split(","):
+        started = time.monotonic()
+        report = run_digits(work, args) if name == "digits" else run_net(name, work, args)
+        print(f"\n### {name} ({report.quality_data}; budget {report.budget_pp} pp; "
+              f"built in {time.monotonic() - started:.0f} s)\n")
+        print(table(report))
+        balanced = next((r for r in report.levels if r.level == "balanced" and not r.error), None)
+        if balanced is not None:
+            print(f"\nbalanced recipe: method={balanced.recipe.get('calibration_method')} "
+                  f"float layers={balanced.recipe.get('float_layers')}")
+        smallest = next((r for r in report.levels if r.level == "smallest" and not r.error), None)
+        if smallest is not None:
+            print(f"smallest: {1 / smallest.packed_ratio:.1f}x smaller than the FP32 file (packed)")
+        sys.stdout.flush()
+    print(f"\nreports under {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from fleetcast.server.compress import package
+from fleetcast.server.compress.errors import OutputDirError, SampleError
+from fleetcast.server.compress.measure import open_session
+from fleetcast.server.compress.pipeline import CompressConfig, CompressionReport, compress
+
+from conftest import DIGITS, FAST_LATENCY
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory: pytest.TempPathFactory) -> CompressionReport:
+    out = tmp_path_factory.mktemp("digits") / "variants"
+    config = CompressConfig(calibration_dir=DIGITS / "calibration", eval_dir=DIGITS / "eval", latency=FAST_LATENCY)
+    return compress(DIGITS / "digits.onnx", out, config)
+
+
+def by_level(report: CompressionReport) -> dict:
+    return {result.level: result for result in report.levels}
+
+
+def digits_accuracy(model_bytes: bytes) -> float:
+    test = np.load(DIGITS / "test.npz")
+    probabilities = open_session(model_bytes, threads=1).run(None, {"input": test["x"]})[0]
+    return 100.0 * float((probabilities.argmax(1) == test["y"]).mean())
+
+
+def test_every_level_is_built_from_the_digits_model(digits_report: CompressionReport) -> None:
+    results = by_level(digits_report)
+    assert list(results) == ["lossless", "fp16", "balanced", "fastest", "smallest"]
+    assert all(r.error is None and r.path.is_file() for r in results.values())
+    assert results["smallest"].format == "fcpack" and results["smallest"].path.suffix == ".fcpack"
+
+
+def test_reported_accuracy_is_the_real_accuracy_on_the_test_split(digits_report: CompressionReport) -> None:
+    for result in by_level(digits_report).values():
+        data = result.path.read_bytes()
+        runnable = package.decode(data) if result.format == "fcpack" else data
+        assert result.accuracy_pct == pytest.approx(digits_accuracy(runnable))
+    assert digits_report.original.accuracy_pct == pytest.approx(digits_accuracy((DIGITS / "digits.onnx").read_bytes()))
+
+
+def test_lossless_keeps_the_original_outputs(digits_report: CompressionReport) -> None:
+    lossless = by_level(digits_report)["lossless"]
+    assert lossless.drop_pp == 0.0 and lossless.cosine == pytest.approx(1.0, abs=1e-9)
+
+
+def test_budgeted_levels_stay_within_the_budget(digits_report: CompressionReport) -> None:
+    for level in ("balanced", "smallest"):
+        result = by_level(digits_report)[level]
+        assert result.within_budget and result.drop_pp <= digits_report.budget_pp
+
+
+def test_levels_shrink_the_model_in_the_expected_order(digits_report: CompressionReport) -> None:
+    r = by_level(digits_report)
+    assert r["fp16"].size_bytes < 0.6 * r["lossless"].size_bytes
+    assert r["balanced"].size_bytes < r["fp16"].size_bytes
+    assert r["smallest"].packed_bytes < r["balanced"].packed_bytes
+
+
+def test_int8_levels_are_qdq_with_uint8_activations_and_int8_weights(digits_report: CompressionReport) -> None:
+    model = onnx.load(str(by_level(digits_report)["fastest"].path))
+    zero_point_types = {t.data_type for t in model.graph.initializer if t.name.endswith("zero_point")}
+    assert {onnx.TensorProto.UINT8, onnx.TensorProto.INT8} <= zero_point_types
+    assert "DequantizeLinear" in {n.op_type for n in model.graph.node}
+
+
+def test_report_files_are_written_beside_the_variants(digits_report: CompressionReport) -> None:
+    out = by_level(digits_report)["lossless"].path.parent
+    document = json.loads((out / "report.json").read_text())
+    assert [level["level"] for level in document["levels"]] == [r.level for r in digits_report.levels]
+    assert document == json.loads(json.dumps(digits_report.to_json() | {"levels": document["levels"],
+                                                                        "original": document["original"]}))
+    markdown = (out / "report.md").read_text()
+    assert all(f"| {r.level} |" in markdown for r in digits_report.levels)
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.parent.glob(".variants.partial-*"))
+
+
+def test_without_calibration_only_data_free_levels_are_built_and_the_report_says_why(
+        tmp_path: Path, conv_model_file, image_dir) -> None:
+    config = CompressConfig(eval_dir=image_dir("eval", 8), latency=FAST_LATENCY)
+    report = compress(conv_model_file(opset=11, weights_in_constants=True), tmp_path / "out", config)
+    results = by_level(report)
+    assert results["lossless"].error is None and results["fp16"].error is None
+    for level in ("balanced", "fastest", "smallest"):
+        assert results[level].path is None and "--calibration" in results[level].error
+    assert any("data-free" in note for note in report.notes)
+    assert results["lossless"].metric == "agreement" and results["lossless"].drop_pp == 0.0
+
+
+def test_conv_model_is_quantized_with_calibration_from_an_old_opset_export(
+        tmp_path: Path, conv_model_file, image_dir) -> None:
+    config = CompressConfig(levels=("fastest",), calibration_dir=image_dir("cal", 8), latency=FAST_LATENCY,
+                            calibration_methods=("minmax",))
+    report = compress(conv_model_file(opset=11, weights_in_constants=True), tmp_path / "out", config)
+    fastest = report.levels[0]
+    assert fastest.error is None
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(fastest.path)).graph.node}
+    assert fastest.cosine > 0.9
+
+
+def test_mismatched_calibration_leaves_nothing_behind(tmp_path: Path, conv_model_file, image_dir) -> None:
+    config = CompressConfig(calibration_dir=image_dir("cal", 2, shape=(1, 3, 9, 9)))
+    with pytest.raises(SampleError):
+        compress(conv_model_file(), tmp_path / "out", config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal", "conv-0.onnx"]
+
+
+def test_non_empty_output_directory_is_refused(tmp_path: Path, conv_model_file) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty"):
+        compress(conv_model_file(), tmp_path / "out", CompressConfig())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
