@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +117,12 @@ class DownloadConfig:
 
 
 class Downloader:
-    def __init__(self, directory: Path, transport: Transport, config: DownloadConfig = DownloadConfig()) -> None:
+    def __init__(self, directory: Path, transport: Transport, config: DownloadConfig = DownloadConfig(),
+                 *, stop: threading.Event | None = None) -> None:
         self.directory = directory
         self.transport = transport
         self.config = config
+        self.stop = stop or threading.Event()
 
     def path_of(self, sha256: str) -> Path:
         if not SHA256_HEX.fullmatch(sha256):
@@ -145,7 +148,7 @@ class Downloader:
                 self._append(part, sha256, length, progress)
             except DownloadError as e:
                 drops += 1
-                if drops > self.config.reconnects:
+                if drops > self.config.reconnects or self.stop.is_set():
                     raise
                 logger.info("sha256=%s offset=%d reconnecting after: %s", sha256[:12], progress.offset, e)
                 continue
@@ -194,6 +197,8 @@ class Downloader:
         with os.fdopen(fd, "ab") as f:
             try:
                 for data in self.transport.open(sha256, progress.offset):
+                    if self.stop.is_set():
+                        raise DownloadError("the agent is stopping")
                     if progress.offset + len(data) > length:
                         f.close()
                         part.unlink(missing_ok=True)

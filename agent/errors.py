@@ -10,6 +10,7 @@ AgentError
   + FatalError                ends the deployment, always reported
       VerificationError       bad signature, digest or length mismatch, expired, rollback
       TrustRootError          the configured trust root is missing or unreadable
+      EnrollmentError         the server refused the enrollment token
       IncompatibleModelError  no back end here can load the model's format
       ActivationError         the model failed to load or its smoke test / trial
 ```
@@ -54,6 +55,10 @@ class VerificationError(FatalError):
 
 class TrustRootError(FatalError):
     """The trust root given by configuration is missing, unreadable or malformed."""
+
+
+class EnrollmentError(FatalError):
+    """The server refused to enroll this device (wrong enrollment token, bad device id)."""
 
 
 class IncompatibleModelError(FatalError):

@@ -156,11 +156,12 @@ class Record:
     assignment: Mapping[str, Any] | None = None
     from_slot: str | None = None         # the slot serving when the deployment started
     to_slot: str | None = None           # the slot the new model goes into
-    ended: tuple[str, ...] = field(default_factory=tuple)   # recent deployments ended here
+    # Recent deployments that ended here without being installed: never retried.
+    not_installed: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> bytes:
         doc = dataclasses.asdict(self)
-        doc["ended"] = list(self.ended)
+        doc["not_installed"] = list(self.not_installed)
         doc["assignment"] = dict(self.assignment) if self.assignment is not None else None
         return json.dumps({"fleetcast_state": 1, **doc}, sort_keys=True).encode()
 
@@ -173,11 +174,11 @@ class Record:
         if doc.get("from_slot") not in slots or doc.get("to_slot") not in slots:
             raise ValueError("state.json names an unknown slot")
         assignment = doc.get("assignment")
-        ended = doc.get("ended") or []
+        ended = doc.get("not_installed") or []
         if assignment is not None and not isinstance(assignment, dict):
             raise ValueError("state.json has a bad assignment")
         if not isinstance(ended, list) or not all(isinstance(x, str) for x in ended):
-            raise ValueError("state.json has a bad ended list")
+            raise ValueError("state.json has a bad not_installed list")
         event = doc.get("event")
         return cls(
             state=State(doc["state"]),
@@ -191,7 +192,7 @@ class Record:
             assignment=assignment,
             from_slot=doc.get("from_slot"),
             to_slot=doc.get("to_slot"),
-            ended=tuple(ended[-_MAX_ENDED:]),
+            not_installed=tuple(str(x)[:128] for x in ended[-_MAX_ENDED:]),
         )
 
 
@@ -241,8 +242,9 @@ class Runner:
         self.stop = stop or threading.Event()
         self.record = store.load()
 
-    def has_ended(self, deployment_id: str) -> bool:
-        return deployment_id in self.record.ended
+    def has_failed(self, deployment_id: str) -> bool:
+        """True when `deployment_id` ended here recently without being installed."""
+        return deployment_id in self.record.not_installed
 
     def start(self, *, deployment_id: str, assignment: Mapping[str, Any], digest: str,
               from_slot: str | None, to_slot: str) -> Record:
@@ -251,7 +253,7 @@ class Runner:
             raise RuntimeError(f"a deployment is in progress in state {self.record.state}")
         base = Record(state=S.IDLE, deployment_id=deployment_id, manifest_digest=digest,
                       assignment=dict(assignment), from_slot=from_slot, to_slot=to_slot,
-                      ended=self.record.ended)
+                      not_installed=self.record.not_installed)
         return self._drive(self._transition(base, E.START, ""))
 
     def resume(self) -> Record:
@@ -271,6 +273,8 @@ class Runner:
             self.store.save(record)
             self.record = record
             event, reason = self._run_handler(record)
+            if self.stop.is_set():
+                return record   # stopping: the saved state is re-entered on the next start
             if event is E.RETRY and next_state(record.state, event) is record.state:
                 self._backoff(record.enter_count)
             record = self._transition(record, event, reason)
@@ -303,7 +307,10 @@ class Runner:
             record, state=target, event=event, outcome=outcome,
             reason=keep_reason[:1000], enter_count=record.enter_count if same else 0)
         if target is S.IDLE:
-            new = dataclasses.replace(new, steps=0, ended=(*record.ended, record.deployment_id)[-_MAX_ENDED:])
+            failed = record.not_installed
+            if outcome is not Outcome.INSTALLED:
+                failed = (*failed, record.deployment_id)[-_MAX_ENDED:]
+            new = dataclasses.replace(new, steps=0, not_installed=failed)
             self.store.save(new)
         self.record = new
         self.on_transition(new)

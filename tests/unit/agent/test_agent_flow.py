@@ -58,8 +58,8 @@ def test_happy_path_visits_every_forward_state_and_ends_installed(tmp_path: Path
     assert seen == [State.DOWNLOAD, State.VERIFY, State.INSTALL, State.ACTIVATE,
                     State.TRIAL, State.COMMIT, State.REPORT]
     assert end.state is State.IDLE and end.outcome is Outcome.INSTALLED
-    assert runner.has_ended("d1")
-    assert StateStore(tmp_path / "state.json").load().ended == ("d1",)
+    assert not runner.has_failed("d1")
+    assert StateStore(tmp_path / "state.json").load().state is State.IDLE
 
 
 def test_trial_failure_rolls_back_and_reports_rolled_back(tmp_path: Path) -> None:
@@ -68,6 +68,7 @@ def test_trial_failure_rolls_back_and_reports_rolled_back(tmp_path: Path) -> Non
     end = start(Runner(store=StateStore(tmp_path / "s.json"), handlers=handlers, config=FAST))
     assert seen[-2:] == [State.ROLLBACK, State.REPORT]
     assert end.outcome is Outcome.ROLLED_BACK
+    assert Runner(store=StateStore(tmp_path / "s.json"), handlers=handlers).has_failed("d1")
 
 
 def test_state_is_saved_before_the_handler_runs(tmp_path: Path) -> None:
@@ -83,15 +84,15 @@ def test_state_is_saved_before_the_handler_runs(tmp_path: Path) -> None:
     assert saved[0] == ("download", 1) and saved[3] == ("activate", 1)
 
 
-def test_restart_resumes_the_saved_state_with_the_same_slots(tmp_path: Path) -> None:
+def test_stop_during_a_handler_keeps_the_state_for_the_next_start(tmp_path: Path) -> None:
     stop = threading.Event()
     seen: list[State] = []
 
-    def crash_in_install(record: Record) -> Event:
-        stop.set()   # the agent is killed while installing: the handler never returns normally
-        raise DownloadError("killed")
+    def stopped_in_install(record: Record) -> Event:
+        stop.set()   # SIGTERM while installing: whatever the handler returns is not acted on
+        return Event.FAILURE
 
-    handlers = scripted({}, seen) | {State.INSTALL: crash_in_install}
+    handlers = scripted({}, seen) | {State.INSTALL: stopped_in_install}
     first = start(Runner(store=StateStore(tmp_path / "s.json"), handlers=handlers, config=FAST, stop=stop))
     assert first.state is State.INSTALL
 
