@@ -1,0 +1,186 @@
+"""`fleetcast agent`: run the device agent, or ask a running one what it serves.
+
+    fleetcast agent --server HOST:PORT --data DIR --device-id ID --hardware CLASS \\
+        --trust-root FILE --enroll-token T [--mqtt URL] [--artifacts-url URL] ...
+    fleetcast agent status --data DIR [--json]
+    fleetcast agent infer --data DIR INPUT.npz|INPUT.npy [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleetcast.agent import config as agent_config
+from fleetcast.agent.errors import AgentError, FatalError
+
+logger = logging.getLogger(__name__)
+
+RUN_EXAMPLE = """\
+Example:
+  fleetcast agent --server 127.0.0.1:8471 --data /var/lib/fleetcast-agent \\
+      --device-id cam-01 --hardware x86-cpu --trust-root trust-root.json \\
+      --enroll-token "$(cat /var/lib/fleetcast/enroll-token)"
+
+Other commands: `fleetcast agent status --help`, `fleetcast agent infer --help`.
+"""
+STATUS_EXAMPLE = """\
+Example:
+  fleetcast agent status --data /var/lib/fleetcast-agent --json
+"""
+INFER_EXAMPLE = """\
+Example:
+  fleetcast agent infer --data /var/lib/fleetcast-agent input.npz
+  (an .npz names each input; an .npy is the model's single input)
+"""
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetcast agent", description="Run the Fleetcast device agent "
+                                "in the foreground (SIGTERM stops it cleanly).", epilog=RUN_EXAMPLE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", required=True, help="gRPC control server HOST:PORT")
+    p.add_argument("--data", dest="data_dir", required=True, type=Path, help="the agent's data directory")
+    p.add_argument("--device-id", required=True, help="this device's id (letters, digits, . _ -)")
+    p.add_argument("--hardware", dest="hardware_class", required=True,
+                   help=f"hardware class: {', '.join(sorted(agent_config.HARDWARE_CLASSES))}")
+    p.add_argument("--trust-root", required=True, type=Path, help="trust-root.json copied from the server")
+    p.add_argument("--enroll-token", default=None,
+                   help="the fleet's enrollment token (or FLEETCAST_ENROLL_TOKEN); needed once")
+    p.add_argument("--group", default=None, help="fleet group to join at enrollment")
+    p.add_argument("--mqtt", dest="mqtt_url", default=None, help="mqtt://HOST:PORT: notifications over MQTT")
+    p.add_argument("--telemetry-via-mqtt", action="store_true", default=None,
+                   help="publish status and telemetry to MQTT too (needs --mqtt)")
+    p.add_argument("--artifacts-url", default=None, help="HTTP base URL for Range downloads (default: gRPC)")
+    p.add_argument("--trial-s", type=float, default=None, help="trial period before commit (default 10)")
+    p.add_argument("--poll-interval-s", type=float, default=None, help="fallback poll period (default 60)")
+    p.add_argument("--telemetry-interval-s", type=float, default=None, help="telemetry window (default 10)")
+    p.add_argument("--threads", dest="intra_op_threads", type=int, default=None,
+                   help="intra-op threads per inference (default 1)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def status_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetcast agent status", description="Show what a running agent "
+                                "serves and where its update flow stands.", epilog=STATUS_EXAMPLE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path, help="the agent's data directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def infer_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetcast agent infer", description="Run one inference on the "
+                                "model a running agent serves.", epilog=INFER_EXAMPLE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path, help="the agent's data directory")
+    p.add_argument("input", type=Path, help="INPUT.npz (named inputs) or INPUT.npy (the single input)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(argv: list[str]) -> int:
+    args = run_parser().parse_args(argv)
+    setup_logging(args.verbose + 1)
+    try:
+        cfg = agent_config.load(args, os.environ)
+    except agent_config.ConfigError as e:
+        print(f"fleetcast agent: {e}", file=sys.stderr)
+        return 2
+    from fleetcast.agent.service import Agent
+
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
+    try:
+        return agent.run()
+    except FatalError as e:
+        print(f"fleetcast agent: {e}", file=sys.stderr)
+        return 2
+
+
+def status(argv: list[str]) -> int:
+    args = status_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from fleetcast.agent.local_api import InferenceClient
+
+    try:
+        with InferenceClient(args.data, timeout_s=10) as client:
+            doc = client.status()
+    except AgentError as e:
+        print(f"fleetcast agent status: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    serving = f"{doc['model']}@{doc['version']} ({doc['variant']}, {doc['backend']}, slot {doc['slot']})" \
+        if doc["model"] else "nothing"
+    rows = [("device", doc["device_id"]), ("state", doc["state"]), ("deployment", doc["deployment_id"] or "-"),
+            ("serving", serving), ("sha256", doc["sha256"] or "-"), ("last error", doc["last_error"] or "-")]
+    for name, value in rows:
+        print(f"{name:<11} {value}")
+    return 0
+
+
+def read_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
+    if path.suffix == ".npy":
+        if len(input_names) != 1:
+            raise AgentError(f"the model takes {len(input_names)} inputs: give an .npz naming each")
+        return {input_names[0]: np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as npz:
+        return {name.removeprefix("input:"): npz[name] for name in npz.files if not name.startswith("output:")}
+
+
+def infer(argv: list[str]) -> int:
+    args = infer_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from fleetcast.agent.local_api import InferenceClient
+
+    try:
+        with InferenceClient(args.data) as client:
+            names = [t["name"] for t in client.status()["inputs"]]
+            outputs = client.infer(read_inputs(args.input, names))
+    except (AgentError, OSError, ValueError) as e:
+        print(f"fleetcast agent infer: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        doc: dict[str, Any] = {name: {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.tolist()}
+                               for name, a in outputs.items()}
+        print(json.dumps({"outputs": doc}))
+        return 0
+    for name, array in outputs.items():
+        print(f"{name} {array.dtype.name}{list(array.shape)}")
+        print(np.array2string(array, precision=4, threshold=64))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`argv[0]` is "agent" (as `fleetcast.sdk.console` passes it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "agent":
+        args = args[1:]
+    if args and args[0] == "status":
+        return status(args[1:])
+    if args and args[0] == "infer":
+        return infer(args[1:])
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The agent's main loop: serve the active model, listen for notices, run the flow.
+
+On start: load the trust root (missing or corrupt: `TrustRootError`, the CLI exits
+non-zero), load the model the `active` pointer names and serve it on the local API,
+enroll if needed, start the notifier and the telemetry sender, then resume any
+deployment saved in `state.json`. Each notice triggers `Verifier.check()`; an
+assignment whose (deployment, sha256) differs from the one served, and that has not
+already failed here, runs the update flow. A check that fails verification (bad
+signature, expired metadata, ...) is reported and the current model keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from fleetcast.agent import backends, slots as slot_files
+from fleetcast.agent.config import AgentConfig
+from fleetcast.agent.control import ControlClient, MqttListener, MqttUplink, Notifier
+from fleetcast.agent.datadir import DataDir, write_atomic
+from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport, Transport
+from fleetcast.agent.errors import (
+    ActivationError, AgentError, ServerUnavailableError, TransientError, VerificationError,
+)
+from fleetcast.agent.flow import Event, FlowConfig, Handler, Outcome, Record, Runner, State, StateStore
+from fleetcast.agent.local_api import LocalApi
+from fleetcast.agent.runtime import LoadedModel, Runtime, load_model, smoke_test
+from fleetcast.agent.slots import Slots, check_file, manifest_digest, other
+from fleetcast.agent.telemetry import Recorder, Sender, Spool, Uplink
+from fleetcast.agent.trust import GrpcMetadataFetcher, TrustConfig, Verifier, VerifiedAssignment, load_trust_root
+from fleetcast.proto.v1 import device_pb2, local_pb2
+
+logger = logging.getLogger(__name__)
+
+_TRIAL_TICK_S: Final = 0.5
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.data = DataDir(config.data_dir)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.runtime = Runtime()
+        self.recorder = Recorder(config.device_id)
+        self.last_error = ""
+        self._reported_check_error = ""
+        self._last_notice = ""
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Runs until `stop` is set; raises FatalError for what the operator must fix."""
+        trust_root = load_trust_root(self.config.trust_root)
+        self.data.create()
+        self.slots = Slots(self.data)
+        self.spool = Spool(self.data.telemetry_db, max_batches=self.config.max_spooled_batches)
+        self.runner = Runner(store=StateStore(self.data.state_json), handlers=self._handlers(),
+                             config=FlowConfig(max_state_entries=self.config.max_state_entries,
+                                               retry_backoff_max_s=self.config.retry_backoff_max_s),
+                             on_transition=self._on_transition, stop=self.stop)
+        self._serve_active()
+        self.local_api = LocalApi(self.data.socket, self.runtime, self._status)
+        self.local_api.start()
+        write_atomic(self.data.agent_json, json.dumps(
+            {"pid": os.getpid(), "socket": str(self.data.socket)}).encode(), mode=0o600)
+        self.client = ControlClient(self.config, self.data)
+        try:
+            if not self._enroll():
+                return 0
+            self._start_control(trust_root)
+            self.runner.resume()
+            self.wake.set()
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _enroll(self) -> bool:
+        backoff_s = 1.0
+        while not self.stop.is_set():
+            try:
+                self.client.ensure_enrolled()
+                return True
+            except ServerUnavailableError as e:
+                logger.warning("enrollment: %s; retrying in %.0fs", e, backoff_s)
+                self.stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, self.config.retry_backoff_max_s)
+        return False
+
+    def _start_control(self, trust_root) -> None:  # noqa: ANN001 (trust.TrustRoot)
+        token = self.client.token
+        transport: Transport = (
+            HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes)
+            if self.config.artifacts_url else GrpcTransport(self.client.stub, token))
+        self.downloader = Downloader(self.data.downloads, transport,
+                                     DownloadConfig(max_artifact_bytes=self.config.max_artifact_bytes),
+                                     stop=self.stop)
+        self.verifier = Verifier(
+            trust_root=trust_root, state_dir=self.data.trust,
+            fetcher=GrpcMetadataFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s),
+            config=TrustConfig(device_id=self.config.device_id,
+                               max_artifact_bytes=self.config.max_artifact_bytes))
+        mqtt = MqttListener(self.config.mqtt_url, self.config.device_id, self._notice) \
+            if self.config.mqtt_url else None
+        uplink: Uplink = MqttUplink(mqtt, self.config.device_id, self.config.rpc_timeout_s) \
+            if mqtt is not None and self.config.telemetry_via_mqtt else self.client
+        self.sender = Sender(spool=self.spool, recorder=self.recorder, uplink=uplink,
+                             interval_s=self.config.telemetry_interval_s, stop=self.stop)
+        self.sender.start()
+        self.notifier = Notifier(config=self.config, client=self.client, notify=self._notice,
+                                 stop=self.stop, mqtt=mqtt)
+        self.notifier.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            if not self.wake.wait(timeout=1.0):
+                continue
+            self.wake.clear()
+            if not self.stop.is_set():
+                self._check()
+
+    def _shutdown(self) -> None:
+        self.stop.set()
+        for name in ("notifier",):
+            if hasattr(self, name):
+                getattr(self, name).close()
+        if hasattr(self, "sender"):
+            self.sender.join(5.0)
+            self.sender.flush()
+        self.local_api.stop()
+        self.data.agent_json.unlink(missing_ok=True)
+        self.spool.close()
+        self.client.close()
+        logger.info("agent stopped")
+
+    def _notice(self, deployment_id: str) -> None:
+        if deployment_id:
+            self._last_notice = deployment_id
+        self.wake.set()
+
+    # ---- checking for an assignment ---------------------------------------------
+
+    def _check(self) -> None:
+        try:
+            assignment = self.verifier.check()
+        except TransientError as e:
+            logger.info("check postponed: %s", e)
+            timer = threading.Timer(min(10.0, self.config.poll_interval_s), self.wake.set)
+            timer.daemon = True
+            timer.start()
+            return
+        except VerificationError as e:
+            self._report_check_failure(str(e))     # keep serving what we serve
+            return
+        self._reported_check_error = ""
+        if assignment is None or not self._is_new(assignment):
+            return
+        from_slot = self.slots.active()
+        self.runner.start(deployment_id=assignment.deployment_id,
+                          assignment=slot_files.assignment_doc(assignment),
+                          digest=manifest_digest(assignment), from_slot=from_slot, to_slot=other(from_slot))
+        self.wake.set()   # the assignment may have changed while the flow ran
+
+    def _is_new(self, assignment: VerifiedAssignment) -> bool:
+        current = self.runtime.current
+        if current is not None:
+            active = current.installed.assignment
+            if (active.deployment_id, active.sha256) == (assignment.deployment_id, assignment.sha256):
+                return False
+        if self.runner.has_failed(assignment.deployment_id):
+            logger.debug("deployment=%s already failed here: not retried", assignment.deployment_id)
+            return False
+        return True
+
+    def _report_check_failure(self, reason: str) -> None:
+        self.last_error = reason
+        if reason == self._reported_check_error:
+            return
+        self._reported_check_error = reason
+        logger.error("assignment check failed, still serving the current model: %s", reason)
+        self.sender.report(device_pb2.StatusReport(
+            deployment_id=self._last_notice, state=State.VERIFY.value, event=Event.FAILURE.value,
+            reason=reason[:1000], timestamp_ms=int(time.time() * 1000), active_model=self._active_name()))
+
+    # ---- serving ------------------------------------------------------------------
+
+    def _load(self, slot: str) -> LoadedModel:
+        return load_model(self.slots.load(slot), recorder=self.recorder,
+                          threads=self.config.intra_op_threads, hardware_class=self.config.hardware_class)
+
+    def _serve_active(self) -> None:
+        """Serves the slot the pointer names; when idle and it is unusable, the other slot."""
+        slot = self.slots.active()
+        if slot is None:
+            logger.info("no model installed yet: waiting for an assignment")
+            return
+        candidates = [slot] if self.runner.record.state is not State.IDLE else [slot, other(slot)]
+        for candidate in candidates:
+            try:
+                model = self._load(candidate)
+            except AgentError as e:
+                self.last_error = str(e)
+                logger.error("slot=%s cannot be served: %s", candidate, e)
+                continue
+            if candidate != slot:
+                self.slots.flip(candidate)
+            self.runtime.swap(model)
+            return
+
+    def _active_name(self) -> str:
+        current = self.runtime.current
+        return f"{current.key.model}@{current.key.version}" if current else ""
+
+    def _status(self) -> local_pb2.StatusResponse:
+        record = self.runner.record
+        response = local_pb2.StatusResponse(device_id=self.config.device_id, state=record.state.value,
+                                            deployment_id=record.deployment_id, last_error=self.last_error[:2000])
+        current = self.runtime.current
+        if current is not None:
+            a = current.installed.assignment
+            response.model, response.version, response.variant = a.model, a.version, a.variant
+            response.sha256, response.backend, response.slot = a.sha256, current.key.backend, current.installed.slot
+            for spec in current.session.inputs:
+                response.inputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
+            for spec in current.session.outputs:
+                response.outputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
+        return response
+
+    # ---- the update flow's handlers -------------------------------------------------
+
+    def _handlers(self) -> Mapping[State, Handler]:
+        return {State.DOWNLOAD: self._download, State.VERIFY: self._verify, State.INSTALL: self._install,
+                State.ACTIVATE: self._activate, State.TRIAL: self._trial, State.COMMIT: self._commit,
+                State.ROLLBACK: self._rollback, State.REPORT: self._report}
+
+    @staticmethod
+    def _assignment(record: Record) -> VerifiedAssignment:
+        assignment = VerifiedAssignment.from_saved(record.assignment or {})
+        if manifest_digest(assignment) != record.manifest_digest:
+            raise VerificationError("saved assignment does not match its digest in state.json")
+        return assignment
+
+    @staticmethod
+    def _to_slot(record: Record) -> str:
+        if record.to_slot is None or record.to_slot == record.from_slot:
+            raise ActivationError("state.json names no usable target slot")
+        return record.to_slot
+
+    def _download(self, record: Record) -> Event:
+        a = self._assignment(record)
+        if a.golden is not None:
+            self.downloader.fetch(a.golden.sha256, a.golden.length)
+        self.downloader.fetch(a.sha256, a.length)
+        return Event.SUCCESS
+
+    def _verify(self, record: Record) -> Event:
+        a = self._assignment(record)
+        backends.choose(a.format, self.config.hardware_class)      # IncompatibleModelError
+        slot_files.model_file_name(a.format)
+        files = [(a.sha256, a.length, "model")]
+        if a.golden is not None:
+            files.append((a.golden.sha256, a.golden.length, "golden"))
+        for sha256, length, what in files:
+            try:
+                check_file(self.downloader.path_of(sha256), sha256, length, f"downloaded {what}")
+            except VerificationError as e:
+                # Changed or lost at rest since the download checked it: fetch it again.
+                logger.warning("deployment=%s %s", record.deployment_id, e)
+                self.downloader.discard(sha256)
+                return Event.RETRY
+        return Event.SUCCESS
+
+    def _install(self, record: Record) -> Event:
+        a = self._assignment(record)
+        golden = self.downloader.path_of(a.golden.sha256) if a.golden is not None else None
+        self.slots.install(self._to_slot(record), a, model_file=self.downloader.path_of(a.sha256),
+                           golden_file=golden)
+        return Event.SUCCESS
+
+    def _activate(self, record: Record) -> Event:
+        self._assignment(record)
+        slot = self._to_slot(record)
+        model = self._load(slot)
+        smoke_test(model)
+        self.slots.flip(slot)          # from here a restart serves the new model
+        self.runtime.swap(model)
+        return Event.SUCCESS
+
+    def _trial(self, record: Record) -> Event:
+        slot = self._to_slot(record)
+        current = self.runtime.current
+        if current is None or current.installed.slot != slot or self.slots.active() != slot:
+            raise ActivationError(f"trial: slot {slot} is not the one serving")
+        start_n, start_err = current.counters.totals()
+        deadline = time.monotonic() + self.config.trial_s
+        while time.monotonic() < deadline and not self.stop.is_set():
+            self.stop.wait(min(_TRIAL_TICK_S, max(0.0, deadline - time.monotonic())))
+            n, err = current.counters.totals()
+            self._check_error_ratio(n - start_n, err - start_err)
+        smoke_test(current)   # still answers like its golden after serving for a while
+        return Event.SUCCESS
+
+    def _check_error_ratio(self, inferences: int, errors: int) -> None:
+        if inferences and errors / inferences > self.config.trial_max_error_ratio:
+            raise ActivationError(
+                f"trial: {errors} of {inferences} inferences failed, more than "
+                f"{self.config.trial_max_error_ratio:.0%}")
+
+    def _commit(self, record: Record) -> Event:
+        a = self._assignment(record)
+        logger.info("deployment=%s committed model=%s version=%s slot=%s", record.deployment_id,
+                    a.model, a.version, record.to_slot)
+        return Event.SUCCESS
+
+    def _rollback(self, record: Record) -> Event:
+        previous = record.from_slot
+        current = self.runtime.current
+        if previous is None:
+            self.slots.flip(None)
+            self.runtime.swap(None)
+            return Event.SUCCESS
+        if not (current is not None and current.installed.slot == previous and self.slots.active() == previous):
+            model = self._load(previous)
+            self.slots.flip(previous)
+            self.runtime.swap(model)
+        return Event.SUCCESS
+
+    def _report(self, record: Record) -> Event:
+        if record.assignment:
+            try:
+                a = self._assignment(record)
+            except VerificationError:
+                return Event.SUCCESS
+            self.downloader.discard(a.sha256)
+            if a.golden is not None:
+                self.downloader.discard(a.golden.sha256)
+        return Event.SUCCESS
+
+    def _on_transition(self, record: Record) -> None:
+        doc = record.assignment or {}
+        final = record.state is State.IDLE
+        failed = record.event is not Event.SUCCESS and record.event is not Event.START
+        if failed and record.reason:
+            self.last_error = record.reason
+        if not hasattr(self, "sender"):
+            return
+        self.sender.report(device_pb2.StatusReport(
+            deployment_id=record.deployment_id, state=record.state.value,
+            event=record.event.value if record.event else "",
+            model=str(doc.get("model", "")), version=str(doc.get("version", "")),
+            variant=str(doc.get("variant", "")), sha256=str(doc.get("sha256", "")),
+            reason=record.reason if failed or (final and record.outcome is not Outcome.INSTALLED) else "",
+            timestamp_ms=int(time.time() * 1000),
+            active_model=self._active_name(), final=final,
+            outcome=record.outcome.value if final else ""))
