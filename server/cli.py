@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def serve(config: server_config.ServerConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -64,10 +68,6 @@ async def serve(config: server_config.ServerConfig) -> None:
         datadir.write_server_json(config.data_dir, document)
         print(f"fleetcast server: http={addresses.http} grpc={addresses.grpc} pid={os.getpid()} "
               f"data={config.data_dir}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         logger.info("stopping")
     finally:

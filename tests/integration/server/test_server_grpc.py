@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+import pytest
+from tuf.api.dsse import SimpleEnvelope
+
+from fleetcast.proto import telemetry as buckets
+from fleetcast.proto.v1 import device_pb2 as pb
+from tests.integration.server.conftest import RunningServer, auth
+from tests.support import models
+
+
+@pytest.fixture(scope="module")
+def release(server: RunningServer) -> dict:
+    status, doc = server.upload("grpc-model", {"model": models.to_bytes(models.tiny_classifier(seed=7))})
+    assert status == 201, doc
+    return doc["variants"][0]
+
+
+def test_calls_without_a_device_token_are_unauthenticated(server: RunningServer) -> None:
+    stub = server.stub()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_IMAGE, name="timestamp.json"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ReportStatus(pb.StatusReport(), metadata=auth("forged"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Enroll(pb.EnrollRequest(device_id="d", hardware_class="x86-cpu", enroll_token="guess"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _collect(stream: grpc.Future, into: queue.Queue) -> None:
+    try:
+        for notice in stream:
+            into.put(notice)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.CANCELLED:  # the test cancels the stream when done
+            raise
+
+
+def test_watch_sends_the_current_notice_then_one_after_a_deployment(server: RunningServer, release: dict) -> None:
+    token = server.enroll("watcher-1", group="watchers")
+    stream = server.stub().WatchAssignments(pb.WatchRequest(device_id="watcher-1"), metadata=auth(token), timeout=30)
+    notices: queue.Queue[pb.AssignmentNotice] = queue.Queue()
+    threading.Thread(target=_collect, args=(stream, notices), daemon=True).start()
+    first = notices.get(timeout=10)
+    assert first.deployment_id == ""
+    status, doc = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:watchers"})
+    assert status == 201, doc
+    second = notices.get(timeout=10)
+    assert second.deployment_id == doc["id"] and second.director_version > first.director_version
+    stream.cancel()
+
+    director = server.stub().FetchMetadata(
+        pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name="targets.json"), metadata=auth(token), timeout=10
+    ).data
+    [target] = SimpleEnvelope.from_bytes(director).get_signed().targets.values()
+    assert target.hashes["sha256"] == release["sha256"]
+    status, _, body = server.request("GET", "/v1/repository/director/targets.json", token=token)
+    assert status == 200 and body == director
+
+
+def test_fetch_metadata_returns_signed_bytes_and_not_found_for_unknown_names(server: RunningServer) -> None:
+    token = server.enroll("meta-1")
+    stub = server.stub()
+    data = stub.FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_IMAGE, name="1.root.json"),
+                              metadata=auth(token), timeout=10).data
+    assert SimpleEnvelope.from_bytes(data).get_signed().type == "root"
+    assert stub.FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name="timestamp.json"),
+                              metadata=auth(token), timeout=10).data
+    with pytest.raises(grpc.RpcError) as e:
+        stub.FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_IMAGE, name="../../etc/passwd"),
+                           metadata=auth(token), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_download_from_an_offset_returns_exactly_the_remaining_bytes(server: RunningServer, release: dict) -> None:
+    token = server.enroll("downloader-1")
+    stub = server.stub()
+    whole = (server.data / "blobs" / "sha256" / release["sha256"][:2] / release["sha256"]).read_bytes()
+    offset = len(whole) // 3
+    chunks = list(stub.Download(pb.DownloadRequest(sha256=release["sha256"], offset=offset),
+                                metadata=auth(token), timeout=10))
+    assert chunks[0].offset == offset
+    assert b"".join(c.data for c in chunks) == whole[offset:]
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Download(pb.DownloadRequest(sha256=release["sha256"], offset=len(whole) + 1),
+                           metadata=auth(token), timeout=10))
+    assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Download(pb.DownloadRequest(sha256="ab" * 32), metadata=auth(token), timeout=10))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_http_artifact_download_honours_ranges(server: RunningServer, release: dict) -> None:
+    token = server.enroll("ranger-1")
+    path = f"/v1/artifacts/{release['sha256']}"
+    status, _, whole = server.request("GET", path, token=token)
+    assert status == 200 and len(whole) == release["length"]
+    status, headers, part = server.request("GET", path, token=token, headers={"Range": "bytes=100-"})
+    assert status == 206 and part == whole[100:]
+    assert headers["Content-Range"] == f"bytes 100-{len(whole) - 1}/{len(whole)}"
+    status, _, _ = server.request("GET", path, token=token, headers={"Range": f"bytes={len(whole) + 10}-"})
+    assert status == 416
+    assert server.request("GET", path, token=server.operator_token)[0] == 401
+
+
+def _batch(batch_id: str, device_id: str) -> pb.TelemetryBatch:
+    counts = buckets.empty()
+    counts[4] = 3
+    return pb.TelemetryBatch(batch_id=batch_id, device_id=device_id, stats=[pb.ModelStats(
+        model="grpc-model", version="1", variant="original", backend="onnxruntime", inferences=3,
+        latency=pb.LatencyHistogram(counts=counts), latency_sum_ms=1.5)])
+
+
+def test_telemetry_is_acked_once_stored_and_a_resent_batch_is_a_duplicate(server: RunningServer) -> None:
+    token = server.enroll("telemetry-1")
+    acks = list(server.stub().StreamTelemetry(
+        iter([_batch("b1", "telemetry-1"), _batch("b2", "telemetry-1"), _batch("b1", "telemetry-1")]),
+        metadata=auth(token), timeout=10))
+    assert [(a.batch_id, a.duplicate) for a in acks] == [("b1", False), ("b2", False), ("b1", True)]
+    status, device = server.json("GET", "/v1/devices/telemetry-1")
+    assert status == 200
+    [summary] = device["telemetry"]
+    assert summary["inferences"] == 6 and summary["p50_ms"] == buckets.LATENCY_BOUNDS_MS[4]
+
+
+def test_status_reports_drive_the_deployment_document(server: RunningServer) -> None:
+    token = server.enroll("reporter-1", group="reporters")
+    status, dep = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:reporters"})
+    assert status == 201
+    server.stub().ReportStatus(pb.StatusReport(deployment_id=dep["id"], state="idle", event="success",
+                                               active_model="grpc-model@1", final=True, outcome="installed"),
+                               metadata=auth(token), timeout=10)
+    status, doc = server.json("GET", f"/v1/deployments/{dep['id']}")
+    assert doc["status"] == "succeeded" and doc["devices"][0]["outcome"] == "installed"
+    status, device = server.json("GET", "/v1/devices/reporter-1")
+    assert device["active_model"] == "grpc-model@1" and device["assignment"]["deployment_id"] == dep["id"]
