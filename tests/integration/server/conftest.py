@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,14 +89,15 @@ def auth(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    data = tmp_path_factory.mktemp("server") / "data"
-    log = data.parent / "server.log"
+@contextmanager
+def launch(workdir: Path, *extra: str) -> Iterator[RunningServer]:
+    """Runs `fleetcast server` on free loopback ports until the block ends (then SIGTERM)."""
+    data = workdir / "data"
+    log = workdir / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fleetcast.sdk.console", "server", "--data", str(data), "--http", "127.0.0.1:0",
-             "--grpc", "127.0.0.1:0", "--max-upload-bytes", str(MAX_UPLOAD_BYTES), "-v"],
+             "--grpc", "127.0.0.1:0", "--max-upload-bytes", str(MAX_UPLOAD_BYTES), "-v", *extra],
             stdout=out, stderr=subprocess.STDOUT,
         )
     try:
@@ -111,3 +113,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with launch(tmp_path_factory.mktemp("server")) as running:
+        yield running
