@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -330,8 +331,11 @@ def parse_levels(text: str) -> tuple[str, ...]:
         raise InvalidRequest(str(e)) from e
 
 
-def _jsonable(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
+def _metric(value: Any) -> Any:
+    """A JSON-safe metric value: non-finite floats (an exact copy's SNR) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def pipeline_compressor() -> Compressor:
@@ -350,7 +354,10 @@ def pipeline_compressor() -> Compressor:
                 logger.warning("compression level failed level=%s error=%s", level.level, getattr(level, "error", ""))
                 continue
             fields = dataclasses.asdict(level) if dataclasses.is_dataclass(level) else vars(level)
-            metrics = {k: v for k, v in fields.items() if k not in {"path", "level", "format"} and _jsonable(v)}
+            metrics = {
+                k: _metric(v) for k, v in fields.items()
+                if k not in {"path", "level", "format", "error"} and (v is None or isinstance(v, (str, int, float, bool)))
+            }
             built.append(BuiltVariant(variant=level.level, format=level.format, path=Path(level.path), metrics=metrics))
         return built
 

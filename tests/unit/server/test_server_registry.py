@@ -94,3 +94,21 @@ def test_bad_names_and_repeated_versions_are_refused(services: Services, model_b
     services.registry.add_version("m", _stage(services, model_bytes), version="v1.0")
     with pytest.raises(VersionExists):
         services.registry.add_version("m", _stage(services, model_bytes), version="v1.0")
+
+
+def test_compress_levels_become_signed_variants_chosen_per_hardware(services: Services, model_bytes: bytes) -> None:
+    from fleetcast.server.fleet import choose_variant
+    from fleetcast.server.registry import parse_levels
+
+    v = services.registry.add_version("m", _stage(services, model_bytes), compress=parse_levels("lossless,fp16"))
+    names = [x.variant for x in v.variants]
+    assert names == ["original", "lossless", "fp16"]
+    assert all(services.blobs.exists(x.sha256) for x in v.variants)
+    assert set(_image_targets(services)) >= {artifact_path(x.sha256) for x in v.variants}
+    assert v.variant("fp16").metrics["agreement_pct"] == 100.0
+    assert v.variant("lossless").metrics["snr_db"] is None or isinstance(v.variant("lossless").metrics["snr_db"], float)
+    assert choose_variant("jetson", names) == "fp16"
+    assert choose_variant("x86-cpu", names) == "lossless"
+    assert list(services.blobs.tmp_dir.iterdir()) == []
+    with pytest.raises(InvalidRequest, match="unknown level"):
+        parse_levels("turbo")
