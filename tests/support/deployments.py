@@ -86,29 +86,10 @@ def deploy_and_install(
 # what a device serves, through its local API
 
 
-def _get(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and obj.get(name) is not None:
-            return obj[name]
-        if not isinstance(obj, dict) and getattr(obj, name, None) is not None:
-            return getattr(obj, name)
-    return None
-
-
-def serving(agent: AgentProcess) -> tuple[str, str] | None:
-    """(model, version) the agent's local API says it serves, or None."""
+def serving(agent: AgentProcess) -> tuple[str, str]:
+    """(model, version) the agent's local API says it serves; ("", "") for nothing."""
     status = agent.status()
-    active = _get(status, "active", "serving", "model")
-    if isinstance(active, str) and "@" in active:
-        name, _, version = active.partition("@")
-        return name, version
-    if active is not None and not isinstance(active, str):
-        name, version = _get(active, "model", "name"), _get(active, "version")
-    else:
-        name, version = active, _get(status, "version")
-    if name is None or version is None:
-        return None
-    return str(name), str(version)
+    return str(status.get("model") or ""), str(status.get("version") or "")
 
 
 def wait_serving(agent: AgentProcess, model: str, version: str, *, timeout_s: float = 30) -> None:
@@ -119,17 +100,10 @@ def wait_serving(agent: AgentProcess, model: str, version: str, *, timeout_s: fl
 
 
 def infer_output(agent: AgentProcess, x: np.ndarray) -> np.ndarray:
-    """Runs one inference through the agent's local API; returns the first output."""
-    result = agent.infer({"input": x})
-    outputs = _get(result, "outputs") if not isinstance(result, (list, tuple, np.ndarray)) else result
-    if outputs is None:
-        outputs = result
-    if isinstance(outputs, dict):
-        outputs = outputs.get("output", next(iter(outputs.values())))
-    elif isinstance(outputs, (list, tuple)) and outputs and not np.isscalar(outputs[0]):
-        first = outputs[0]
-        outputs = first if isinstance(first, np.ndarray) or isinstance(first, list) else outputs
-    return np.asarray(outputs, dtype=np.float32)
+    """Runs one inference through the agent's local API; returns the output "output"."""
+    outputs = agent.infer({"input": x})
+    assert "output" in outputs, f"{agent.label} answered outputs {list(outputs)}, expected 'output'"
+    return np.asarray(outputs["output"])
 
 
 def device_doc(server: ServerProcess, device_id: str) -> Any:

@@ -156,7 +156,7 @@ class ServerProcess(_Process):
         ]
         if self.mqtt_url:
             cmd += ["--mqtt", self.mqtt_url]
-        return cmd + self.extra_args
+        return cmd + ["-v"] + self.extra_args
 
     @property
     def server_json(self) -> Path:
@@ -251,7 +251,7 @@ class AgentProcess(_Process):
         ]
         if self.mqtt_url:
             cmd += ["--mqtt", self.mqtt_url]
-        return cmd + self.extra_args
+        return cmd + ["-v"] + self.extra_args
 
     @property
     def agent_json(self) -> Path:
@@ -289,12 +289,15 @@ class AgentProcess(_Process):
 
         return InferenceClient(self.data_dir)
 
-    def status(self) -> Any:
-        """What the running agent says it serves (its local API)."""
-        return self.inference_client().status()
+    def status(self) -> dict[str, Any]:
+        """What the running agent says it serves (its local API): model, version, state, last_error..."""
+        with self.inference_client() as client:
+            return client.status()
 
-    def infer(self, inputs: Any) -> Any:
-        return self.inference_client().infer(inputs)
+    def infer(self, inputs: Any) -> dict[str, Any]:
+        """One inference through the agent's local API: {output name: array}."""
+        with self.inference_client() as client:
+            return client.infer(inputs)
 
 
 class Fleet:
