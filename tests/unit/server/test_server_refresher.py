@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fleetcast.server import refresher
+from fleetcast.server.config import ServerConfig
+from fleetcast.server.fleet import Enrollment
+from fleetcast.server.services import open_services
+from fleetcast.server.signing import SigningConfig
+from tests.support import models
+
+
+def test_refresh_resigns_director_timestamps_near_expiry_and_names_those_devices(tmp_path: Path) -> None:
+    config = ServerConfig(data_dir=tmp_path / "data", signing=replace(SigningConfig(), timestamp_expiry_s=2.0))
+    services = open_services(config)
+    try:
+        token = (config.data_dir / "enroll-token").read_text().strip()
+        for device_id in ("dev-1", "dev-2"):
+            services.fleet.enroll(Enrollment(device_id=device_id, hardware_class="x86-cpu", enroll_token=token))
+        data = models.to_bytes(models.tiny_classifier(seed=1))
+        staged = services.blobs.stage(len(data))
+        staged.write(data)
+        services.registry.add_version("digits", staged)
+        services.deployments.create(model="digits", version=None, target="device:dev-1")
+        assert refresher.refresh(services) == []  # nothing is due yet
+        before = services.store.get_metadata("director/dev-1", "timestamp.json")
+        time.sleep(1.2)  # past half of the 2 s timestamp lifetime
+        assert refresher.refresh(services) == ["dev-1"]
+        assert services.store.get_metadata("director/dev-1", "timestamp.json") != before
+        assert refresher.period_s(services) == 0.5
+    finally:
+        services.close()
