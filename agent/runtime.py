@@ -26,6 +26,7 @@ from fleetcast.agent.telemetry import Counters, ModelKey, Recorder
 logger = logging.getLogger(__name__)
 
 _MAX_GOLDEN_ENTRIES: Final = 128
+_clock = time.perf_counter
 _NUMERIC_KINDS: Final = frozenset("biuf")
 
 
@@ -34,6 +35,14 @@ class LoadedModel:
     installed: InstalledModel
     session: backends.Session
     counters: Counters
+
+    def __post_init__(self) -> None:
+        # Bound once here so the hot path does one attribute lookup per step.
+        names = tuple(self.session.output_names)
+        object.__setattr__(self, "run_values", self.session.run_values)
+        object.__setattr__(self, "record_latency", self.counters.record_latency)
+        object.__setattr__(self, "output_names", names)
+        object.__setattr__(self, "single_output", names[0] if len(names) == 1 else None)
 
     @property
     def key(self) -> ModelKey:
@@ -132,14 +141,17 @@ class Runtime:
         model = self._model            # read once: a swap during this call does not affect it
         if model is None:
             raise NotServingError("no model is being served yet")
-        start = time.perf_counter()
+        start = _clock()
         try:
-            outputs = model.session.run(inputs)
+            values = model.run_values(inputs)
         except Exception as e:
-            model.counters.record((time.perf_counter() - start) * 1000.0, False)
+            model.counters.record((_clock() - start) * 1000.0, False)
             raise InferenceError(f"inference failed: {e}") from e
-        model.counters.record((time.perf_counter() - start) * 1000.0, True)
-        return outputs
+        model.record_latency((_clock() - start) * 1000.0)
+        single = model.single_output
+        if single is not None:
+            return {single: values[0]}
+        return dict(zip(model.output_names, values))
 
     def swap(self, new: LoadedModel | None) -> LoadedModel | None:
         """Serves `new` from the next call on; returns the model it replaced."""

@@ -1,7 +1,7 @@
 """Telemetry: per-model counters, windows closed into batches, an on-disk spool, a sender.
 
-Counting is cheap: each loaded model has its own `Counters`, updated under a tiny
-lock (a few hundred nanoseconds next to an inference). Every telemetry interval the
+Counting is cheap: each loaded model has its own `Counters`, and an inference adds
+one sample to it with a single lock-free `deque.append`. Every telemetry interval the
 window is closed into a `TelemetryBatch` with a fresh batch id and stored in the
 SQLite spool (`telemetry.db`). The sender sends spooled batches oldest first and
 deletes one only when its acknowledgement arrives, so nothing acknowledged is lost
@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,37 +44,50 @@ class ModelKey:
 
 
 class Counters:
-    """One model's counts: the open window, and totals since it was loaded."""
+    """One model's counts: the open window, and totals since it was loaded.
 
-    __slots__ = ("key", "_lock", "inferences", "errors", "histogram", "latency_sum_ms",
-                 "total_inferences", "total_errors")
+    The hot path is one `deque.append` (atomic under the GIL, no lock): the latency
+    in milliseconds, negated for a failed call. Samples are folded into the window's
+    histogram off the hot path, when a window closes or totals are read. If nobody
+    folds for `max_pending` calls the oldest samples are dropped.
+    """
 
-    def __init__(self, key: ModelKey) -> None:
+    def __init__(self, key: ModelKey, *, max_pending: int = 1_000_000) -> None:
         self.key = key
+        self._pending: deque[float] = deque(maxlen=max_pending)
+        self.record_latency = self._pending.append      # bound once: the cheapest call there is
         self._lock = threading.Lock()
         self.inferences = self.errors = self.total_inferences = self.total_errors = 0
         self.histogram = buckets.empty()
         self.latency_sum_ms = 0.0
 
     def record(self, latency_ms: float, ok: bool) -> None:
-        bucket = buckets.bucket_of(latency_ms)
-        with self._lock:
+        self._pending.append(latency_ms if ok else -latency_ms)
+
+    def _fold(self) -> None:
+        pending, popleft = self._pending, self._pending.popleft
+        bucket_of = buckets.bucket_of
+        while pending:
+            sample = popleft()
+            latency = -sample if sample < 0 else sample
             self.inferences += 1
             self.total_inferences += 1
-            self.histogram[bucket] += 1
-            self.latency_sum_ms += latency_ms
-            if not ok:
+            self.histogram[bucket_of(latency)] += 1
+            self.latency_sum_ms += latency
+            if sample < 0:
                 self.errors += 1
                 self.total_errors += 1
 
     def totals(self) -> tuple[int, int]:
         """(inferences, errors) since this model was first loaded in this process."""
         with self._lock:
+            self._fold()
             return self.total_inferences, self.total_errors
 
     def drain(self) -> device_pb2.ModelStats | None:
         """The window's stats, resetting the window; None when nothing happened."""
         with self._lock:
+            self._fold()
             if not self.inferences:
                 return None
             stats = device_pb2.ModelStats(

@@ -14,7 +14,7 @@ Back ends raise only `IncompatibleModelError` (cannot load this model here) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,11 +34,17 @@ class TensorSpec:
 
 
 class Session(Protocol):
-    """A loaded model. `run` is called concurrently from many threads."""
+    """A loaded model, called concurrently from many threads.
+
+    `run_values(inputs)` returns the outputs in `output_names` order: the serving hot
+    path calls it (back ends make it as thin as they can); `run` is the dict form.
+    """
 
     backend: str
     inputs: Sequence[TensorSpec]
     outputs: Sequence[TensorSpec]
+    output_names: tuple[str, ...]
+    run_values: Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
