@@ -183,10 +183,12 @@ class Agent:
         if reason == self._reported_check_error:
             return
         self._reported_check_error = reason
-        logger.error("assignment check failed, still serving the current model: %s", reason)
+        # Sent before it is logged: the server just answered the check, so it is reachable.
         self.sender.report(device_pb2.StatusReport(
             deployment_id=self._last_notice, state=State.VERIFY.value, event=Event.FAILURE.value,
-            reason=reason[:1000], timestamp_ms=int(time.time() * 1000), active_model=self._active_name()))
+            reason=reason[:1000], timestamp_ms=int(time.time() * 1000), active_model=self._active_name()),
+            now=True)
+        logger.error("assignment check failed, still serving the current model: %s", reason)
 
     # ---- serving ------------------------------------------------------------------
 

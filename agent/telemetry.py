@@ -236,11 +236,14 @@ class Sender:
         self.interval_s = interval_s
         self.stop = stop
         self._wake = threading.Event()
+        self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def report(self, report: device_pb2.StatusReport) -> None:
-        """Queues a status report and wakes the sender."""
+    def report(self, report: device_pb2.StatusReport, *, now: bool = False) -> None:
+        """Queues a status report and wakes the sender; `now` also sends from this thread."""
         self.spool.add_status(report)
+        if now:
+            self.flush()
         self._wake.set()
 
     def start(self) -> None:
@@ -259,6 +262,10 @@ class Sender:
 
     def flush(self) -> bool:
         """Sends queued statuses in order, then spooled batches; False when the uplink failed."""
+        with self._flush_lock:   # one sender at a time keeps the order and sends each once
+            return self._flush()
+
+    def _flush(self) -> bool:
         try:
             while statuses := self.spool.pending_statuses():
                 for seq, report in statuses:
