@@ -106,7 +106,7 @@ def build_fastest(context: BuildContext, progress: Progress) -> Build:
     progress(f"quantizing every layer ({method})")
     data = context.int8().quantize(method)
     return Build(data, "onnx", data, {"calibration_method": str(method), "float_layers": [],
-                                      "method_scores": dict(context.method_scores)})
+                                      "method_scores": {k: round(v, 3) for k, v in context.method_scores.items()}})
 
 
 def build_balanced(context: BuildContext, progress: Progress) -> Build:
@@ -120,7 +120,7 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
         return context.evaluator.evaluate(cache[keep_float]).score
 
     choice = choose_float_layers(score_of, layers, context.floor(), progress)
-    recipe = {"calibration_method": str(method), "method_scores": dict(context.method_scores),
+    recipe = {"calibration_method": str(method), "method_scores": {k: round(v, 3) for k, v in context.method_scores.items()},
               "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
               "budget_met": choice.within_budget,
               "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
@@ -131,38 +131,47 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
     if context.calibration is None:
         raise LevelError("smallest needs samples to check its accuracy budget and none were given; "
                          "pass --calibration DIR")
-    weights = {t.name: numpy_helper.to_array(t) for t in context.base.graph.initializer}
+    planner = WeightPlanner({t.name: numpy_helper.to_array(t) for t in context.base.graph.initializer})
     names = prunable_weights(context.base)
     half_floor = context.evaluator.baseline.score - context.budget_pp / 2
 
     def score_sparsity(plan: Mapping[str, float]) -> float:
-        return context.evaluator.evaluate(with_weights(context.base, apply_plan(weights, plan, {}))).score
+        return context.evaluator.evaluate(with_weights(context.base, planner.apply(plan, {}))).score
 
     sparsity = choose_per_layer(score_sparsity, {n: SPARSITY_STEPS for n in names}, {n: 0.0 for n in names},
                                 half_floor, progress, step="pruning").options
 
     def score_sharing(plan: Mapping[str, int | None]) -> float:
-        return context.evaluator.evaluate(with_weights(context.base, apply_plan(weights, sparsity, plan))).score
+        return context.evaluator.evaluate(with_weights(context.base, planner.apply(sparsity, plan))).score
 
     entries = choose_per_layer(score_sharing, {n: (*ENTRY_STEPS, None) for n in names}, {n: None for n in names},
                                context.floor(), progress, step="weight sharing").options
     progress("packing (zstd)")
-    model = with_weights(context.base, apply_plan(weights, sparsity, entries))
+    model = with_weights(context.base, planner.apply(sparsity, entries))
     artifact = package.encode(model)
     recipe = {"sparsity": {n: sparsity[n] for n in names}, "codebook_entries": {n: entries[n] for n in names},
               "package": "fcpack v1"}
     return Build(artifact, "fcpack", package.decode(artifact), recipe)
 
 
-def apply_plan(weights: Mapping[str, np.ndarray], sparsity: Mapping[str, float],
-               entries: Mapping[str, int | None]) -> dict[str, np.ndarray]:
-    changed = {}
-    for name in set(sparsity) | set(entries):
-        values = prune(weights[name], sparsity.get(name, 0.0))
-        if entries.get(name) is not None:
-            values = share(values, entries[name])
-        changed[name] = values
-    return changed
+class WeightPlanner:
+    """Pruned and shared versions of the weights, each computed once per (layer, option):
+    the searches revisit the same layer options many times."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.weights = weights
+        self.cache: dict[tuple[str, float, int | None], np.ndarray] = {}
+
+    def apply(self, sparsity: Mapping[str, float], entries: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+        return {name: self.layer(name, sparsity.get(name, 0.0), entries.get(name))
+                for name in set(sparsity) | set(entries)}
+
+    def layer(self, name: str, sparsity: float, entries: int | None) -> np.ndarray:
+        key = (name, sparsity, entries)
+        if key not in self.cache:
+            values = prune(self.weights[name], sparsity) if entries is None else self.layer(name, sparsity, None)
+            self.cache[key] = values if entries is None else share(values, entries)
+        return self.cache[key]
 
 
 def with_weights(model: onnx.ModelProto, changed: Mapping[str, np.ndarray]) -> bytes:

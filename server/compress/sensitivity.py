@@ -60,21 +60,23 @@ def choose_per_layer(score_of: Callable[[Mapping[str, Option]], float],
                      candidates: Mapping[str, Sequence[Option]], start: Mapping[str, Option],
                      floor: float, progress: Callable[[str], None], *, step: str) -> LayerPlan[Option]:
     """For each layer in turn, the most aggressive option that keeps the whole model at
-    or above `floor`, given the choices already made; candidates are ordered most
-    aggressive first, and `start` holds each layer's safe option (used when none fits)."""
+    or above `floor`, given the choices already made. Candidates are ordered most
+    aggressive first and end with the layer's safe option in `start`; the score is
+    taken to fall as options get more aggressive, so each layer is a bisection."""
     chosen = dict(start)
-    score = float("nan")
+    score: float | None = None
     for index, (layer, options) in enumerate(candidates.items(), 1):
-        for option in options:
-            if option == start[layer]:
-                break
-            progress(f"{step} {index}/{len(candidates)} layer {layer}: trying {option}")
-            trial = {**chosen, layer: option}
-            trial_score = score_of(trial)
+        low, high = 0, list(options).index(start[layer])   # options[high] is known to be acceptable
+        high_score = None
+        while low < high:
+            middle = (low + high) // 2
+            progress(f"{step} {index}/{len(candidates)} layer {layer}: trying {options[middle]}")
+            trial_score = score_of({**chosen, layer: options[middle]})
             if trial_score >= floor:
-                chosen, score = trial, trial_score
-                logger.info("%s layer=%s option=%s score=%.3f", step, layer, option, trial_score)
-                break
-    if score != score:  # nothing changed: measure the start plan itself
-        score = score_of(chosen)
-    return LayerPlan(chosen, score)
+                high, high_score = middle, trial_score
+            else:
+                low = middle + 1
+        if high_score is not None:
+            chosen[layer], score = options[high], high_score
+            logger.info("%s layer=%s option=%s score=%.3f", step, layer, options[high], high_score)
+    return LayerPlan(chosen, score if score is not None else score_of(chosen))
