@@ -106,13 +106,15 @@ def run(argv: list[str]) -> int:
     from fleetcast.agent.service import Agent
 
     agent = Agent(cfg)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
-    signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: agent.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return agent.run()
     except FatalError as e:
         print(f"fleetcast agent: {e}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def status(argv: list[str]) -> int:
