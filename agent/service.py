@@ -131,8 +131,7 @@ class Agent:
             if hasattr(self, name):
                 getattr(self, name).close()
         if hasattr(self, "sender"):
-            self.sender.join(5.0)
-            self.sender.flush()
+            self.sender.join(5.0)   # its last window stays spooled for the next start
         self.local_api.stop()
         self.data.agent_json.unlink(missing_ok=True)
         self.spool.close()
