@@ -111,6 +111,12 @@ def refusal_evidence(server: ServerProcess, agent: AgentProcess, deployments: li
         reason = ""
     if hit(reason):
         found["agent state.json"] = reason
+    try:
+        last_error = str(agent.status().get("last_error") or "")
+    except Exception as e:  # noqa: BLE001 - the local API is one source among several
+        last_error = f"(local API: {e})"
+    if hit(last_error):
+        found["agent local API last_error"] = last_error
     lines = [line for line in agent.log_path.read_text(errors="replace").splitlines()[-400:] if hit(line)]
     if lines:
         found["agent log"] = lines[-1]
