@@ -16,7 +16,7 @@ from fleetcast.agent.slots import Slots
 from fleetcast.agent.telemetry import Recorder
 from tests.support import models
 
-from conftest import make_assignment, write_artifact
+from tests.unit.agent.conftest import make_assignment, write_artifact
 
 
 def loaded(data: DataDir, artifact, slot: str, recorder: Recorder) -> LoadedModel:
@@ -45,7 +45,7 @@ def test_smoke_test_mismatch_raises_activation_error_naming_the_output(data, tmp
 
 
 def test_smoke_test_fails_for_a_nondeterministic_model(data, tmp_path) -> None:
-    from conftest import golden_bytes
+    from tests.unit.agent.conftest import golden_bytes
     model_bytes = models.to_bytes(models.nondeterministic_model())
     golden = golden_bytes(model_bytes)
     (tmp_path / "m.onnx").write_bytes(model_bytes)

@@ -7,7 +7,7 @@ import pytest
 
 from fleetcast.sdk.console import main as fleetcast
 
-from conftest import DIGITS
+from tests.unit.compress.conftest import DIGITS
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sdk_fake_server import SERVER, TOKEN, FakeServer
+from tests.unit.sdk.sdk_fake_server import SERVER, TOKEN, FakeServer
 
 from fleetcast.sdk import Client
 

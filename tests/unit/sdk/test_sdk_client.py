@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sdk_fake_server import SERVER, TOKEN, FakeServer, device_doc
+from tests.unit.sdk.sdk_fake_server import SERVER, TOKEN, FakeServer, device_doc
 
 from fleetcast.sdk import (
     ApiError,
