@@ -147,8 +147,9 @@ def main() -> int:
         time.sleep(2.5)  # two telemetry windows, so the last batch has reached the server
         rows = []
         for device in client.list_devices():
-            stats = device.stats_for("digits", version.version)
-            rows.append([device.id, device.hardware_class, device.active_model or "-", device.state or "-",
+            stats = device.active_stats
+            active = f"{device.active_model}@{device.active_version}" if device.active_model else "-"
+            rows.append([device.id, device.hardware_class or "-", active, device.state or "-",
                          milliseconds(stats.p50_ms if stats else None),
                          milliseconds(stats.p95_ms if stats else None),
                          str(stats.inferences if stats else 0)])
