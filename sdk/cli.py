@@ -326,7 +326,8 @@ def _show_deployment(client: Client, args: argparse.Namespace, deployment: Deplo
             deployment = client.wait_deployment(
                 deployment.id, timeout_s=args.timeout, on_update=_report_progress)
         except DeploymentTimeoutError as e:
-            _emit(args, e.deployment.raw, lambda: _deployment_text(e.deployment))
+            last = e.deployment
+            _emit(args, last.raw, lambda: _deployment_text(last))
             raise
     _emit(args, deployment.raw, lambda: _deployment_text(deployment))
     failed = deployment.failed_devices

@@ -18,6 +18,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
+# The agent keeps the dependency-free file primitives; the server reuses them rather
+# than keeping a second copy.
+from fleetcast.agent.datadir import fsync_dir
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
 
 logger = logging.getLogger(__name__)
@@ -29,14 +32,6 @@ def check_sha256(sha256: str) -> str:
     if not SHA256_PATTERN.fullmatch(sha256):
         raise InvalidRequest(f"{sha256[:80]!r} is not a sha256: use 64 lowercase hex digits")
     return sha256
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StagedFile:

@@ -18,30 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from fleetcast.server.blobs import fsync_dir
+# The dependency-free file primitives live with the agent; the server reuses them.
+from fleetcast.agent import datadir as agent_datadir
 
 logger = logging.getLogger(__name__)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Replaces `path` atomically (temp file, fsync, rename, fsync the dir)."""
+    agent_datadir.write_atomic(path, data, mode=mode)
 
 
 def ensure_token(path: Path) -> str:

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.dsse import SimpleEnvelope
 from tuf.api.metadata import MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
 
+from fleetcast.agent.datadir import write_atomic  # the shared atomic-write primitive
 from fleetcast.proto.topics import TopicError, check_device_id
 
 logger = logging.getLogger(__name__)
@@ -536,20 +536,4 @@ def _load_or_create_key(path: Path, *, must_exist: bool) -> CryptoSigner:
 
 def _write_secret(path: Path, data: bytes) -> None:
     """Temp file in the same dir (0600), fsync, os.replace, fsync the dir."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, mode=0o600)

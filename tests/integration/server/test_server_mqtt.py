@@ -3,7 +3,6 @@ from __future__ import annotations
 import queue
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest

@@ -7,6 +7,7 @@ import pytest
 from fleetcast.agent.datadir import DataDir
 from fleetcast.agent.errors import ActivationError, VerificationError
 from fleetcast.agent.slots import Slots, other
+from tests.unit.agent.conftest import Artifact
 
 
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
