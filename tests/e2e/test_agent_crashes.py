@@ -89,6 +89,10 @@ def test_agent_killed_during_download_and_install_ends_on_old_or_new_model(
         assert digest in (old, new), (
             f"kill {kill} (seed {seed}): the active slot {model_path} holds neither the model installed before "
             f"({old[:12]}) nor the one being deployed ({new[:12]}) but sha256 {digest[:12]}\n{agent.log_tail()}")
+        manifest = agent.active_manifest() or {}
+        assert manifest.get("sha256") == digest, (
+            f"kill {kill} (seed {seed}): the active slot's manifest names sha256 {manifest.get('sha256')!r} "
+            f"but its model file has {digest[:12]}\n{agent.log_tail()}")
         held["new" if digest == new else "old"] += 1
         if outcome(server, deployment, agent.device_id) in FINAL_OUTCOMES and kill < KILLS - 2:
             # That update survived its kills; start the next one so later kills land in an update too.
