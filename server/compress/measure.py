@@ -28,6 +28,7 @@ class LatencyConfig:
     min_runs: int = 20
     max_runs: int = 500
     min_duration_s: float = 1.0
+    runs_per_round: int = 5           # pairs alternate in rounds of this many runs each
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,28 @@ def measure_latency_ms(model: bytes | str, feed: Feed, *, threads: int, config: 
     return statistics.median(timings) * 1000.0
 
 
+def measure_latency_pair_ms(reference: bytes | str, candidate: bytes | str, feed: Feed, *, threads: int,
+                            config: LatencyConfig) -> tuple[float, float]:
+    """Median latencies of two models timed in alternating rounds, so that load from
+    other processes falls on both alike and their ratio stays meaningful."""
+    sessions = (open_session(reference, threads=threads), open_session(candidate, threads=threads))
+    for session in sessions:
+        for _ in range(config.warmup_runs):
+            session.run(None, feed)
+    timings: tuple[list[float], list[float]] = ([], [])
+    started = time.perf_counter()
+    rounds = 0
+    while len(timings[0]) < config.max_runs and (
+            len(timings[0]) < config.min_runs or time.perf_counter() - started < 2 * config.min_duration_s):
+        for which in ((0, 1) if rounds % 2 == 0 else (1, 0)):
+            for _ in range(config.runs_per_round):
+                begin = time.perf_counter()
+                sessions[which].run(None, feed)
+                timings[which].append(time.perf_counter() - begin)
+        rounds += 1
+    return statistics.median(timings[0]) * 1000.0, statistics.median(timings[1]) * 1000.0
+
+
 def is_classifier(reference: np.ndarray) -> bool:
     return reference.ndim == 2 and reference.shape[1] >= 2
 
@@ -110,6 +133,7 @@ class Evaluator:
     """Scores builds on one sample set against the original model's outputs there."""
 
     def __init__(self, original: bytes, samples: SampleSet, *, threads: int) -> None:
+        self.original = original
         self.samples = samples
         self.threads = threads
         self.reference = run_first_output(open_session(original, threads=threads), samples.feeds)

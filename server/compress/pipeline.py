@@ -27,11 +27,17 @@ import onnxruntime as ort
 from fleetcast.server.compress import package
 from fleetcast.server.compress.errors import LevelError, OutputDirError
 from fleetcast.server.compress.levels import ALL_LEVELS, NEEDS_CALIBRATION, parse_levels
-from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_ms
+from fleetcast.server.compress.measure import (
+    Evaluator,
+    LatencyConfig,
+    Quality,
+    measure_latency_ms,
+    measure_latency_pair_ms,
+)
 from fleetcast.server.compress.normalize import check_runnable, load_model, normalize, optimize_graph
 from fleetcast.server.compress.quantize import Method
 from fleetcast.server.compress.recipes import BUILDERS, Build, BuildContext
-from fleetcast.server.compress.samples import SampleSet, input_specs, load_samples, synthetic_feed
+from fleetcast.server.compress.samples import Feed, InputSpec, SampleSet, input_specs, load_samples, synthetic_feed
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ class LevelResult:
     packed_bytes: int | None = None           # transport size: fcpack (zstd) of that model, or the fcpack artifact
     latency_ms_1t: float | None = None
     latency_ms_2t: float | None = None
-    latency_ratio: float | None = None        # latency_ms_1t / original's, same run
+    latency_ratio: float | None = None        # 1 thread, / the original's timed in alternation with it
     latency_ratio_2t: float | None = None
     size_ratio: float | None = None           # size_bytes / original file
     packed_ratio: float | None = None         # packed_bytes / original file
@@ -139,7 +145,7 @@ def check_out_dir(out_dir: Path) -> None:
                              "pass a new or empty directory with --out")
 
 
-def load_optional(directory: Path | None, specs, role: str, limit: int) -> SampleSet | None:
+def load_optional(directory: Path | None, specs: tuple[InputSpec, ...], role: str, limit: int) -> SampleSet | None:
     return None if directory is None else load_samples(Path(directory), specs, role=role, max_samples=limit)
 
 
@@ -180,7 +186,8 @@ def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet |
                                       "onnxruntime": ort.__version__, "python": platform.python_version()})
 
 
-def measure_original(model_path: Path, data: bytes, evaluator: Evaluator, feed, config: CompressConfig) -> LevelResult:
+def measure_original(model_path: Path, data: bytes, evaluator: Evaluator, feed: Feed,
+                     config: CompressConfig) -> LevelResult:
     size = model_path.stat().st_size
     packed = len(package.encode(data))
     latency_1t = measure_latency_ms(data, feed, threads=1, config=config.latency)
@@ -189,7 +196,7 @@ def measure_original(model_path: Path, data: bytes, evaluator: Evaluator, feed, 
                                       1.0, 1.0, 1.0, packed / size), evaluator.baseline, 0.0, None)
 
 
-def build_level(level: str, context: BuildContext, original: LevelResult, feed, config: CompressConfig,
+def build_level(level: str, context: BuildContext, original: LevelResult, feed: Feed, config: CompressConfig,
                 staging: Path, out_dir: Path, say: Progress) -> LevelResult:
     started = time.monotonic()
     try:
@@ -209,15 +216,17 @@ def build_level(level: str, context: BuildContext, original: LevelResult, feed, 
 
 
 def measure_build(level: str, build: Build, path: Path, context: BuildContext, original: LevelResult,
-                  feed, config: CompressConfig) -> LevelResult:
+                  feed: Feed, config: CompressConfig) -> LevelResult:
     size = len(build.runnable)
     packed = len(build.artifact) if build.format == "fcpack" else len(package.encode(build.runnable))
-    latency_1t = measure_latency_ms(build.runnable, feed, threads=1, config=config.latency)
-    latency_2t = measure_latency_ms(build.runnable, feed, threads=2, config=config.latency)
+    reference_1t, latency_1t = measure_latency_pair_ms(context.evaluator.original, build.runnable, feed,
+                                                       threads=1, config=config.latency)
+    reference_2t, latency_2t = measure_latency_pair_ms(context.evaluator.original, build.runnable, feed,
+                                                       threads=2, config=config.latency)
     quality = context.evaluator.evaluate(build.runnable)
     drop = context.evaluator.drop_pp(quality)
     result = LevelResult(level, path, build.format, size, packed, latency_1t, latency_2t,
-                         latency_1t / original.latency_ms_1t, latency_2t / original.latency_ms_2t,
+                         latency_1t / reference_1t, latency_2t / reference_2t,
                          size / original.size_bytes, packed / original.size_bytes, recipe=build.recipe)
     within = drop <= config.budget_pp + 1e-9 if level in ("balanced", "smallest") else None
     return quality_fields(result, quality, drop, within)

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -109,3 +110,49 @@ class Int8Quantizer:
         data = output.read_bytes()
         output.unlink()
         return data
+
+
+def weight_axis(node: onnx.NodeProto) -> int:
+    """The output-channel axis of a layer's weight, for per-channel scales."""
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul" or node.op_type == "ConvTranspose":
+        return 1
+    return 0
+
+
+def int8_weights_only(model_bytes: bytes, layers: tuple[str, ...]) -> bytes:
+    """Store the float layers' weights as int8 (symmetric, per channel) behind a
+    DequantizeLinear: compute stays float, the file shrinks; onnxruntime folds the
+    DequantizeLinear into a float weight when it loads the model."""
+    model = onnx.load_from_string(model_bytes)
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    readers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    added = []
+    for node in model.graph.node:
+        weight = initializers.get(node.input[1]) if node.name in layers and len(node.input) > 1 else None
+        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or len(weight.dims) < 2 \
+                or readers[weight.name] != 1:
+            continue
+        values = onnx.numpy_helper.to_array(weight)
+        axis = weight_axis(node)
+        reduce = tuple(i for i in range(values.ndim) if i != axis)
+        scale = np.maximum(np.abs(values).max(axis=reduce), 1e-12) / 127.0
+        shaped = scale.reshape([-1 if i == axis else 1 for i in range(values.ndim)])
+        quantized = np.clip(np.round(values / shaped), -127, 127).astype(np.int8)
+        base = weight.name
+        model.graph.initializer.remove(weight)
+        model.graph.initializer.extend([
+            onnx.numpy_helper.from_array(quantized, f"{base}_int8"),
+            onnx.numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+            onnx.numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{base}_zero_point")])
+        added.append(onnx.helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+                                           [base], name=f"{base}_weight_dequantize", axis=axis))
+    nodes = added + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model.SerializeToString()

@@ -21,7 +21,7 @@ from fleetcast.server.compress import package
 from fleetcast.server.compress.errors import LevelError
 from fleetcast.server.compress.measure import Evaluator
 from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights, prune
-from fleetcast.server.compress.quantize import Int8Quantizer, Method, weighted_layers
+from fleetcast.server.compress.quantize import Int8Quantizer, Method, int8_weights_only, weighted_layers
 from fleetcast.server.compress.samples import SampleSet
 from fleetcast.server.compress.sensitivity import choose_float_layers, choose_per_layer
 from fleetcast.server.compress.weight_sharing import ENTRY_STEPS, share
@@ -120,11 +120,18 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
         return context.evaluator.evaluate(cache[keep_float]).score
 
     choice = choose_float_layers(score_of, layers, context.floor(), progress)
+    chosen = cache[choice.keep_float]
+    weights_int8 = False
+    if choice.keep_float:
+        progress(f"storing the weights of {len(choice.keep_float)} float layer(s) as int8")
+        smaller = int8_weights_only(chosen, choice.keep_float)
+        if context.evaluator.evaluate(smaller).score >= min(choice.score, context.floor()):
+            chosen, weights_int8 = smaller, True
     recipe = {"calibration_method": str(method), "method_scores": {k: round(v, 3) for k, v in context.method_scores.items()},
               "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
-              "budget_met": choice.within_budget,
+              "float_layer_weights": "int8" if weights_int8 else "float32", "budget_met": choice.within_budget,
               "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
-    return Build(cache[choice.keep_float], "onnx", cache[choice.keep_float], recipe)
+    return Build(chosen, "onnx", chosen, recipe)
 
 
 def build_smallest(context: BuildContext, progress: Progress) -> Build:
