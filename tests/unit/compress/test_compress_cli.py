@@ -7,7 +7,7 @@ import pytest
 
 from fleetcast.sdk.console import main as fleetcast
 
-from tests.unit.compress.conftest import DIGITS
+from tests.unit.compress.builders import DIGITS
 
 pytestmark = pytest.mark.timeout(240)
 

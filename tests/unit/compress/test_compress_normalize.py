@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from fleetcast.server.compress.errors import ModelFormatError, UnsupportedModelError
 from fleetcast.server.compress.normalize import check_runnable, load_model, normalize, optimize_graph, outputs_of
 
-from tests.unit.compress.conftest import conv_model
+from tests.unit.compress.builders import conv_model
 
 FEEDS = tuple({"image": np.random.default_rng(i).standard_normal((2, 3, 8, 8)).astype(np.float32)} for i in range(3))
 

@@ -16,7 +16,7 @@ from fleetcast.server.compress.errors import PackageError
 from fleetcast.server.compress.prune import prune
 from fleetcast.server.compress.weight_sharing import share
 
-from tests.unit.compress.conftest import DIGITS
+from tests.unit.compress.builders import DIGITS
 
 DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64]
 

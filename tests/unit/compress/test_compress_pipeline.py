@@ -12,7 +12,7 @@ from fleetcast.server.compress.errors import OutputDirError, SampleError
 from fleetcast.server.compress.measure import open_session
 from fleetcast.server.compress.pipeline import CompressConfig, CompressionReport, compress
 
-from tests.unit.compress.conftest import DIGITS, FAST_LATENCY
+from tests.unit.compress.builders import DIGITS, FAST_LATENCY
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -6,7 +6,7 @@ import onnx
 from fleetcast.server.compress.measure import open_session
 from fleetcast.server.compress.quantize import int8_weights_only, weighted_layers
 
-from conftest import DIGITS
+from tests.unit.compress.builders import DIGITS
 
 
 def test_weight_only_int8_shrinks_float_layers_and_keeps_their_outputs() -> None:

@@ -9,7 +9,7 @@ import pytest
 from fleetcast.server.compress.errors import SampleError
 from fleetcast.server.compress.samples import InputSpec, input_specs, load_samples
 
-from tests.unit.compress.conftest import conv_model
+from tests.unit.compress.builders import conv_model
 
 SPECS = input_specs(conv_model())
 
