@@ -9,7 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.support.waiting import free_port, log_tail, port_accepts, wait_for
+from tests.support.waiting import WaitHopeless, free_port, log_tail, port_accepts, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "deploy" / "mosquitto" / "fleetcast.conf"
@@ -77,7 +77,7 @@ class Broker:
         assert self._proc is not None
         code = self._proc.poll()
         if code is not None:
-            raise AssertionError(f"mosquitto exited with {code} at start\n{self.log_tail()}")
+            raise WaitHopeless(f"mosquitto exited with {code} at start\n{self.log_tail()}")
         return True
 
     def stop(self) -> None:

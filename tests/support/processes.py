@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.waiting import log_tail, port_accepts, wait_for
+from tests.support.waiting import WaitHopeless, log_tail, port_accepts, wait_for
 
 START_TIMEOUT_S = 60.0  # imports of onnx/onnxruntime/grpc on a loaded 2-core machine
 STOP_TIMEOUT_S = 20.0
@@ -81,14 +81,10 @@ class _Process:
         def ready() -> bool:
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
-                raise AssertionError(f"{self.label} exited with {code} before it served\n{self.log_tail()}")
+                raise WaitHopeless(f"{self.label} exited with {code} before it served\n{self.log_tail()}")
             return self._ready()
 
-        try:
-            wait_for(ready, timeout_s=timeout_s, what=f"{self.label} to serve", context=self.log_tail)
-        except AssertionError as e:
-            # A process that exited is the answer already; do not wait out the clock.
-            raise AssertionError(str(e)) from None
+        wait_for(ready, timeout_s=timeout_s, what=f"{self.label} to serve", context=self.log_tail)
 
     def stop(self) -> int | None:
         """SIGTERM, then wait for the exit; returns the exit code."""
@@ -246,7 +242,8 @@ class AgentProcess(_Process):
             sys.executable, "-m", "fleetcast.sdk.console", "agent",
             "--server", grpc, "--data", str(self.data_dir), "--device-id", self.device_id,
             "--hardware", self.hardware, "--trust-root", str(self.trust_root),
-            "--enroll-token", self.enroll_token,
+            # One argument, so a token that starts with "-" is not taken for an option.
+            f"--enroll-token={self.enroll_token}",
             "--trial-s", "1", "--poll-interval-s", "5", "--telemetry-interval-s", "1",
         ]
         if self.mqtt_url:

@@ -18,6 +18,11 @@ class WaitTimeout(AssertionError):
     """A bounded wait ran out: the message says what was awaited and what was last seen."""
 
 
+class WaitHopeless(AssertionError):
+    """Raised by a probe when the awaited thing can no longer happen (a process exited):
+    `wait_for` lets it through at once instead of waiting out its bound."""
+
+
 def wait_for(
     probe: Callable[[], T | None],
     *,
@@ -28,8 +33,9 @@ def wait_for(
 ) -> T:
     """Calls `probe` until it returns something truthy; returns that value.
 
-    Exceptions from the probe count as "not yet" and the last one is shown on failure,
-    with `context()` (for example the tail of a process log).
+    Exceptions from the probe count as "not yet" (except `WaitHopeless`, raised at once)
+    and the last one is shown on failure, with `context()` (for example the tail of a
+    process log).
     """
     deadline = time.monotonic() + timeout_s
     last: object = None
@@ -39,6 +45,8 @@ def wait_for(
             if value:
                 return value
             last = value
+        except WaitHopeless:
+            raise
         except Exception as e:  # noqa: BLE001 - shown in the failure message
             last = f"{type(e).__name__}: {e}"
         if time.monotonic() >= deadline:
