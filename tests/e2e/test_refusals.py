@@ -98,7 +98,8 @@ def restore_db(saved: Path, db: Path) -> None:
 
 def refusal_evidence(server: ServerProcess, agent: AgentProcess, deployments: list[str], words: tuple[str, ...]) -> dict[str, str]:
     """Where a refusal naming one of `words` shows: the server's deployment rows (the
-    report reached the server), the agent's saved state, or the agent's log."""
+    report reached the server), the agent's saved state, or its local API's last_error
+    (a device that refuses metadata cannot always trust the deployment id it names)."""
     found: dict[str, str] = {}
     hit = lambda text: any(w in text.lower() for w in words)  # noqa: E731
     for d in deployments:
@@ -117,9 +118,6 @@ def refusal_evidence(server: ServerProcess, agent: AgentProcess, deployments: li
         last_error = f"(local API: {e})"
     if hit(last_error):
         found["agent local API last_error"] = last_error
-    lines = [line for line in agent.log_path.read_text(errors="replace").splitlines()[-400:] if hit(line)]
-    if lines:
-        found["agent log"] = lines[-1]
     return found
 
 
