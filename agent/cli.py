@@ -60,6 +60,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-via-mqtt", action="store_true", default=None,
                    help="publish status and telemetry to MQTT too (needs --mqtt)")
     p.add_argument("--artifacts-url", default=None, help="HTTP base URL for Range downloads (default: gRPC)")
+    p.add_argument("--download-rate-bps", type=int, default=None,
+                   help="limit downloads to this many bytes per second, for metered links (default: no limit)")
     p.add_argument("--trial-s", type=float, default=None, help="trial period before commit (default 10)")
     p.add_argument("--poll-interval-s", type=float, default=None, help="fallback poll period (default 60)")
     p.add_argument("--telemetry-interval-s", type=float, default=None, help="telemetry window (default 10)")

@@ -47,6 +47,7 @@ class AgentConfig:
     poll_interval_s: float = 60.0
     telemetry_interval_s: float = 10.0
     download_chunk_bytes: int = 256 * 1024
+    download_rate_bps: int = 0                   # bytes per second for downloads; 0: as fast as the link
     max_artifact_bytes: int = 512 * 1024**2
     intra_op_threads: int = 1
     rpc_timeout_s: float = 10.0
@@ -69,6 +70,8 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be positive")
         if not 0.0 <= self.trial_max_error_ratio <= 1.0:
             raise ConfigError("trial_max_error_ratio must be between 0 and 1")
+        if self.download_rate_bps < 0:
+            raise ConfigError("download_rate_bps must be 0 (no limit) or positive")
         if self.download_chunk_bytes <= 0 or self.max_artifact_bytes <= 0 or self.intra_op_threads <= 0:
             raise ConfigError("download_chunk_bytes, max_artifact_bytes and intra_op_threads must be positive")
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class HttpTransport:
 class DownloadConfig:
     max_artifact_bytes: int = 512 * 1024**2
     reconnects: int = 3          # resumptions within one fetch() after a dropped connection
+    rate_bps: int = 0            # pace downloads to this many bytes per second; 0: no limit
 
 
 class Downloader:
@@ -194,6 +196,7 @@ class Downloader:
     def _append(self, part: Path, sha256: str, length: int, progress: "_Progress") -> None:
         """Appends what one connection yields; `progress` always matches the file."""
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        pace = _Pace(self.config.rate_bps, self.stop)
         with os.fdopen(fd, "ab") as f:
             try:
                 for data in self.transport.open(sha256, progress.offset):
@@ -207,10 +210,32 @@ class Downloader:
                     f.write(data)
                     progress.digest.update(data)
                     progress.offset += len(data)
+                    pace.after(len(data))
             finally:
                 if not f.closed:
                     f.flush()
                     os.fsync(f.fileno())
+
+
+class _Pace:
+    """Keeps one connection's average rate at or under `rate_bps` by sleeping between chunks.
+
+    The sleep waits on the agent's stop event, so a stopping agent never sits it out.
+    """
+
+    def __init__(self, rate_bps: int, stop: threading.Event) -> None:
+        self.rate_bps = rate_bps
+        self.stop = stop
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def after(self, n: int) -> None:
+        if self.rate_bps <= 0:
+            return
+        self.sent += n
+        ahead_s = self.sent / self.rate_bps - (time.monotonic() - self.start)
+        if ahead_s > 0:
+            self.stop.wait(ahead_s)
 
 
 @dataclass

@@ -99,7 +99,8 @@ class Agent:
             HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes)
             if self.config.artifacts_url else GrpcTransport(self.client.stub, token))
         self.downloader = Downloader(self.data.downloads, transport,
-                                     DownloadConfig(max_artifact_bytes=self.config.max_artifact_bytes),
+                                     DownloadConfig(max_artifact_bytes=self.config.max_artifact_bytes,
+                                                    rate_bps=self.config.download_rate_bps),
                                      stop=self.stop)
         self.verifier = Verifier(
             trust_root=trust_root, state_dir=self.data.trust,

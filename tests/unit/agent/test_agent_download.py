@@ -7,6 +7,7 @@ and an http.server answering Range requests.
 from __future__ import annotations
 
 import hashlib
+import time
 import http.server
 import threading
 from collections.abc import Iterator
@@ -77,6 +78,31 @@ def test_grpc_download_is_byte_exact_and_sends_the_token(tmp_path, grpc_fake) ->
     assert path.name == SHA and path.read_bytes() == BLOB
     assert servicer.tokens == [f"Bearer {TOKEN}"]
     assert not (tmp_path / "downloads" / f"{SHA}.part").exists()
+
+
+def test_rate_limit_paces_the_download_and_keeps_it_byte_exact(tmp_path, grpc_fake) -> None:
+    _, address = grpc_fake
+    rate = 4 * len(BLOB)                   # the whole blob should take at least a quarter second
+    dl, channel = downloader(tmp_path, address, rate_bps=rate)
+    start = time.monotonic()
+    path = dl.fetch(SHA, len(BLOB))
+    elapsed = time.monotonic() - start
+    channel.close()
+    assert path.read_bytes() == BLOB
+    # A lower bound only: pacing can make a download slower, never faster than the rate.
+    assert elapsed >= (len(BLOB) - 64 * 1024) / rate
+
+
+def test_stopping_agent_does_not_sit_out_a_rate_limit_pause(tmp_path, grpc_fake) -> None:
+    _, address = grpc_fake
+    dl, channel = downloader(tmp_path, address, rate_bps=1024)   # would take ~17 minutes
+    threading.Timer(0.3, dl.stop.set).start()
+    start = time.monotonic()
+    with pytest.raises(DownloadError):
+        dl.fetch(SHA, len(BLOB))
+    channel.close()
+    assert time.monotonic() - start < 60
+    assert (tmp_path / "downloads" / f"{SHA}.part").exists()     # resumable from where it stopped
 
 
 def test_dropped_connection_resumes_from_the_offset_reached(tmp_path, grpc_fake) -> None:
