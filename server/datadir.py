@@ -39,7 +39,7 @@ def ensure_token(path: Path) -> str:
         token = path.read_text().strip()
         if token:
             return token
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)   # hex: never starts with "-", so it passes safely as a CLI argument
     write_atomic(path, (token + "\n").encode(), mode=0o600)
     logger.info("token created path=%s", path)
     return token

@@ -91,7 +91,7 @@ class Fleet:
             raise Unauthenticated("enrollment token is not valid: copy DATA/enroll-token from the server")
         check_id(e.device_id)
         _check_profile(e)
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_hex(32)   # hex: never starts with "-"
         now = time.time()
         old = self.store.device(e.device_id)
         self.store.put_device(Device(
