@@ -175,8 +175,10 @@ class Deployments:
     def apply_status(self, device_id: str, update: StatusUpdate) -> None:
         update.check()
         now = self.clock()
+        failed = update.event == "failure" or update.outcome in {"failed", "rolled_back"}
         self.store.record_report(device_id, at=now, state=update.state, active_model=update.active_model,
-                                 deployment_id=update.deployment_id)
+                                 deployment_id=update.deployment_id,
+                                 error=update.reason[:MAX_REASON_CHARS] if failed else "")
         row = self.store.deployment_device(update.deployment_id, device_id) if update.deployment_id else None
         if row is None or row.outcome:
             return  # a report for no deployment of ours, or after the row closed: device state only

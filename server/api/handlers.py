@@ -122,6 +122,7 @@ def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
         "labels": dict(d.labels), "agent_version": d.agent_version, "enrolled_at": d.enrolled_at,
         "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
         "deployment_id": d.deployment_id or None,
+        "last_error": {"reason": d.last_error, "at": d.last_error_at} if d.last_error else None,
         "assignment": None if doc is None else {k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
         "telemetry": s.telemetry.summary(d.device_id),
     }

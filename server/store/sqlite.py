@@ -101,6 +101,13 @@ def create_telemetry(db: sqlite_utils.Database) -> None:
     )
 
 
+def add_device_last_error(db: sqlite_utils.Database) -> None:
+    # The latest failure a device reported, even for a deployment already closed (a
+    # refused replay of old metadata, say): operators see it on the device.
+    db.execute("ALTER TABLE devices ADD COLUMN last_error TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE devices ADD COLUMN last_error_at REAL")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -108,6 +115,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_devices,
     create_deployments,
     create_telemetry,
+    add_device_last_error,
 ]
 
 
@@ -133,6 +141,7 @@ def _device(row: sqlite3.Row) -> Device:
         backends=tuple(json.loads(row["backends"])), group=row["grp"], labels=json.loads(row["labels"]),
         agent_version=row["agent_version"], enrolled_at=row["enrolled_at"], last_seen=row["last_seen"],
         active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
+        last_error=row["last_error"], last_error_at=row["last_error_at"],
     )
 
 
@@ -270,7 +279,8 @@ class SqliteStore:
     def put_device(self, device: Device) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO devices (device_id, token_sha256, hardware_class, backends, grp, labels, agent_version,"
+                " enrolled_at, last_seen, active_model, state, deployment_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id) DO UPDATE SET token_sha256 = excluded.token_sha256,"
                 " hardware_class = excluded.hardware_class, backends = excluded.backends, grp = excluded.grp,"
                 " labels = excluded.labels, agent_version = excluded.agent_version,"
@@ -293,12 +303,16 @@ class SqliteStore:
             return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
         return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
 
-    def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str) -> None:
+    def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
+                      error: str = "") -> None:
         with self._tx() as c:
             c.execute(
                 "UPDATE devices SET last_seen = ?, state = ?, active_model = ?, deployment_id = ? WHERE device_id = ?",
                 (at, state, active_model, deployment_id, device_id),
             )
+            if error:
+                c.execute("UPDATE devices SET last_error = ?, last_error_at = ? WHERE device_id = ?",
+                          (error, at, device_id))
 
     def touch_device(self, device_id: str, at: float) -> None:
         with self._tx() as c:

@@ -106,6 +106,10 @@ def refusal_evidence(server: ServerProcess, agent: AgentProcess, deployments: li
         reason = str((device_entries(deployment_doc(server, d)).get(agent.device_id) or {}).get("reason") or "")
         if hit(reason):
             found[f"deployment {d}"] = reason
+    with server.client() as fc:
+        last_error = (fc.get_device(agent.device_id).raw.get("last_error") or {}).get("reason") or ""
+    if hit(last_error):
+        found["server device last_error"] = last_error
     try:
         reason = str(json.loads((agent.data_dir / "state.json").read_text()).get("reason") or "")
     except (OSError, ValueError):
@@ -153,6 +157,10 @@ def test_older_signed_assignment_served_back_is_refused_and_newer_model_keeps_se
         deployments = [d.id for d in fc.list_deployments()]
     wait_refusal(server, agent, deployments, ("rollback", "older than"),
                  what="the device to refuse the older signed metadata")
+    # Reported: the refusal names a deployment that already closed, so it shows on the device.
+    wait_for(lambda: "server device last_error" in refusal_evidence(server, agent, deployments, ("rollback",)),
+             timeout_s=30, what="the refusal to reach the server's device document",
+             context=lambda: agent.log_tail())
     assert_still_serves(agent, "replay", new_version, newer)
 
 

@@ -93,6 +93,22 @@ def test_status_follows_final_reports(services: Services) -> None:
         services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", final=True, outcome="maybe"))
 
 
+def test_a_refusal_reported_after_the_deployment_closed_shows_on_the_device(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _upload(services, 1)
+    dep = services.deployments.create(model="digits", version=None, target="all")
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", "success",
+                                                            active_model="digits@1", final=True, outcome="installed"))
+    assert services.store.device("dev-1").last_error == ""
+    # Later the device refuses replayed metadata naming the same, closed deployment.
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "verify", "failure",
+                                                            reason="director metadata is older (rollback refused)"))
+    device = services.store.device("dev-1")
+    assert "rollback refused" in device.last_error and device.last_error_at is not None
+    row = services.deployments.document(services.deployments.get(dep.deployment_id))["devices"][0]
+    assert row["outcome"] == "installed"             # the closed row itself does not change
+
+
 def test_cancel_gives_devices_their_previous_assignment_back(services: Services) -> None:
     _enroll(services, "dev-1")
     _enroll(services, "dev-2")
