@@ -10,9 +10,13 @@ The Python operator SDK: push models, deploy them, watch devices.
         d = fc.wait_deployment(fc.deploy("digits", version=v.version).id, timeout_s=300)
 
 Errors are drawn in `fleetcast.sdk._errors`; catch `FleetcastError` for all of them.
+
+`Client` (and with it httpx, the `sdk` extra) is imported on first use, so the
+`fleetcast` command on a device that installed only the agent never needs it.
 """
 
-from fleetcast.sdk._client import Client
+from typing import TYPE_CHECKING, Any
+
 from fleetcast.sdk._errors import (
     ApiError,
     AuthError,
@@ -36,6 +40,18 @@ from fleetcast.sdk._models import (
     Variant,
     VersionStats,
 )
+
+if TYPE_CHECKING:
+    from fleetcast.sdk._client import Client
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from fleetcast.sdk._client import Client
+
+        return Client
+    raise AttributeError(f"module 'fleetcast.sdk' has no attribute {name!r}")
+
 
 __all__ = [
     "ApiError",
