@@ -3,8 +3,11 @@
     .venv/bin/python benchmarks/compress_bench.py [--nets resnet18,mobilenet_v2,digits] [--out DIR]
 
 ResNet-18 and MobileNetV2 are built in code (benchmarks/compress_nets.py, no torch),
-fed seeded Gaussian images: their quality is fidelity to FP32 (top-1 agreement,
-cosine, SNR). The digits model (examples/digits) is scored on its labelled test split.
+with BatchNorms calibrated on image-like inputs, and fed seeded image-like inputs
+(compress_nets.images): their quality is fidelity to FP32 (top-1 agreement, cosine,
+SNR). The digits model (examples/digits) is scored on its labelled test split.
+Every run splits its evaluation samples: the searches score on the even-numbered
+files, the tables report the odd-numbered ones, which the searches never saw.
 Every ratio is against the FP32 original measured in the same run, on the same
 machine. Prints a markdown table per model, the form used in docs/benchmarks.md,
 and leaves each run's report.{json,md,png} under --out.
@@ -35,9 +38,10 @@ DIGITS = ROOT / "examples" / "digits"
 
 def write_images(directory: Path, count: int, seed: int) -> Path:
     directory.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        np.save(directory / f"{index:04d}.npy", rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
+    for start in range(0, count, 64):
+        batch = compress_nets.images(min(64, count - start), seed=seed * 100_003 + start)
+        for offset, image in enumerate(batch):
+            np.save(directory / f"{start + offset:04d}.npy", image[None])
     return directory
 
 
@@ -47,12 +51,14 @@ def run_net(name: str, work: Path, args: argparse.Namespace) -> CompressionRepor
     onnx.save(model, str(model_path))
     calibration = write_images(work / f"{name}-calibration", args.calibration_samples, seed=1)
     evaluation = write_images(work / f"{name}-eval", args.eval_samples, seed=2)
-    config = CompressConfig(budget_pp=args.budget, calibration_dir=calibration, eval_dir=evaluation)
+    config = CompressConfig(budget_pp=args.budget, calibration_dir=calibration, eval_dir=evaluation,
+                            intra_op_threads=args.quality_threads, max_eval_samples=args.eval_samples)
     return compress(model_path, work / f"{name}-variants", config, progress)
 
 
 def run_digits(work: Path, args: argparse.Namespace) -> CompressionReport:
-    config = CompressConfig(budget_pp=args.budget, calibration_dir=DIGITS / "calibration", eval_dir=DIGITS / "eval")
+    config = CompressConfig(budget_pp=args.budget, calibration_dir=DIGITS / "calibration", eval_dir=DIGITS / "eval",
+                            intra_op_threads=args.quality_threads)
     return compress(DIGITS / "digits.onnx", work / "digits-variants", config, progress)
 
 
@@ -79,7 +85,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", default="resnet18,mobilenet_v2,digits")
     parser.add_argument("--calibration-samples", type=int, default=32)
-    parser.add_argument("--eval-samples", type=int, default=64)
+    parser.add_argument("--eval-samples", type=int, default=512, help="half search, half held out")
+    parser.add_argument("--quality-threads", type=int, default=1, help="threads for the quality runs")
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None, help="keep variants and reports here")
     args = parser.parse_args()
@@ -93,14 +100,17 @@ def main() -> int:
         report = run_digits(work, args) if name == "digits" else run_net(name, work, args)
         print(f"\n### {name} ({report.quality_data}; budget {report.budget_pp} pp; "
               f"built in {time.monotonic() - started:.0f} s)\n")
+        print("\n".join(f"- {note}" for note in report.notes) + "\n")
         print(table(report))
         balanced = next((r for r in report.levels if r.level == "balanced" and not r.error), None)
         if balanced is not None:
             print(f"\nbalanced recipe: method={balanced.recipe.get('calibration_method')} "
-                  f"float layers={balanced.recipe.get('float_layers')}")
+                  f"float layers={balanced.recipe.get('float_layer_weights')} "
+                  f"validation drop={balanced.recipe.get('validation_drop_pp')} pp")
         smallest = next((r for r in report.levels if r.level == "smallest" and not r.error), None)
         if smallest is not None:
-            print(f"smallest: {1 / smallest.packed_ratio:.1f}x smaller than the FP32 file (packed)")
+            print(f"smallest: {1 / smallest.packed_ratio:.1f}x smaller than the FP32 file (packed), "
+                  f"validation drop={smallest.recipe.get('validation_drop_pp')} pp")
         sys.stdout.flush()
     print(f"\nreports under {work}")
     return 0

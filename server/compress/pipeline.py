@@ -152,12 +152,11 @@ def load_optional(directory: Path | None, specs: tuple[InputSpec, ...], role: st
 def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet | None,
               evaluation: SampleSet | None, config: CompressConfig, staging: Path, out_dir: Path,
               workdir: Path, say: Progress) -> CompressionReport:
-    specs = input_specs(model)
-    search = evaluation or calibration or SampleSet(tuple(synthetic_feed(specs, seed=s) for s in range(8)),
-                                                    None, Path("(random inputs)"))
+    search, held_out, data_notes = split_quality_data(evaluation, calibration, input_specs(model), config.budget_pp)
     probe = search.feeds[:4]
     original_bytes = model.SerializeToString()
     base, notes = normalize(model, probe, say)
+    notes = [*data_notes, *notes]
     try:
         say("lossless: optimizing graph")
         base = optimize_graph(base, probe)
@@ -170,20 +169,46 @@ def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet |
     onnx.save(base, str(base_path))
     say("measuring the original")
     evaluator = Evaluator(original_bytes, search, threads=config.intra_op_threads)
+    scorer = evaluator if held_out is search else Evaluator(original_bytes, held_out, threads=config.intra_op_threads)
     latency_feed = {name: array[:1] for name, array in search.feeds[0].items()}
-    original = measure_original(model_path, original_bytes, evaluator, latency_feed, config)
+    original = measure_original(model_path, original_bytes, scorer, latency_feed, config)
     if calibration is None and any(level in NEEDS_CALIBRATION for level in config.levels):
         notes.append("no calibration data given: only the data-free levels (lossless, fp16) were built")
     context = BuildContext(base=base, base_path=base_path, workdir=workdir, calibration=calibration,
-                           evaluator=evaluator, budget_pp=config.budget_pp, methods=config.calibration_methods)
+                           evaluator=evaluator, budget_pp=config.budget_pp, methods=config.calibration_methods,
+                           latency=config.latency)
     results = []
     for index, level in enumerate(config.levels, 1):
         step = lambda text, level=level, index=index: say(f"[{index}/{len(config.levels)}] {level}: {text}")
-        results.append(build_level(level, context, original, latency_feed, config, staging, out_dir, step))
+        results.append(build_level(level, context, scorer, original, latency_feed, config, staging, out_dir, step))
     return CompressionReport(model=str(model_path), original=original, levels=results,
-                             quality_data=describe(search), budget_pp=config.budget_pp, notes=notes,
+                             quality_data=describe(held_out, search), budget_pp=config.budget_pp, notes=notes,
                              machine={"cpu": platform.processor() or platform.machine(),
                                       "onnxruntime": ort.__version__, "python": platform.python_version()})
+
+
+def split_quality_data(evaluation: SampleSet | None, calibration: SampleSet | None, specs: tuple[InputSpec, ...],
+                       budget_pp: float) -> tuple[SampleSet, SampleSet, list[str]]:
+    """(search, held_out, notes): the searches score on `search`, the report on `held_out`.
+    An evaluation set is split (SampleSet.split); without one, both are the same samples."""
+    if evaluation is None:
+        samples = calibration or SampleSet(tuple(synthetic_feed(specs, seed=s) for s in range(8)),
+                                           None, Path("(random inputs)"))
+        return samples, samples, [f"no evaluation data: the searches and this report both used {samples.source}, "
+                                  "so quality figures are optimistic; pass --eval DIR for held-out figures"]
+    validation, held_out = evaluation.split()
+    if held_out is validation:
+        return validation, held_out, ["one evaluation sample cannot be split: the searches and this report used "
+                                      "the same sample, so quality figures are optimistic"]
+    weight_pp = 100.0 / held_out.rows()
+    notes = [f"quality figures are measured on {held_out.rows()} held-out samples (the odd-numbered evaluation "
+             f"files by name); the searches scored only on the other {validation.rows()}. One held-out sample "
+             f"is {weight_pp:.2f} points"]
+    if weight_pp > budget_pp / 2:
+        notes.append(f"too few evaluation samples to resolve a {budget_pp} point budget: one held-out sample "
+                     f"moves a figure by {weight_pp:.2f} points; give at least {int(200 / max(budget_pp, 1e-9))} "
+                     "evaluation samples")
+    return validation, held_out, notes
 
 
 def measure_original(model_path: Path, data: bytes, evaluator: Evaluator, feed: Feed,
@@ -196,15 +221,15 @@ def measure_original(model_path: Path, data: bytes, evaluator: Evaluator, feed: 
                                       1.0, 1.0, 1.0, packed / size), evaluator.baseline, 0.0, None)
 
 
-def build_level(level: str, context: BuildContext, original: LevelResult, feed: Feed, config: CompressConfig,
-                staging: Path, out_dir: Path, say: Progress) -> LevelResult:
+def build_level(level: str, context: BuildContext, scorer: Evaluator, original: LevelResult, feed: Feed,
+                config: CompressConfig, staging: Path, out_dir: Path, say: Progress) -> LevelResult:
     started = time.monotonic()
     try:
         build = BUILDERS[level](context, say)
         say("measuring")
         name = f"{level}.{build.format}"
         write_file(staging / name, build.artifact)
-        result = measure_build(level, build, out_dir / name, context, original, feed, config)
+        result = measure_build(level, build, out_dir / name, context, scorer, original, feed, config)
     except LevelError as error:
         logger.warning("level=%s not built: %s", level, error)
         return LevelResult(level, None, None, error=str(error))
@@ -215,16 +240,17 @@ def build_level(level: str, context: BuildContext, original: LevelResult, feed: 
     return result
 
 
-def measure_build(level: str, build: Build, path: Path, context: BuildContext, original: LevelResult,
-                  feed: Feed, config: CompressConfig) -> LevelResult:
+def measure_build(level: str, build: Build, path: Path, context: BuildContext, scorer: Evaluator,
+                  original: LevelResult, feed: Feed, config: CompressConfig) -> LevelResult:
+    """Size and latency of the build, and its quality on the held-out samples (`scorer`)."""
     size = len(build.runnable)
     packed = len(build.artifact) if build.format == "fcpack" else len(package.encode(build.runnable))
     reference_1t, latency_1t = measure_latency_pair_ms(context.evaluator.original, build.runnable, feed,
                                                        threads=1, config=config.latency)
     reference_2t, latency_2t = measure_latency_pair_ms(context.evaluator.original, build.runnable, feed,
                                                        threads=2, config=config.latency)
-    quality = context.evaluator.evaluate(build.runnable)
-    drop = context.evaluator.drop_pp(quality)
+    quality = scorer.evaluate(build.runnable)
+    drop = scorer.drop_pp(quality)
     result = LevelResult(level, path, build.format, size, packed, latency_1t, latency_2t,
                          latency_1t / reference_1t, latency_2t / reference_2t,
                          size / original.size_bytes, packed / original.size_bytes, recipe=build.recipe)
@@ -238,9 +264,11 @@ def quality_fields(result: LevelResult, quality: Quality, drop: float, within: b
                    drop_pp=drop, within_budget=within)
 
 
-def describe(samples: SampleSet) -> str:
-    kind = "labelled" if samples.labels is not None else "unlabelled"
-    return f"{len(samples)} {kind} samples from {samples.source}"
+def describe(held_out: SampleSet, search: SampleSet) -> str:
+    kind = "labelled" if held_out.labels is not None else "unlabelled"
+    if held_out is search:
+        return f"{held_out.rows()} {kind} samples from {held_out.source} (also used by the searches)"
+    return f"{held_out.rows()} held-out {kind} samples from {held_out.source} (the searches used {search.rows()} others)"
 
 
 def write_file(path: Path, data: bytes) -> None:

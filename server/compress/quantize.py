@@ -124,8 +124,11 @@ def weight_axis(node: onnx.NodeProto) -> int:
 
 def int8_weights_only(model_bytes: bytes, layers: tuple[str, ...]) -> bytes:
     """Store the float layers' weights as int8 (symmetric, per channel) behind a
-    DequantizeLinear: compute stays float, the file shrinks; onnxruntime folds the
-    DequantizeLinear into a float weight when it loads the model."""
+    DequantizeLinear (weight-only QDQ): compute and activations stay float, the file
+    shrinks. onnxruntime may dequantize at every inference rather than once at load,
+    so `recipes.build_balanced` times each layer both ways."""
+    if not layers:
+        return model_bytes
     model = onnx.load_from_string(model_bytes)
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     readers = {}

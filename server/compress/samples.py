@@ -39,6 +39,26 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.feeds)
 
+    def split(self) -> tuple[SampleSet, SampleSet]:
+        """(validation, held_out): the even-numbered samples in file-name order, and the
+        odd-numbered ones. Interleaving keeps both parts alike when files are sorted by
+        class. The searches score on validation; the report measures on held_out, which
+        they never see. A single sample cannot be split: it is returned as both."""
+        if len(self.feeds) < 2:
+            return self, self
+        return self.subset(range(0, len(self.feeds), 2)), self.subset(range(1, len(self.feeds), 2))
+
+    def subset(self, indices: range) -> SampleSet:
+        labels = None
+        if self.labels is not None:
+            rows = np.cumsum([0] + [len(next(iter(feed.values()))) for feed in self.feeds])
+            labels = np.concatenate([self.labels[rows[i]:rows[i + 1]] for i in indices])
+        return SampleSet(tuple(self.feeds[i] for i in indices), labels, self.source)
+
+    def rows(self) -> int:
+        """Samples counted along the batch axis (a file may hold a batch)."""
+        return sum(len(next(iter(feed.values()))) for feed in self.feeds)
+
 
 def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
     """The model's real inputs (graph inputs that are not initializers)."""

@@ -28,10 +28,13 @@ def by_level(report: CompressionReport) -> dict:
     return {result.level: result for result in report.levels}
 
 
-def digits_accuracy(model_bytes: bytes) -> float:
-    test = np.load(DIGITS / "test.npz")
-    probabilities = open_session(model_bytes, threads=1).run(None, {"input": test["x"]})[0]
-    return 100.0 * float((probabilities.argmax(1) == test["y"]).mean())
+def digits_accuracy(model_bytes: bytes, rows: slice = slice(None)) -> float:
+    test = np.load(DIGITS / "test.npz")   # the eval directory's samples, in file-name order
+    probabilities = open_session(model_bytes, threads=1).run(None, {"input": test["x"][rows]})[0]
+    return 100.0 * float((probabilities.argmax(1) == test["y"][rows]).mean())
+
+
+HELD_OUT = slice(1, None, 2)              # the odd-numbered evaluation files
 
 
 def test_every_level_is_built_from_the_digits_model(digits_report: CompressionReport) -> None:
@@ -41,12 +44,34 @@ def test_every_level_is_built_from_the_digits_model(digits_report: CompressionRe
     assert results["smallest"].format == "fcpack" and results["smallest"].path.suffix == ".fcpack"
 
 
-def test_reported_accuracy_is_the_real_accuracy_on_the_test_split(digits_report: CompressionReport) -> None:
+def test_reported_accuracy_is_the_real_accuracy_on_the_held_out_part(digits_report: CompressionReport) -> None:
     for result in by_level(digits_report).values():
         data = result.path.read_bytes()
         runnable = package.decode(data) if result.format == "fcpack" else data
-        assert result.accuracy_pct == pytest.approx(digits_accuracy(runnable))
-    assert digits_report.original.accuracy_pct == pytest.approx(digits_accuracy((DIGITS / "digits.onnx").read_bytes()))
+        assert result.accuracy_pct == pytest.approx(digits_accuracy(runnable, HELD_OUT))
+    original = (DIGITS / "digits.onnx").read_bytes()
+    assert digits_report.original.accuracy_pct == pytest.approx(digits_accuracy(original, HELD_OUT))
+    assert "270 held-out labelled samples" in digits_report.quality_data
+    assert any("270 held-out samples" in note for note in digits_report.notes)
+
+
+def test_searches_score_only_the_validation_part_and_the_report_only_the_held_out_part(tmp_path: Path) -> None:
+    # The even-numbered (validation) files get wrong labels: a search that scored them
+    # sees about 0 % accuracy; the held-out files keep theirs, so the report sees ~98 %.
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    for path in sorted((DIGITS / "eval").glob("0*.npy")):
+        (evaluation / path.name).write_bytes(path.read_bytes())
+    labels = np.load(DIGITS / "eval" / "labels.npy")
+    labels[0::2] = (labels[0::2] + 1) % 10
+    np.save(evaluation / "labels.npy", labels)
+    config = CompressConfig(levels=("fastest",), calibration_dir=DIGITS / "calibration", eval_dir=evaluation,
+                            latency=FAST_LATENCY, calibration_methods=("minmax",))
+    report = compress(DIGITS / "digits.onnx", tmp_path / "out", config)
+    fastest = report.levels[0]
+    assert fastest.recipe["method_scores"]["minmax"] < 10.0
+    assert fastest.accuracy_pct == pytest.approx(digits_accuracy(fastest.path.read_bytes(), HELD_OUT))
+    assert fastest.accuracy_pct > 90.0 and report.original.accuracy_pct > 90.0
 
 
 def test_lossless_keeps_the_original_outputs(digits_report: CompressionReport) -> None:
@@ -54,10 +79,13 @@ def test_lossless_keeps_the_original_outputs(digits_report: CompressionReport) -
     assert lossless.drop_pp == 0.0 and lossless.cosine == pytest.approx(1.0, abs=1e-9)
 
 
-def test_budgeted_levels_stay_within_the_budget(digits_report: CompressionReport) -> None:
+def test_budgeted_levels_meet_the_budget_on_validation_and_report_the_held_out_drop(
+        digits_report: CompressionReport) -> None:
     for level in ("balanced", "smallest"):
         result = by_level(digits_report)[level]
-        assert result.within_budget and result.drop_pp <= digits_report.budget_pp
+        assert result.recipe["validation_drop_pp"] <= digits_report.budget_pp
+        assert result.within_budget == (result.drop_pp <= digits_report.budget_pp + 1e-9)
+        assert result.drop_pp == pytest.approx(digits_report.original.accuracy_pct - result.accuracy_pct)
 
 
 def test_levels_shrink_the_model_in_the_expected_order(digits_report: CompressionReport) -> None:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
 from fleetcast.server.compress.measure import open_session
-from fleetcast.server.compress.quantize import int8_weights_only, weighted_layers
+from fleetcast.server.compress.quantize import Int8Quantizer, Method, int8_weights_only, weighted_layers
+from fleetcast.server.compress.samples import input_specs, load_samples
 
 from tests.unit.compress.builders import DIGITS
 
@@ -22,3 +25,23 @@ def test_weight_only_int8_shrinks_float_layers_and_keeps_their_outputs() -> None
     assert (after.argmax(1) == before.argmax(1)).mean() > 0.99
     ops = [n.op_type for n in onnx.load_from_string(smaller).graph.node]
     assert ops.count("DequantizeLinear") == 3 and ops.count("Gemm") == 3
+
+
+def test_float_layer_with_int8_weights_matches_its_float_weights_and_shrinks_the_file(
+        tmp_path: Path, conv_model_file, image_dir) -> None:
+    path = conv_model_file()
+    calibration = load_samples(image_dir("cal", 8), input_specs(onnx.load(str(path))), role="calibration")
+    quantized = Int8Quantizer(path, calibration, tmp_path).quantize(Method.MINMAX, keep_float=("conv2",))
+    smaller = int8_weights_only(quantized, ("conv2",))
+    model = onnx.load_from_string(smaller)
+    conv2 = next(node for node in model.graph.node if node.name == "conv2")
+    producers = {output: node for node in model.graph.node for output in node.output}
+    assert producers[conv2.input[1]].op_type == "DequantizeLinear"
+    int8_weight = next(t for t in model.graph.initializer if t.name == producers[conv2.input[1]].input[0])
+    assert int8_weight.data_type == onnx.TensorProto.INT8
+    assert not [node for node in model.graph.node if "c2" in node.input and node.op_type == "QuantizeLinear"]
+    x = np.random.default_rng(5).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    float_weights = open_session(quantized, threads=1).run(None, {"image": x})[0]
+    int8_weights = open_session(smaller, threads=1).run(None, {"image": x})[0]
+    assert np.abs(int8_weights - float_weights).max() < 0.02
+    assert len(smaller) < len(quantized) - 2 * 16 * 8 * 9   # 4 bytes -> 1 per weight, less scales

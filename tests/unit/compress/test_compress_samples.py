@@ -78,3 +78,20 @@ def test_text_file_posing_as_npy_is_refused(tmp_path: Path) -> None:
     (tmp_path / "0.npy").write_text("not numpy")
     with pytest.raises(SampleError, match="cannot be read"):
         load_samples(tmp_path, SPECS, role="calibration")
+
+
+def test_split_interleaves_samples_and_keeps_each_label_with_its_sample(tmp_path: Path) -> None:
+    for i in range(5):
+        np.save(tmp_path / f"s{i}.npy", np.full((2, 3, 8, 8), i, np.float32))   # two rows per file
+    np.save(tmp_path / "labels.npy", np.arange(10))
+    validation, held_out = load_samples(tmp_path, SPECS, role="evaluation").split()
+    assert [int(feed["image"][0, 0, 0, 0]) for feed in validation.feeds] == [0, 2, 4]
+    assert [int(feed["image"][0, 0, 0, 0]) for feed in held_out.feeds] == [1, 3]
+    assert validation.labels.tolist() == [0, 1, 4, 5, 8, 9] and held_out.labels.tolist() == [2, 3, 6, 7]
+    assert (validation.rows(), held_out.rows()) == (6, 4)
+
+
+def test_a_single_sample_is_both_parts_of_its_split(tmp_path: Path) -> None:
+    np.save(tmp_path / "s0.npy", np.zeros((3, 8, 8), np.float32))
+    validation, held_out = load_samples(tmp_path, SPECS, role="evaluation").split()
+    assert validation is held_out and len(held_out) == 1
