@@ -18,7 +18,7 @@ from typing import Final
 
 import numpy as np
 
-from fleetcast.agent import backends
+from fleetcast.agent import backends, packages
 from fleetcast.agent.errors import ActivationError, InferenceError, NotServingError
 from fleetcast.agent.slots import InstalledModel
 from fleetcast.agent.telemetry import Counters, ModelKey, Recorder
@@ -26,6 +26,7 @@ from fleetcast.agent.telemetry import Counters, ModelKey, Recorder
 logger = logging.getLogger(__name__)
 
 _MAX_GOLDEN_ENTRIES: Final = 128
+MAX_MODEL_BYTES: Final = 512 * 1024**2   # the agent's default max_artifact_bytes
 _clock = time.perf_counter
 _NUMERIC_KINDS: Final = frozenset("biuf")
 
@@ -50,11 +51,15 @@ class LoadedModel:
 
 
 def load_model(installed: InstalledModel, *, recorder: Recorder, threads: int,
-               hardware_class: str) -> LoadedModel:
-    """Loads a slot's model with the back end chosen for its format and this hardware."""
+               hardware_class: str, max_model_bytes: int = MAX_MODEL_BYTES) -> LoadedModel:
+    """Loads a slot's model with the back end chosen for its format and this hardware.
+
+    A package (fcpack) is decoded in memory first, refused past `max_model_bytes`.
+    """
     a = installed.assignment
     backend = backends.choose(a.format, hardware_class)
-    session = backend.load(installed.model_path, threads=threads, hardware_class=hardware_class)
+    model = packages.unpack(installed.model_path, a.format, max_bytes=max_model_bytes)
+    session = backend.load(model, threads=threads, hardware_class=hardware_class)
     key = ModelKey(model=a.model, version=a.version, variant=a.variant, backend=backend.name)
     return LoadedModel(installed=installed, session=session, counters=recorder.counters_for(key))
 

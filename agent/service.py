@@ -194,7 +194,8 @@ class Agent:
 
     def _load(self, slot: str) -> LoadedModel:
         return load_model(self.slots.load(slot), recorder=self.recorder,
-                          threads=self.config.intra_op_threads, hardware_class=self.config.hardware_class)
+                          threads=self.config.intra_op_threads, hardware_class=self.config.hardware_class,
+                          max_model_bytes=self.config.max_artifact_bytes)
 
     def _serve_active(self) -> None:
         """Serves the slot the pointer names; when idle and it is unusable, the other slot."""

@@ -2,7 +2,7 @@
 
 A back end says which formats it loads and whether it can run here
 (`available()`: its package imports and its hardware is present), and loads a model
-file into a `Session`. Only onnxruntime ships today. TFLite (`tflite_runtime`),
+(a file, or the bytes of a package the agent decoded) into a `Session`. Only onnxruntime ships today. TFLite (`tflite_runtime`),
 OpenVINO, TensorRT and RKNN plug in here: add a module with a class implementing
 `Backend` and list it in `_CANDIDATES`; `available()` must be true only where the
 package and the hardware really exist, never faked.
@@ -55,7 +55,7 @@ class Backend(Protocol):
 
     def available(self) -> bool: ...
 
-    def load(self, path: Path, *, threads: int, hardware_class: str) -> Session: ...
+    def load(self, model: Path | bytes, *, threads: int, hardware_class: str) -> Session: ...
 
 
 def _candidates() -> list[Backend]:
@@ -70,7 +70,13 @@ def available_backends() -> list[str]:
 
 
 def choose(fmt: str, hardware_class: str) -> Backend:
-    """The first available back end that loads `fmt`; raises IncompatibleModelError."""
+    """The first available back end that loads `fmt` (a package: what it decodes to).
+
+    Raises IncompatibleModelError.
+    """
+    from fleetcast.agent.packages import runnable_format
+
+    fmt = runnable_format(fmt)
     for backend in _candidates():
         if fmt in backend.formats and backend.available():
             return backend

@@ -57,16 +57,18 @@ class OnnxRuntimeBackend:
     def available(self) -> bool:
         return True   # imported above; the CPU provider is always present
 
-    def load(self, path: Path, *, threads: int, hardware_class: str) -> OnnxRuntimeSession:
+    def load(self, model: Path | bytes, *, threads: int, hardware_class: str) -> OnnxRuntimeSession:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         providers = providers_for(hardware_class)
         try:
-            session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+            source = model if isinstance(model, bytes) else str(model)
+            session = onnxruntime.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise ActivationError(f"onnxruntime could not load the model: {e}") from e
-        logger.info("loaded model=%s providers=%s threads=%d", path.parent.name,
+        where = f"{len(model)} bytes" if isinstance(model, bytes) else model.parent.name
+        logger.info("loaded model=%s providers=%s threads=%d", where,
                     ",".join(session.get_providers()), threads)
         return OnnxRuntimeSession(session)

@@ -9,12 +9,18 @@ CompressError                  anything the pipeline raises on purpose
   |   OutputDirError           --out exists and is not empty
   + LevelError                 one level could not be built; the others go on
   |   NormalizationError       a transform changed the model's outputs
-  + PackageError               fcpack bytes that do not decode (package.py)
+PackageError (ValueError)      fcpack bytes that do not decode: the wire format's own
+                               error, defined in fleetcast.proto.fcpack, re-exported here
 ```
 Every message names the problem and what to do about it.
 """
 
 from __future__ import annotations
+
+from fleetcast.proto.fcpack import PackageError
+
+__all__ = ["CompressError", "InputError", "ModelFormatError", "UnsupportedModelError", "SampleError",
+           "OutputDirError", "LevelError", "NormalizationError", "PackageError"]
 
 
 class CompressError(Exception):
@@ -48,6 +54,3 @@ class LevelError(CompressError):
 class NormalizationError(LevelError):
     """A graph transform changed the model's outputs beyond tolerance."""
 
-
-class PackageError(CompressError):
-    """fcpack bytes are malformed, truncated or of an unknown version."""
