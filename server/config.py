@@ -32,6 +32,15 @@ class ServerConfig:
     refresh_interval_s: float = 3600.0  # 0 disables the periodic timestamp refresh
     public_url: str | None = None  # base URL devices use for HTTP artifact downloads
     grpc_grace_s: float = 2.0
+    # Calibration and evaluation uploads for --compress (one .npz each).
+    max_samples_bytes: int = 256 * MiB           # each upload, as sent
+    max_samples: int = 10_000                    # samples in one upload
+    # The background compression job (fleetcast.server.compress.pipeline.CompressConfig).
+    compress_calibration_samples: int = 128      # of the uploaded ones, the first N calibrate
+    compress_eval_samples: int = 2000            # and the first N measure quality
+    compress_budget_pp: float = 1.0              # allowed quality drop, percentage points
+    compress_latency_s: float = 1.0              # timing per latency measurement
+    compress_stop_grace_s: float = 30.0          # shutdown waits this long for a job to stop
 
     @property
     def keys_dir(self) -> Path:
@@ -64,6 +73,8 @@ def load(
     refresh_interval_s: float | None = None,
     public_url: str | None = None,
     max_upload_bytes: int | None = None,
+    compress_samples: int | None = None,
+    compress_latency_s: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
@@ -92,6 +103,14 @@ def load(
         if max_upload_bytes <= 0:
             raise InvalidRequest("--max-upload-bytes must be positive")
         config = replace(config, max_upload_bytes=max_upload_bytes)
+    if compress_samples is not None:
+        if compress_samples <= 0:
+            raise InvalidRequest("--compress-samples must be positive")
+        config = replace(config, compress_calibration_samples=compress_samples, compress_eval_samples=compress_samples)
+    if compress_latency_s is not None:
+        if compress_latency_s <= 0:
+            raise InvalidRequest("--compress-latency-s must be positive")
+        config = replace(config, compress_latency_s=compress_latency_s)
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

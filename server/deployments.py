@@ -149,7 +149,7 @@ class Deployments:
     def _plan(self, deployment_id: str, release: ModelVersion, device: Device) -> DirectorAssignment:
         name = choose_variant(device.hardware_class, [v.variant for v in release.variants])
         variant = release.variant(name) or release.variants[0]
-        g = release.golden
+        g = variant.golden or release.golden   # a compressed variant carries its own golden outputs
         return DirectorAssignment(
             deployment_id=deployment_id, model=release.model, version=release.version, variant=variant.variant,
             format=variant.format, sha256=variant.sha256, length=variant.length,

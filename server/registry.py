@@ -5,10 +5,19 @@ bounded and hashed while streaming). `Registry.add_version` checks that it is ON
 that onnxruntime can load, builds or checks the golden pair, and only then stores
 the blobs, signs both artifacts into the image repository and records the version.
 When any check fails, nothing is stored.
+
+With `compress` levels the version is recorded at once with its `original` variant
+and `compression.status` "running"; a background job (`builds.Builds`) runs the
+pipeline and adds each built level as a variant: its own blob, signed into the image
+repository (variant = level name, format "onnx" or "fcpack"), its measured figures in
+`metrics`, and its own golden file (that variant's outputs on the version's golden
+inputs, with tolerances suited to its precision). `compression` ends "done" (with
+each level's error, if any, and the pipeline's notes) or "failed".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -17,20 +26,23 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
 from fleetcast.server.blobs import BlobStore, StagedFile
+from fleetcast.server.builds import BuildJob, Builds, BuildStopped
 from fleetcast.server.errors import (
+    FleetcastError,
     GoldenMismatch,
     InvalidRequest,
     ModelInvalid,
     ModelNotFound,
     VersionExists,
 )
+from fleetcast.server.samples import SampleLimits, unpack
 from fleetcast.server.signing import ArtifactTarget, InvalidAssignmentError, Signer
 from fleetcast.server.store import Artifact, Golden, ModelVersion, Store, Variant
 
@@ -50,8 +62,13 @@ ORT_DTYPES: Final[Mapping[str, str]] = {
     "tensor(uint64)": "uint64", "tensor(bool)": "bool",
 }
 
-# (model file, an empty work dir the registry removes afterwards, levels) -> built variants
-Compressor = Callable[[Path, Path, Sequence[str]], list["BuiltVariant"]]
+# Golden tolerances per variant, (atol, rtol): a variant's golden is its own output, so
+# these cover only kernel differences between the server and a device at that precision.
+VARIANT_TOLERANCES: Final[Mapping[str, tuple[float, float]]] = {
+    "fp16": (1e-3, 1e-2), "balanced": (2e-2, 5e-2), "fastest": (2e-2, 5e-2),
+}
+DEFAULT_SAMPLE_LIMITS: Final = SampleLimits(max_bytes=256 * 1024**2, max_samples=10_000, keep=10_000)
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,18 @@ class BuiltVariant:
     format: str
     path: Path
     metrics: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    built: Sequence[BuiltVariant]
+    errors: Mapping[str, str]     # level -> why it was not built
+    notes: Sequence[str]
+    original_metrics: Mapping[str, Any] = field(default_factory=dict)   # the original, measured alike
+
+
+# (the job, a progress callback that raises BuildStopped when the server stops) -> result
+Compressor = Callable[[BuildJob, Progress], CompressionResult]
 
 
 def check_model_name(name: str) -> str:
@@ -188,11 +217,16 @@ def golden_bytes(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndar
 
 
 class Registry:
-    def __init__(self, *, store: Store, blobs: BlobStore, signer: Signer, compressor: Compressor | None = None) -> None:
+    def __init__(self, *, store: Store, blobs: BlobStore, signer: Signer, compressor: Compressor | None = None,
+                 calibration_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS,
+                 eval_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS) -> None:
         self.store = store
         self.blobs = blobs
         self.signer = signer
         self.compressor = compressor
+        self.calibration_limits = calibration_limits
+        self.eval_limits = eval_limits
+        self.builds = Builds(self.build_variants)
 
     def next_version(self, model: str) -> str:
         numbers = [int(v.version) for v in self.store.versions(model) if v.version.isdigit()]
@@ -206,8 +240,13 @@ class Registry:
         golden: StagedFile | None = None,
         version: str | None = None,
         compress: Sequence[str] = (),
+        calibration: StagedFile | None = None,
+        evaluation: StagedFile | None = None,
     ) -> ModelVersion:
-        """Checks and records one uploaded model; consumes (stores or discards) the staged files."""
+        """Checks and records one uploaded model; consumes (stores or discards) the staged files.
+
+        With `compress`, the levels are built in the background (see the module docstring).
+        """
         try:
             check_model_name(model)
             version = check_version_name(version) if version else self.next_version(model)
@@ -230,60 +269,173 @@ class Registry:
                 raise ModelInvalid(f"the model fails to run on its golden inputs: {str(e)[:400]}") from e
             computed = {spec.name: np.asarray(r) for spec, r in zip(session.get_outputs(), results)}
             _compare_outputs(computed, given_outputs)
-            work = Path(tempfile.mkdtemp(prefix="compress-", dir=self.blobs.tmp_dir))
+            job = self._prepare(model, version, staged, inputs, tuple(compress), calibration, evaluation)
             try:
-                built = self._compress(staged.path, work, compress)
-                return self._record(model, version, staged, inputs, outputs, golden_bytes(feeds, computed), built)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+                compression = None if job is None else {
+                    "status": "running", "levels": [{"level": x, "error": None} for x in job.levels], "notes": []}
+                record = self._record(model, version, staged, inputs, outputs, golden_bytes(feeds, computed),
+                                      compression)
+            except BaseException:
+                if job is not None:
+                    shutil.rmtree(job.work, ignore_errors=True)
+                raise
+            if job is not None:
+                self.builds.submit(job)
+            return record
         finally:
-            staged.discard()
-            if golden is not None:
-                golden.discard()
+            for f in (staged, golden, calibration, evaluation):
+                if f is not None:
+                    f.discard()
 
-    def _compress(self, model_path: Path, work: Path, levels: Sequence[str]) -> list[BuiltVariant]:
+    def _prepare(self, model: str, version: str, staged: StagedFile, inputs: Mapping[str, Any],
+                 levels: tuple[str, ...], calibration: StagedFile | None,
+                 evaluation: StagedFile | None) -> BuildJob | None:
+        """The background job's work dir: a copy of the model and the unpacked samples."""
         if not levels:
-            return []
+            if calibration is not None or evaluation is not None:
+                raise InvalidRequest("'calibration' and 'eval' are used only with 'compress'; name the levels too")
+            return None
         if self.compressor is None:
             raise InvalidRequest("this server has no compression pipeline; upload without 'compress'")
+        work = Path(tempfile.mkdtemp(prefix="compress-", dir=self.blobs.tmp_dir))
         try:
-            return self.compressor(model_path, work, levels)
-        except Exception as e:
-            from fleetcast.server.compress.errors import InputError
-
-            if isinstance(e, InputError):
-                raise ModelInvalid(f"compression cannot start: {e}") from e
+            shutil.copyfile(staged.path, work / "model.onnx")
+            dirs: dict[str, Path | None] = {"calibration": None, "eval": None}
+            for role, upload, limits in (("calibration", calibration, self.calibration_limits),
+                                         ("eval", evaluation, self.eval_limits)):
+                if upload is not None:
+                    upload.finish()
+                    unpack(upload.path, inputs, work / role, role=role, limits=limits, labels_allowed=role == "eval")
+                    dirs[role] = work / role
+            return BuildJob(model=model, version=version, work=work, model_path=work / "model.onnx", levels=levels,
+                            calibration_dir=dirs["calibration"], eval_dir=dirs["eval"])
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
             raise
 
     def _record(
         self, model: str, version: str, staged: StagedFile, inputs: dict[str, Any], outputs: dict[str, Any],
-        golden_data: bytes, built: Sequence[BuiltVariant],
+        golden_data: bytes, compression: Mapping[str, Any] | None,
     ) -> ModelVersion:
         sha256, length = self.blobs.commit(staged)
         golden_sha, golden_len = self.blobs.put_bytes(golden_data)
         variants = [Variant(variant="original", format="onnx", sha256=sha256, length=length)]
-        for b in built:
-            b_sha, b_len = self.blobs.put_file(b.path)
-            variants.append(Variant(variant=b.variant, format=b.format, sha256=b_sha, length=b_len, metrics=b.metrics))
-        artifacts = [Artifact(golden_sha, golden_len, "golden", model, version, "original", "npz")]
-        artifacts += [Artifact(v.sha256, v.length, "model", model, version, v.variant, v.format) for v in variants]
+        self._sign([Artifact(golden_sha, golden_len, "golden", model, version, "original", "npz"),
+                    Artifact(sha256, length, "model", model, version, "original", "onnx")])
+        record = ModelVersion(
+            model=model, version=version, created_at=time.time(), inputs=inputs, outputs=outputs,
+            golden=Golden(sha256=golden_sha, length=golden_len, atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL),
+            variants=tuple(variants), compression=compression,
+        )
+        self.store.add_version(record)
+        logger.info("model version added model=%s version=%s sha256=%s variants=%d", model, version, sha256, len(variants))
+        return record
+
+    def _sign(self, artifacts: Sequence[Artifact]) -> None:
+        """Signs each artifact into the image repository, then records it; one already known is kept as is."""
         for a in artifacts:
-            custom = {"fleetcast": {"kind": a.kind, "model": model, "version": version, "variant": a.variant,
+            if self.store.artifact(a.sha256) is not None:
+                continue   # the same bytes as an artifact signed before (a level equal to another, say)
+            custom = {"fleetcast": {"kind": a.kind, "model": a.model, "version": a.version, "variant": a.variant,
                                     "format": a.format}}
             try:
                 self.signer.add_artifact(ArtifactTarget(sha256=a.sha256, length=a.length, custom=custom))
             except InvalidAssignmentError as e:
                 raise InvalidRequest(str(e)) from e
-        for a in artifacts:
             self.store.add_artifact(a)
-        record = ModelVersion(
-            model=model, version=version, created_at=time.time(), inputs=inputs, outputs=outputs,
-            golden=Golden(sha256=golden_sha, length=golden_len, atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL),
-            variants=tuple(variants),
-        )
-        self.store.add_version(record)
-        logger.info("model version added model=%s version=%s sha256=%s variants=%d", model, version, sha256, len(variants))
-        return record
+
+    # -- background compression (runs in a worker thread, see builds.py) ----------------
+
+    def build_variants(self, job: BuildJob, stopping: Callable[[], bool]) -> None:
+        """Runs the compressor for `job` and records each built level; always ends the job's status."""
+        def progress(text: str) -> None:
+            if stopping():
+                raise BuildStopped()
+            logger.debug("compressing model=%s version=%s %s", job.model, job.version, text)
+
+        errors: dict[str, str] = {}
+        notes: list[str] = []
+        status = "failed"
+        try:
+            assert self.compressor is not None
+            result = self.compressor(job, progress)
+            errors.update(result.errors)
+            notes.extend(result.notes)
+            if result.original_metrics:
+                original = self.version(job.model, job.version).variant("original")
+                if original is not None:
+                    self.store.add_variant(job.model, job.version,
+                                           dataclasses.replace(original, metrics=dict(result.original_metrics)))
+            for built in result.built:
+                progress(f"storing {built.variant}")
+                try:
+                    self._add_variant(job, built)
+                except (FleetcastError, OSError, ValueError, RuntimeError) as e:
+                    logger.error("variant not stored model=%s version=%s variant=%s: %s",
+                                 job.model, job.version, built.variant, e)
+                    errors[built.variant] = f"built but not stored: {e}"
+            status = "done"
+        except BuildStopped:
+            notes.append("the server stopped before compression finished; push the model again to build the levels")
+            raise
+        except Exception as e:  # the pipeline's InputError, or anything unexpected: the operator sees it
+            logger.exception("compression failed model=%s version=%s", job.model, job.version)
+            notes.append(f"compression failed: {str(e)[:400]}")
+        finally:
+            shutil.rmtree(job.work, ignore_errors=True)
+            self.store.set_compression(job.model, job.version, {
+                "status": status, "notes": notes,
+                "levels": [{"level": x, "error": errors.get(x) if status == "done" else "not built"}
+                           for x in job.levels],
+            })
+            logger.info("compression %s model=%s version=%s errors=%d", status, job.model, job.version, len(errors))
+
+    def _add_variant(self, job: BuildJob, built: BuiltVariant) -> None:
+        record = self.version(job.model, job.version)
+        golden = self._variant_golden(record, built)
+        sha256, length = self.blobs.put_file(built.path)
+        artifacts = [Artifact(sha256, length, "model", job.model, job.version, built.variant, built.format)]
+        if golden is not None:
+            artifacts.append(Artifact(golden.sha256, golden.length, "golden", job.model, job.version,
+                                      built.variant, "npz"))
+        self._sign(artifacts)
+        self.store.add_variant(job.model, job.version, Variant(
+            variant=built.variant, format=built.format, sha256=sha256, length=length, metrics=built.metrics,
+            golden=golden))
+
+    def _variant_golden(self, record: ModelVersion, built: BuiltVariant) -> Golden | None:
+        """This variant's outputs on the version's golden inputs, stored as its own golden file."""
+        if record.golden is None:
+            return None
+        import onnxruntime as ort
+
+        from fleetcast.proto import fcpack
+
+        feeds, _ = _read_golden(self.blobs.path(record.golden.sha256))
+        data = built.path.read_bytes()
+        runnable = fcpack.decode(data) if built.format == "fcpack" else data
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(runnable, options, providers=["CPUExecutionProvider"])
+        results = session.run(None, feeds)
+        outputs = {spec.name: np.asarray(r) for spec, r in zip(session.get_outputs(), results)}
+        sha256, length = self.blobs.put_bytes(golden_bytes(feeds, outputs))
+        atol, rtol = VARIANT_TOLERANCES.get(built.variant, (GOLDEN_ATOL, GOLDEN_RTOL))
+        return Golden(sha256=sha256, length=length, atol=atol, rtol=rtol)
+
+    def fail_interrupted(self) -> int:
+        """At start: a job the last process was running will never finish; say so. Returns how many."""
+        count = 0
+        for name, _, _ in self.store.models():
+            for v in self.store.versions(name):
+                if v.compression and v.compression.get("status") == "running":
+                    self.store.set_compression(name, v.version, {
+                        **v.compression, "status": "failed",
+                        "levels": [{**x, "error": x.get("error") or "not built"} for x in v.compression["levels"]],
+                        "notes": [*v.compression.get("notes", []),
+                                  "the server restarted before compression finished; push the model again"]})
+                    count += 1
+        return count
 
     def version(self, model: str, version: str | None = None) -> ModelVersion:
         check_model_name(model)
@@ -307,9 +459,12 @@ def version_document(v: ModelVersion) -> dict[str, Any]:
         "version": v.version,
         "created_at": v.created_at,
         "variants": [
-            {"variant": x.variant, "format": x.format, "sha256": x.sha256, "length": x.length, "metrics": dict(x.metrics)}
+            {"variant": x.variant, "format": x.format, "sha256": x.sha256, "length": x.length, "metrics": dict(x.metrics),
+             "golden": None if x.golden is None else {"sha256": x.golden.sha256, "length": x.golden.length,
+                                                       "atol": x.golden.atol, "rtol": x.golden.rtol}}
             for x in v.variants
         ],
+        "compression": None if v.compression is None else dict(v.compression),
         "inputs": v.inputs,
         "outputs": v.outputs,
         "golden": None if v.golden is None else {"sha256": v.golden.sha256, "length": v.golden.length,
@@ -338,27 +493,40 @@ def _metric(value: Any) -> Any:
     return value
 
 
-def pipeline_compressor() -> Compressor:
+def level_metrics(level: Any) -> dict[str, Any]:
+    """A pipeline LevelResult's scalar figures, JSON-safe, as a variant's `metrics`."""
+    fields = dataclasses.asdict(level) if dataclasses.is_dataclass(level) else dict(vars(level))
+    return {
+        k: _metric(v) for k, v in fields.items()
+        if k not in {"path", "level", "format", "error"} and (v is None or isinstance(v, (str, int, float, bool)))
+    }
+
+
+def pipeline_compressor(*, calibration_samples: int = 128, eval_samples: int = 2000, budget_pp: float = 1.0,
+                        latency_s: float = 1.0) -> Compressor:
     """The `compress` hook: runs fleetcast.server.compress.pipeline, imported only when used."""
 
-    def run(model_path: Path, work: Path, levels: Sequence[str]) -> list[BuiltVariant]:
-        import dataclasses
-
+    def run(job: BuildJob, progress: Progress) -> CompressionResult:
+        from fleetcast.server.compress.measure import LatencyConfig
         from fleetcast.server.compress.pipeline import CompressConfig, compress
 
-        out_dir = work / "out"
-        report = compress(model_path, out_dir, CompressConfig(levels=tuple(levels)))
+        config = CompressConfig(
+            levels=job.levels, budget_pp=budget_pp, calibration_dir=job.calibration_dir, eval_dir=job.eval_dir,
+            max_calibration_samples=calibration_samples, max_eval_samples=eval_samples,
+            latency=dataclasses.replace(LatencyConfig(), min_duration_s=latency_s),
+        )
+        report = compress(job.model_path, job.work / "out", config, progress)
         built: list[BuiltVariant] = []
+        errors: dict[str, str] = {}
         for level in report.levels:
             if getattr(level, "error", None) or not getattr(level, "path", None):
                 logger.warning("compression level failed level=%s error=%s", level.level, getattr(level, "error", ""))
+                errors[level.level] = str(getattr(level, "error", None) or "not built")
                 continue
-            fields = dataclasses.asdict(level) if dataclasses.is_dataclass(level) else vars(level)
-            metrics = {
-                k: _metric(v) for k, v in fields.items()
-                if k not in {"path", "level", "format", "error"} and (v is None or isinstance(v, (str, int, float, bool)))
-            }
-            built.append(BuiltVariant(variant=level.level, format=level.format, path=Path(level.path), metrics=metrics))
-        return built
+            built.append(BuiltVariant(variant=level.level, format=level.format, path=Path(level.path),
+                                      metrics=level_metrics(level)))
+        notes = [f"quality measured on {report.quality_data}", *report.notes]
+        return CompressionResult(built=built, errors=errors, notes=notes,
+                                 original_metrics=level_metrics(report.original))
 
     return run

@@ -16,6 +16,7 @@ from fleetcast.server.deployments import Deployments
 from fleetcast.server.fleet import Fleet
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
+from fleetcast.server.samples import SampleLimits
 from fleetcast.server.signing import Signer
 from fleetcast.server.store.sqlite import SqliteStore
 from fleetcast.server.telemetry import Telemetry
@@ -58,7 +59,19 @@ def open_services(config: ServerConfig) -> Services:
         store.close()
         raise
     hub = Hub()
-    registry = Registry(store=store, blobs=blobs, signer=signer, compressor=pipeline_compressor())
+    registry = Registry(
+        store=store, blobs=blobs, signer=signer,
+        compressor=pipeline_compressor(calibration_samples=config.compress_calibration_samples,
+                                       eval_samples=config.compress_eval_samples, budget_pp=config.compress_budget_pp,
+                                       latency_s=config.compress_latency_s),
+        calibration_limits=SampleLimits(max_bytes=config.max_samples_bytes, max_samples=config.max_samples,
+                                        keep=config.compress_calibration_samples),
+        eval_limits=SampleLimits(max_bytes=config.max_samples_bytes, max_samples=config.max_samples,
+                                 keep=config.compress_eval_samples),
+    )
+    interrupted = registry.fail_interrupted()
+    if interrupted:
+        logger.warning("compression jobs interrupted by the last stop count=%d", interrupted)
     return Services(
         config=config, store=store, blobs=blobs, signer=signer, hub=hub,
         fleet=Fleet(store=store, enroll_token=enroll_token), registry=registry,

@@ -1,7 +1,7 @@
 """The app factory: one `Services`, the route table, and the background services.
 
 `cleanup_ctx` order (started top-down, stopped bottom-up): services (store, hub),
-gRPC server, MQTT bridge, timestamp refresher. A failed start never runs the
+compression jobs, gRPC server, MQTT bridge, timestamp refresher. A failed start never runs the
 teardown of something that did not start.
 """
 
@@ -96,6 +96,15 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     services.close()
 
 
+async def builds_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Background compression jobs: stopped (and awaited) before the store closes."""
+    services = app[SERVICES]
+    builds = services.registry.builds
+    builds.bind(asyncio.get_running_loop())
+    yield
+    await builds.close(services.config.compress_stop_grace_s)
+
+
 async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     config = services.config
@@ -161,6 +170,7 @@ def create_app(config: ServerConfig) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, guard(route), name=route.operation_id)
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(builds_ctx)
     app.cleanup_ctx.append(grpc_ctx)
     if config.mqtt_url:
         app.cleanup_ctx.append(mqtt_ctx)

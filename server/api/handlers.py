@@ -47,8 +47,11 @@ async def upload_model(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     name = check_model_name(request.match_info["name"])
     limit = s.config.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit + s.config.max_golden_bytes + 65536:
-        raise TooLarge(f"upload of {request.content_length} bytes is larger than the server's limit of {limit} bytes")
+    bounds = {"model": limit, "golden": s.config.max_golden_bytes,
+              "calibration": s.config.max_samples_bytes, "eval": s.config.max_samples_bytes}
+    if request.content_length is not None and request.content_length > sum(bounds.values()) + 65536:
+        raise TooLarge(f"upload of {request.content_length} bytes is larger than the server's limits "
+                       f"(model {limit} bytes, samples {s.config.max_samples_bytes} bytes each)")
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("send the model as multipart/form-data with a file field named 'model'")
     staged: dict[str, StagedFile] = {}
@@ -58,26 +61,27 @@ async def upload_model(request: web.Request) -> web.Response:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("nested multipart bodies are not accepted")
-            if part.name in {"model", "golden"} and part.name not in staged:
-                bound = limit if part.name == "model" else s.config.max_golden_bytes
-                staged[part.name] = await s.blobs.stage_stream(_chunks(part), bound)
+            if part.name in bounds and part.name not in staged:
+                staged[part.name] = await s.blobs.stage_stream(_chunks(part), bounds[part.name])
             elif part.name in {"version", "compress"} and part.name not in fields:
                 fields[part.name] = await _field(part)
             else:
                 raise InvalidRequest(
-                    f"form field {str(part.name)[:40]!r} is unknown or repeated: send model, golden, version, compress"
+                    f"form field {str(part.name)[:40]!r} is unknown or repeated: "
+                    "send model, golden, version, compress, calibration, eval"
                 )
         if "model" not in staged:
             raise InvalidRequest("the multipart field 'model' (an .onnx file) is required")
         levels = parse_levels(fields.get("compress", ""))
+        uploads = {key: staged.pop(key, None) for key in ("golden", "calibration", "eval")}
         model = staged.pop("model")
-        golden = staged.pop("golden", None)
     except BaseException:
         for f in staged.values():
             f.discard()
         raise
     record = await asyncio.to_thread(
-        s.registry.add_version, name, model, golden=golden, version=fields.get("version") or None, compress=levels
+        s.registry.add_version, name, model, golden=uploads["golden"], version=fields.get("version") or None,
+        compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"],
     )
     return _json(version_document(record), status=201)
 

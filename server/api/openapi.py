@@ -24,7 +24,14 @@ SCHEMAS: dict[str, Any] = {
                        "description": ".npz with keys input:<name> and optional output:<name>"},
             "version": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$",
                         "description": "default: the next integer"},
-            "compress": {"type": "string", "description": "comma-separated compression levels"},
+            "compress": {"type": "string", "description": "comma-separated compression levels, built in the "
+                         "background: the version's `compression.status` says when they are done"},
+            "calibration": {"type": "string", "contentMediaType": "application/octet-stream",
+                            "description": ".npz: per model input name, an array whose first axis is the sample "
+                                           "axis (at most 10 000 samples); used with compress"},
+            "eval": {"type": "string", "contentMediaType": "application/octet-stream",
+                     "description": ".npz like calibration, plus optional `labels` (one integer per sample); "
+                                    "quality figures are measured on it"},
         },
     },
     "DeploymentRequest": {

@@ -13,20 +13,21 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
+class Golden:
+    sha256: str
+    length: int
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
 class Variant:
     variant: str
     format: str
     sha256: str
     length: int
     metrics: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Golden:
-    sha256: str
-    length: int
-    atol: float
-    rtol: float
+    golden: Golden | None = None  # this variant's own outputs on the version's golden inputs
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class ModelVersion:
     outputs: Mapping[str, Mapping[str, Any]]
     golden: Golden | None
     variants: Sequence[Variant] = ()
+    # None without --compress; else {"status": "running"|"done"|"failed",
+    # "levels": [{"level", "error"}], "notes": [...]}
+    compression: Mapping[str, Any] | None = None
 
     def variant(self, name: str) -> Variant | None:
         return next((v for v in self.variants if v.variant == name), None)
@@ -140,6 +144,7 @@ class Store(Protocol):
     def artifact(self, sha256: str) -> Artifact | None: ...
     def add_version(self, version: ModelVersion) -> None: ...
     def add_variant(self, model: str, version: str, variant: Variant) -> None: ...
+    def set_compression(self, model: str, version: str, compression: Mapping[str, Any]) -> None: ...
     def version(self, model: str, version: str) -> ModelVersion | None: ...
     def latest_version(self, model: str) -> ModelVersion | None: ...
     def versions(self, model: str) -> list[ModelVersion]: ...

@@ -11,8 +11,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
@@ -108,6 +109,13 @@ def add_device_last_error(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN last_error_at REAL")
 
 
+def add_compression_and_variant_golden(db: sqlite_utils.Database) -> None:
+    # A version's compression job status (JSON, NULL without --compress) and each
+    # variant's own golden reference (JSON {sha256, length, atol, rtol}, NULL: the version's).
+    db.execute("ALTER TABLE versions ADD COLUMN compression TEXT")
+    db.execute("ALTER TABLE variants ADD COLUMN golden TEXT")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -115,6 +123,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_devices,
     create_deployments,
     create_telemetry,
+    add_compression_and_variant_golden,
     add_device_last_error,
 ]
 
@@ -220,29 +229,38 @@ class SqliteStore:
         with self._tx() as c:
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE model = ?", (version.model,)).fetchone()[0]
             c.execute(
-                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO versions (model, version, seq, created_at, inputs, outputs, golden_sha256,"
+                " golden_length, atol, rtol, compression) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (version.model, version.version, seq, version.created_at, json.dumps(version.inputs),
                  json.dumps(version.outputs), g.sha256 if g else None, g.length if g else None,
-                 g.atol if g else None, g.rtol if g else None),
+                 g.atol if g else None, g.rtol if g else None,
+                 None if version.compression is None else json.dumps(dict(version.compression))),
             )
             for v in version.variants:
                 self._insert_variant(c, version.model, version.version, v)
 
     @staticmethod
     def _insert_variant(c: sqlite3.Connection, model: str, version: str, v: Variant) -> None:
+        golden = None if v.golden is None else json.dumps(asdict(v.golden))
         c.execute(
-            "INSERT OR REPLACE INTO variants VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (model, version, v.variant, v.format, v.sha256, v.length, json.dumps(dict(v.metrics))),
+            "INSERT OR REPLACE INTO variants (model, version, variant, format, sha256, length, metrics, golden)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (model, version, v.variant, v.format, v.sha256, v.length, json.dumps(dict(v.metrics)), golden),
         )
 
     def add_variant(self, model: str, version: str, variant: Variant) -> None:
         with self._tx() as c:
             self._insert_variant(c, model, version, variant)
 
+    def set_compression(self, model: str, version: str, compression: Mapping[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE versions SET compression = ? WHERE model = ? AND version = ?",
+                      (json.dumps(dict(compression)), model, version))
+
     def _version(self, row: sqlite3.Row) -> ModelVersion:
         variants = [
             Variant(variant=r["variant"], format=r["format"], sha256=r["sha256"], length=r["length"],
-                    metrics=json.loads(r["metrics"]))
+                    metrics=json.loads(r["metrics"]), golden=Golden(**json.loads(r["golden"])) if r["golden"] else None)
             for r in self._all(
                 "SELECT * FROM variants WHERE model = ? AND version = ? ORDER BY rowid", (row["model"], row["version"])
             )
@@ -254,7 +272,7 @@ class SqliteStore:
         return ModelVersion(
             model=row["model"], version=row["version"], created_at=row["created_at"],
             inputs=json.loads(row["inputs"]), outputs=json.loads(row["outputs"]), golden=golden,
-            variants=tuple(variants),
+            variants=tuple(variants), compression=json.loads(row["compression"]) if row["compression"] else None,
         )
 
     def version(self, model: str, version: str) -> ModelVersion | None:

@@ -100,7 +100,12 @@ def test_compress_levels_become_signed_variants_chosen_per_hardware(services: Se
     from fleetcast.server.fleet import choose_variant
     from fleetcast.server.registry import parse_levels
 
-    v = services.registry.add_version("m", _stage(services, model_bytes), compress=parse_levels("lossless,fp16"))
+    first = services.registry.add_version("m", _stage(services, model_bytes), compress=parse_levels("lossless,fp16"))
+    assert first.compression is not None and first.compression["status"] == "running"
+    v = services.registry.version("m", first.version)   # no event loop here: the job ran in this thread
+    assert v.compression["status"] == "done"
+    assert v.compression["levels"] == [{"level": "lossless", "error": None}, {"level": "fp16", "error": None}]
+    assert v.variant("fp16").golden is not None and v.variant("fp16").golden.atol > v.golden.atol
     names = [x.variant for x in v.variants]
     assert names == ["original", "lossless", "fp16"]
     assert all(services.blobs.exists(x.sha256) for x in v.variants)
@@ -112,3 +117,30 @@ def test_compress_levels_become_signed_variants_chosen_per_hardware(services: Se
     assert list(services.blobs.tmp_dir.iterdir()) == []
     with pytest.raises(InvalidRequest, match="unknown level"):
         parse_levels("turbo")
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("arrays, words", [
+    ({"pixels": np.zeros((4, 16), np.float32)}, "missing"),
+    ({"input": np.zeros((4, 15), np.float32)}, "shape"),
+    ({"input": np.zeros((4, 16), np.float32), "labels": np.zeros(4, np.int64)}, "unknown"),
+    ({"input": np.array([["a"] * 16] * 4)}, "convert"),
+])
+def test_calibration_uploads_that_do_not_fit_the_model_are_refused(
+        services: Services, model_bytes: bytes, arrays: dict, words: str) -> None:
+    with pytest.raises(InvalidRequest, match=words):
+        services.registry.add_version("m", _stage(services, model_bytes), compress=("lossless",),
+                                      calibration=_stage(services, _npz(**arrays)))
+    assert services.store.versions("m") == []
+    assert list(services.blobs.tmp_dir.iterdir()) == []
+
+
+def test_samples_without_compress_are_refused(services: Services, model_bytes: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="only with 'compress'"):
+        services.registry.add_version("m", _stage(services, model_bytes),
+                                      calibration=_stage(services, _npz(input=np.zeros((2, 16), np.float32))))
