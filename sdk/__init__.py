@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fleetcast.sdk._errors import (
     ApiError,
     AuthError,
+    CompressionTimeoutError,
     ConfigError,
     ConflictError,
     DeploymentTimeoutError,
@@ -57,6 +58,7 @@ __all__ = [
     "ApiError",
     "AuthError",
     "Client",
+    "CompressionTimeoutError",
     "ConfigError",
     "ConflictError",
     "Deployment",

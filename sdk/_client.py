@@ -21,7 +21,9 @@ from urllib.parse import quote
 
 import httpx
 
+from fleetcast.sdk import _samples
 from fleetcast.sdk._errors import (
+    CompressionTimeoutError,
     ConfigError,
     DeploymentTimeoutError,
     IntegrityError,
@@ -94,12 +96,17 @@ class Client:
         version: str | None = None,
         golden: Path | None = None,
         compress: Sequence[str] = (),
+        calibration: Path | None = None,
+        eval: Path | None = None,
         progress: Progress | None = None,
     ) -> ModelVersion:
         """Upload a model file (and optional golden npz); returns the new version.
 
-        The multipart body is streamed from disk; `progress(sent, total)` is called
-        as its bytes go out.
+        `compress` names levels the server builds in the background from the
+        `calibration` and `eval` sample directories (one .npz/.npy per sample, optional
+        labels.npy; packed here into the one-.npz upload form); `wait_compression`
+        waits for them. The multipart body is streamed from disk; `progress(sent,
+        total)` is called as its bytes go out.
         """
         data: dict[str, str] = {}
         if version is not None:
@@ -112,6 +119,10 @@ class Client:
                 if file_path is not None:
                     opened = files_open.enter_context(_open(file_path))
                     files[field_name] = (file_path.name, opened, "application/octet-stream")
+            for field_name, directory in (("calibration", calibration), ("eval", eval)):
+                if directory is not None:
+                    packed = files_open.enter_context(_samples.pack(directory))
+                    files[field_name] = (f"{field_name}.npz", packed, "application/octet-stream")
             request = self._http.build_request(
                 "POST", f"/v1/models/{_seg(name)}", data=data, files=files
             )
@@ -120,6 +131,21 @@ class Client:
                 request.stream = _CountingStream(request.stream, total=total, progress=progress)
             logger.info("push model=%s file=%s bytes=%d", name, path, path.stat().st_size)
             return ModelVersion.from_json(self._send(request))
+
+    def wait_compression(self, name: str, version: str, *, timeout_s: float, poll_s: float = 1.0) -> ModelVersion:
+        """Poll until the version's compression is no longer "running"; returns the version.
+
+        A version pushed without levels returns at once. Raises `CompressionTimeoutError`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            current = self.get_version(name, version)
+            if current.compression_status != "running":
+                return current
+            if time.monotonic() + poll_s > deadline:
+                raise CompressionTimeoutError(
+                    f"{name}@{version} is still compressing after {timeout_s:.0f}s", version=current)
+            time.sleep(poll_s)
 
     def list_models(self) -> list[ModelSummary]:
         doc = self._get("/v1/models")

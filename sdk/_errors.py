@@ -12,6 +12,7 @@ FleetcastError
   |   + ServerError           5xx: the server failed; its log says why
   + IntegrityError          a downloaded artifact does not match its signed sha256/length
   + DeploymentTimeoutError  wait_deployment ran out of time; .deployment is the last seen
+  + CompressionTimeoutError wait_compression ran out of time; .version is the last seen
 ```
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from fleetcast.sdk._models import Deployment
+    from fleetcast.sdk._models import Deployment, ModelVersion
 
 
 class FleetcastError(Exception):
@@ -75,6 +76,14 @@ class DeploymentTimeoutError(FleetcastError):
     def __init__(self, message: str, *, deployment: Deployment) -> None:
         super().__init__(message)
         self.deployment = deployment
+
+
+class CompressionTimeoutError(FleetcastError):
+    """A version's compression did not finish in time. `version` is the last state seen."""
+
+    def __init__(self, message: str, *, version: ModelVersion) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 _BY_STATUS: Final[dict[int, type[ApiError]]] = {

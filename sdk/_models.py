@@ -68,6 +68,17 @@ class ModelVersion:
     def variant(self, name: str) -> Variant | None:
         return next((v for v in self.variants if v.variant == name), None)
 
+    @property
+    def compression(self) -> Mapping[str, Any] | None:
+        """`{"status": "running"|"done"|"failed", "levels": [{"level", "error"}], "notes": [...]}`,
+        None when the version was pushed without levels."""
+        value = self.raw.get("compression")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def compression_status(self) -> str | None:
+        return None if self.compression is None else str(self.compression.get("status"))
+
 
 @dataclass(frozen=True)
 class ModelSummary:

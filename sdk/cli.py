@@ -140,14 +140,24 @@ def _add_model(commands: Any, common: argparse.ArgumentParser) -> None:
         "fleetcast model list", "fleetcast model show digits@1"])
     push = _leaf(sub, "push", common, help="upload a model file as a new version", run=cmd_model_push,
                  example="fleetcast model push examples/digits/digits.onnx --name digits "
-                         "--golden golden.npz --compress balanced --data /tmp/fc")
+                         "--compress lossless,balanced,smallest --calibration examples/digits/calibration "
+                         "--eval examples/digits/eval --wait --data /tmp/fc")
     push.add_argument("file", metavar="FILE", type=Path, help="the model (.onnx)")
     push.add_argument("--name", required=True, help="model name")
     push.add_argument("--version", help="version label (default: the next integer)")
     push.add_argument("--golden", metavar="F.npz", type=Path,
                       help="golden inputs and outputs the devices check the model against")
     push.add_argument("--compress", metavar="L1,L2", type=_comma_list, default=(),
-                      help="compression levels to build variants for (lossless,balanced,fastest)")
+                      help="compression levels the server builds variants for, in the background "
+                           "(lossless,fp16,balanced,fastest,smallest)")
+    push.add_argument("--calibration", metavar="DIR", type=Path,
+                      help="calibration samples for --compress: one .npz/.npy per sample")
+    push.add_argument("--eval", metavar="DIR", type=Path,
+                      help="evaluation samples (and optional labels.npy) the variants' quality is measured on")
+    push.add_argument("--wait", action="store_true",
+                      help="wait until compression is done and show the variants; exit 1 if it failed")
+    push.add_argument("--timeout", metavar="S", type=float, default=1800.0,
+                      help="seconds --wait waits (default 1800)")
     push.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                       help="progress bar on stderr (default: when stderr is a terminal)")
     _leaf(sub, "list", common, help="list models and their latest version", run=cmd_model_list,
@@ -239,14 +249,23 @@ def cmd_model_push(client: Client, args: argparse.Namespace) -> int:
     for path in (args.file, args.golden):
         if path is not None and not path.is_file():
             raise UsageError(f"{path} is not a file")
+    for directory in (args.calibration, args.eval):
+        if directory is not None and not directory.is_dir():
+            raise UsageError(f"{directory} is not a directory of samples")
+    if (args.calibration or args.eval or args.wait) and not args.compress:
+        raise UsageError("--calibration, --eval and --wait go with --compress LEVELS")
     show_bar = sys.stderr.isatty() if args.progress is None else args.progress
     with _ProgressBar(f"push {args.name}", enabled=show_bar) as bar:
         version = client.push_model(
             args.file, name=args.name, version=args.version, golden=args.golden,
-            compress=args.compress, progress=bar.update,
+            compress=args.compress, calibration=args.calibration, eval=args.eval, progress=bar.update,
         )
+    if args.wait:
+        if sys.stderr.isatty():
+            print(f"compressing {version.name}@{version.version}: {','.join(args.compress)}", file=sys.stderr)
+        version = client.wait_compression(version.name, version.version, timeout_s=args.timeout)
     _emit(args, version.raw, lambda: _version_text(version))
-    return 0
+    return 1 if version.compression_status == "failed" else 0
 
 
 def cmd_model_list(client: Client, args: argparse.Namespace) -> int:
@@ -356,17 +375,44 @@ def _version_text(version: ModelVersion) -> str:
     variants = _table.render(
         ["variant", "format", "size", "sha256"],
         [(v.variant, v.format, _table.size(v.length), v.sha256[:12]) for v in version.variants])
-    return "\n\n".join(part for part in (head, variants, _metrics_text(version)) if part)
+    return "\n\n".join(part for part in (head, variants, _compression_text(version), _metrics_text(version))
+                       if part)
+
+
+def _compression_text(version: ModelVersion) -> str:
+    """The compression job: its status, each level built or why not, and the pipeline's notes."""
+    job = version.compression
+    if job is None:
+        return ""
+    built = {v.variant for v in version.variants}
+    levels = _table.render(["level", "result"], [
+        (x.get("level"), "built" if x.get("level") in built else (x.get("error") or job.get("status")))
+        for x in job.get("levels") or () if isinstance(x, dict)])
+    notes = "\n".join(f"note: {n}" for n in job.get("notes") or ())
+    return "\n\n".join(part for part in (f"compression: {job.get('status')}", levels, notes) if part)
+
+
+# The figures a compressed variant carries, in reading order (names carry their units).
+METRICS: Final = (
+    "size_bytes", "packed_bytes", "size_ratio", "packed_ratio", "latency_ms_1t", "latency_ms_2t",
+    "latency_ratio", "latency_ratio_2t", "metric", "accuracy_pct", "agreement_pct", "cosine", "snr_db",
+    "drop_pp", "within_budget",
+)
 
 
 def _metrics_text(version: ModelVersion) -> str:
     """The measured metrics, one row per metric and one column per variant, side by side."""
-    names = sorted({k for v in version.variants for k in v.metrics})
+    present = {k for v in version.variants for k in v.metrics}
+    names = [key for key in METRICS if key in present] + sorted(present - set(METRICS))
     if not names:
         return ""
+
+    def shown(value: Any) -> Any:
+        return ("yes" if value else "no") if isinstance(value, bool) else value
+
     return _table.render(
         ["metric", *(v.variant for v in version.variants)],
-        [(name, *(v.metrics.get(name) for v in version.variants)) for name in names])
+        [(name, *(shown(v.metrics.get(name)) for v in version.variants)) for name in names])
 
 
 def _deployment_text(deployment: Deployment) -> str:

@@ -42,9 +42,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", metavar="URL", help="MQTT broker for notifications, e.g. mqtt://127.0.0.1:1883 (default: none)")
     p.add_argument("--public-url", metavar="URL", help="base URL devices use for HTTP downloads")
     p.add_argument("--max-upload-bytes", type=int, metavar="N", help="largest model upload (default 536870912)")
-    p.add_argument("--compress-samples", type=int, metavar="N",
-                   help="calibration and evaluation samples --compress uses, the first N of each upload "
-                        "(default 128 calibration, 2000 evaluation)")
+    p.add_argument("--compress-calibration-samples", type=int, metavar="N",
+                   help="calibration samples --compress uses: the first N uploaded (default 128)")
+    p.add_argument("--compress-eval-samples", type=int, metavar="N",
+                   help="evaluation samples --compress measures on: the first N uploaded (default 2000)")
     p.add_argument("--compress-latency-s", type=float, metavar="S",
                    help="seconds per latency measurement while compressing (default 1.0)")
     p.add_argument("--timestamp-expiry-s", type=float, metavar="S", help="lifetime of signed timestamps (default 86400)")
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data, http=args.http, grpc=args.grpc, mqtt_url=args.mqtt,
             timestamp_expiry_s=args.timestamp_expiry_s, refresh_interval_s=args.refresh_interval_s,
             public_url=args.public_url, max_upload_bytes=args.max_upload_bytes,
-            compress_samples=args.compress_samples, compress_latency_s=args.compress_latency_s, environ=os.environ,
+            compress_calibration_samples=args.compress_calibration_samples,
+            compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s, environ=os.environ,
         )
         asyncio.run(serve(config))
     except FleetcastError as e:

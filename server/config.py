@@ -73,7 +73,8 @@ def load(
     refresh_interval_s: float | None = None,
     public_url: str | None = None,
     max_upload_bytes: int | None = None,
-    compress_samples: int | None = None,
+    compress_calibration_samples: int | None = None,
+    compress_eval_samples: int | None = None,
     compress_latency_s: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
@@ -103,10 +104,11 @@ def load(
         if max_upload_bytes <= 0:
             raise InvalidRequest("--max-upload-bytes must be positive")
         config = replace(config, max_upload_bytes=max_upload_bytes)
-    if compress_samples is not None:
-        if compress_samples <= 0:
-            raise InvalidRequest("--compress-samples must be positive")
-        config = replace(config, compress_calibration_samples=compress_samples, compress_eval_samples=compress_samples)
+    for flag, value in (("calibration", compress_calibration_samples), ("eval", compress_eval_samples)):
+        if value is not None:
+            if value <= 0:
+                raise InvalidRequest(f"--compress-{flag}-samples must be positive")
+            config = replace(config, **{f"compress_{flag}_samples": value})
     if compress_latency_s is not None:
         if compress_latency_s <= 0:
             raise InvalidRequest("--compress-latency-s must be positive")

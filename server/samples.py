@@ -2,7 +2,8 @@
 
 The upload form (`calibration` and `eval` parts of `POST /v1/models/{name}`) is one
 .npz: for each model input name an array whose first axis is the sample axis; an
-`eval` upload may also hold `labels`, one integer class per row. Each sample either
+`eval` upload may also hold `labels`, one integer class per row. For a single-input model the array may be
+named `*` (what the SDK sends for `.npy` sample files). Each sample either
 carries its own batch axis (`[S, 1, 64]` for an input `[N, 64]`) or not (`[S, 64]`).
 
 `unpack` checks it (names, dtypes, fixed dimensions, sample counts, bounded sizes:
@@ -27,6 +28,7 @@ from fleetcast.server.errors import InvalidRequest
 logger = logging.getLogger(__name__)
 
 LABELS: Final = "labels"
+ONLY_INPUT: Final = "*"      # the array for a single-input model, whatever its input's name
 MAX_ARRAYS: Final = 256
 UNPACKED_FACTOR: Final = 4   # uncompressed arrays may be this many times the upload limit
 
@@ -81,6 +83,11 @@ def unpack(path: Path, inputs: Mapping[str, Mapping[str, Any]], dest: Path, *, r
            limits: SampleLimits, labels_allowed: bool) -> int:
     """Checks the upload at `path` and writes the kept samples into `dest` (new); returns their count."""
     arrays = _arrays(path, role, limits)
+    if ONLY_INPUT in arrays:
+        if len(inputs) != 1:
+            raise InvalidRequest(f"{role} upload has one unnamed array ('*', from .npy samples) but the model has "
+                                 f"{len(inputs)} inputs {sorted(inputs)}; use .npz samples naming each input")
+        arrays[next(iter(inputs))] = arrays.pop(ONLY_INPUT)
     allowed = set(inputs) | ({LABELS} if labels_allowed else set())
     missing, unknown = sorted(set(inputs) - set(arrays)), sorted(set(arrays) - allowed)
     if missing or unknown:

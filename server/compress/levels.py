@@ -41,8 +41,10 @@ PREFERENCE: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "x86-cpu": ("balanced", "fastest", "lossless", "original"),
     # ARM cores have int8 dot-product kernels (NEON/sdot) in onnxruntime; no fast FP16 on most.
     "arm-cpu": ("balanced", "fastest", "lossless", "original"),
-    # RK3399: Cortex-A72/A53 CPU, slow link and small storage; INT8 saves both time and bytes.
-    "rk3399": ("balanced", "fastest", "smallest", "lossless", "original"),
+    # RK3399 boards: slow link and small storage are what binds, so the fcpack build
+    # (a fraction of INT8's bytes, decoded to FP32 on the device, within the budget)
+    # comes first; INT8 next where no smallest was built.
+    "rk3399": ("smallest", "balanced", "fastest", "lossless", "original"),
     # Jetson GPUs run FP16 natively (TensorRT / CUDA EP); QDQ INT8 on GPU needs TensorRT calibration.
     "jetson": ("fp16", "lossless", "original"),
     # Movidius VPUs (OpenVINO MYRIAD) compute in FP16 only.

@@ -274,8 +274,12 @@ class AgentProcess(_Process):
             return None
 
     def active_model_path(self) -> Path | None:
+        """The active slot's model file: model.onnx, or model.<format> as its manifest says."""
         slot = self.active_slot()
-        return None if slot is None else self.data_dir / "slots" / slot / "model.onnx"
+        if slot is None:
+            return None
+        manifest = self.active_manifest() or {}
+        return self.data_dir / "slots" / slot / f"model.{manifest.get('format') or 'onnx'}"
 
     def active_manifest(self) -> dict[str, Any] | None:
         slot = self.active_slot()
