@@ -13,11 +13,9 @@ JsonDoc = Mapping[str, Any]
 
 # A device's outcome is "" or null until it is final (installed, failed, rolled_back,
 # cancelled, superseded); these are the ones that count as failures.
-FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "failure", "rolled_back", "aborted"})
-# Deployment states after which nothing changes any more.
-FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset(
-    {"succeeded", "failed", "partial", "cancelled", "canceled", "finished", "completed"}
-)
+FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "rolled_back"})
+# Deployment statuses after which nothing changes any more ("active" is the other one).
+FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "partial", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,7 @@ class DeviceOutcome:
 
     @property
     def failed(self) -> bool:
-        return bool(self.outcome) and str(self.outcome).lower() in FAILED_OUTCOMES
+        return self.outcome in FAILED_OUTCOMES
 
 
 @dataclass(frozen=True)
@@ -164,11 +162,11 @@ class Deployment:
     def from_json(cls, doc: JsonDoc) -> Deployment:
         version = doc.get("version")
         return cls(
-            id=str(doc.get("id") or doc["deployment_id"]),
+            id=str(doc["id"]),
             model=str(doc.get("model", "")),
             version=None if version is None else str(version),
             target=doc.get("target"),
-            state=doc.get("state") or doc.get("status"),
+            state=doc.get("status"),
             created_at=doc.get("created_at"),
             devices=tuple(DeviceOutcome.from_json(d) for d in doc.get("devices") or ()),
             counts=dict(doc.get("counts") or {}),
@@ -178,7 +176,7 @@ class Deployment:
     @property
     def finished(self) -> bool:
         """Every device has a final outcome (or the deployment itself has ended)."""
-        if self.state and self.state.lower() in FINAL_DEPLOYMENT_STATES:
+        if self.state in FINAL_DEPLOYMENT_STATES:
             return True
         return all(d.final for d in self.devices)
 
@@ -207,9 +205,9 @@ class VersionStats:
             version=None if version is None else str(version),
             inferences=int(doc.get("inferences") or 0),
             errors=int(doc.get("errors") or 0),
-            p50_ms=_float(doc.get("p50_ms", doc.get("p50"))),
-            p95_ms=_float(doc.get("p95_ms", doc.get("p95"))),
-            p99_ms=_float(doc.get("p99_ms", doc.get("p99"))),
+            p50_ms=_float(doc.get("p50_ms")),
+            p95_ms=_float(doc.get("p95_ms")),
+            p99_ms=_float(doc.get("p99_ms")),
         )
 
 
@@ -230,21 +228,17 @@ class Device:
 
     @classmethod
     def from_json(cls, doc: JsonDoc) -> Device:
-        active = doc.get("active") or doc.get("active_model") or {}
-        if isinstance(active, str):  # "name@version" or a bare name
-            name, _, ver = active.partition("@")
-            active = {"model": name, "version": ver or doc.get("active_version")}
-        version = active.get("version")
+        name, _, version = str(doc.get("active_model") or "").partition("@")   # "model@version"
         return cls(
-            id=str(doc.get("id") or doc["device_id"]),
+            id=str(doc["id"]),
             hardware_class=doc.get("hardware_class"),
             backends=tuple(str(b) for b in doc.get("backends") or ()),
             group=doc.get("group"),
             last_seen=doc.get("last_seen"),
-            active_model=active.get("model") or active.get("name"),
-            active_version=None if version is None else str(version),
+            active_model=name or None,
+            active_version=version or None,
             state=doc.get("state"),
-            stats=tuple(VersionStats.from_json(s) for s in _stats_docs(doc)),
+            stats=tuple(VersionStats.from_json(s) for s in doc.get("telemetry") or ()),
             raw=doc,
         )
 
@@ -263,27 +257,6 @@ class Device:
     @property
     def errors(self) -> int:
         return sum(s.errors for s in self.stats)
-
-
-def _stats_docs(doc: JsonDoc) -> list[JsonDoc]:
-    """Per-version statistics: a list, or nested under `telemetry`."""
-    telemetry = doc.get("telemetry")
-    if isinstance(telemetry, list):
-        return telemetry
-    if isinstance(telemetry, Mapping):
-        nested = telemetry.get("versions") or telemetry.get("by_version") or telemetry.get("models")
-        if isinstance(nested, list):
-            return nested
-        if isinstance(nested, Mapping):  # {"digits@1": {...}}
-            return [_keyed(k, v) for k, v in nested.items()]
-        if "inferences" in telemetry:
-            return [telemetry]
-    return []
-
-
-def _keyed(key: str, stats: JsonDoc) -> JsonDoc:
-    model, _, version = key.partition("@")
-    return {"model": model, "version": version or None, **stats}
 
 
 def _float(value: Any) -> float | None:
