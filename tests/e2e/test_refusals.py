@@ -175,8 +175,9 @@ def test_expired_metadata_is_refused_and_current_model_keeps_serving(new_server,
     time.sleep(3.5)  # part of the scenario: let the signed timestamp expire
 
     agent.start()
-    evidence = wait_refusal(server, agent, [deployment], ("expired",), what="the device to refuse expired metadata")
-    assert f"deployment {deployment}" in evidence, (
-        f"the device refused the expired metadata but the deployment does not show it: {show(evidence)}\n"
-        f"{show(deployment_doc(server, deployment))}")
+    wait_refusal(server, agent, [deployment], ("expired",), what="the device to refuse expired metadata")
+    # Reported: the deployment's row for this device names the expiry.
+    wait_for(lambda: f"deployment {deployment}" in refusal_evidence(server, agent, [deployment], ("expired",)),
+             timeout_s=30, what="the deployment to show the device's expiry refusal",
+             context=lambda: f"{show(deployment_doc(server, deployment))}\n{agent.log_tail()}")
     assert_still_serves(agent, "expiry", v1, first)
