@@ -106,11 +106,13 @@ def main() -> int:
         if balanced is not None:
             print(f"\nbalanced recipe: method={balanced.recipe.get('calibration_method')} "
                   f"float layers={balanced.recipe.get('float_layer_weights')} "
-                  f"validation drop={balanced.recipe.get('validation_drop_pp')} pp")
+                  f"validation drop={balanced.recipe.get('validation_drop_pp')} pp "
+                  f"+ allowance {balanced.recipe.get('validation_allowance_pp')} pp")
         smallest = next((r for r in report.levels if r.level == "smallest" and not r.error), None)
         if smallest is not None:
             print(f"smallest: {1 / smallest.packed_ratio:.1f}x smaller than the FP32 file (packed), "
-                  f"validation drop={smallest.recipe.get('validation_drop_pp')} pp")
+                  f"validation drop={smallest.recipe.get('validation_drop_pp')} pp "
+                  f"+ allowance {smallest.recipe.get('validation_allowance_pp')} pp")
         sys.stdout.flush()
     print(f"\nreports under {work}")
     return 0

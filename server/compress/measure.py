@@ -5,6 +5,16 @@ Quality figures are percentages so a budget in percentage points compares direct
 - with labels: top-1 accuracy;
 - without, for a classifier output ([N, classes]): top-1 agreement with the original;
 - otherwise: 100 x mean cosine similarity, with the signal-to-noise ratio beside it.
+
+Each figure also carries a confidence allowance (`Quality.allowance_pp`): how far the
+same build may plausibly score lower on samples it was not measured on. The searches
+accept a choice only when its score minus that allowance (`guarded_score`) meets the
+floor, so what they pick on the validation samples still holds on the held-out ones.
+For classifiers, with `k` samples whose outcome changed (correctness with labels,
+top-1 without) out of `n`, it is one standard error of the difference between two
+such halves' drops, counting one more changed sample than seen so that a choice that
+changed nothing still has a margin: 100 x sqrt(2 (k + 1)) / n points. For cosine
+it is 100 x one standard error of the mean cosine.
 """
 
 from __future__ import annotations
@@ -39,6 +49,12 @@ class Quality:
     agreement_pct: float | None = None
     cosine: float | None = None
     snr_db: float | None = None
+    allowance_pp: float = 0.0         # confidence allowance for unseen samples (module docstring)
+
+    @property
+    def guarded_score(self) -> float:
+        """The score the searches check against their floor: score minus the allowance."""
+        return self.score - self.allowance_pp
 
 
 def open_session(model: bytes | str, *, threads: int) -> ort.InferenceSession:
@@ -100,25 +116,33 @@ def is_classifier(reference: np.ndarray) -> bool:
 
 def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> Quality:
     """Quality of `candidate` outputs against the original's `reference` (and labels)."""
-    cosine = mean_cosine(reference, candidate)
-    snr = snr_db(reference, candidate)
-    agreement = None
-    if is_classifier(reference):
-        agreement = 100.0 * float((reference.argmax(1) == candidate.argmax(1)).mean())
-    if labels is not None and is_classifier(reference):
-        accuracy = 100.0 * float((candidate.argmax(1) == labels).mean())
-        return Quality(accuracy, "accuracy", accuracy, agreement, cosine, snr)
-    if agreement is not None:
-        return Quality(agreement, "agreement", None, agreement, cosine, snr)
-    return Quality(100.0 * cosine, "cosine", None, None, cosine, snr)
+    cosines = cosine_per_sample(reference, candidate)
+    cosine, snr, rows = float(cosines.mean()), snr_db(reference, candidate), len(reference)
+    if not is_classifier(reference):
+        allowance = 100.0 * float(cosines.std(ddof=1) / np.sqrt(rows)) if rows > 1 else 0.0
+        return Quality(100.0 * cosine, "cosine", None, None, cosine, snr, allowance)
+    same = reference.argmax(1) == candidate.argmax(1)
+    agreement = 100.0 * float(same.mean())
+    if labels is not None:
+        correct = candidate.argmax(1) == labels
+        accuracy = 100.0 * float(correct.mean())
+        changed = int(((reference.argmax(1) == labels) != correct).sum())
+        return Quality(accuracy, "accuracy", accuracy, agreement, cosine, snr, classifier_allowance(changed, rows))
+    changed = int((~same).sum())
+    return Quality(agreement, "agreement", None, agreement, cosine, snr, classifier_allowance(changed, rows))
 
 
-def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+def classifier_allowance(changed: int, rows: int) -> float:
+    """100 x sqrt(2 (changed + 1)) / rows points: one standard error of the difference
+    between the drops on two halves of `rows` samples each, one changed sample added."""
+    return 100.0 * float(np.sqrt(2.0 * (changed + 1))) / rows
+
+
+def cosine_per_sample(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     dot = (reference * candidate).sum(1)
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     both_zero = norms == 0
-    cosine = np.where(both_zero, 1.0, dot / np.where(both_zero, 1.0, norms))
-    return float(cosine.mean())
+    return np.where(both_zero, 1.0, dot / np.where(both_zero, 1.0, norms))
 
 
 def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:

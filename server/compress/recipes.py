@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from fleetcast.server.compress import package
 from fleetcast.server.compress.errors import LevelError
-from fleetcast.server.compress.measure import Evaluator, LatencyConfig, measure_latency_pair_ms
+from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_pair_ms
 from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights, prune
 from fleetcast.server.compress.quantize import Int8Quantizer, Method, int8_weights_only, weighted_layers
 from fleetcast.server.compress.samples import SampleSet
@@ -56,7 +56,15 @@ class BuildContext:
     quantizer: Int8Quantizer | None = None
 
     def floor(self) -> float:
+        """The searches accept a choice when its validation score minus its confidence
+        allowance (`Quality.guarded_score`) is at least this."""
         return self.evaluator.baseline.score - self.budget_pp
+
+    def validation_fields(self, quality: Quality) -> dict[str, object]:
+        """What the recipe records of the search's own figure and its safety margin."""
+        drop = self.evaluator.baseline.score - quality.score
+        return {"validation_drop_pp": round(drop, 3), "validation_allowance_pp": round(quality.allowance_pp, 3),
+                "searched_within_pp": round(drop + quality.allowance_pp, 3)}
 
     def int8(self) -> Int8Quantizer:
         if self.calibration is None:
@@ -122,16 +130,16 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     def score_of(keep_float: tuple[str, ...]) -> float:
         cache.clear()  # the search always ends on the build it chose: keep only the latest
         cache[keep_float] = context.int8().quantize(method, keep_float=keep_float)
-        return context.evaluator.evaluate(int8_weights_only(cache[keep_float], keep_float)).score
+        return context.evaluator.evaluate(int8_weights_only(cache[keep_float], keep_float)).guarded_score
 
     choice = choose_float_layers(score_of, layers, context.floor(), progress)
     float_weights = float_weight_layers(context, cache[choice.keep_float], choice.keep_float, progress)
     chosen = int8_weights_only(cache[choice.keep_float], tuple(n for n in choice.keep_float if n not in float_weights))
-    score = context.evaluator.evaluate(chosen).score
+    quality = context.evaluator.evaluate(chosen)
     recipe = {"calibration_method": str(method), "method_scores": {k: round(v, 3) for k, v in context.method_scores.items()},
               "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
               "float_layer_weights": {n: "float32" if n in float_weights else "int8" for n in choice.keep_float},
-              "budget_met": score >= context.floor(), "validation_drop_pp": round(context.evaluator.baseline.score - score, 3),
+              "budget_met": quality.guarded_score >= context.floor(), **context.validation_fields(quality),
               "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
     return Build(chosen, "onnx", chosen, recipe)
 
@@ -167,13 +175,13 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
     half_floor = context.evaluator.baseline.score - context.budget_pp / 2
 
     def score_sparsity(plan: Mapping[str, float]) -> float:
-        return context.evaluator.evaluate(with_weights(context.base, planner.apply(plan, {}))).score
+        return context.evaluator.evaluate(with_weights(context.base, planner.apply(plan, {}))).guarded_score
 
     sparsity = choose_per_layer(score_sparsity, {n: SPARSITY_STEPS for n in names}, {n: 0.0 for n in names},
                                 half_floor, progress, step="pruning").options
 
     def score_sharing(plan: Mapping[str, int | None]) -> float:
-        return context.evaluator.evaluate(with_weights(context.base, planner.apply(sparsity, plan))).score
+        return context.evaluator.evaluate(with_weights(context.base, planner.apply(sparsity, plan))).guarded_score
 
     sharing = choose_per_layer(score_sharing, {n: (*ENTRY_STEPS, None) for n in names}, {n: None for n in names},
                                context.floor(), progress, step="weight sharing")
@@ -182,7 +190,7 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
     model = with_weights(context.base, planner.apply(sparsity, entries))
     artifact = package.encode(model)
     recipe = {"sparsity": {n: sparsity[n] for n in names}, "codebook_entries": {n: entries[n] for n in names},
-              "package": "fcpack v1", "validation_drop_pp": round(context.evaluator.baseline.score - sharing.score, 3)}
+              "package": "fcpack v1", **context.validation_fields(context.evaluator.evaluate(model))}
     return Build(artifact, "fcpack", package.decode(artifact), recipe)
 
 
