@@ -40,8 +40,11 @@ def plain_http_download_s(path: Path, clients: int) -> float:
         def log_message(self, *args: object) -> None:
             pass
 
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 1024      # the default backlog of 5 would stall clients for a SYN retry
+
     handler = functools.partial(Quiet, directory=str(path.parent))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = Server(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
     size = path.stat().st_size

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fleetcast.agent.datadir import DataDir  # noqa: E402
+from fleetcast.agent.local_api import InferenceClient, LocalApi  # noqa: E402
 from fleetcast.agent.runtime import Runtime, load_model  # noqa: E402
 from fleetcast.agent.slots import Slots  # noqa: E402
 from fleetcast.agent.telemetry import Recorder  # noqa: E402
@@ -56,7 +57,7 @@ def time_block(call: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def measure(path: Path, x: np.ndarray, *, threads: int, rounds: int, work: Path) -> tuple[float, float]:
+def measure(path: Path, x: np.ndarray, *, threads: int, rounds: int, work: Path) -> tuple[float, float, float]:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -80,7 +81,17 @@ def measure(path: Path, x: np.ndarray, *, threads: int, rounds: int, work: Path)
     for _ in range(rounds):
         bare_times.append(time_block(bare_call, calls))
         ours_times.append(time_block(ours_call, calls))
-    return statistics.median(bare_times), statistics.median(ours_times)
+    # The local API: the same runtime behind the agent's Unix socket (server threads in this
+    # process, so client and server share one interpreter: an upper bound on its cost).
+    api = LocalApi(data.root / "agent.sock", runtime, status=lambda: None)  # type: ignore[arg-type]
+    api.start()
+    with InferenceClient(data.root) as client:
+        api_call = lambda: client.infer(feed)  # noqa: E731
+        api_calls = max(20, calls // 10)
+        time_block(api_call, api_calls)
+        api_time = statistics.median(time_block(api_call, api_calls) for _ in range(max(3, rounds // 3)))
+    api.stop()
+    return statistics.median(bare_times), statistics.median(ours_times), api_time
 
 
 def main() -> None:
@@ -98,11 +109,12 @@ def main() -> None:
             ("5 MB MLP, batch 32", work / "mlp5.onnx", models.sample_input(rows=32)),
         ]
         print(f"threads={args.threads} rounds={args.rounds}")
-        print("| model | bare onnxruntime (us/call) | agent Runtime.infer (us/call) | overhead |")
-        print("|---|---|---|---|")
-        for name, path, x in cases:
-            bare, ours = measure(path, x, threads=args.threads, rounds=args.rounds, work=work / name[:5])
-            print(f"| {name} | {bare * 1e6:.1f} | {ours * 1e6:.1f} | {100 * (ours / bare - 1):+.1f} % |")
+        print("| model | bare onnxruntime (us/call) | agent Runtime.infer (us/call) | overhead "
+              "| local API over the socket (us/call) |")
+        print("|---|---|---|---|---|")
+        for i, (name, path, x) in enumerate(cases):
+            bare, ours, api = measure(path, x, threads=args.threads, rounds=args.rounds, work=work / f"case{i}")
+            print(f"| {name} | {bare * 1e6:.1f} | {ours * 1e6:.1f} | {100 * (ours / bare - 1):+.1f} % | {api * 1e6:.0f} |")
 
 
 if __name__ == "__main__":
