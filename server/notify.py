@@ -13,10 +13,12 @@ uses. It subscribes in `on_connect`, so a reconnect restores the subscriptions.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -124,6 +126,11 @@ class Hub:
 UpstreamHandler = Callable[[str, bytes], Awaitable[None]]
 
 
+def mqtt_client_id(data_dir: Path) -> str:
+    """The server's MQTT client id: stable across restarts of the server on `data_dir`."""
+    return "fleetcast-server-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
 class MqttBridge:
     """paho-mqtt adapter: publishes notices, hands upstream payloads to the event loop."""
 
@@ -134,8 +141,10 @@ class MqttBridge:
         loop: asyncio.AbstractEventLoop,
         on_status: UpstreamHandler,
         on_telemetry: UpstreamHandler,
+        client_id: str,
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
+        store_timeout_s: float = 30.0,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -146,7 +155,11 @@ class MqttBridge:
         self._loop = loop
         self._handlers = {"status": on_status, "telemetry": on_telemetry}
         self.connected = asyncio.Event()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleetcast-server-{os.getpid()}")
+        self._store_timeout_s = store_timeout_s
+        # A stable client id with a persistent session (clean_session False): while this
+        # server is down the broker keeps its QoS 1 subscriptions and queues what devices
+        # publish, so a status or batch the broker acknowledged to a device is not lost.
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         client.username_pw_set(parts.username or "fleetcast-server", parts.password)
         client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         client.on_connect = self._on_connect
@@ -188,18 +201,18 @@ class MqttBridge:
         handler = self._handlers.get(kind)
         if handler is None:
             return
+        # Stored before this callback returns: paho sends the PUBACK only after it, so the
+        # broker redelivers anything this server had not committed when it stopped.
         future = asyncio.run_coroutine_threadsafe(handler(device_id, payload), self._loop)
-        future.add_done_callback(_log_failure(message.topic))
+        try:
+            future.result(timeout=self._store_timeout_s)
+        except concurrent.futures.TimeoutError:
+            logger.error("mqtt message not stored within %.0f s topic=%s", self._store_timeout_s, message.topic)
+        except Exception as e:  # a refused payload: logged and acknowledged, never retried
+            logger.warning("mqtt message refused topic=%s error=%s", message.topic, e)
 
     def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
         self._client.publish(topics.device_assignment(device_id), notice.encode(), qos=1, retain=True)
 
     def fleet_notice(self) -> None:
         self._client.publish(topics.FLEET_ASSIGNMENT, b'{"v":1}', qos=1)
-
-
-def _log_failure(topic: str) -> Callable[..., None]:
-    def done(future) -> None:  # type: ignore[no-untyped-def]
-        if not future.cancelled() and future.exception() is not None:
-            logger.warning("mqtt message refused topic=%s error=%s", topic, future.exception())
-    return done

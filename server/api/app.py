@@ -26,7 +26,7 @@ from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import StatusUpdate
 from fleetcast.server.errors import FleetcastError, Unauthenticated, http_status
 from fleetcast.server.grpc_service import start_grpc
-from fleetcast.server.notify import MqttBridge
+from fleetcast.server.notify import MqttBridge, mqtt_client_id
 from fleetcast.server.services import Services, open_services
 from fleetcast.server.telemetry import Batch
 
@@ -145,7 +145,8 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     on_status, on_telemetry = _upstream(services)
     bridge = MqttBridge(services.config.mqtt_url or "", loop=asyncio.get_running_loop(),
-                        on_status=on_status, on_telemetry=on_telemetry)  # type: ignore[arg-type]
+                        on_status=on_status, on_telemetry=on_telemetry,  # type: ignore[arg-type]
+                        client_id=mqtt_client_id(services.config.data_dir))
     bridge.start()
     services.hub.add_sink(bridge)
     yield
