@@ -46,6 +46,7 @@ from tuf.ngclient.config import EnvelopeType
 
 from fleetcast.agent.fetchers import GrpcMetadataFetcher  # re-exported for the agent
 from fleetcast.agent.errors import ServerUnavailableError, TrustRootError, VerificationError
+from fleetcast.proto.assignment import GoldenRef
 from fleetcast.proto.topics import TopicError, check_device_id
 
 logger = logging.getLogger(__name__)
@@ -85,17 +86,6 @@ class TrustRoot:
 
     image_root: bytes
     director_root: bytes
-
-
-@dataclass(frozen=True)
-class GoldenRef:
-    """The golden input/output file the new model is smoke-tested against."""
-
-    path: str
-    sha256: str
-    length: int
-    atol: float
-    rtol: float
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from tuf.api.dsse import SimpleEnvelope
 from tuf.api.metadata import MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
 
 from fleetcast.agent.datadir import write_atomic  # the shared atomic-write primitive
+from fleetcast.proto.assignment import GoldenRef
 from fleetcast.proto.topics import TopicError, check_device_id
 
 logger = logging.getLogger(__name__)
@@ -104,17 +105,6 @@ class ArtifactTarget:
     sha256: str
     length: int
     custom: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class GoldenRef:
-    """The golden input/output file a device checks a new model against."""
-
-    path: str
-    sha256: str
-    length: int
-    atol: float
-    rtol: float
 
 
 @dataclass(frozen=True)
