@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import models
 from tests.support.broker import Broker
-from tests.support.deployments import deploy_and_install, infer_output, inferences_of, push, wait_serving
+from tests.support.deployments import CountedModel, deploy_and_install, push, wait_serving
 from tests.support.processes import AgentProcess, Fleet, ServerProcess
 from tests.support.waiting import wait_for
 
@@ -91,37 +91,22 @@ def test_telemetry_published_over_mqtt_while_the_server_is_down_arrives_once_it_
 ) -> None:
     server: ServerProcess = new_server("mqtt-telemetry-server", mqtt_url=broker.url)
     agent = new_agent(server, "mq-telemetry", mqtt_url=broker.url, extra_args=["--telemetry-via-mqtt"])
-    path = models.write(models.tiny_classifier(300), tmp_path / "t.onnx")
-    version = push(server, path, name="mqtt-counted").version
-    deploy_and_install(server, [agent], "mqtt-counted", version)
-    wait_serving(agent, "mqtt-counted", version)
+    counted = CountedModel(server, agent, models.write(models.tiny_classifier(300), tmp_path / "t.onnx"),
+                           name="mqtt-counted")
+    base, k = counted.base, 20
 
-    def count() -> int:
-        return inferences_of(server, agent.device_id, "mqtt-counted", version)
-
-    x = models.sample_input()
-    infer_output(agent, x)
-    wait_for(lambda: count() >= 1, timeout_s=30, what="the server to count a first inference over MQTT",
-             context=lambda: f"{server.log_tail(20)}\n{agent.log_tail(20)}")
-    base = count()
-
-    k = 20
     server.stop()
-    for _ in range(k):
-        infer_output(agent, x)
+    counted.infer(k)
     # The broker acknowledges the batches while the server is away: the agent drops them
     # from its spool, so only the broker's queue for the server's session holds them now.
     time.sleep(2.5)  # part of the scenario: telemetry windows close with the server away
     wait_for(lambda: spooled_batches(agent) == 0, timeout_s=30,
              what="the agent to hand its telemetry to the broker", context=lambda: agent.log_tail())
     server.start()
-    wait_for(lambda: count() >= base + k, timeout_s=60,
-             what=f"the server to count {base + k} inferences from the broker's queue",
-             context=lambda: f"count={count()}\n{server.log_tail()}\n{broker.log_tail()}")
-    infer_output(agent, x)
-    wait_for(lambda: count() >= base + k + 1, timeout_s=60, what="the server to count one more inference",
-             context=lambda: f"count={count()}")
-    assert count() == base + k + 1
+    counted.wait_count(base + k, what=f"the server to count {base + k} inferences from the broker's queue")
+    counted.infer()
+    counted.wait_count(base + k + 1, what="the server to count one more inference")
+    assert counted.count() == base + k + 1
 
 
 def spooled_batches(agent: AgentProcess) -> int:

@@ -9,8 +9,7 @@ import pytest
 
 from tests.support import models
 from tests.support.deployments import (
-    deploy, deploy_and_install, deployment_doc, device_entries, assert_installed, infer_output,
-    inferences_of, push, show, wait_outcomes, wait_serving,
+    CountedModel, deploy, deployment_doc, device_entries, assert_installed, push, show, wait_outcomes, wait_serving,
 )
 from tests.support.processes import Fleet, ServerProcess
 from tests.support.waiting import wait_for
@@ -48,41 +47,26 @@ def test_server_restarted_in_the_middle_of_a_deployment_still_completes_it(new_s
 def test_telemetry_sent_while_server_is_down_arrives_exactly_once(new_server, new_agent, tmp_path: Path) -> None:
     server: ServerProcess = new_server()
     agent = new_agent(server, "dev-telemetry")
-    path = models.write(models.tiny_classifier(200), tmp_path / "t.onnx")
-    version = push(server, path, name="counted").version
-    deploy_and_install(server, [agent], "counted", version)
-    wait_serving(agent, "counted", version)
+    counted = CountedModel(server, agent, models.write(models.tiny_classifier(200), tmp_path / "t.onnx"),
+                           name="counted")
+    base, k = counted.base, 25
 
-    def count() -> int:
-        return inferences_of(server, agent.device_id, "counted", version)
-
-    # Whatever the device counted while installing (smoke test, trial) settles first.
-    x = models.sample_input()
-    infer_output(agent, x)
-    wait_for(lambda: count() >= 1, timeout_s=30, what="the server to count a first inference",
-             context=lambda: f"{server.log_tail(20)}\n{agent.log_tail(20)}")
-    base = count()
-
-    k = 25
     server.stop()
-    for _ in range(k):
-        infer_output(agent, x)
+    counted.infer(k)
     time.sleep(2.5)  # part of the scenario: telemetry windows close with the server away
     server.start()
     # Kill the agent the moment the server has stored some of the spooled telemetry: the
     # agent may not have seen the acknowledgement, so its next start sends those batches again.
-    wait_for(lambda: count() > base, timeout_s=60, interval_s=0.02,
+    wait_for(lambda: counted.count() > base, timeout_s=60, interval_s=0.02,
              what="the server to store the telemetry spooled while it was down",
-             context=lambda: f"count={count()} base={base}\n{agent.log_tail()}")
+             context=lambda: f"count={counted.count()} base={base}\n{agent.log_tail()}")
     agent.kill()
     agent.start()
-    wait_for(lambda: count() >= base + k, timeout_s=60,
-             what=f"the server to count {base + k} inferences", context=lambda: f"count={count()}\n{agent.log_tail()}")
+    counted.wait_count(base + k, what=f"the server to count {base + k} inferences")
 
     # One more inference fences the check: once it is counted, any resent batch had its chance.
-    infer_output(agent, x)
-    wait_for(lambda: count() >= base + k + 1, timeout_s=60,
-             what="the server to count the inference made after the agent restart",
-             context=lambda: f"count={count()}\n{agent.log_tail()}")
-    assert count() == base + k + 1, (
-        f"the server counted {count() - base} inferences since the outage began, expected {k + 1}\n{agent.log_tail()}")
+    counted.infer()
+    counted.wait_count(base + k + 1, what="the server to count the inference made after the agent restart")
+    assert counted.count() == base + k + 1, (
+        f"the server counted {counted.count() - base} inferences since the outage began, expected {k + 1}\n"
+        f"{agent.log_tail()}")

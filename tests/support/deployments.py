@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tests.support import models
 from tests.support.processes import AgentProcess, ServerProcess
 from tests.support.waiting import wait_for
 
@@ -115,3 +116,34 @@ def inferences_of(server: ServerProcess, device_id: str, model: str, version: st
     """The server's count of inferences the device reported for model@version."""
     device = device_doc(server, device_id)
     return sum(s.inferences for s in device.stats if s.model == model and s.version == str(version))
+
+
+class CountedModel:
+    """A model installed and serving on one agent, with the server's count of its inferences.
+
+    `base` is the count once whatever the device ran while installing (smoke test,
+    trial) and one first inference have reached the server, so a scenario can count
+    from there.
+    """
+
+    def __init__(self, server: ServerProcess, agent: AgentProcess, path: Path, *, name: str) -> None:
+        self.server, self.agent, self.name = server, agent, name
+        self.version = push(server, path, name=name).version
+        deploy_and_install(server, [agent], name, self.version)
+        wait_serving(agent, name, self.version)
+        self.x = models.sample_input()
+        infer_output(agent, self.x)
+        wait_for(lambda: self.count() >= 1, timeout_s=30, what=f"the server to count a first inference of {name}",
+                 context=lambda: f"{server.log_tail(20)}\n{agent.log_tail(20)}")
+        self.base = self.count()
+
+    def count(self) -> int:
+        return inferences_of(self.server, self.agent.device_id, self.name, self.version)
+
+    def infer(self, times: int = 1) -> None:
+        for _ in range(times):
+            infer_output(self.agent, self.x)
+
+    def wait_count(self, expected: int, what: str) -> None:
+        wait_for(lambda: self.count() >= expected, timeout_s=60, what=what,
+                 context=lambda: f"count={self.count()} expected={expected}\n{self.agent.log_tail()}")
