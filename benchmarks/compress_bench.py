@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/compress_bench.py [--nets resnet18,mobilenet_v2,digits] [--out DIR]
 
-ResNet-18 and MobileNetV2 are built in code (benchmarks/compress_nets.py, no torch),
-with BatchNorms calibrated on image-like inputs, and fed seeded image-like inputs
-(compress_nets.images): their quality is fidelity to FP32 (top-1 agreement, cosine,
-SNR). The digits model (examples/digits) is scored on its labelled test split.
+With torch installed (`pip install torch==2.13.0`, the CPU build), ResNet-18 and
+MobileNetV2 are trained briefly on a procedurally drawn 10-class image task and
+exported to ONNX (benchmarks/compress_torch_nets.py; cached under --model-cache), and
+scored by top-1 accuracy on a labelled set of that task. Without torch (or with
+--source helper) they are built with onnx.helper (benchmarks/compress_nets.py) with
+random, BatchNorm-calibrated weights and fed image-like inputs: their quality is then
+fidelity to FP32 (top-1 agreement, cosine, SNR). The digits model (examples/digits)
+is scored on its labelled test split.
 Every run splits its evaluation samples: the searches score on the even-numbered
 files, the tables report the odd-numbered ones, which the searches never saw.
 Every ratio is against the FP32 original measured in the same run, on the same
@@ -16,6 +20,7 @@ and leaves each run's report.{json,md,png} under --out.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import platform
 import sys
@@ -30,6 +35,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compress_nets  # noqa: E402
 
+from fleetcast.server.compress.levels import ALL_LEVELS  # noqa: E402
 from fleetcast.server.compress.pipeline import CompressConfig, CompressionReport, compress  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,20 +51,42 @@ def write_images(directory: Path, count: int, seed: int) -> Path:
     return directory
 
 
+def write_shapes(directory: Path, count: int, seed: int, *, labelled: bool) -> Path:
+    import compress_torch_nets
+
+    directory.mkdir(parents=True)
+    labels = []
+    for start in range(0, count, 64):
+        batch, classes = compress_torch_nets.shapes(min(64, count - start), seed=seed * 100_003 + start)
+        labels.append(classes)
+        for offset, image in enumerate(batch):
+            np.save(directory / f"{start + offset:04d}.npy", image[None])
+    if labelled:
+        np.save(directory / "labels.npy", np.concatenate(labels))
+    return directory
+
+
 def run_net(name: str, work: Path, args: argparse.Namespace) -> CompressionReport:
-    model = getattr(compress_nets, name)()
-    model_path = work / f"{name}.onnx"
-    onnx.save(model, str(model_path))
-    calibration = write_images(work / f"{name}-calibration", args.calibration_samples, seed=1)
-    evaluation = write_images(work / f"{name}-eval", args.eval_samples, seed=2)
-    config = CompressConfig(budget_pp=args.budget, calibration_dir=calibration, eval_dir=evaluation,
-                            intra_op_threads=args.quality_threads, max_eval_samples=args.eval_samples)
+    if args.source == "torch":
+        import compress_torch_nets
+
+        model_path = compress_torch_nets.trained_model(name, args.model_cache, steps=args.train_steps)
+        calibration = write_shapes(work / f"{name}-calibration", args.calibration_samples, seed=1, labelled=False)
+        evaluation = write_shapes(work / f"{name}-eval", args.eval_samples, seed=2, labelled=True)
+    else:
+        model_path = work / f"{name}.onnx"
+        onnx.save(getattr(compress_nets, name)(), str(model_path))
+        calibration = write_images(work / f"{name}-calibration", args.calibration_samples, seed=1)
+        evaluation = write_images(work / f"{name}-eval", args.eval_samples, seed=2)
+    config = CompressConfig(levels=args.levels, budget_pp=args.budget, calibration_dir=calibration,
+                            eval_dir=evaluation, intra_op_threads=args.quality_threads,
+                            max_eval_samples=args.eval_samples)
     return compress(model_path, work / f"{name}-variants", config, progress)
 
 
 def run_digits(work: Path, args: argparse.Namespace) -> CompressionReport:
-    config = CompressConfig(budget_pp=args.budget, calibration_dir=DIGITS / "calibration", eval_dir=DIGITS / "eval",
-                            intra_op_threads=args.quality_threads)
+    config = CompressConfig(levels=args.levels, budget_pp=args.budget, calibration_dir=DIGITS / "calibration",
+                            eval_dir=DIGITS / "eval", intra_op_threads=args.quality_threads)
     return compress(DIGITS / "digits.onnx", work / "digits-variants", config, progress)
 
 
@@ -73,7 +101,7 @@ def table(report: CompressionReport) -> str:
         if r.error:
             rows.append(f"| {r.level} | not built: {r.error} |||||||||")
             continue
-        quality = (f"top-1 {r.accuracy_pct:.2f} %" if r.metric == "accuracy" else
+        quality = (f"top-1 {r.accuracy_pct:.2f} % (agree {r.agreement_pct:.1f} %)" if r.metric == "accuracy" else
                    f"agree {r.agreement_pct:.1f} %, cos {r.cosine:.4f}, SNR {r.snr_db:.1f} dB")
         rows.append(f"| {r.level} | {r.size_bytes / 1024:,.0f} KiB | {r.packed_bytes / 1024:,.0f} KiB "
                     f"| {r.size_ratio:.3f} | {r.packed_ratio:.3f} | {r.latency_ms_1t:.3f} ms | {r.latency_ratio:.2f} "
@@ -89,12 +117,22 @@ def main() -> int:
     parser.add_argument("--quality-threads", type=int, default=1, help="threads for the quality runs")
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None, help="keep variants and reports here")
+    parser.add_argument("--levels", default=",".join(ALL_LEVELS), help="levels to build (default: all)")
+    parser.add_argument("--source", choices=("auto", "torch", "helper"), default="auto",
+                        help="ResNet-18/MobileNetV2: trained with torch, or random onnx.helper nets "
+                             "(auto: torch when installed)")
+    parser.add_argument("--train-steps", type=int, default=400, help="training steps per net (torch source)")
+    parser.add_argument("--model-cache", type=Path, default=Path.home() / ".cache" / "fleetcast" / "compress-bench",
+                        help="trained nets are kept here and reused (torch source)")
     args = parser.parse_args()
+    args.levels = tuple(args.levels.split(","))
+    if args.source == "auto":
+        args.source = "torch" if importlib.util.find_spec("torch") else "helper"
     logging.basicConfig(level=logging.WARNING)
     work = args.out or Path(tempfile.mkdtemp(prefix="fleetcast-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.processor() or platform.machine()}, onnxruntime {ort.__version__}, "
-          f"numpy {np.__version__}, python {platform.python_version()}")
+          f"numpy {np.__version__}, python {platform.python_version()}, nets from {args.source}")
     for name in args.nets.split(","):
         started = time.monotonic()
         report = run_digits(work, args) if name == "digits" else run_net(name, work, args)

@@ -1,0 +1,215 @@
+"""Trained ResNet-18 and MobileNetV2 for the compression benchmark (optional torch path).
+
+A fidelity budget means little on random weights (see ADR 0003, "Benchmark models"),
+so with torch installed (`pip install torch==2.13.0`, the CPU build; never a default
+dependency) the benchmark trains both nets briefly on `shapes`, a procedurally drawn
+10-class task, and measures real top-1 accuracy on a labelled set of it. The layers
+follow torchvision's definitions (torchvision itself is not used) with a 10-class head.
+
+The nets are fully convolutional up to a global pool, so they train on small images
+(64-128 px, cheap on a CPU) and are exported with 224x224 inputs; BatchNorm
+statistics are re-estimated on 224 px images before export, as the features' scale
+changes with the resolution. Exported with torch's TorchScript exporter, opset 13.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CLASSES = ("disc", "square", "triangle", "ring", "cross", "diamond",
+           "horizontal stripes", "vertical stripes", "checkerboard", "dots")
+TRAIN_SIZES = (64, 96, 128)
+
+
+# --- the task -------------------------------------------------------------------------
+
+def shapes(count: int, *, seed: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """`count` images [count, 3, size, size] (about zero mean, unit scale) and their
+    classes: one shape or textured disc per image, at a random place, size, slight
+    rotation and colour, over a coloured gradient, with Gaussian noise. Drawn in
+    coordinates from -1 to 1, so the task is the same at any resolution."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), count)
+    grid = (np.arange(size) + 0.5) / size * 2 - 1
+    v, u = np.meshgrid(grid, grid, indexing="ij")
+    images = np.empty((count, 3, size, size), np.float32)
+    for index, label in enumerate(labels):
+        cx, cy = rng.uniform(-0.4, 0.4, 2)
+        radius, theta = rng.uniform(0.25, 0.55), rng.uniform(-0.3, 0.3)
+        a = (u - cx) * np.cos(theta) + (v - cy) * np.sin(theta)
+        b = -(u - cx) * np.sin(theta) + (v - cy) * np.cos(theta)
+        mask = shape_mask(int(label), a, b, u, v, radius, rng.uniform(3.0, 6.0))
+        background = rng.standard_normal((3, 1, 1)) + rng.normal(0, 0.4, (3, 1, 1)) * u + \
+            rng.normal(0, 0.4, (3, 1, 1)) * v
+        delta = rng.choice((-1.0, 1.0), (3, 1, 1)) * rng.uniform(0.6, 1.4, (3, 1, 1))
+        noise = rng.normal(0, rng.uniform(0.1, 0.4), (3, size, size))
+        images[index] = background + mask * delta + noise
+    return images, labels.astype(np.int64)
+
+
+def shape_mask(label: int, a: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray, r: float,
+               frequency: float) -> np.ndarray:
+    radial = np.sqrt(a * a + b * b)
+    if label == 0:
+        return radial < r
+    if label == 1:
+        return np.maximum(np.abs(a), np.abs(b)) < 0.8 * r
+    if label == 2:
+        return (b > -0.5 * r) & (np.sqrt(3) * a + b < r) & (-np.sqrt(3) * a + b < r)
+    if label == 3:
+        return (radial < r) & (radial > 0.6 * r)
+    if label == 4:
+        return ((np.abs(a) < 0.25 * r) & (np.abs(b) < r)) | ((np.abs(b) < 0.25 * r) & (np.abs(a) < r))
+    if label == 5:
+        return np.abs(a) + np.abs(b) < r
+    disc = radial < r
+    wave_u, wave_v = np.sin(2 * np.pi * frequency * u), np.sin(2 * np.pi * frequency * v)
+    texture = {6: wave_v > 0, 7: wave_u > 0, 8: wave_u * wave_v > 0, 9: (wave_u > 0.5) & (wave_v > 0.5)}[label]
+    return disc & texture
+
+
+# --- the nets (torchvision's layer definitions) -----------------------------------------
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        blocks, c_in = [], 64
+        for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+    return nn.Sequential(*layers, nn.ReLU6()) if act else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers = [conv_bn(c_in, hidden, 1, 1)] if expand != 1 else []
+        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden), conv_bn(hidden, c_out, 1, 1, act=False)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        layers, c_in = [conv_bn(3, 32, 3, 2)], 32
+        for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+            for index in range(n):
+                layers.append(InvertedResidual(c_in, c, s if index == 0 else 1, t))
+                c_in = c
+        layers.append(conv_bn(c_in, 1280, 1, 1))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(1280, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+NETS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
+
+
+# --- training and export ----------------------------------------------------------------
+
+def train(name: str, *, steps: int, batch: int = 32, seed: int = 0, lr: float = 2e-3) -> nn.Module:
+    """`steps` AdamW steps (one-cycle learning rate) on fresh `shapes`
+    batches at 64-128 px, then BatchNorm statistics re-estimated at 224 px."""
+    torch.manual_seed(seed)
+    model = NETS[name]()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.2)
+    model.train()
+    started = time.monotonic()
+    for step in range(steps):
+        images, labels = shapes(batch, seed=seed * 1_000_003 + step, size=TRAIN_SIZES[step % len(TRAIN_SIZES)])
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == steps - 1:
+            logger.warning("train net=%s step=%d/%d loss=%.3f elapsed=%.0fs", name, step + 1, steps,
+                           loss.item(), time.monotonic() - started)
+    recalibrate_batch_norm(model, seed=seed)
+    return model.eval()
+
+
+def recalibrate_batch_norm(model: nn.Module, *, seed: int, batches: int = 4, batch: int = 16) -> None:
+    """Running BatchNorm statistics replaced by their average over 224 px images."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None            # cumulative average
+    model.train()
+    with torch.no_grad():
+        for index in range(batches):
+            model(torch.from_numpy(shapes(batch, seed=seed * 7_919 + 10_000 + index)[0]))
+
+
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
+    with torch.no_grad():
+        predictions = torch.cat([model(torch.from_numpy(images[i:i + 32])).argmax(1)
+                                 for i in range(0, len(images), 32)]).numpy()
+    return 100.0 * float((predictions == labels).mean())
+
+
+def export(model: nn.Module, path: Path) -> None:
+    """ONNX, opset 13, input "input" [N, 3, 224, 224], output "logits" [N, 10]."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.onnx.export(model.eval(), (torch.zeros(1, 3, 224, 224),), str(partial), opset_version=13,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    partial.replace(path)
+
+
+def trained_model(name: str, cache: Path, *, steps: int, seed: int = 0) -> Path:
+    """The exported ONNX file of `name` trained for `steps`, from `cache` when there."""
+    path = cache / f"{name}-shapes-{steps}steps-seed{seed}.onnx"
+    if not path.exists():
+        model = train(name, steps=steps, seed=seed)
+        images, labels = shapes(128, seed=seed + 424_242)
+        logger.warning("trained net=%s accuracy at 224 px on 128 fresh images=%.1f%%", name,
+                       accuracy(model, images, labels))
+        export(model, path)
+    return path
