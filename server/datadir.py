@@ -46,7 +46,12 @@ def ensure_token(path: Path) -> str:
 
 
 def prepare(data_dir: Path) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Creates the data dir private to the server's user (0700): it holds the models,
+    the database and the keys. An existing dir that others can read gets a warning."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = data_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        logger.warning("data dir %s has mode %o: others can read models and state; chmod 700 it", data_dir, mode)
 
 
 def write_server_json(data_dir: Path, document: dict[str, Any]) -> None:

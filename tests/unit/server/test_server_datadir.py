@@ -21,3 +21,9 @@ def test_tokens_never_start_with_a_dash_so_they_pass_as_command_line_arguments(t
     tokens = [datadir.ensure_token(tmp_path / f"t{i}") for i in range(300)]
     assert len(set(tokens)) == 300
     assert not [t for t in tokens if t.startswith("-")]
+
+
+def test_a_new_data_dir_is_private_to_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "fleet"
+    datadir.prepare(data)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
