@@ -146,6 +146,29 @@ class Deployments:
                     deployment.deployment_id, release.model, release.version, len(rows))
         return deployment
 
+    def join(self, device_id: str) -> Deployment | None:
+        """Gives a device that enrolled with nothing assigned the newest deployment aimed at
+        all devices or at its group (not cancelled), as if it had been enrolled when that
+        deployment was created; returns that deployment, or None."""
+        device = self.store.device(device_id)
+        if device is None or self.store.assignment(device_id) is not None:
+            return None
+        targets = {"all"} | ({f"group:{device.group}"} if device.group else set())
+        newest = next((d for d in self.store.deployments() if d.target in targets and d.status != "cancelled"), None)
+        if newest is None:
+            return None
+        release = self.registry.version(newest.model, newest.version)
+        assignment = self._plan(newest.deployment_id, release, device)
+        now = self.clock()
+        self.store.add_deployment_devices([DeploymentDevice(
+            deployment_id=newest.deployment_id, device_id=device_id, variant=assignment.variant,
+            sha256=assignment.sha256, state="assigned", outcome="", reason="", updated_at=now, previous=None,
+        )])
+        self._assign(device_id, assignment)
+        self._refresh_status(newest.deployment_id, now)
+        logger.info("device joined deployment=%s device_id=%s target=%s", newest.deployment_id, device_id, newest.target)
+        return newest
+
     def _plan(self, deployment_id: str, release: ModelVersion, device: Device) -> DirectorAssignment:
         name = choose_variant(device.hardware_class, [v.variant for v in release.variants])
         variant = release.variant(name) or release.variants[0]

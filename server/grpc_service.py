@@ -90,6 +90,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             labels=dict(request.labels),
         )
         token = await asyncio.to_thread(self.s.fleet.enroll, enrollment)
+        # A new device joins the fleet's newest deployment to all (or to its group).
+        await asyncio.to_thread(self.s.deployments.join, enrollment.device_id)
         return pb.EnrollResponse(device_token=token)
 
     @streaming

@@ -41,7 +41,7 @@ class SampleLimits:
 
 
 def _arrays(path: Path, role: str, limits: SampleLimits) -> dict[str, np.ndarray]:
-    hint = f"write it with numpy.savez(file, **{{input_name: array_with_samples_first}})"
+    hint = "write it with numpy.savez(file, **{input_name: array_with_samples_first})"
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()

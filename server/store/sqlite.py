@@ -154,6 +154,17 @@ def _device(row: sqlite3.Row) -> Device:
     )
 
 
+def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[DeploymentDevice]) -> None:
+    c.executemany(
+        "INSERT INTO deployment_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (r.deployment_id, r.device_id, r.variant, r.sha256, r.state, r.outcome, r.reason, r.updated_at,
+             json.dumps(r.previous) if r.previous is not None else None)
+            for r in devices
+        ],
+    )
+
+
 def _deployment(row: sqlite3.Row) -> Deployment:
     return Deployment(**{k: row[k] for k in row.keys()})
 
@@ -344,14 +355,11 @@ class SqliteStore:
                 "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (d.deployment_id, d.model, d.version, d.target, d.status, d.created_at, d.updated_at),
             )
-            c.executemany(
-                "INSERT INTO deployment_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.deployment_id, r.device_id, r.variant, r.sha256, r.state, r.outcome, r.reason, r.updated_at,
-                     json.dumps(r.previous) if r.previous is not None else None)
-                    for r in devices
-                ],
-            )
+            _insert_deployment_devices(c, devices)
+
+    def add_deployment_devices(self, devices: Sequence[DeploymentDevice]) -> None:
+        with self._tx() as c:
+            _insert_deployment_devices(c, devices)
 
     def deployment(self, deployment_id: str) -> Deployment | None:
         row = self._one("SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,))

@@ -109,6 +109,43 @@ def test_a_refusal_reported_after_the_deployment_closed_shows_on_the_device(serv
     assert row["outcome"] == "installed"             # the closed row itself does not change
 
 
+def test_a_device_enrolled_later_joins_the_newest_deployment_to_all(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _upload(services, 1)
+    dep = services.deployments.create(model="digits", version=None, target="all")
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", "success",
+                                                            active_model="digits@1", final=True, outcome="installed"))
+    assert services.deployments.get(dep.deployment_id).status == "succeeded"
+
+    _enroll(services, "dev-late")
+    assert services.deployments.join("dev-late").deployment_id == dep.deployment_id
+    assert _director_target(services, "dev-late")["deployment_id"] == dep.deployment_id
+    doc = services.deployments.document(services.deployments.get(dep.deployment_id))
+    assert {d["device_id"] for d in doc["devices"]} == {"dev-1", "dev-late"}
+    assert doc["status"] == "active"                   # open again until dev-late reports
+    assert services.deployments.join("dev-late") is None   # already assigned: nothing to join
+
+
+def test_a_device_joins_only_deployments_aimed_at_its_group_and_not_cancelled(services: Services) -> None:
+    _enroll(services, "dev-1", group="lab")
+    _upload(services, 1)
+    services.deployments.create(model="digits", version=None, target="group:lab")
+    _enroll(services, "dev-field", group="field")
+    assert services.deployments.join("dev-field") is None
+    assert _director_target(services, "dev-field") is None
+
+    field = services.deployments.create(model="digits", version=None, target="device:dev-1")
+    assert field.target == "device:dev-1"
+    _enroll(services, "dev-lab", group="lab")
+    joined = services.deployments.join("dev-lab")
+    assert joined is not None and joined.target == "group:lab"   # device targets are never joined
+
+    cancelled = services.deployments.create(model="digits", version=None, target="all")
+    services.deployments.cancel(cancelled.deployment_id)
+    _enroll(services, "dev-new", group="field")
+    assert services.deployments.join("dev-new") is None
+
+
 def test_cancel_gives_devices_their_previous_assignment_back(services: Services) -> None:
     _enroll(services, "dev-1")
     _enroll(services, "dev-2")
