@@ -64,6 +64,22 @@ def test_watch_sends_the_current_notice_then_one_after_a_deployment(server: Runn
     assert status == 200 and body == director
 
 
+def test_a_device_enrolling_after_a_group_deployment_is_told_of_it_at_once(
+    server: RunningServer, release: dict
+) -> None:
+    server.enroll("latecomer-1", group="latecomers")
+    status, doc = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:latecomers"})
+    assert status == 201, doc
+    token = server.enroll("latecomer-2", group="latecomers")
+    stream = server.stub().WatchAssignments(pb.WatchRequest(device_id="latecomer-2"), metadata=auth(token), timeout=30)
+    notices: queue.Queue[pb.AssignmentNotice] = queue.Queue()
+    threading.Thread(target=_collect, args=(stream, notices), daemon=True).start()
+    assert notices.get(timeout=10).deployment_id == doc["id"]
+    stream.cancel()
+    status, doc = server.json("GET", f"/v1/deployments/{doc['id']}")
+    assert {d["device_id"] for d in doc["devices"]} == {"latecomer-1", "latecomer-2"}
+
+
 def test_fetch_metadata_returns_signed_bytes_and_not_found_for_unknown_names(server: RunningServer) -> None:
     token = server.enroll("meta-1")
     stub = server.stub()
