@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from fleetcast.proto.topics import TopicError, check_device_id
+from fleetcast.proto.topics import DEVICE_ID_PATTERN, TopicError, check_device_id
 from fleetcast.server import signing
 from fleetcast.server.errors import DeviceNotFound, InvalidRequest, MetadataNotFound, Unauthenticated
 from fleetcast.server.store import Device, Store
@@ -26,7 +25,8 @@ logger = logging.getLogger(__name__)
 HARDWARE_CLASSES: Final = frozenset(
     {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
 )
-NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Device ids, groups and back-end names: the device-id rule of the wire contract.
+NAME: Final = DEVICE_ID_PATTERN
 MAX_BACKENDS: Final = 16
 MAX_LABELS: Final = 32
 MAX_TOKEN_CHARS: Final = 256
