@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
 
 from aiohttp import web
 from google.protobuf.message import DecodeError
@@ -116,29 +116,27 @@ async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _upstream(services: Services) -> tuple[object, object]:
-    async def on_status(device_id: str, payload: bytes) -> None:
-        if await asyncio.to_thread(services.store.device, device_id) is None:
-            logger.warning("mqtt status dropped: device_id=%s is not enrolled", device_id)
-            return
-        try:
-            message = pb.StatusReport.FromString(payload)
-        except DecodeError as e:
-            logger.warning("mqtt status dropped device_id=%s: not a StatusReport (%s)", device_id, e)
-            return
-        await asyncio.to_thread(services.deployments.apply_status, device_id, StatusUpdate.from_message(message))
+    """The MQTT bridge's handlers: status and telemetry stored as if they came over gRPC."""
 
-    async def on_telemetry(device_id: str, payload: bytes) -> None:
-        if await asyncio.to_thread(services.store.device, device_id) is None:
-            logger.warning("mqtt telemetry dropped: device_id=%s is not enrolled", device_id)
-            return
-        try:
-            message = pb.TelemetryBatch.FromString(payload)
-        except DecodeError as e:
-            logger.warning("mqtt telemetry dropped device_id=%s: not a TelemetryBatch (%s)", device_id, e)
-            return
-        await asyncio.to_thread(services.telemetry.ingest, device_id, Batch.from_message(message))
+    def handler(kind: str, parse: Callable[[bytes], Any], apply: Callable[[str, Any], Any]) -> object:
+        async def handle(device_id: str, payload: bytes) -> None:
+            if await asyncio.to_thread(services.store.device, device_id) is None:
+                logger.warning("mqtt %s dropped: device_id=%s is not enrolled", kind, device_id)
+                return
+            try:
+                message = parse(payload)
+            except DecodeError as e:
+                logger.warning("mqtt %s dropped device_id=%s: not a %s message (%s)", kind, device_id, kind, e)
+                return
+            await asyncio.to_thread(apply, device_id, message)
+        return handle
 
-    return on_status, on_telemetry
+    return (
+        handler("status", lambda p: StatusUpdate.from_message(pb.StatusReport.FromString(p)),
+                services.deployments.apply_status),
+        handler("telemetry", lambda p: Batch.from_message(pb.TelemetryBatch.FromString(p)),
+                services.telemetry.ingest),
+    )
 
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
