@@ -93,22 +93,18 @@ class CompressionResult:
 Compressor = Callable[[BuildJob, Progress], CompressionResult]
 
 
+def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    if not pattern.fullmatch(value):
+        raise InvalidRequest(f"{what} {value[:80]!r} is not valid: use {rule}, starting with a letter or digit")
+    return value
+
+
 def check_model_name(name: str) -> str:
-    if not MODEL_NAME.fullmatch(name):
-        raise InvalidRequest(
-            f"model name {name[:80]!r} is not valid: use 1-64 lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    return _check(name, MODEL_NAME, "model name", "1-64 lowercase letters, digits, '.', '_' or '-'")
 
 
 def check_version_name(version: str) -> str:
-    if not VERSION_NAME.fullmatch(version):
-        raise InvalidRequest(
-            f"version {version[:80]!r} is not valid: use 1-32 letters, digits, '.', '_', '+' or '-', "
-            "starting with a letter or digit"
-        )
-    return version
+    return _check(version, VERSION_NAME, "version", "1-32 letters, digits, '.', '_', '+' or '-'")
 
 
 def _session(path: Path) -> Any:
