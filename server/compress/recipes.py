@@ -18,14 +18,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fleetcast.server.compress import package
+from fleetcast.server.compress import compensate, package
 from fleetcast.server.compress.errors import LevelError
 from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_pair_ms
-from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights, prune
+from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights
 from fleetcast.server.compress.quantize import Int8Quantizer, Method, int8_weights_only, weighted_layers
 from fleetcast.server.compress.samples import SampleSet
 from fleetcast.server.compress.sensitivity import choose_float_layers, choose_per_layer
-from fleetcast.server.compress.weight_sharing import ENTRY_STEPS, share
+from fleetcast.server.compress.weight_sharing import ENTRY_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,11 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
     if context.calibration is None:
         raise LevelError("smallest needs samples to check its accuracy budget and none were given; "
                          "pass --calibration DIR")
-    planner = WeightPlanner({t.name: numpy_helper.to_array(t) for t in context.base.graph.initializer})
     names = prunable_weights(context.base)
+    shapes = compensate.layer_shapes(context.base, names)
+    statistics = compensate.collect_statistics(context.base, shapes, context.calibration.feeds,
+                                               threads=context.evaluator.threads, progress=progress)
+    planner = WeightPlanner(context.base, shapes, statistics)
     half_floor = context.evaluator.baseline.score - context.budget_pp / 2
 
     def score_sparsity(plan: Mapping[str, float]) -> float:
@@ -190,28 +193,52 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
     model = with_weights(context.base, planner.apply(sparsity, entries))
     artifact = package.encode(model)
     recipe = {"sparsity": {n: sparsity[n] for n in names}, "codebook_entries": {n: entries[n] for n in names},
+              "compensation": {"method": "OBS (SparseGPT/GPTQ-style) with bias correction",
+                               "calibration_rows": context.calibration.rows(), "damping": compensate.DAMPING,
+                               "uncompensated_layers": sorted(n for n in names if n not in shapes)},
               "package": "fcpack v1", **context.validation_fields(context.evaluator.evaluate(model))}
     return Build(artifact, "fcpack", package.decode(artifact), recipe)
 
 
 class WeightPlanner:
-    """Pruned and shared versions of the weights, each computed once per (layer, option):
-    the searches revisit the same layer options many times."""
+    """Pruned and shared versions of the weights (and their corrected biases), each
+    computed once per (layer, option): the searches revisit the same options many
+    times. Layers in `shapes` are error-compensated on their calibration inputs
+    (`compensate.py`); the others are pruned by magnitude and shared by plain k-means."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
-        self.weights = weights
-        self.cache: dict[tuple[str, float, int | None], np.ndarray] = {}
+    def __init__(self, model: onnx.ModelProto, shapes: Mapping[str, compensate.LayerShape],
+                 statistics: Mapping[str, compensate.InputStatistics]) -> None:
+        self.tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.shapes = shapes
+        self.statistics = statistics
+        self.cache: dict[tuple[str, float, int | None], dict[str, np.ndarray]] = {}
 
     def apply(self, sparsity: Mapping[str, float], entries: Mapping[str, int | None]) -> dict[str, np.ndarray]:
-        return {name: self.layer(name, sparsity.get(name, 0.0), entries.get(name))
-                for name in set(sparsity) | set(entries)}
+        changed: dict[str, np.ndarray] = {}
+        for name in set(sparsity) | set(entries):
+            changed.update(self.layer(name, sparsity.get(name, 0.0), entries.get(name)))
+        return changed
 
-    def layer(self, name: str, sparsity: float, entries: int | None) -> np.ndarray:
+    def layer(self, name: str, sparsity: float, entries: int | None) -> dict[str, np.ndarray]:
+        """The tensors this option changes: the weight, and the bias it corrects."""
         key = (name, sparsity, entries)
         if key not in self.cache:
-            values = prune(self.weights[name], sparsity) if entries is None else self.layer(name, sparsity, None)
-            self.cache[key] = values if entries is None else share(values, entries)
+            self.cache[key] = self.compute(name, sparsity, entries)
         return self.cache[key]
+
+    def compute(self, name: str, sparsity: float, entries: int | None) -> dict[str, np.ndarray]:
+        if sparsity == 0.0 and entries is None:
+            return {}
+        shape = self.shapes.get(name)
+        if shape is None:
+            return {name: compensate.plain_layer(self.tensors[name], sparsity, entries)}
+        bias = self.tensors[shape.bias_name] if shape.bias_name else None
+        result = compensate.compensated_layer(shape, self.tensors[name], bias, self.statistics[name],
+                                              sparsity, entries)
+        changed = {name: result.weight}
+        if shape.bias_name and result.bias is not None:
+            changed[shape.bias_name] = result.bias
+        return changed
 
 
 def with_weights(model: onnx.ModelProto, changed: Mapping[str, np.ndarray]) -> bytes:

@@ -26,6 +26,18 @@ def share(values: np.ndarray, entries: int, *, iterations: int = ITERATIONS) -> 
     points = flat[nonzero]
     if points.size == 0:
         return values.copy()
+    centroids = codebook(points, entries, iterations=iterations)
+    shared = flat.copy()
+    shared[nonzero] = centroids[assign(points, centroids)]
+    return shared.astype(values.dtype).reshape(values.shape)
+
+
+def codebook(points: np.ndarray, entries: int, *, iterations: int = ITERATIONS) -> np.ndarray:
+    """At most `entries` centroids of 1-D k-means over `points`, sorted ascending;
+    started from evenly spaced quantiles so the result is deterministic."""
+    if entries < 1:
+        raise ValueError(f"a codebook needs at least one entry, got {entries}")
+    points = points.reshape(-1).astype(np.float64)
     centroids = np.unique(np.quantile(points, (np.arange(entries) + 0.5) / entries))
     for _ in range(iterations):
         assignment = assign(points, centroids)
@@ -35,9 +47,7 @@ def share(values: np.ndarray, entries: int, *, iterations: int = ITERATIONS) -> 
         if np.allclose(updated, centroids, rtol=0, atol=1e-12):
             break
         centroids = np.sort(updated)
-    shared = flat.copy()
-    shared[nonzero] = centroids[assign(points, centroids)]
-    return shared.astype(values.dtype).reshape(values.shape)
+    return centroids
 
 
 def assign(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
