@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -89,23 +89,33 @@ class LayerShape:
 
 @dataclass
 class InputStatistics:
-    """Running E[x x^T] and E[x] of one layer's inputs, per group."""
+    """Running E[x x^T] and E[x] of one layer's inputs, per group, and the factor of
+    H^-1 each group's compensation needs (computed once per damping: inverting a
+    4,608-wide H takes seconds, and the searches try many options per layer)."""
 
     second: np.ndarray                # [groups, d, d]
     first: np.ndarray                 # [groups, d]
     rows: int = 0
+    factors: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
 
     def add(self, columns: np.ndarray) -> None:
         """`columns`: [groups, rows, d] input vectors."""
-        self.second += np.einsum("grd,gre->gde", columns, columns)
+        self.second += np.matmul(columns.transpose(0, 2, 1), columns)
         self.first += columns.sum(1)
         self.rows += columns.shape[1]
+        self.factors.clear()
 
     def hessian(self) -> np.ndarray:
         return self.second / max(self.rows, 1)
 
     def mean(self) -> np.ndarray:
         return self.first / max(self.rows, 1)
+
+    def inverse_factors(self, damping: float) -> np.ndarray:
+        """[groups, d, d]: the upper Cholesky factor of each group's dampened H^-1."""
+        if damping not in self.factors:
+            self.factors[damping] = np.stack([inverse_factor(h, damping) for h in self.hessian()])
+        return self.factors[damping]
 
 
 def layer_shapes(model: onnx.ModelProto, weights: Iterable[str]) -> dict[str, LayerShape]:
@@ -211,8 +221,8 @@ def compensated_layer(shape: LayerShape, weight: np.ndarray, bias: np.ndarray | 
     original = shape.matrix(weight)
     mask = pruning_mask(original, stats, sparsity, damping)
     centroids = codebook(original[~mask], entries) if entries is not None and (~mask).any() else None
-    updated = np.stack([compensate(original[g], mask[g], hessian, centroids, damping)
-                        for g, hessian in enumerate(stats.hessian())])
+    factors = stats.inverse_factors(damping)
+    updated = np.stack([compensate(original[g], mask[g], factors[g], centroids) for g in range(len(factors))])
     new_bias = None
     if bias is not None:
         shift = np.einsum("god,gd->go", original - updated, stats.mean()).reshape(-1)
@@ -241,20 +251,19 @@ def pruning_mask(matrix: np.ndarray, stats: InputStatistics, sparsity: float, da
     count = int(round(matrix.size * sparsity))
     mask = np.zeros(matrix.size, bool)
     if count:
-        saliency = np.empty_like(matrix)
-        for group, hessian in enumerate(stats.hessian()):
-            factor = np.diag(inverse_factor(hessian, damping))
-            saliency[group] = np.where(np.diag(hessian) > 0, matrix[group] ** 2 / factor[None, :] ** 2, 0.0)
+        factors = stats.inverse_factors(damping)
+        live = np.diagonal(stats.second, axis1=1, axis2=2) > 0               # [groups, d]
+        diagonal = np.diagonal(factors, axis1=1, axis2=2)                     # [groups, d]
+        saliency = np.where(live[:, None, :], matrix ** 2 / diagonal[:, None, :] ** 2, 0.0)
         mask[np.argpartition(saliency.reshape(-1), count - 1)[:count]] = True
     return mask.reshape(matrix.shape)
 
 
-def compensate(w: np.ndarray, mask: np.ndarray, hessian: np.ndarray, centroids: np.ndarray | None,
-               damping: float) -> np.ndarray:
+def compensate(w: np.ndarray, mask: np.ndarray, factor: np.ndarray, centroids: np.ndarray | None) -> np.ndarray:
     """One group's [out, d] weights with `mask` zeroed and the rest moved onto
-    `centroids`, column by column, each column's error spread over the later ones."""
+    `centroids`, column by column, each column's error spread over the later ones
+    through `factor` (the upper Cholesky factor of H^-1)."""
     w = w.copy()
-    factor = inverse_factor(hessian, damping)
     d = w.shape[1]
     for start in range(0, d, BLOCK):
         end = min(start + BLOCK, d)
