@@ -239,8 +239,10 @@ def inverse_factor(hessian: np.ndarray, damping: float) -> np.ndarray:
     dead = diagonal <= 0
     h[dead, dead] = typical
     h[np.diag_indices_from(h)] += damping * typical
-    inverse = np.linalg.inv(h)
-    return np.linalg.cholesky((inverse + inverse.T) / 2).T
+    # With J the reversal permutation and J H J = L L^T, H^-1 = U^T U for the upper
+    # triangular U = J L^-1 J: one Cholesky and one triangular inverse, no full inverse.
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    return np.ascontiguousarray(np.linalg.inv(lower)[::-1, ::-1])
 
 
 def pruning_mask(matrix: np.ndarray, stats: InputStatistics, sparsity: float, damping: float) -> np.ndarray:
