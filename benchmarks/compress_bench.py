@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--source", choices=("auto", "torch", "helper"), default="auto",
                         help="ResNet-18/MobileNetV2: trained with torch, or random onnx.helper nets "
                              "(auto: torch when installed)")
-    parser.add_argument("--train-steps", type=int, default=400, help="training steps per net (torch source)")
+    parser.add_argument("--train-steps", type=int, default=1000, help="training steps per net (torch source)")
     parser.add_argument("--model-cache", type=Path, default=Path.home() / ".cache" / "fleetcast" / "compress-bench",
                         help="trained nets are kept here and reused (torch source)")
     args = parser.parse_args()
