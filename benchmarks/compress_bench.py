@@ -143,7 +143,9 @@ def main() -> int:
         balanced = next((r for r in report.levels if r.level == "balanced" and not r.error), None)
         if balanced is not None:
             print(f"\nbalanced recipe: method={balanced.recipe.get('calibration_method')} "
-                  f"float layers={balanced.recipe.get('float_layer_weights')} "
+                  f"float layers={len(balanced.recipe.get('float_layers', []))} "
+                  f"(weights {balanced.recipe.get('float_layer_weights')}) "
+                  f"budget met={balanced.recipe.get('budget_met')} "
                   f"validation drop={balanced.recipe.get('validation_drop_pp')} pp "
                   f"+ allowance {balanced.recipe.get('validation_allowance_pp')} pp")
         smallest = next((r for r in report.levels if r.level == "smallest" and not r.error), None)

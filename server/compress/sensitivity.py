@@ -30,24 +30,36 @@ def choose_float_layers(score_of: Callable[[tuple[str, ...]], float], layers: Se
     """Fewest layers to keep in float so that score_of(kept) >= floor.
 
     Measures each layer's sensitivity (the score with only that layer in float), then
-    keeps layers in float most sensitive first until the floor is met.
+    keeps layers in float most sensitive first until the floor is met. When no set it
+    measures meets the floor, the best-scoring one is kept (the fewest layers among
+    equals) and reported as not within budget: more float layers cost latency, and
+    they are worth it only where they buy accuracy.
     """
-    score = score_of(())
+    measured: dict[tuple[str, ...], float] = {}
+
+    def measure(keep_float: tuple[str, ...]) -> float:
+        measured[keep_float] = score_of(keep_float)
+        return measured[keep_float]
+
+    score = measure(())
     if score >= floor:
         return FloatLayerChoice((), score, True, {})
     sensitivity: dict[str, float] = {}
     for index, layer in enumerate(layers, 1):
         progress(f"sensitivity {index}/{len(layers)} layer {layer}")
-        sensitivity[layer] = score_of((layer,)) - score
+        sensitivity[layer] = measure((layer,)) - score
     kept: list[str] = []
     for layer in sorted(layers, key=lambda name: -sensitivity[name]):
         kept.append(layer)
         progress(f"keeping {len(kept)} layer(s) in float, latest {layer}")
-        score = score_of(tuple(kept))
+        score = measure(tuple(kept))
         logger.info("float layers=%d latest=%s score=%.3f floor=%.3f", len(kept), layer, score, floor)
         if score >= floor:
             return FloatLayerChoice(tuple(kept), score, True, sensitivity)
-    return FloatLayerChoice(tuple(kept), score, False, sensitivity)
+    best = max(measured, key=lambda keep_float: (measured[keep_float], -len(keep_float)))
+    logger.info("no float layer set met floor=%.3f; keeping the best scoring: %d layer(s), score=%.3f",
+                floor, len(best), measured[best])
+    return FloatLayerChoice(best, measured[best], False, sensitivity)
 
 
 @dataclass(frozen=True)

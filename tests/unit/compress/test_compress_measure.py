@@ -44,3 +44,20 @@ def test_cosine_allowance_is_one_standard_error_of_the_mean_cosine() -> None:
     cosines = np.array([1.0, -1.0, 1.0])
     assert quality.metric == "cosine"
     assert quality.allowance_pp == pytest.approx(100 * cosines.std(ddof=1) / np.sqrt(3))
+
+
+def test_a_gain_over_the_original_earns_no_credit_against_the_allowance() -> None:
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    reference = logits_for([1, 2, 0, 0, 1, 2, 0, 1])             # 5 of 8 right
+    # three samples turn right, one turns wrong: +2 samples net, 4 changed
+    gained = compare(reference, logits_for([0, 1, 2, 1, 1, 2, 0, 1]), labels)
+    assert gained.score == pytest.approx(100 * 7 / 8) and gained.ceiling == pytest.approx(100 * 5 / 8)
+    assert gained.allowance_pp == pytest.approx(100 * np.sqrt(10) / 8)
+    assert gained.guarded_score == pytest.approx(gained.ceiling - gained.allowance_pp)
+
+
+def test_a_loss_is_not_capped() -> None:
+    labels = np.array([0, 1, 2, 0])
+    reference = logits_for([0, 1, 2, 0])
+    lost = compare(reference, logits_for([1, 1, 2, 0]), labels)
+    assert lost.guarded_score == pytest.approx(75.0 - 100 * np.sqrt(4) / 4)

@@ -85,7 +85,7 @@ def test_budgeted_levels_meet_the_budget_with_a_margin_on_validation_and_report_
         result = by_level(digits_report)[level]
         recipe = result.recipe
         assert recipe["validation_allowance_pp"] > 0
-        assert recipe["searched_within_pp"] == pytest.approx(recipe["validation_drop_pp"]
+        assert recipe["searched_within_pp"] == pytest.approx(max(recipe["validation_drop_pp"], 0.0)
                                                              + recipe["validation_allowance_pp"], abs=2e-3)
         assert recipe["searched_within_pp"] <= digits_report.budget_pp
         assert result.within_budget == (result.drop_pp <= digits_report.budget_pp + 1e-9)
@@ -154,3 +154,17 @@ def test_non_empty_output_directory_is_refused(tmp_path: Path, conv_model_file) 
     with pytest.raises(OutputDirError, match="not empty"):
         compress(conv_model_file(), tmp_path / "out", CompressConfig())
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_smallest_both_shares_and_prunes_the_digits_layers_within_the_budget(digits_report: CompressionReport) -> None:
+    recipe = by_level(digits_report)["smallest"].recipe
+    # with the gain cap, pruning against half the budget could prune nothing on 270 samples
+    assert any(sparsity > 0 for sparsity in recipe["sparsity"].values())
+    assert all(entries is not None and entries <= 16 for entries in recipe["codebook_entries"].values())
+    assert recipe["searched_within_pp"] <= digits_report.budget_pp
+
+
+def test_balanced_float_layers_keep_one_weight_form(digits_report: CompressionReport) -> None:
+    recipe = by_level(digits_report)["balanced"].recipe
+    assert recipe["float_layer_weights"] in ("int8", "float32")
+    assert recipe["budget_met"] is True and recipe["quantized_layers"] + len(recipe["float_layers"]) == 3

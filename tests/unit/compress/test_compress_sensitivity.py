@@ -27,6 +27,24 @@ def test_most_sensitive_layers_are_kept_in_float_first_until_the_floor_is_met() 
 def test_unreachable_floor_is_reported_as_not_within_budget() -> None:
     choice = choose_float_layers(int8_score, list(PENALTY), floor=101.0, progress=lambda _: None)
     assert not choice.within_budget and set(choice.keep_float) == set(PENALTY)
+    assert choice.score == int8_score(tuple(PENALTY))
+
+
+def test_unreachable_floor_keeps_the_best_scoring_set_measured_not_the_last() -> None:
+    # a noisy world where every float layer beyond "b" makes the score worse
+    def score(keep_float: tuple[str, ...]) -> float:
+        return 97.0 + 2.0 * ("b" in keep_float) - 0.5 * len([n for n in keep_float if n != "b"])
+
+    tried: list[tuple[str, ...]] = []
+    choice = choose_float_layers(lambda kept: tried.append(kept) or score(kept), list(PENALTY), floor=100.0,
+                                 progress=lambda _: None)
+    assert set(tried[-1]) == set(PENALTY)                     # it did try them all
+    assert choice.keep_float == ("b",) and choice.score == 99.0 and not choice.within_budget
+
+
+def test_among_equal_scores_the_fewest_float_layers_are_kept() -> None:
+    choice = choose_float_layers(lambda kept: 95.0, list(PENALTY), floor=99.0, progress=lambda _: None)
+    assert choice.keep_float == () and not choice.within_budget
 
 
 def sparsity_score(plan: Mapping[str, float]) -> float:
