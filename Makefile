@@ -33,8 +33,13 @@ demo: venv
 proto: venv
 	$(PY) proto/generate.py
 
-bench: venv
-	$(PY) benchmarks/run_all.py
+# The benchmarks that need neither torch nor hours: delivery, inference overhead and
+# every compression level on the digits model. docs/benchmarks.md has the others.
+bench: venv broker
+	$(PY) benchmarks/delivery_bench.py rollout --agents 20 --megabytes 5 --repeat 5 --trial-s 1
+	$(PY) benchmarks/delivery_bench.py swap --swaps 10 --threads 2
+	$(PY) benchmarks/infer_overhead.py --threads 1 --rounds 15
+	$(PY) benchmarks/compress_bench.py --nets digits
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
