@@ -220,7 +220,7 @@ class Recipe:
 
 
 # Measured on a 2-core CPU with one thread: TRAIN_STEPS take 8-10 minutes a net, and the
-# nets then reach 93-95 % (ResNet-18, two seeds) and 100 % (MobileNetV2) top-1 at 224 px.
+# nets then reach 88-95 % (ResNet-18, over runs and seeds) and 100 % (MobileNetV2) top-1 at 224 px.
 RECIPES = {"resnet18": Recipe(batch=16, lr=2e-3), "mobilenet_v2": Recipe(batch=32, lr=4e-3)}
 
 
