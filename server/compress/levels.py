@@ -29,7 +29,8 @@ NEEDS_CALIBRATION: Final[frozenset[str]] = frozenset({Level.BALANCED, Level.FAST
 DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType({
     Level.LOSSLESS: "graph-optimized FP32 (constant folding, Conv+BN folding, fusions); outputs unchanged",
     Level.FP16: "half-precision weights, float32 inputs and outputs",
-    Level.BALANCED: "static INT8 (uint8 activations, int8 per-channel weights), sensitive layers kept float within the budget",
+    Level.BALANCED: "static INT8 (activation type timed fastest here, int8 per-channel weights), "
+                    "sensitive layers kept float within the budget",
     Level.FASTEST: "static INT8 everywhere it runs, no float fallbacks",
     Level.SMALLEST: "magnitude pruning + k-means weight sharing, entropy-coded fcpack; decoded to FP32 on the device",
 })

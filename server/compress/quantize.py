@@ -1,9 +1,12 @@
-"""Static INT8 quantization with onnxruntime.quantization, the layout fast on CPUs:
-QDQ format, uint8 asymmetric activations, int8 symmetric per-channel weights.
+"""Static INT8 quantization with onnxruntime.quantization: QDQ format, asymmetric
+activations, int8 symmetric per-channel weights.
 
-Measured on AVX-512 VNNI (onnxruntime 1.32): ResNet-18 at 0.31-0.33x FP32 latency
-this way, 0.80-0.94x with int8 activations (onnxruntime's default). Dynamic
-quantization is never offered: on conv nets it was slower than FP32 and lost accuracy.
+Which activation type is fast depends on the CPU and onnxruntime's kernels for it:
+on AVX-512 VNNI (onnxruntime 1.32) ResNet-18 ran at 0.31-0.33x FP32 latency with
+uint8 activations and 0.80-0.94x with int8 (onnxruntime's default), so the levels
+time both on the machine that builds them (`Activations`, `recipes.BuildContext`).
+Dynamic quantization is never offered: on conv nets it was slower than FP32 and lost
+accuracy.
 Calibration ranges are computed once per method and cached, so trying many sets of
 float layers costs one quantization pass each, not one calibration each.
 """
@@ -38,6 +41,14 @@ class Method(enum.StrEnum):
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
 
+
+class Activations(enum.StrEnum):
+    """The activation type of the QDQ model; weights are always int8."""
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+ORT_ACTIVATIONS: Final = {Activations.UINT8: QuantType.QUInt8, Activations.INT8: QuantType.QInt8}
 
 ORT_METHODS: Final = {
     Method.MINMAX: CalibrationMethod.MinMax,
@@ -85,10 +96,12 @@ class Int8Quantizer:
         self.workdir = Path(workdir)
         self.count = 0
 
-    def quantize(self, method: Method, *, keep_float: tuple[str, ...] = ()) -> bytes:
-        """The QDQ INT8 model bytes; raises LevelError when the quantizer fails."""
+    def quantize(self, method: Method, *, keep_float: tuple[str, ...] = (),
+                 activations: Activations = Activations.UINT8) -> bytes:
+        """The QDQ INT8 model bytes; raises LevelError when the quantizer fails.
+        Calibration ranges do not depend on the activation type, so one cache serves both."""
         self.count += 1
-        output = self.workdir / f"int8-{method}-{self.count}.onnx"
+        output = self.workdir / f"int8-{method}-{activations}-{self.count}.onnx"
         extra_options = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if method is Method.PERCENTILE:
             extra_options["CalibPercentile"] = PERCENTILE
@@ -98,7 +111,7 @@ class Int8Quantizer:
                 quantize_static(
                     self.model_path, output, FeedReader(self.calibration.feeds),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    activation_type=ORT_ACTIVATIONS[activations], weight_type=QuantType.QInt8,
                     nodes_to_exclude=list(keep_float), calibrate_method=ORT_METHODS[method],
                     extra_options=extra_options,
                     calibration_cache_path=self.workdir / f"calibration-{method}.json",

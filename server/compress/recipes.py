@@ -22,7 +22,7 @@ from fleetcast.server.compress import compensate, package
 from fleetcast.server.compress.errors import LevelError
 from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_pair_ms
 from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights
-from fleetcast.server.compress.quantize import Int8Quantizer, Method, int8_weights_only, weighted_layers
+from fleetcast.server.compress.quantize import Activations, Int8Quantizer, Method, int8_weights_only, weighted_layers
 from fleetcast.server.compress.samples import SampleSet
 from fleetcast.server.compress.sensitivity import choose_float_layers, choose_per_layer
 from fleetcast.server.compress.weight_sharing import ENTRY_STEPS
@@ -30,6 +30,10 @@ from fleetcast.server.compress.weight_sharing import ENTRY_STEPS
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+
+# Two builds timed against each other count as equally fast within 3 %; then the
+# smaller (int8 weights) or the long-measured default (uint8 activations) is kept.
+SLOWER_TOLERANCE: Final = 1.03
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class Build:
 
 @dataclass
 class BuildContext:
-    """What every builder may use; the INT8 method choice is shared by balanced and fastest."""
+    """What every builder may use; the INT8 activation type and calibration method
+    choices are shared by balanced and fastest."""
 
     base: onnx.ModelProto            # normalized, graph-optimized FP32
     base_path: Path
@@ -54,6 +59,8 @@ class BuildContext:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     method_scores: dict[str, float] = field(default_factory=dict)
     quantizer: Int8Quantizer | None = None
+    activations: Activations | None = None
+    activation_ms: dict[str, float] = field(default_factory=dict)
 
     def floor(self) -> float:
         """The searches accept a choice when its validation score minus its confidence
@@ -74,15 +81,49 @@ class BuildContext:
             self.quantizer = Int8Quantizer(self.base_path, self.calibration, self.workdir)
         return self.quantizer
 
+    def latency_feed(self) -> dict[str, np.ndarray]:
+        """One batch-1 sample for timing builds against each other."""
+        return {name: array[:1] for name, array in self.evaluator.samples.feeds[0].items()}
+
+    def fast_activations(self, progress: Progress) -> Activations:
+        """The activation type onnxruntime runs faster on this machine: the whole model
+        in INT8 with uint8 and with int8 activations, timed in alternating rounds at one
+        thread. uint8 (fast with VNNI) is kept unless int8 is faster by more than the
+        timing tolerance, or int8 cannot be built."""
+        if self.activations is None:
+            method = Method(self.methods[0])
+            progress(f"timing uint8 and int8 activations ({method})")
+            uint8 = self.int8().quantize(method, activations=Activations.UINT8)
+            try:
+                int8 = self.int8().quantize(method, activations=Activations.INT8)
+            except LevelError as error:
+                logger.info("int8 activations not built, keeping uint8: %s", error)
+                self.activations = Activations.UINT8
+                return self.activations
+            uint8_ms, int8_ms = measure_latency_pair_ms(uint8, int8, self.latency_feed(), threads=1,
+                                                        config=self.latency)
+            self.activation_ms = {"uint8": uint8_ms, "int8": int8_ms}
+            self.activations = Activations.INT8 if int8_ms * SLOWER_TOLERANCE < uint8_ms else Activations.UINT8
+            logger.info("activations uint8=%.3fms int8=%.3fms: %s", uint8_ms, int8_ms, self.activations)
+        return self.activations
+
+    def int8_fields(self, method: Method) -> dict[str, object]:
+        """What the recipe of an INT8 level records of the shared choices."""
+        return {"activation_type": str(self.activations), "calibration_method": str(method),
+                "activation_latency_ms": {k: round(v, 6) for k, v in self.activation_ms.items()},
+                "method_scores": {k: round(v, 3) for k, v in self.method_scores.items()}}
+
     def best_method(self, progress: Progress) -> Method:
-        """Try each calibration method on the whole model once; keep the best scoring."""
+        """Try each calibration method on the whole model once, in the fast activation
+        type; keep the best scoring."""
+        activations = self.fast_activations(progress)
         failures = []
         for index, name in enumerate(self.methods, 1):
             if name in self.method_scores:
                 continue
             progress(f"calibrating {index}/{len(self.methods)} method {name}")
             try:
-                model = self.int8().quantize(Method(name))
+                model = self.int8().quantize(Method(name), activations=activations)
             except LevelError as error:
                 failures.append(str(error))
                 continue
@@ -114,9 +155,8 @@ def build_fp16(context: BuildContext, progress: Progress) -> Build:
 def build_fastest(context: BuildContext, progress: Progress) -> Build:
     method = context.best_method(progress)
     progress(f"quantizing every layer ({method})")
-    data = context.int8().quantize(method)
-    return Build(data, "onnx", data, {"calibration_method": str(method), "float_layers": [],
-                                      "method_scores": {k: round(v, 3) for k, v in context.method_scores.items()}})
+    data = context.int8().quantize(method, activations=context.fast_activations(progress))
+    return Build(data, "onnx", data, {**context.int8_fields(method), "float_layers": []})
 
 
 def build_balanced(context: BuildContext, progress: Progress) -> Build:
@@ -131,7 +171,8 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     def quantized(keep_float: tuple[str, ...]) -> bytes:
         if keep_float not in latest:
             latest.clear()  # the search usually ends on its latest build: keep only that one
-            latest[keep_float] = context.int8().quantize(method, keep_float=keep_float)
+            latest[keep_float] = context.int8().quantize(method, keep_float=keep_float,
+                                                         activations=context.fast_activations(progress))
         return latest[keep_float]
 
     def score_of(keep_float: tuple[str, ...]) -> float:
@@ -142,15 +183,11 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     chosen = int8_weights_only(quantized(choice.keep_float),
                                tuple(n for n in choice.keep_float if n not in float_weights))
     quality = context.evaluator.evaluate(chosen)
-    recipe = {"calibration_method": str(method), "method_scores": {k: round(v, 3) for k, v in context.method_scores.items()},
-              "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
+    recipe = {**context.int8_fields(method), "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
               "float_layer_weights": "float32" if float_weights else "int8",
               "budget_met": quality.guarded_score >= context.floor(), **context.validation_fields(quality),
               "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
     return Build(chosen, "onnx", chosen, recipe)
-
-
-SLOWER_TOLERANCE: Final = 1.03   # weight-only int8 must run within 3 % of float weights to be kept
 
 
 def float_weight_layers(context: BuildContext, quantized: bytes, keep_float: tuple[str, ...],
@@ -165,9 +202,8 @@ def float_weight_layers(context: BuildContext, quantized: bytes, keep_float: tup
     if not keep_float:
         return frozenset()
     progress(f"timing the {len(keep_float)} float layer(s) with int8 and with float32 weights")
-    feed = {name: array[:1] for name, array in context.evaluator.samples.feeds[0].items()}
-    float_ms, int8_ms = measure_latency_pair_ms(quantized, int8_weights_only(quantized, keep_float), feed,
-                                                threads=1, config=context.latency)
+    float_ms, int8_ms = measure_latency_pair_ms(quantized, int8_weights_only(quantized, keep_float),
+                                                context.latency_feed(), threads=1, config=context.latency)
     logger.info("float layers=%d weights float32=%.3fms int8=%.3fms", len(keep_float), float_ms, int8_ms)
     return frozenset(keep_float) if int8_ms > SLOWER_TOLERANCE * float_ms else frozenset()
 

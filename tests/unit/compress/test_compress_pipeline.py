@@ -11,6 +11,7 @@ from fleetcast.server.compress import package
 from fleetcast.server.compress.errors import OutputDirError, SampleError
 from fleetcast.server.compress.measure import open_session
 from fleetcast.server.compress.pipeline import CompressConfig, CompressionReport, compress
+from fleetcast.server.compress.recipes import SLOWER_TOLERANCE
 
 from tests.unit.compress.builders import DIGITS, FAST_LATENCY
 
@@ -99,11 +100,19 @@ def test_levels_shrink_the_model_in_the_expected_order(digits_report: Compressio
     assert r["smallest"].packed_bytes < r["balanced"].packed_bytes
 
 
-def test_int8_levels_are_qdq_with_uint8_activations_and_int8_weights(digits_report: CompressionReport) -> None:
-    model = onnx.load(str(by_level(digits_report)["fastest"].path))
-    zero_point_types = {t.data_type for t in model.graph.initializer if t.name.endswith("zero_point")}
-    assert {onnx.TensorProto.UINT8, onnx.TensorProto.INT8} <= zero_point_types
-    assert "DequantizeLinear" in {n.op_type for n in model.graph.node}
+def test_int8_levels_are_qdq_in_the_activation_type_timed_faster_with_int8_weights(
+        digits_report: CompressionReport) -> None:
+    for level in ("balanced", "fastest"):
+        recipe = by_level(digits_report)[level].recipe
+        timings = recipe["activation_latency_ms"]
+        faster = "int8" if timings["int8"] * SLOWER_TOLERANCE < timings["uint8"] else "uint8"
+        assert recipe["activation_type"] == faster
+        model = onnx.load(str(by_level(digits_report)[level].path))
+        zero_point_types = {t.data_type for t in model.graph.initializer if t.name.endswith("zero_point")}
+        zero_point_types.discard(onnx.TensorProto.INT32)            # biases
+        expected = {onnx.TensorProto.INT8} | ({onnx.TensorProto.UINT8} if faster == "uint8" else set())
+        assert zero_point_types == expected
+        assert "DequantizeLinear" in {n.op_type for n in model.graph.node}
 
 
 def test_report_files_are_written_beside_the_variants(digits_report: CompressionReport) -> None:
