@@ -19,15 +19,23 @@ def test_sigterm_ends_open_watches_cleanly_and_exits_zero(server: RunningServer)
     token = server.enroll("stopper-1")
     stream = server.stub().WatchAssignments(pb.WatchRequest(device_id="stopper-1"), metadata=auth(token), timeout=30)
     outcome: queue.Queue[object] = queue.Queue()
+    opened = threading.Event()
 
     def consume() -> None:
+        received = 0
         try:
-            outcome.put(("ok", sum(1 for _ in stream)))
+            for _ in stream:
+                received += 1
+                opened.set()     # the server has the watch open and sent the current assignment
+            outcome.put(("ok", received))
         except grpc.RpcError as e:
             outcome.put(("error", e.code()))
 
     threading.Thread(target=consume, daemon=True).start()
     wait_for(lambda: (server.data / "server.json").exists(), timeout_s=5, what="server.json")
+    # A watch still in flight when the server stops is refused, not ended; this test is
+    # about watches that are open, so it signals only once the first notice arrived.
+    assert opened.wait(timeout=10), "the watch never delivered its first notice"
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=15) == 0, log_tail(server.log)
     assert outcome.get(timeout=10) == ("ok", 1)
