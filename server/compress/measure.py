@@ -65,12 +65,16 @@ class Quality:
         return min(self.score, self.ceiling) - self.allowance_pp
 
 
-def open_session(model: bytes | str, *, threads: int) -> ort.InferenceSession:
+def open_session(model: bytes | str, *, threads: int, spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session; `spinning=False` keeps idle intra-op threads from busy-waiting
+    for the next run (onnxruntime spins by default)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -99,8 +103,16 @@ def measure_latency_ms(model: bytes | str, feed: Feed, *, threads: int, config: 
 def measure_latency_pair_ms(reference: bytes | str, candidate: bytes | str, feed: Feed, *, threads: int,
                             config: LatencyConfig) -> tuple[float, float]:
     """Median latencies of two models timed in alternating rounds, so that load from
-    other processes falls on both alike and their ratio stays meaningful."""
-    sessions = (open_session(reference, threads=threads), open_session(candidate, threads=threads))
+    other processes falls on both alike and their ratio stays meaningful.
+
+    Neither session spins: with several threads, the idle session's workers would
+    busy-wait after each of its rounds and take cores from the other one's first
+    runs, a fixed cost that weighs most on the faster model. On ResNet-18 at 2
+    threads on 2 cores that made INT8 0.39-0.48x FP32 where each timed alone was
+    0.33x; without spinning the pair gave 0.35x (docs/benchmarks.md).
+    """
+    sessions = (open_session(reference, threads=threads, spinning=False),
+                open_session(candidate, threads=threads, spinning=False))
     for session in sessions:
         for _ in range(config.warmup_runs):
             session.run(None, feed)

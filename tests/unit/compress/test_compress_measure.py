@@ -61,3 +61,23 @@ def test_a_loss_is_not_capped() -> None:
     reference = logits_for([0, 1, 2, 0])
     lost = compare(reference, logits_for([1, 1, 2, 0]), labels)
     assert lost.guarded_score == pytest.approx(75.0 - 100 * np.sqrt(4) / 4)
+
+
+def test_paired_timing_sessions_do_not_spin_between_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetcast.server.compress import measure
+    from tests.unit.compress.builders import DIGITS
+
+    opened: list[str] = []
+    original_open = measure.open_session
+
+    def recording_open(model, *, threads, spinning=True):
+        session = original_open(model, threads=threads, spinning=spinning)
+        opened.append(session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning"))
+        return session
+
+    monkeypatch.setattr(measure, "open_session", recording_open)
+    model = (DIGITS / "digits.onnx").read_bytes()
+    feed = {"input": np.zeros((1, 64), np.float32)}
+    config = measure.LatencyConfig(warmup_runs=1, min_runs=2, max_runs=4, min_duration_s=0.0, runs_per_round=1)
+    measure.measure_latency_pair_ms(model, model, feed, threads=2, config=config)
+    assert opened == ["0", "0"]
