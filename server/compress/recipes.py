@@ -163,7 +163,7 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     """INT8 with the most sensitive layers' activations kept float. Those layers still
     store int8 weights behind a DequantizeLinear (weight-only QDQ), and the search
     scores them that way, so the file shrinks even where activations stay float,
-    unless onnxruntime runs the model slower with them (`float_weight_layers`)."""
+    unless onnxruntime runs the model slower with them (`int8_weights_slower`)."""
     method = context.best_method(progress)
     layers = weighted_layers(context.base)
     latest: dict[tuple[str, ...], bytes] = {}
@@ -179,33 +179,33 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
         return context.evaluator.evaluate(int8_weights_only(quantized(keep_float), keep_float)).guarded_score
 
     choice = choose_float_layers(score_of, layers, context.floor(), progress)
-    float_weights = float_weight_layers(context, quantized(choice.keep_float), choice.keep_float, progress)
-    chosen = int8_weights_only(quantized(choice.keep_float),
-                               tuple(n for n in choice.keep_float if n not in float_weights))
+    float32_weights = int8_weights_slower(context, quantized(choice.keep_float), choice.keep_float, progress)
+    chosen = int8_weights_only(quantized(choice.keep_float), () if float32_weights else choice.keep_float)
     quality = context.evaluator.evaluate(chosen)
-    recipe = {**context.int8_fields(method), "float_layers": list(choice.keep_float), "quantized_layers": len(layers) - len(choice.keep_float),
-              "float_layer_weights": "float32" if float_weights else "int8",
+    recipe = {**context.int8_fields(method), "float_layers": list(choice.keep_float),
+              "quantized_layers": len(layers) - len(choice.keep_float),
+              "float_layer_weights": "float32" if float32_weights else "int8",
               "budget_met": quality.guarded_score >= context.floor(), **context.validation_fields(quality),
               "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
     return Build(chosen, "onnx", chosen, recipe)
 
 
-def float_weight_layers(context: BuildContext, quantized: bytes, keep_float: tuple[str, ...],
-                        progress: Progress) -> frozenset[str]:
-    """The float layers whose weights stay float32: all of them when onnxruntime runs
-    the whole model measurably slower with their weights in weight-only int8, else none.
+def int8_weights_slower(context: BuildContext, quantized: bytes, keep_float: tuple[str, ...],
+                        progress: Progress) -> bool:
+    """Whether onnxruntime runs the whole model measurably slower with the float
+    layers' weights in weight-only int8 than in float32; if so, all keep float32.
 
     The two forms are timed as whole models, in alternating rounds. Timing each layer
     on its own, with a tolerance each, let many small slowdowns through: on MobileNetV2
     with 53 float layers they added up to 2.5 times the FP32 latency.
     """
     if not keep_float:
-        return frozenset()
+        return False
     progress(f"timing the {len(keep_float)} float layer(s) with int8 and with float32 weights")
     float_ms, int8_ms = measure_latency_pair_ms(quantized, int8_weights_only(quantized, keep_float),
                                                 context.latency_feed(), threads=1, config=context.latency)
     logger.info("float layers=%d weights float32=%.3fms int8=%.3fms", len(keep_float), float_ms, int8_ms)
-    return frozenset(keep_float) if int8_ms > SLOWER_TOLERANCE * float_ms else frozenset()
+    return int8_ms > SLOWER_TOLERANCE * float_ms
 
 
 def build_smallest(context: BuildContext, progress: Progress) -> Build:
