@@ -279,6 +279,9 @@ class Sender:
         except TransientError as e:
             logger.info("uplink unavailable, keeping the spool: %s", e)
             return False
+        except Exception:  # noqa: BLE001 (an uplink bug must not stop telemetry for good)
+            logger.exception("uplink failed unexpectedly, keeping the spool")
+            return False
 
     def _run(self) -> None:
         next_window = time.monotonic() + self.interval_s
@@ -286,10 +289,15 @@ class Sender:
         while not self.stop.is_set():
             self._wake.wait(timeout=max(0.0, next_window - time.monotonic()))
             self._wake.clear()
-            if time.monotonic() >= next_window or self.stop.is_set():
-                self.close_window()
-                next_window = time.monotonic() + self.interval_s
-            if self.flush():
+            try:
+                if time.monotonic() >= next_window or self.stop.is_set():
+                    self.close_window()
+                    next_window = time.monotonic() + self.interval_s
+                sent = self.flush()
+            except Exception:  # noqa: BLE001 (the sender never dies: a full disk may clear)
+                logger.exception("telemetry sender step failed; retrying in %.0fs", backoff_s)
+                sent = False
+            if sent:
                 backoff_s = 1.0
             else:
                 self.stop.wait(backoff_s)
