@@ -210,6 +210,7 @@ class MqttListener:
         self.client.loop_start()
 
     def close(self) -> None:
+        self.receipts.close()   # a sender waiting for acks gives up now and keeps its spool
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -25,6 +25,7 @@ class Receipts:
         self.max_receipts = max_receipts
         self._acks: OrderedDict[tuple[str, str], UplinkAck] = OrderedDict()
         self._changed = threading.Condition()
+        self._closed = False
 
     def record(self, ack: UplinkAck) -> None:
         with self._changed:
@@ -45,9 +46,15 @@ class Receipts:
             while True:
                 found = {i: a for i in ids if (a := self._acks.get((kind, i))) is not None}
                 left = deadline - time.monotonic()
-                if len(found) == len(ids) or left <= 0:
+                if len(found) == len(ids) or left <= 0 or self._closed:
                     return found
                 self._changed.wait(left)
+
+    def close(self) -> None:
+        """Ends every wait now (the agent is stopping): waits return what they have."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
     def forget(self, kind: str, ids: Collection[str]) -> None:
         """Drops receipts the spool has acted on."""

@@ -191,3 +191,9 @@ def test_receipts_are_bounded_oldest_first() -> None:
     for i in range(5):
         receipts.record(UplinkAck(kind="telemetry", id=f"b{i}"))
     assert [receipts.get("telemetry", f"b{i}") is not None for i in range(5)] == [False, False, True, True, True]
+
+
+def test_closing_receipts_ends_a_wait_at_once() -> None:
+    receipts = Receipts()
+    threading.Timer(0.05, receipts.close).start()
+    assert receipts.wait("telemetry", ["never"], timeout_s=30) == {}
