@@ -128,9 +128,16 @@ def test_agent_restarts_lose_nothing_and_count_nothing_twice(
     counted.infer(40)
     agent.restart()                       # the open window is spooled at stop, sent after start
     counted.infer(30)
+    broker.stop()
+    counted.infer(20)
+    wait_for(lambda: spool_counts(agent)[0] > 0, timeout_s=30,
+             what="a window to close while the broker is away", context=agent.log_tail)
+    counted.infer(15)                     # counted after the sender first found no broker
+    agent.restart()                       # stopped while the sender cannot reach the broker
+    broker.start()
     server.stop()
-    counted.infer(20)                     # spooled unacknowledged while the server is away ...
+    counted.infer(15)                     # spooled unacknowledged while the server is away ...
     agent.restart()                       # ... across another restart
     server.start()
     counted.infer(10)
-    assert_counted_exactly(counted, counted.base + 100)
+    assert_counted_exactly(counted, counted.base + 130)
