@@ -206,7 +206,12 @@ class MqttBridge:
             return
         # Stored before this callback returns: paho sends the PUBACK only after it, so the
         # broker redelivers anything this server had not committed when it stopped.
-        future = asyncio.run_coroutine_threadsafe(handler(device_id, payload), self._loop)
+        if self._loop.is_closed():
+            return   # stopping: unacknowledged, so the device sends it again
+        try:
+            future = asyncio.run_coroutine_threadsafe(handler(device_id, payload), self._loop)
+        except RuntimeError:  # the loop closed meanwhile; same as above
+            return
         try:
             ack = future.result(timeout=self._store_timeout_s)
         except concurrent.futures.TimeoutError:
