@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 
+import grpc
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -15,7 +16,7 @@ from fleetcast.agent.control import MqttListener, MqttUplink
 from fleetcast.proto import telemetry as buckets
 from fleetcast.proto import topics
 from fleetcast.proto.v1 import device_pb2 as pb
-from tests.integration.server.conftest import RunningServer, launch
+from tests.integration.server.conftest import RunningServer, auth, launch
 from tests.support import models
 from tests.support.broker import Broker
 from tests.support.waiting import wait_for
@@ -145,3 +146,15 @@ def test_payloads_naming_another_device_are_refused_counted_and_never_acknowledg
         device.close()
     assert counted(acking, sender) == 2 and counted(acking, victim) == 0
     assert acking.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["outcome"] in (None, "")
+
+
+def test_a_grpc_status_report_naming_another_device_is_refused(acking: RunningServer) -> None:
+    own, other = f"grpc-{uuid.uuid4().hex[:8]}", f"grpc-{uuid.uuid4().hex[:8]}"
+    token = acking.enroll(own)
+    acking.enroll(other)
+    with pytest.raises(grpc.RpcError) as refused:
+        acking.stub().ReportStatus(pb.StatusReport(state="idle", device_id=other),
+                                   metadata=auth(token), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert other in (refused.value.details() or "")
+    acking.stub().ReportStatus(pb.StatusReport(state="idle", device_id=own), metadata=auth(token), timeout=10)
