@@ -4,8 +4,11 @@ Counting is cheap: each loaded model has its own `Counters`, and an inference ad
 one sample to it with a single lock-free `deque.append`. Every telemetry interval the
 window is closed into a `TelemetryBatch` with a fresh batch id and stored in the
 SQLite spool (`telemetry.db`). The sender sends spooled batches oldest first and
-deletes one only when its acknowledgement arrives, so nothing acknowledged is lost
-and a batch sent twice is counted once by the server (it deduplicates by batch id).
+deletes one only when the server's acknowledgement arrives (gRPC `TelemetryAck`, or
+an `UplinkAck` on the device's MQTT ack topic: a broker's PUBACK is not enough), so
+nothing is lost to a broker crash and a batch sent twice is counted once by the
+server (it deduplicates by batch id). The sender thread never dies: every failure
+of a step is logged and retried with backoff.
 While the server is unreachable batches keep spooling, up to `max_batches`; past
 that the oldest are dropped and the count logged.
 
