@@ -22,7 +22,8 @@ from fleetcast import agent as agent_package
 from fleetcast.agent.backends import available_backends
 from fleetcast.agent.config import AgentConfig
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
-from fleetcast.agent.errors import EnrollmentError, ServerUnavailableError
+from fleetcast.agent.errors import BrokerUnavailableError, EnrollmentError, ServerUnavailableError
+from fleetcast.agent.receipts import Receipts
 from fleetcast.proto import topics
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
 
@@ -179,9 +180,16 @@ class Notifier:
 
 
 class MqttListener:
-    """paho-mqtt client (id = device id) subscribed to this device's and the fleet's topic."""
+    """paho-mqtt client (id = device id) subscribed to this device's and the fleet's topic.
 
-    def __init__(self, url: str, device_id: str, notify: Notify) -> None:
+    This is the agent's one connection to the broker: the uplink publishes through it
+    and the server's acks (the device's ack topic) arrive through it into `receipts`.
+    paho's loop thread reconnects with backoff; subscriptions are made in `on_connect`
+    so every reconnect restores them.
+    """
+
+    def __init__(self, url: str, device_id: str, notify: Notify, *,
+                 receipts: Receipts | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         parts = urlsplit(url)
@@ -190,9 +198,11 @@ class MqttListener:
         self.host, self.port = parts.hostname, parts.port or 1883
         self.device_id = device_id
         self.notify = notify
+        self.receipts = receipts if receipts is not None else Receipts()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self) -> None:
@@ -200,26 +210,46 @@ class MqttListener:
         self.client.loop_start()
 
     def close(self) -> None:
+        self.receipts.close()   # a sender waiting for acks gives up now and keeps its spool
         self.client.disconnect()
         self.client.loop_stop()
 
-    def publish(self, topic: str, payload: bytes, timeout_s: float) -> bool:
-        """Publishes at QoS 1; True once the broker acknowledged it."""
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(timeout_s)
-        return info.is_published()
+    def connected(self) -> bool:
+        return self.client.is_connected()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Hands a QoS 1 message to paho; raises BrokerUnavailableError when it cannot.
+
+        Nothing is queued while disconnected: the spool keeps the item and the sender
+        tries again, so paho's memory never fills with copies of the same batch.
+        """
+        if not self.connected():
+            raise BrokerUnavailableError(f"not connected to the broker {self.host}:{self.port}")
+        try:
+            info = self.client.publish(topic, payload, qos=1)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise BrokerUnavailableError(f"publish to {topic} failed: {e}") from e
+        if info.rc != 0:   # MQTT_ERR_SUCCESS
+            raise BrokerUnavailableError(f"publish to {topic} failed: paho rc={info.rc}")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
             logger.warning("mqtt connect refused: %s", reason_code)
             return
         # Subscribing here restores the subscriptions after every reconnect.
-        client.subscribe([(topics.device_assignment(self.device_id), 1), (topics.FLEET_ASSIGNMENT, 1)])
+        client.subscribe([(topics.device_assignment(self.device_id), 1), (topics.FLEET_ASSIGNMENT, 1),
+                          (topics.device_ack(self.device_id), 1)])
         logger.info("mqtt connected host=%s port=%d", self.host, self.port)
         self.notify("")
 
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        logger.info("mqtt disconnected reason=%s; reconnecting", reason_code)
+
     def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
         if len(message.payload) > topics.MAX_PAYLOAD_BYTES:
+            return
+        if message.topic == topics.device_ack(self.device_id):
+            self._on_ack(bytes(message.payload))
             return
         try:
             notice = topics.AssignmentNotice.decode(message.payload)
@@ -230,23 +260,60 @@ class MqttListener:
                     notice.director_version, notice.deployment_id)
         self.notify(notice.deployment_id)
 
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = topics.UplinkAck.decode(payload)
+        except topics.TopicError as e:
+            logger.warning("mqtt ack ignored: %s", e)
+            return
+        self.receipts.record(ack)
+
 
 class MqttUplink:
-    """`telemetry.Uplink` over MQTT: status and telemetry published at QoS 1."""
+    """`telemetry.Uplink` over MQTT: published at QoS 1, done only on the server's ack.
+
+    Each call publishes what it is given and waits up to `timeout_s` for the server's
+    `UplinkAck`s; only acknowledged items are reported done (the spool deletes those),
+    the rest stay spooled and are sent again on the next round. A status report is
+    acknowledged by the digest of its payload, a batch by its batch id.
+    """
 
     def __init__(self, listener: MqttListener, device_id: str, timeout_s: float) -> None:
         self.listener = listener
+        self.receipts = listener.receipts
         self.device_id = device_id
         self.timeout_s = timeout_s
 
     def send_status(self, report: device_pb2.StatusReport) -> None:
-        if not self.listener.publish(topics.device_status(self.device_id), report.SerializeToString(),
-                                     self.timeout_s):
-            raise ServerUnavailableError("status not acknowledged by the broker")
+        message = device_pb2.StatusReport()
+        message.CopyFrom(report)
+        message.device_id = self.device_id   # the server checks it against the topic
+        payload = message.SerializeToString(deterministic=True)
+        ack_id = topics.status_ack_id(payload)
+        if self.receipts.get("status", ack_id) is None:
+            self.listener.publish(topics.device_status(self.device_id), payload)
+        acks = self.receipts.wait("status", [ack_id], self.timeout_s)
+        if ack_id not in acks:
+            raise ServerUnavailableError(f"status not acknowledged by the server within {self.timeout_s:.0f} s")
+        self.receipts.forget("status", [ack_id])
+        _log_refused(acks[ack_id])
 
     def send_batches(self, batches: Sequence[device_pb2.TelemetryBatch]) -> Iterator[str]:
+        ids = [b.batch_id for b in batches]
         for batch in batches:
-            if not self.listener.publish(topics.device_telemetry(self.device_id),
-                                         batch.SerializeToString(), self.timeout_s):
-                raise ServerUnavailableError("telemetry not acknowledged by the broker")
-            yield batch.batch_id
+            if self.receipts.get("telemetry", batch.batch_id) is None:
+                self.listener.publish(topics.device_telemetry(self.device_id), batch.SerializeToString())
+        acks = self.receipts.wait("telemetry", ids, self.timeout_s)
+        if not acks:
+            raise ServerUnavailableError(
+                f"no telemetry acknowledged by the server within {self.timeout_s:.0f} s: kept in the spool")
+        for batch_id in ids:
+            if batch_id in acks:
+                _log_refused(acks[batch_id])
+                yield batch_id
+        self.receipts.forget("telemetry", list(acks))
+
+
+def _log_refused(ack: topics.UplinkAck) -> None:
+    if ack.result == "refused":
+        logger.warning("server refused %s id=%s for good, dropped from the spool: %s", ack.kind, ack.id, ack.reason)

@@ -7,6 +7,7 @@ AgentError
   + TransientError            retried with backoff; the deployment goes on later
   |   DownloadError           connection dropped, server busy, short read
   |   ServerUnavailableError  the control server cannot be reached
+  |   BrokerUnavailableError  the MQTT broker cannot be reached or refused a publish
   + FatalError                ends the deployment, always reported
       VerificationError       bad signature, digest or length mismatch, expired, rollback
       TrustRootError          the configured trust root is missing or unreadable
@@ -43,6 +44,10 @@ class DownloadError(TransientError):
 
 class ServerUnavailableError(TransientError):
     """The control server could not be reached or answered with a transient error."""
+
+
+class BrokerUnavailableError(TransientError):
+    """The MQTT broker is not connected or would not take a message; the spool keeps it."""
 
 
 class FatalError(AgentError):

@@ -4,8 +4,11 @@ Counting is cheap: each loaded model has its own `Counters`, and an inference ad
 one sample to it with a single lock-free `deque.append`. Every telemetry interval the
 window is closed into a `TelemetryBatch` with a fresh batch id and stored in the
 SQLite spool (`telemetry.db`). The sender sends spooled batches oldest first and
-deletes one only when its acknowledgement arrives, so nothing acknowledged is lost
-and a batch sent twice is counted once by the server (it deduplicates by batch id).
+deletes one only when the server's acknowledgement arrives (gRPC `TelemetryAck`, or
+an `UplinkAck` on the device's MQTT ack topic: a broker's PUBACK is not enough), so
+nothing is lost to a broker crash and a batch sent twice is counted once by the
+server (it deduplicates by batch id). The sender thread never dies: every failure
+of a step is logged and retried with backoff.
 While the server is unreachable batches keep spooling, up to `max_batches`; past
 that the oldest are dropped and the count logged.
 
@@ -279,6 +282,9 @@ class Sender:
         except TransientError as e:
             logger.info("uplink unavailable, keeping the spool: %s", e)
             return False
+        except Exception:  # noqa: BLE001 (an uplink bug must not stop telemetry for good)
+            logger.exception("uplink failed unexpectedly, keeping the spool")
+            return False
 
     def _run(self) -> None:
         next_window = time.monotonic() + self.interval_s
@@ -286,10 +292,15 @@ class Sender:
         while not self.stop.is_set():
             self._wake.wait(timeout=max(0.0, next_window - time.monotonic()))
             self._wake.clear()
-            if time.monotonic() >= next_window or self.stop.is_set():
-                self.close_window()
-                next_window = time.monotonic() + self.interval_s
-            if self.flush():
+            try:
+                if time.monotonic() >= next_window or self.stop.is_set():
+                    self.close_window()
+                    next_window = time.monotonic() + self.interval_s
+                sent = self.flush()
+            except Exception:  # noqa: BLE001 (the sender never dies: a full disk may clear)
+                logger.exception("telemetry sender step failed; retrying in %.0fs", backoff_s)
+                sent = False
+            if sent:
                 backoff_s = 1.0
             else:
                 self.stop.wait(backoff_s)

@@ -10,14 +10,22 @@ over gRPC whichever way it was told.
 | fleetcast/v1/fleet/assignment           | server -> all   | 1   | JSON `{"v": 1}`: every device looks again |
 | fleetcast/v1/devices/{device_id}/status | device -> server | 1  | `StatusReport` protobuf bytes |
 | fleetcast/v1/devices/{device_id}/telemetry | device -> server | 1 | `TelemetryBatch` protobuf bytes |
+| fleetcast/v1/devices/{device_id}/ack    | server -> device | 1  | JSON `UplinkAck`: a status or batch the server has stored |
 
-The broker's ACL (deploy/mosquitto/acl) lets a client whose id is the device id read
-only its own assignment topic and the fleet topic, and write only its own status and
+The ack topic closes the loop the broker cannot: a broker's PUBACK only says the broker
+has the message, which a broker crash can still lose. The server publishes an
+`UplinkAck` once a status report or telemetry batch is stored (or known already, or
+refused for good), and the agent deletes a spooled item only on that ack; anything
+unacknowledged is sent again, and the server counts each batch id once.
+
+The broker's ACL (deploy/mosquitto/acl) lets a device read only its own assignment
+and ack topics and the fleet topic, and write only its own status and
 telemetry topics. Payloads larger than MAX_PAYLOAD_BYTES are dropped unread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +36,10 @@ FLEET_ASSIGNMENT: Final = f"{PREFIX}/fleet/assignment"
 DEVICE_WILDCARD_STATUS: Final = f"{PREFIX}/devices/+/status"
 DEVICE_WILDCARD_TELEMETRY: Final = f"{PREFIX}/devices/+/telemetry"
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
+MAX_ACK_BYTES: Final = 4096
+MAX_ACK_ID_CHARS: Final = 128
+ACK_KINDS: Final = frozenset({"status", "telemetry"})
+ACK_RESULTS: Final = frozenset({"stored", "duplicate", "refused"})
 
 # Device ids appear in topics and (never as paths) in storage keys: no '/', '+', '#'.
 DEVICE_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -58,11 +70,15 @@ def device_telemetry(device_id: str) -> str:
     return f"{PREFIX}/devices/{check_device_id(device_id)}/telemetry"
 
 
+def device_ack(device_id: str) -> str:
+    return f"{PREFIX}/devices/{check_device_id(device_id)}/ack"
+
+
 def device_of(topic: str) -> tuple[str, str]:
     """Returns (device_id, kind) for an upstream device topic; raises TopicError otherwise."""
     parts = topic.split("/")
     if len(parts) != 5 or "/".join(parts[:3]) != f"{PREFIX}/devices" or parts[4] not in {
-        "status", "telemetry", "assignment"
+        "status", "telemetry", "assignment", "ack"
     }:
         raise TopicError(f"topic {topic!r} is not a Fleetcast v1 device topic")
     return check_device_id(parts[3]), parts[4]
@@ -96,3 +112,50 @@ class AssignmentNotice:
         if not isinstance(version, int) or version < 0 or not isinstance(deployment, str):
             raise TopicError("assignment notice has a bad director_version or deployment_id")
         return cls(director_version=version, deployment_id=deployment[:128])
+
+
+@dataclass(frozen=True)
+class UplinkAck:
+    """The server's word that one status report or telemetry batch is dealt with.
+
+    `id` is the batch id for telemetry and `status_ack_id(payload)` for a status report
+    (status reports carry no id of their own). `result` is "stored", "duplicate" (stored
+    before: the device may forget it) or "refused" (never storable: `reason` says why; the
+    device drops it rather than resend it forever).
+    """
+
+    kind: str
+    id: str
+    result: str = "stored"
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        doc = {"v": 1, "kind": self.kind, "id": self.id, "result": self.result}
+        if self.reason:
+            doc["reason"] = self.reason[:1000]
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "UplinkAck":
+        if len(payload) > MAX_ACK_BYTES:
+            raise TopicError(f"uplink ack of {len(payload)} bytes is larger than {MAX_ACK_BYTES}")
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise TopicError(f"uplink ack is not JSON: {e}") from e
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise TopicError('uplink ack must be a JSON object with "v": 1')
+        kind, ack_id = doc.get("kind"), doc.get("id")
+        result, reason = doc.get("result", "stored"), doc.get("reason", "")
+        if kind not in ACK_KINDS or result not in ACK_RESULTS:
+            raise TopicError(f"uplink ack needs kind in {sorted(ACK_KINDS)} and result in {sorted(ACK_RESULTS)}")
+        if not isinstance(ack_id, str) or not 0 < len(ack_id) <= MAX_ACK_ID_CHARS:
+            raise TopicError(f"uplink ack id must be a string of 1-{MAX_ACK_ID_CHARS} characters")
+        if not isinstance(reason, str):
+            raise TopicError("uplink ack reason must be a string")
+        return cls(kind=kind, id=ack_id, result=result, reason=reason[:1000])
+
+
+def status_ack_id(payload: bytes) -> str:
+    """The id a status report is acknowledged by: a digest of its exact payload bytes."""
+    return hashlib.sha256(payload).hexdigest()[:32]

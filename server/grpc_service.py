@@ -122,6 +122,9 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
     @unary
     async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.StatusAck:
         device_id = await self._device(context)
+        if request.device_id and request.device_id != device_id:
+            raise InvalidRequest(f"status report names device {request.device_id[:80]!r} "
+                                 f"but was sent by {device_id!r}")
         await asyncio.to_thread(self.s.deployments.apply_status, device_id, StatusUpdate.from_message(request))
         return pb.StatusAck()
 

@@ -6,8 +6,10 @@ threads); watchers live on the event loop and always see the latest notice.
 
 The MQTT bridge (paho-mqtt, callback API v2) publishes retained QoS 1 notices to
 each device's assignment topic and consumes the upstream status and telemetry
-topics, handing each parsed message to the same domain functions the gRPC service
-uses. It subscribes in `on_connect`, so a reconnect restores the subscriptions.
+topics, handing each payload to `server/upstream.py`, which checks and stores it with
+the same domain functions the gRPC service uses; the acknowledgement it returns is
+published to the device's ack topic. It subscribes in `on_connect`, so a reconnect
+restores the subscriptions.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from fleetcast.proto import topics
-from fleetcast.proto.topics import AssignmentNotice
+from fleetcast.proto.topics import AssignmentNotice, UplinkAck
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,8 @@ class Hub:
                 watcher.offer(None)
 
 
-UpstreamHandler = Callable[[str, bytes], Awaitable[None]]
+# (device id from the topic, payload) -> the ack to send the device, None for none.
+UpstreamHandler = Callable[[str, bytes], Awaitable[UplinkAck | None]]
 
 
 def mqtt_client_id(data_dir: Path) -> str:
@@ -203,13 +206,23 @@ class MqttBridge:
             return
         # Stored before this callback returns: paho sends the PUBACK only after it, so the
         # broker redelivers anything this server had not committed when it stopped.
-        future = asyncio.run_coroutine_threadsafe(handler(device_id, payload), self._loop)
+        if self._loop.is_closed():
+            return   # stopping: unacknowledged, so the device sends it again
         try:
-            future.result(timeout=self._store_timeout_s)
+            future = asyncio.run_coroutine_threadsafe(handler(device_id, payload), self._loop)
+        except RuntimeError:  # the loop closed meanwhile; same as above
+            return
+        try:
+            ack = future.result(timeout=self._store_timeout_s)
         except concurrent.futures.TimeoutError:
+            # Not acknowledged to the device, so it sends the message again.
             logger.error("mqtt message not stored within %.0f s topic=%s", self._store_timeout_s, message.topic)
-        except Exception as e:  # a refused payload: logged and acknowledged, never retried
-            logger.warning("mqtt message refused topic=%s error=%s", message.topic, e)
+            return
+        except Exception:  # a store failure: unacknowledged, so the device sends it again
+            logger.exception("mqtt message not stored topic=%s", message.topic)
+            return
+        if ack is not None:
+            self._client.publish(topics.device_ack(device_id), ack.encode(), qos=1)
 
     def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
         self._client.publish(topics.device_assignment(device_id), notice.encode(), qos=1, retain=True)

@@ -76,7 +76,7 @@ class MetadataResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("deployment_id", "state", "event", "model", "version", "variant", "sha256", "reason", "timestamp_ms", "active_model", "final", "outcome")
+    __slots__ = ("deployment_id", "state", "event", "model", "version", "variant", "sha256", "reason", "timestamp_ms", "active_model", "final", "outcome", "device_id")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class StatusReport(_message.Message):
     ACTIVE_MODEL_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     state: str
     event: str
@@ -101,7 +102,8 @@ class StatusReport(_message.Message):
     active_model: str
     final: bool
     outcome: str
-    def __init__(self, deployment_id: _Optional[str] = ..., state: _Optional[str] = ..., event: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., reason: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., active_model: _Optional[str] = ..., final: _Optional[bool] = ..., outcome: _Optional[str] = ...) -> None: ...
+    device_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., state: _Optional[str] = ..., event: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., reason: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., active_model: _Optional[str] = ..., final: _Optional[bool] = ..., outcome: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
 
 class StatusAck(_message.Message):
     __slots__ = ()

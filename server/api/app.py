@@ -11,24 +11,21 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator
+from typing import Final
 
 from aiohttp import web
-from google.protobuf.message import DecodeError
 
-from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.server import refresher
 from fleetcast.server.api import openapi
 from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, OPENAPI, SERVICES, Addresses
 from fleetcast.server.api.routes import ROUTES, Handler, Route
 from fleetcast.server.config import ServerConfig
-from fleetcast.server.deployments import StatusUpdate
 from fleetcast.server.errors import FleetcastError, Unauthenticated, http_status
 from fleetcast.server.grpc_service import start_grpc
 from fleetcast.server.notify import MqttBridge, mqtt_client_id
 from fleetcast.server.services import Services, open_services
-from fleetcast.server.telemetry import Batch
+from fleetcast.server.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -115,35 +112,17 @@ async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
     await server.stop(config.grpc_grace_s)
 
 
-def _upstream(services: Services) -> tuple[object, object]:
+def _upstream(services: Services) -> Upstream:
     """The MQTT bridge's handlers: status and telemetry stored as if they came over gRPC."""
-
-    def handler(kind: str, parse: Callable[[bytes], Any], apply: Callable[[str, Any], Any]) -> object:
-        async def handle(device_id: str, payload: bytes) -> None:
-            if await asyncio.to_thread(services.store.device, device_id) is None:
-                logger.warning("mqtt %s dropped: device_id=%s is not enrolled", kind, device_id)
-                return
-            try:
-                message = parse(payload)
-            except DecodeError as e:
-                logger.warning("mqtt %s dropped device_id=%s: not a %s message (%s)", kind, device_id, kind, e)
-                return
-            await asyncio.to_thread(apply, device_id, message)
-        return handle
-
-    return (
-        handler("status", lambda p: StatusUpdate.from_message(pb.StatusReport.FromString(p)),
-                services.deployments.apply_status),
-        handler("telemetry", lambda p: Batch.from_message(pb.TelemetryBatch.FromString(p)),
-                services.telemetry.ingest),
-    )
+    return Upstream(is_enrolled=lambda device_id: services.store.device(device_id) is not None,
+                    apply_status=services.deployments.apply_status, ingest=services.telemetry.ingest)
 
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
-    on_status, on_telemetry = _upstream(services)
+    upstream = _upstream(services)
     bridge = MqttBridge(services.config.mqtt_url or "", loop=asyncio.get_running_loop(),
-                        on_status=on_status, on_telemetry=on_telemetry,  # type: ignore[arg-type]
+                        on_status=upstream.status, on_telemetry=upstream.telemetry,
                         client_id=mqtt_client_id(services.config.data_dir))
     bridge.start()
     services.hub.add_sink(bridge)

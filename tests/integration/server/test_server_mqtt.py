@@ -59,7 +59,7 @@ def test_deployment_publishes_a_retained_notice_and_status_comes_back_over_mqtt(
         assert notice.deployment_id == dep["id"] and notice.director_version >= 1
 
         report = pb.StatusReport(deployment_id=dep["id"], state="idle", event="success", final=True,
-                                 outcome="installed", active_model="mqtt-model@1")
+                                 outcome="installed", active_model="mqtt-model@1", device_id=device_id)
         device.client.publish(topics.device_status(device_id), report.SerializeToString(), qos=1)
 
         def outcome() -> str | None:
