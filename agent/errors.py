@@ -7,6 +7,7 @@ AgentError
   + TransientError            retried with backoff; the deployment goes on later
   |   DownloadError           connection dropped, server busy, short read
   |   ServerUnavailableError  the control server cannot be reached
+  |   ReenrollmentRefused     the id is enrolled with another key; waits for the operator's approval
   + FatalError                ends the deployment, always reported
       VerificationError       bad signature, digest or length mismatch, expired, rollback
       TrustRootError          the configured trust root is missing or unreadable
@@ -43,6 +44,11 @@ class DownloadError(TransientError):
 
 class ServerUnavailableError(TransientError):
     """The control server could not be reached or answered with a transient error."""
+
+
+class ReenrollmentRefused(TransientError):
+    """The server holds a live credential for this id made with another key: the operator
+    approves with `fleetcast device reprovision ID`; until then the agent waits."""
 
 
 class FatalError(AgentError):

@@ -25,7 +25,7 @@ from fleetcast.agent.control import ControlClient, MqttListener, MqttUplink, Not
 from fleetcast.agent.datadir import DataDir, write_atomic
 from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport, Transport
 from fleetcast.agent.errors import (
-    ActivationError, AgentError, ServerUnavailableError, TransientError, VerificationError,
+    ActivationError, AgentError, ReenrollmentRefused, ServerUnavailableError, TransientError, VerificationError,
 )
 from fleetcast.agent.flow import Event, FlowConfig, Handler, Outcome, Record, Runner, State, StateStore
 from fleetcast.agent.local_api import LocalApi
@@ -87,6 +87,10 @@ class Agent:
             try:
                 self.client.ensure_enrolled()
                 return True
+            except ReenrollmentRefused as e:
+                backoff_s = self.config.retry_backoff_max_s   # waits for the operator: no spinning
+                logger.warning("enrollment: %s; trying again in %.0fs", e, backoff_s)
+                self.stop.wait(backoff_s)
             except ServerUnavailableError as e:
                 logger.warning("enrollment: %s; retrying in %.0fs", e, backoff_s)
                 self.stop.wait(backoff_s)
@@ -96,7 +100,8 @@ class Agent:
     def _start_control(self, trust_root) -> None:  # noqa: ANN001 (trust.TrustRoot)
         token = self.client.token
         transport: Transport = (
-            HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes)
+            HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes,
+                          ca_file=self.config.server_ca_path)
             if self.config.artifacts_url else GrpcTransport(self.client.stub, token))
         self.downloader = Downloader(self.data.downloads, transport,
                                      DownloadConfig(max_artifact_bytes=self.config.max_artifact_bytes,

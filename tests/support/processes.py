@@ -194,6 +194,15 @@ class ServerProcess(_Process):
         return self.data_dir / "trust-root.json"
 
     @property
+    def server_ca(self) -> Path:
+        """The CA the server's TLS certificate chains to (agents and clients pin it)."""
+        return self.data_dir / "server-ca.pem"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
     def blobs_dir(self) -> Path:
         return self.data_dir / "blobs"
 
@@ -205,7 +214,7 @@ class ServerProcess(_Process):
         """An operator SDK client for this server (close it, or use it in a `with`)."""
         from fleetcast.sdk import Client
 
-        return Client(self.http, self.operator_token)
+        return Client(self.http, self.operator_token, ca=self.server_ca)
 
 
 class AgentProcess(_Process):
@@ -236,16 +245,25 @@ class AgentProcess(_Process):
         self.label = f"agent {device_id}"
         self.info: dict[str, Any] = {}
 
+    @property
+    def enroll_token_file(self) -> Path:
+        """Where the enroll token is written (0600) for --enroll-token-file: never on argv."""
+        return self.data_dir.parent / f"{self.data_dir.name}.enroll-token"
+
     def command(self) -> list[str]:
         grpc = self.server.grpc if isinstance(self.server, ServerProcess) else self.server
+        fd = os.open(self.enroll_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.enroll_token + "\n")
         cmd = [
             sys.executable, "-m", "fleetcast.sdk.console", "agent",
             "--server", grpc, "--data", str(self.data_dir), "--device-id", self.device_id,
             "--hardware", self.hardware, "--trust-root", str(self.trust_root),
-            # One argument, so a token that starts with "-" is not taken for an option.
-            f"--enroll-token={self.enroll_token}",
+            "--enroll-token-file", str(self.enroll_token_file),
             "--trial-s", "1", "--poll-interval-s", "5", "--telemetry-interval-s", "1",
         ]
+        if isinstance(self.server, ServerProcess):
+            cmd += ["--server-ca", str(self.server.server_ca)]
         if self.mqtt_url:
             cmd += ["--mqtt", self.mqtt_url]
         return cmd + ["-v"] + self.extra_args
