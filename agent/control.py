@@ -21,7 +21,7 @@ import grpc
 from fleetcast import agent as agent_package
 from fleetcast.agent.backends import available_backends
 from fleetcast.agent.config import AgentConfig
-from fleetcast.agent.credentials import Credentials
+from fleetcast.agent.credentials import Credentials, credential_refused
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
 from fleetcast.agent.errors import EnrollmentError, ReenrollmentRefused, ServerUnavailableError
 from fleetcast.proto import topics
@@ -47,18 +47,6 @@ def _tls_hint(error: grpc.RpcError) -> str:
         return (f" ({details}): the server's certificate does not chain to the pinned server CA; copy the "
                 "server's DATA/server-ca.pem next to trust-root.json (or give --server-ca)")
     return ""
-
-
-def credential_refused(error: grpc.RpcError, device_id: str) -> bool:
-    """Logs at WARNING, with what to do, when the server no longer accepts this device."""
-    if error.code() not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}:
-        return False
-    logger.warning(
-        "the server no longer accepts this device's credential (%s): another enrollment may have taken "
-        "over id %s. The operator checks the device list, runs `fleetcast device reprovision %s` if this "
-        "device is the real one, and this agent is then started with an empty data dir and an enroll token",
-        (error.details() or "")[:200], device_id, device_id)
-    return True
 
 
 Notify = Callable[[str], None]   # called with the notice's deployment id ("" when unknown)

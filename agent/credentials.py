@@ -28,6 +28,27 @@ from fleetcast.proto import identity
 logger = logging.getLogger(__name__)
 
 MAX_PEM_BYTES: Final = 64 * 1024
+_WARN_EVERY_S: Final = 300.0
+_last_warning: list[float] = []   # monotonic time of the last WARNING, shared by every caller
+
+
+def credential_refused(error: grpc.RpcError, device_id: str) -> bool:
+    """True when the server refused this device's credential; says so at WARNING, with
+    what to do (again at most every five minutes, at INFO in between)."""
+    code = error.code() if isinstance(error, grpc.Call) else None
+    if code not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}:
+        return False
+    now = time.monotonic()
+    level = logging.WARNING if not _last_warning or now - _last_warning[-1] >= _WARN_EVERY_S else logging.INFO
+    if level == logging.WARNING:
+        _last_warning[:] = [now]
+    who = device_id or "this device"
+    logger.log(
+        level, "the server no longer accepts the credential of %s (%s): another enrollment may have taken over "
+        "the id. The operator checks `fleetcast device show %s`; if this is the real device, they run "
+        "`fleetcast device reprovision %s` and this agent is started again with an empty data dir and an "
+        "enroll token file", who, (error.details() or "")[:200], who, who)
+    return True
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ class Agent:
                                      stop=self.stop)
         self.verifier = Verifier(
             trust_root=trust_root, state_dir=self.data.trust,
-            fetcher=GrpcMetadataFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s),
+            fetcher=GrpcMetadataFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s,
+                                        device_id=self.config.device_id),
             config=TrustConfig(device_id=self.config.device_id,
                                max_artifact_bytes=self.config.max_artifact_bytes))
         mqtt = MqttListener(self.config.mqtt_url, self.config.device_id, self._notice) \

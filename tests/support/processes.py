@@ -233,8 +233,10 @@ class AgentProcess(_Process):
         enroll_token: str,
         mqtt_url: str | None = None,
         extra_args: Sequence[str] = (),
+        expect_enrollment: bool = True,
     ) -> None:
         super().__init__(data_dir)
+        self.expect_enrollment = expect_enrollment
         self.server = server
         self.device_id = device_id
         self.hardware = hardware
@@ -277,7 +279,11 @@ class AgentProcess(_Process):
         if not doc or doc.get("pid") != self.pid:
             return False
         self.info = doc
-        return Path(str(doc.get("socket", self.data_dir / "agent.sock"))).exists()
+        if not Path(str(doc.get("socket", self.data_dir / "agent.sock"))).exists():
+            return False
+        # Serving means enrolled too, when the server is up: a deployment may follow at once.
+        server_up = isinstance(self.server, ServerProcess) and self.server.running
+        return not (self.expect_enrollment and server_up) or (self.data_dir / "device.json").exists()
 
     def start(self) -> "AgentProcess":
         super().start()
