@@ -14,7 +14,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
-from urllib.parse import urlsplit
 
 import grpc
 
@@ -24,7 +23,8 @@ from fleetcast.agent.config import AgentConfig
 from fleetcast.agent.credentials import Credentials, credential_refused
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
 from fleetcast.agent.errors import EnrollmentError, ReenrollmentRefused, ServerUnavailableError
-from fleetcast.proto import topics
+from fleetcast.proto import brokerauth, topics
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -207,16 +207,19 @@ class Notifier:
 class MqttListener:
     """paho-mqtt client (id = device id) subscribed to this device's and the fleet's topic."""
 
-    def __init__(self, url: str, device_id: str, notify: Notify) -> None:
+    def __init__(self, url: str, device_id: str, notify: Notify, *, auth: BrokerAuth | None = None) -> None:
         import paho.mqtt.client as mqtt
 
-        parts = urlsplit(url)
-        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-            raise ValueError(f"--mqtt {url!r} must look like mqtt://host:1883")
-        self.host, self.port = parts.hostname, parts.port or 1883
+        try:
+            address = brokerauth.parse_url(url)
+        except brokerauth.BrokerAuthError as e:
+            raise ValueError(f"--mqtt: {e}") from e
+        self.host, self.port = address.host, address.port
         self.device_id = device_id
         self.notify = notify
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+        # mqtts://: the device certificate is the MQTT identity the broker's ACL keys on.
+        (auth or BrokerAuth()).apply(self.client, address)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message

@@ -33,6 +33,7 @@ from fleetcast.agent.runtime import LoadedModel, Runtime, load_model, smoke_test
 from fleetcast.agent.slots import Slots, check_file, manifest_digest, other
 from fleetcast.agent.telemetry import Recorder, Sender, Spool, Uplink
 from fleetcast.agent.trust import GrpcMetadataFetcher, TrustConfig, Verifier, VerifiedAssignment, load_trust_root
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, local_pb2
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,8 @@ class Agent:
                                         device_id=self.config.device_id),
             config=TrustConfig(device_id=self.config.device_id,
                                max_artifact_bytes=self.config.max_artifact_bytes))
-        mqtt = MqttListener(self.config.mqtt_url, self.config.device_id, self._notice) \
-            if self.config.mqtt_url else None
+        mqtt = MqttListener(self.config.mqtt_url, self.config.device_id, self._notice,
+                            auth=self._broker_auth()) if self.config.mqtt_url else None
         uplink: Uplink = MqttUplink(mqtt, self.config.device_id, self.config.rpc_timeout_s) \
             if mqtt is not None and self.config.telemetry_via_mqtt else self.client
         self.sender = Sender(spool=self.spool, recorder=self.recorder, uplink=uplink,
@@ -123,6 +124,11 @@ class Agent:
         self.notifier = Notifier(config=self.config, client=self.client, notify=self._notice,
                                  stop=self.stop, mqtt=mqtt)
         self.notifier.start()
+
+    def _broker_auth(self) -> BrokerAuth:
+        credentials = self.client.credentials
+        return BrokerAuth(ca=self.config.mqtt_ca_path, cert=credentials.cert_path, key=credentials.key_path,
+                          username=self.config.mqtt_username, password=self.config.mqtt_password)
 
     def _loop(self) -> None:
         while not self.stop.is_set():

@@ -20,6 +20,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "device": ("fleetcast.sdk.cli", "list, show and re-provision enrolled devices"),
     "enroll-token": ("fleetcast.sdk.cli", "make and list enrollment tokens"),
     "compress": ("fleetcast.server.compress.cli", "build measured variants of a model"),
+    "broker-files": ("fleetcast.server.brokerfiles", "write the TLS files the shipped Mosquitto config reads"),
 }
 
 

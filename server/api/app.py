@@ -17,6 +17,7 @@ from typing import Any, Final
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.server import refresher
 from fleetcast.server.api import openapi
@@ -142,9 +143,12 @@ def _upstream(services: Services) -> tuple[object, object]:
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     on_status, on_telemetry = _upstream(services)
+    certs = services.certificates
+    auth = None if certs is None else BrokerAuth(ca=certs.server_ca_path, cert=certs.mqtt_client_paths[0],
+                                                 key=certs.mqtt_client_paths[1])
     bridge = MqttBridge(services.config.mqtt_url or "", loop=asyncio.get_running_loop(),
                         on_status=on_status, on_telemetry=on_telemetry,  # type: ignore[arg-type]
-                        client_id=mqtt_client_id(services.config.data_dir))
+                        client_id=mqtt_client_id(services.config.data_dir), auth=auth)
     bridge.start()
     services.hub.add_sink(bridge)
     yield

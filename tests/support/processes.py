@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.broker import ca_dir_for, server_url_for
 from tests.support.waiting import WaitHopeless, log_tail, port_accepts, wait_for
 
 START_TIMEOUT_S = 60.0  # imports of onnx/onnxruntime/grpc on a loaded 2-core machine
@@ -145,13 +147,24 @@ class ServerProcess(_Process):
         self.grpc_address = "127.0.0.1:0"
         self.info: dict[str, Any] = {}
 
+    def launch(self) -> None:
+        # A test broker accepts certificates from its own Fleetcast CAs: start from them.
+        shared = ca_dir_for(self.mqtt_url)
+        tls = self.data_dir / "tls"
+        if shared is not None and not (tls / "device-ca.pem").exists():
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tls.mkdir(mode=0o700, exist_ok=True)
+            for name in ("server-ca.pem", "server-ca.key", "device-ca.pem", "device-ca.key"):
+                shutil.copy2(shared / name, tls / name)
+        super().launch()
+
     def command(self) -> list[str]:
         cmd = [
             sys.executable, "-m", "fleetcast.sdk.console", "server", "--data", str(self.data_dir),
             "--http", self.http_address, "--grpc", self.grpc_address,
         ]
         if self.mqtt_url:
-            cmd += ["--mqtt", self.mqtt_url]
+            cmd += ["--mqtt", server_url_for(self.mqtt_url) or self.mqtt_url]
         return cmd + ["-v"] + self.extra_args
 
     @property
