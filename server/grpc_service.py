@@ -156,13 +156,14 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
 
 def server_credentials(services: Services) -> grpc.ServerCredentials | None:
-    """TLS with the server's certificate; a device may show its device certificate.
-    None: plaintext, which the config allows only on loopback when asked for."""
+    """TLS with the server's certificate. gRPC cannot make client certificates optional
+    on one port and Enroll comes before a device has one, so device calls authenticate
+    with the bearer token over this channel (ADR 0005). None: plaintext, which the
+    config allows only on loopback when asked for."""
     certs = services.certificates
     if not services.config.tls or certs is None:
         return None
-    return grpc.ssl_server_credentials([(certs.server_key, certs.server_cert)],
-                                       root_certificates=certs.device_ca.pem, require_client_auth=False)
+    return grpc.ssl_server_credentials([(certs.server_key, certs.server_cert)], require_client_auth=False)
 
 
 async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio.Server, int]:

@@ -71,3 +71,4 @@ def test_the_cli_writes_a_new_token_to_a_private_file(server: RunningServer, tmp
     token = out.read_text().strip()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and token not in capsys.readouterr().out
     _enroll(server, "tok-e", token)
+
