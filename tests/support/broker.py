@@ -31,10 +31,9 @@ NAMES = ("127.0.0.1", "localhost")
 _BROKERS: dict[str, "Broker"] = {}
 
 
-def ca_dir_for(url: str | None) -> Path | None:
-    """The Fleetcast CAs of the test broker at `url` (None for any other URL)."""
-    broker = _BROKERS.get(url or "")
-    return None if broker is None else broker.ca_dir
+def broker_for(url: str | None) -> "Broker | None":
+    """The test broker whose devices' URL is `url` (None for any other URL)."""
+    return _BROKERS.get(url or "")
 
 
 def server_url_for(url: str | None) -> str | None:
@@ -104,6 +103,17 @@ class Broker:
     def ca_path(self) -> Path:
         """The CA of the broker's certificate (a client checks the broker with it)."""
         return self.certificates.server_ca_path
+
+    def seed_server_data(self, data_dir: Path) -> None:
+        """Gives a server's data dir (before its first start) this broker's Fleetcast CAs,
+        so the certificates that server issues are ones this broker accepts."""
+        tls = Path(data_dir) / "tls"
+        if (tls / "device-ca.pem").exists():
+            return
+        Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        tls.mkdir(mode=0o700, exist_ok=True)
+        for name in ("server-ca.pem", "server-ca.key", "device-ca.pem", "device-ca.key"):
+            shutil.copy2(self.ca_dir / name, tls / name)
 
     def client_certificate(self, common_name: str) -> tuple[Path, Path]:
         """(certificate, key) files from the device CA for a test client named `common_name`."""

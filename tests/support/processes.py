@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.broker import ca_dir_for, server_url_for
+from tests.support.broker import broker_for, server_url_for
 from tests.support.waiting import WaitHopeless, log_tail, port_accepts, wait_for
 
 START_TIMEOUT_S = 60.0  # imports of onnx/onnxruntime/grpc on a loaded 2-core machine
@@ -149,13 +148,9 @@ class ServerProcess(_Process):
 
     def launch(self) -> None:
         # A test broker accepts certificates from its own Fleetcast CAs: start from them.
-        shared = ca_dir_for(self.mqtt_url)
-        tls = self.data_dir / "tls"
-        if shared is not None and not (tls / "device-ca.pem").exists():
-            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tls.mkdir(mode=0o700, exist_ok=True)
-            for name in ("server-ca.pem", "server-ca.key", "device-ca.pem", "device-ca.key"):
-                shutil.copy2(shared / name, tls / name)
+        broker = broker_for(self.mqtt_url)
+        if broker is not None:
+            broker.seed_server_data(self.data_dir)
         super().launch()
 
     def command(self) -> list[str]:
