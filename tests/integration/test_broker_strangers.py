@@ -36,7 +36,12 @@ def _connect_result(broker: Broker, *, tls: bool, cert: tuple[Path, Path] | None
         outcome.append("connected" if not reason.is_failure else f"refused: {reason}")
         done.set()
 
+    def on_disconnect(*_args: object) -> None:
+        outcome.append("disconnected")
+        done.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     if username:
         client.username_pw_set(username)
     if tls:
