@@ -1,7 +1,7 @@
 """`fleetcast agent`: run the device agent, or ask a running one what it serves.
 
     fleetcast agent --server HOST:PORT --data DIR --device-id ID --hardware CLASS \\
-        --trust-root FILE --enroll-token T [--mqtt URL] [--artifacts-url URL] ...
+        --trust-root FILE --enroll-token-file FILE [--mqtt URL] [--artifacts-url URL] ...
     fleetcast agent status --data DIR [--json]
     fleetcast agent infer --data DIR INPUT.npz|INPUT.npy [--json]
 """
@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 RUN_EXAMPLE = """\
 Example:
   fleetcast agent --server 127.0.0.1:8471 --data /var/lib/fleetcast-agent \\
-      --device-id cam-01 --hardware x86-cpu --trust-root trust-root.json \\
-      --enroll-token "$(cat /var/lib/fleetcast/enroll-token)"
+      --device-id cam-01 --hardware x86-cpu --trust-root /etc/fleetcast/trust-root.json \\
+      --enroll-token-file /etc/fleetcast/enroll-token
+
+The server's CA is read from server-ca.pem next to the trust root (or --server-ca):
+copy both from the server's data dir. The device makes its own key on first start.
 
 Other commands: `fleetcast agent status --help`, `fleetcast agent infer --help`.
 """
@@ -53,8 +56,19 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", dest="hardware_class", required=True,
                    help=f"hardware class: {', '.join(sorted(agent_config.HARDWARE_CLASSES))}")
     p.add_argument("--trust-root", required=True, type=Path, help="trust-root.json copied from the server")
-    p.add_argument("--enroll-token", default=None,
-                   help="the fleet's enrollment token (or FLEETCAST_ENROLL_TOKEN); needed once")
+    p.add_argument("--enroll-token-file", type=Path, default=None, metavar="FILE",
+                   help="file (mode 0600) holding an enrollment token (or FLEETCAST_ENROLL_TOKEN); needed once")
+    p.add_argument("--enroll-token", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--server-ca", type=Path, default=None, metavar="FILE",
+                   help="CA the server's certificate must chain to (default: server-ca.pem next to --trust-root)")
+    p.add_argument("--insecure-loopback-plaintext", action="store_true", default=None,
+                   help="talk to the server without TLS; refused unless --server is a loopback address")
+    p.add_argument("--mqtt-ca", type=Path, default=None, metavar="FILE",
+                   help="CA of the broker's certificate for mqtts:// (default: the server CA)")
+    p.add_argument("--mqtt-username", default=None,
+                   help="MQTT user name (with --mqtt-password-file); default: the device certificate")
+    p.add_argument("--mqtt-password-file", type=Path, default=None, metavar="FILE",
+                   help="file (mode 0600) holding the MQTT password")
     p.add_argument("--group", default=None, help="fleet group to join at enrollment")
     p.add_argument("--mqtt", dest="mqtt_url", default=None, help="mqtt://HOST:PORT: notifications over MQTT")
     p.add_argument("--telemetry-via-mqtt", action="store_true", default=None,
@@ -100,6 +114,11 @@ def setup_logging(verbose: int) -> None:
 def run(argv: list[str]) -> int:
     args = run_parser().parse_args(argv)
     setup_logging(args.verbose + 1)
+    if args.enroll_token is not None:
+        print("fleetcast agent: --enroll-token on the command line is visible to every local user in the "
+              "process list: write the token to a file only the agent's user reads (chmod 600) and give "
+              "--enroll-token-file FILE", file=sys.stderr)
+        return 2
     try:
         cfg = agent_config.load(args, os.environ)
     except agent_config.ConfigError as e:

@@ -2,13 +2,15 @@
 
 `load(args, environ)` takes the parsed command line (any object or mapping with the
 attribute names below) and the environment; nothing below this module reads
-`os.environ`. The enrollment token may come from `FLEETCAST_ENROLL_TOKEN` so it
-need not appear in a process listing.
+`os.environ`. The enrollment token comes from a file (`--enroll-token-file`, read
+here) or `FLEETCAST_ENROLL_TOKEN`, never from the command line, where any local user
+could read it in the process list; the same holds for the MQTT password.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 HARDWARE_CLASSES = frozenset(
     {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
 )
+_MAX_SECRET_BYTES = 4096
 _SERVER_PATTERN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 
 
@@ -54,6 +57,21 @@ class AgentConfig:
     max_state_entries: int = 50                  # a state entered more often posts a loop event
     retry_backoff_max_s: float = 30.0
     max_spooled_batches: int = 10_000
+    # Transport security (ADR 0005)
+    server_ca: Path | None = None                # PEM CA the server's certificate must chain to;
+                                                 # default: server-ca.pem next to the trust root
+    insecure_loopback_plaintext: bool = False    # plaintext gRPC, only to a loopback server
+    mqtt_ca: Path | None = None                  # CA of the broker's certificate; default: the server CA
+    mqtt_username: str = ""                      # with mqtt_password: password login instead of
+    mqtt_password: str = ""                      # the device certificate (mqtts://)
+
+    @property
+    def server_ca_path(self) -> Path:
+        return self.server_ca or self.trust_root.parent / "server-ca.pem"
+
+    @property
+    def mqtt_ca_path(self) -> Path:
+        return self.mqtt_ca or self.server_ca_path
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)
@@ -63,6 +81,9 @@ class AgentConfig:
             raise ConfigError(
                 f"--hardware {self.hardware_class!r} is not one of {', '.join(sorted(HARDWARE_CLASSES))}"
             )
+        if self.insecure_loopback_plaintext and not _is_loopback(self.server.rpartition(":")[0].strip("[]")):
+            raise ConfigError(f"--insecure-loopback-plaintext is refused for --server {self.server}: plaintext "
+                              "is allowed only to a loopback address; drop the flag to use TLS")
         if self.telemetry_via_mqtt and not self.mqtt_url:
             raise ConfigError("telemetry over MQTT needs --mqtt URL")
         for name in ("trial_s", "poll_interval_s", "telemetry_interval_s", "rpc_timeout_s"):
@@ -76,14 +97,47 @@ class AgentConfig:
             raise ConfigError("download_chunk_bytes, max_artifact_bytes and intra_op_threads must be positive")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: Path, *, what: str, flag: str) -> str:
+    """The first line of a secret file; the file should be private (0600)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SECRET_BYTES + 1)
+        mode = Path(path).stat().st_mode
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot read the {what} ({e.strerror or e})") from e
+    if len(data) > _MAX_SECRET_BYTES:
+        raise ConfigError(f"{flag} {path} is larger than {_MAX_SECRET_BYTES} bytes: it should hold only the {what}")
+    if mode & 0o077:
+        logger.warning("%s %s has mode %o: others may read the %s; chmod 600 it", flag, path, mode & 0o777, what)
+    text = data.decode("utf-8", "replace").strip()
+    if not text:
+        raise ConfigError(f"{flag} {path} is empty: it should hold the {what}")
+    return text.splitlines()[0].strip()
+
+
 def load(args: Any, environ: Mapping[str, str]) -> AgentConfig:
     """Builds the config from parsed arguments (attributes or mapping) and the environment."""
     values = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     fields = {f.name for f in dataclasses.fields(AgentConfig)}
     chosen = {k: v for k, v in values.items() if k in fields and v is not None}
+    if values.get("enroll_token_file"):
+        chosen["enroll_token"] = read_secret_file(Path(values["enroll_token_file"]), what="enroll token",
+                                                  flag="--enroll-token-file")
     if not chosen.get("enroll_token"):
         chosen["enroll_token"] = environ.get("FLEETCAST_ENROLL_TOKEN", "")
-    for key in ("data_dir", "trust_root"):
+    if values.get("mqtt_password_file"):
+        chosen["mqtt_password"] = read_secret_file(Path(values["mqtt_password_file"]), what="MQTT password",
+                                                   flag="--mqtt-password-file")
+    for key in ("data_dir", "trust_root", "server_ca", "mqtt_ca"):
         if key in chosen:
             chosen[key] = Path(chosen[key]).expanduser().resolve()
     try:

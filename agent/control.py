@@ -14,17 +14,18 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
-from urllib.parse import urlsplit
 
 import grpc
 
 from fleetcast import agent as agent_package
 from fleetcast.agent.backends import available_backends
 from fleetcast.agent.config import AgentConfig
+from fleetcast.agent.credentials import Credentials, credential_refused
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
-from fleetcast.agent.errors import BrokerUnavailableError, EnrollmentError, ServerUnavailableError
+from fleetcast.agent.errors import BrokerUnavailableError, EnrollmentError, ReenrollmentRefused, ServerUnavailableError
 from fleetcast.agent.receipts import Receipts
-from fleetcast.proto import topics
+from fleetcast.proto import brokerauth, topics
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ _CHANNEL_OPTIONS: Final = [
 _PERMANENT: Final = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                      grpc.StatusCode.INVALID_ARGUMENT}
 
+def _tls_hint(error: grpc.RpcError) -> str:
+    details = (error.details() or "")[:300]
+    if "handshake" in details.lower() or "ssl" in details.lower() or "certificate" in details.lower():
+        return (f" ({details}): the server's certificate does not chain to the pinned server CA; copy the "
+                "server's DATA/server-ca.pem next to trust-root.json (or give --server-ca)")
+    return ""
+
+
 Notify = Callable[[str], None]   # called with the notice's deployment id ("" when unknown)
 
 
@@ -50,9 +59,13 @@ class ControlClient:
     def __init__(self, config: AgentConfig, data: DataDir) -> None:
         self.config = config
         self.data = data
-        self.channel = grpc.insecure_channel(config.server, options=_CHANNEL_OPTIONS)
-        self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)
+        self.credentials = Credentials(config)
+        self._open_channel()
         self.token = ""
+
+    def _open_channel(self) -> None:
+        self.channel = self.credentials.channel(_CHANNEL_OPTIONS)
+        self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -68,23 +81,32 @@ class ControlClient:
 
     def enroll(self) -> str:
         if not self.config.enroll_token:
-            raise EnrollmentError("this device has no token yet: give --enroll-token "
-                                  "(the server's enroll-token file)")
+            raise EnrollmentError("this device has no token yet: give --enroll-token-file FILE "
+                                  "(the server's enroll-token file, or one from `fleetcast enroll-token create`)")
+        key = self.credentials.request()
         request = device_pb2.EnrollRequest(
             device_id=self.config.device_id, hardware_class=self.config.hardware_class,
             backends=available_backends(), enroll_token=self.config.enroll_token,
-            agent_version=AGENT_VERSION, group=self.config.group)
+            agent_version=AGENT_VERSION, group=self.config.group,
+            csr=key.csr, proof=key.proof, proof_time=key.proof_time)
         try:
             response = self.stub.Enroll(request, timeout=self.config.rpc_timeout_s)
         except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                # Another device holds this id, or the operator has not approved the
+                # re-provisioning yet: retried with backoff, so an approval takes effect.
+                raise ReenrollmentRefused(f"the server refused enrollment: {e.details()}") from e
             if e.code() in _PERMANENT:
                 raise EnrollmentError(f"the server refused enrollment: {e.details()}") from e
-            raise ServerUnavailableError(f"enrollment failed: {e.code().name}") from e
+            raise ServerUnavailableError(f"enrollment failed: {e.code().name}{_tls_hint(e)}") from e
         token = response.device_token
         if not token or len(token) > _MAX_TOKEN_CHARS:
             raise EnrollmentError("the server answered enrollment without a usable token")
+        self.credentials.save_certificate(response.certificate)
         doc = {"device_id": self.config.device_id, "server": self.config.server, "token": token}
         write_atomic(self.data.device_json, json.dumps(doc).encode(), mode=0o600)
+        self.channel.close()
+        self._open_channel()   # from now on the channel shows the device certificate
         logger.info("enrolled device_id=%s server=%s", self.config.device_id, self.config.server)
         self.token = token
         return token
@@ -173,7 +195,11 @@ class Notifier:
             except grpc.RpcError as e:
                 if self.stop.is_set():
                     return
-                logger.info("watch stream ended: %s; reconnecting in %.0fs", e.code().name, backoff_s)
+                if credential_refused(e, self.config.device_id):
+                    backoff_s = self.config.retry_backoff_max_s   # nothing changes soon: no spinning
+                else:
+                    logger.info("watch stream ended: %s%s; reconnecting in %.0fs", e.code().name, _tls_hint(e),
+                                backoff_s)
             self.stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, self.config.retry_backoff_max_s)
             self.notify("")   # we may have missed a notice while disconnected
@@ -189,17 +215,20 @@ class MqttListener:
     """
 
     def __init__(self, url: str, device_id: str, notify: Notify, *,
-                 receipts: Receipts | None = None) -> None:
+                 receipts: Receipts | None = None, auth: BrokerAuth | None = None) -> None:
         import paho.mqtt.client as mqtt
 
-        parts = urlsplit(url)
-        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-            raise ValueError(f"--mqtt {url!r} must look like mqtt://host:1883")
-        self.host, self.port = parts.hostname, parts.port or 1883
+        try:
+            address = brokerauth.parse_url(url)
+        except brokerauth.BrokerAuthError as e:
+            raise ValueError(f"--mqtt: {e}") from e
+        self.host, self.port = address.host, address.port
         self.device_id = device_id
         self.notify = notify
         self.receipts = receipts if receipts is not None else Receipts()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+        # mqtts://: the device certificate is the MQTT identity the broker's ACL keys on.
+        (auth or BrokerAuth()).apply(self.client, address)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

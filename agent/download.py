@@ -21,8 +21,10 @@ import hashlib
 import logging
 import os
 import re
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +74,21 @@ class HttpTransport:
     """`GET {base_url}/v1/artifacts/{sha256}` with `Range: bytes=offset-` (urllib3)."""
 
     def __init__(self, base_url: str, token: str, *, chunk_bytes: int = 256 * 1024,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, ca_file: Path | None = None) -> None:
         self._base = base_url.rstrip("/")
-        self._token = token
+        parts = urllib.parse.urlsplit(self._base)
+        # The device token goes only where nobody on the path reads it: over TLS or to
+        # loopback. A plain-HTTP object store gets no token (the bytes are hash-checked).
+        self._token = token if parts.scheme == "https" or parts.hostname in {"127.0.0.1", "::1", "localhost"} else ""
         self._chunk_bytes = chunk_bytes
+        context = ssl.create_default_context()   # the system's CAs, for an object store or CDN ...
+        if ca_file is not None and ca_file.exists():
+            context.load_verify_locations(cafile=str(ca_file))   # ... and the pinned server CA
         self._pool = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=False)
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=False, ssl_context=context)
 
     def open(self, sha256: str, offset: int) -> Iterator[bytes]:
-        headers = {"Authorization": f"Bearer {self._token}"}
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:

@@ -8,6 +8,7 @@ AgentError
   |   DownloadError           connection dropped, server busy, short read
   |   ServerUnavailableError  the control server cannot be reached
   |   BrokerUnavailableError  the MQTT broker cannot be reached or refused a publish
+  |   ReenrollmentRefused     the id is enrolled with another key; waits for the operator's approval
   + FatalError                ends the deployment, always reported
       VerificationError       bad signature, digest or length mismatch, expired, rollback
       TrustRootError          the configured trust root is missing or unreadable
@@ -48,6 +49,11 @@ class ServerUnavailableError(TransientError):
 
 class BrokerUnavailableError(TransientError):
     """The MQTT broker is not connected or would not take a message; the spool keeps it."""
+
+
+class ReenrollmentRefused(TransientError):
+    """The server holds a live credential for this id made with another key: the operator
+    approves with `fleetcast device reprovision ID`; until then the agent waits."""
 
 
 class FatalError(AgentError):

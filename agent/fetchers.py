@@ -20,6 +20,7 @@ import grpc
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
 from tuf.ngclient import FetcherInterface
 
+from fleetcast.agent.credentials import credential_refused
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,10 @@ class GrpcMetadataFetcher(FetcherInterface):
     """Fetches metadata with `DeviceService.FetchMetadata`, as this device's token."""
 
     def __init__(
-        self, stub: device_pb2_grpc.DeviceServiceStub, token: str, timeout_s: float = 10.0
+        self, stub: device_pb2_grpc.DeviceServiceStub, token: str, timeout_s: float = 10.0, device_id: str = ""
     ) -> None:
         self._stub = stub
+        self._device_id = device_id
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout_s = timeout_s
 
@@ -62,6 +64,7 @@ class GrpcMetadataFetcher(FetcherInterface):
             code = e.code() if isinstance(e, grpc.Call) else None
             if code == grpc.StatusCode.NOT_FOUND:
                 raise DownloadHTTPError(f"{scheme} has no {name}", 404) from e
+            credential_refused(e, self._device_id)
             raise DownloadError(f"fetching {scheme} {name} failed: {code}") from e
         if len(response.data) > MAX_METADATA_BYTES:
             raise DownloadLengthMismatchError(

@@ -25,7 +25,7 @@ from fleetcast.agent.control import ControlClient, MqttListener, MqttUplink, Not
 from fleetcast.agent.datadir import DataDir, write_atomic
 from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport, Transport
 from fleetcast.agent.errors import (
-    ActivationError, AgentError, ServerUnavailableError, TransientError, VerificationError,
+    ActivationError, AgentError, ReenrollmentRefused, ServerUnavailableError, TransientError, VerificationError,
 )
 from fleetcast.agent.flow import Event, FlowConfig, Handler, Outcome, Record, Runner, State, StateStore
 from fleetcast.agent.local_api import LocalApi
@@ -33,6 +33,7 @@ from fleetcast.agent.runtime import LoadedModel, Runtime, load_model, smoke_test
 from fleetcast.agent.slots import Slots, check_file, manifest_digest, other
 from fleetcast.agent.telemetry import Recorder, Sender, Spool, Uplink
 from fleetcast.agent.trust import GrpcMetadataFetcher, TrustConfig, Verifier, VerifiedAssignment, load_trust_root
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, local_pb2
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class Agent:
             try:
                 self.client.ensure_enrolled()
                 return True
+            except ReenrollmentRefused as e:
+                backoff_s = self.config.retry_backoff_max_s   # waits for the operator: no spinning
+                logger.warning("enrollment: %s; trying again in %.0fs", e, backoff_s)
+                self.stop.wait(backoff_s)
             except ServerUnavailableError as e:
                 logger.warning("enrollment: %s; retrying in %.0fs", e, backoff_s)
                 self.stop.wait(backoff_s)
@@ -96,7 +101,8 @@ class Agent:
     def _start_control(self, trust_root) -> None:  # noqa: ANN001 (trust.TrustRoot)
         token = self.client.token
         transport: Transport = (
-            HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes)
+            HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes,
+                          ca_file=self.config.server_ca_path)
             if self.config.artifacts_url else GrpcTransport(self.client.stub, token))
         self.downloader = Downloader(self.data.downloads, transport,
                                      DownloadConfig(max_artifact_bytes=self.config.max_artifact_bytes,
@@ -104,11 +110,12 @@ class Agent:
                                      stop=self.stop)
         self.verifier = Verifier(
             trust_root=trust_root, state_dir=self.data.trust,
-            fetcher=GrpcMetadataFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s),
+            fetcher=GrpcMetadataFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s,
+                                        device_id=self.config.device_id),
             config=TrustConfig(device_id=self.config.device_id,
                                max_artifact_bytes=self.config.max_artifact_bytes))
-        mqtt = MqttListener(self.config.mqtt_url, self.config.device_id, self._notice) \
-            if self.config.mqtt_url else None
+        mqtt = MqttListener(self.config.mqtt_url, self.config.device_id, self._notice,
+                            auth=self._broker_auth()) if self.config.mqtt_url else None
         uplink: Uplink = MqttUplink(mqtt, self.config.device_id, self.config.rpc_timeout_s) \
             if mqtt is not None and self.config.telemetry_via_mqtt else self.client
         self.sender = Sender(spool=self.spool, recorder=self.recorder, uplink=uplink,
@@ -117,6 +124,11 @@ class Agent:
         self.notifier = Notifier(config=self.config, client=self.client, notify=self._notice,
                                  stop=self.stop, mqtt=mqtt)
         self.notifier.start()
+
+    def _broker_auth(self) -> BrokerAuth:
+        credentials = self.client.credentials
+        return BrokerAuth(ca=self.config.mqtt_ca_path, cert=credentials.cert_path, key=credentials.key_path,
+                          username=self.config.mqtt_username, password=self.config.mqtt_password)
 
     def _loop(self) -> None:
         while not self.stop.is_set():

@@ -108,7 +108,6 @@ def main() -> int:
         processes.append(server)
         addresses = wait_for_json(server_dir / "server.json", server)
         print(f"   REST {addresses['http']}   gRPC {addresses['grpc']}")
-        enroll_token = (server_dir / "enroll-token").read_text().strip()
 
         print("== starting three agents")
         agents: dict[str, Path] = {}
@@ -118,8 +117,9 @@ def main() -> int:
             processes.append(start(device_id, fleetcast(
                 "agent", "--server", addresses["grpc"], "--data", str(agent_dir),
                 "--device-id", device_id, "--hardware", hardware,
-                "--trust-root", str(server_dir / "trust-root.json"),
-                "--enroll-token", enroll_token, "--trial-s", "1", "--telemetry-interval-s", "1")))
+                "--trust-root", str(server_dir / "trust-root.json"),   # server-ca.pem lies beside it
+                "--enroll-token-file", str(server_dir / "enroll-token"),
+                "--trial-s", "1", "--telemetry-interval-s", "1")))
         for started in processes[1:]:
             wait_for_json(agents[started.name] / "agent.json", started)
             print(f"   {started.name} is up")

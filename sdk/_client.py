@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -54,17 +55,28 @@ class Client:
         *,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        ca: Path | None = None,
     ) -> None:
+        """`ca`: the server's CA (DATA/server-ca.pem) an https:// server must chain to;
+        without it the system's CAs are used."""
         if not server:
             raise ConfigError("no server address: pass the server's URL, e.g. http://127.0.0.1:8080")
         if not token:
             raise ConfigError("no operator token: it is in the server data dir's operator-token file")
         self.server = server.rstrip("/")
+        verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca))
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"the server CA {ca} cannot be read ({e}): copy DATA/server-ca.pem "
+                                  "from the server") from e
         self._http = httpx.Client(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             timeout=timeout_s,
             transport=transport,
+            verify=verify,
         )
 
     @classmethod
@@ -73,7 +85,8 @@ class Client:
     ) -> Client:
         """A client for the server running from the local data dir `path`."""
         server, token = read_data_dir(path)
-        return cls(server, token, timeout_s=timeout_s, transport=transport)
+        ca = path / "server-ca.pem"
+        return cls(server, token, timeout_s=timeout_s, transport=transport, ca=ca if ca.exists() else None)
 
     def close(self) -> None:
         self._http.close()
@@ -233,6 +246,24 @@ class Client:
             time.sleep(poll_s)
 
     # devices
+
+    def reprovision_device(self, id: str) -> dict[str, Any]:
+        """Approves one re-enrollment of `id` with a new key (a replaced or reset device)."""
+        return self._send(self._http.build_request("POST", f"/v1/devices/{_seg(id)}/reprovision"))
+
+    def create_enroll_token(self, *, group: str = "", expires_s: float | None = None,
+                            uses: int | None = None) -> dict[str, Any]:
+        """A new enrollment token: `{"token", "name", "group", "expires_at", "uses_left"}`;
+        the token is shown only in this answer."""
+        body: dict[str, Any] = {"group": group}
+        if expires_s is not None:
+            body["expires_s"] = expires_s
+        if uses is not None:
+            body["uses"] = uses
+        return self._send(self._http.build_request("POST", "/v1/enroll-tokens", json=body))
+
+    def list_enroll_tokens(self) -> list[dict[str, Any]]:
+        return list(self._get("/v1/enroll-tokens").get("enroll_tokens", ()))
 
     def list_devices(self) -> list[Device]:
         doc = self._get("/v1/devices")

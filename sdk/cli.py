@@ -71,12 +71,15 @@ def connect(
     args: argparse.Namespace, env: Mapping[str, str], transport: httpx.BaseTransport | None
 ) -> Client:
     """The client the options name: flags first, then --data, then the environment."""
-    server, token = args.server, args.token
+    server, token, ca = args.server, args.token, args.ca
     if args.token_file is not None:
         token = read_token_file(args.token_file)
     if args.data is not None and (server is None or token is None):
         data_server, data_token = read_data_dir(args.data)
         server, token = server or data_server, token or data_token
+    if args.data is not None and ca is None and (args.data / "server-ca.pem").exists():
+        ca = args.data / "server-ca.pem"
+    ca = ca or (Path(env["FLEETCAST_CA"]) if env.get("FLEETCAST_CA") else None)
     server = server or env.get("FLEETCAST_SERVER")
     token = token or env.get("FLEETCAST_TOKEN")
     if not server:
@@ -86,7 +89,7 @@ def connect(
             "no operator token: pass --token-file DIR/operator-token, set FLEETCAST_TOKEN, "
             "or --data DIR"
         )
-    return Client(server, token, timeout_s=args.http_timeout, transport=transport)
+    return Client(server, token, timeout_s=args.http_timeout, transport=transport, ca=ca)
 
 
 # the parser
@@ -99,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--token", metavar="T", help="operator token (env FLEETCAST_TOKEN)")
     conn.add_argument("--token-file", metavar="F", type=Path, help="file holding the operator token")
     conn.add_argument("--data", metavar="DIR", type=Path,
-                      help="data dir of a local server: reads server.json and operator-token")
+                      help="data dir of a local server: reads server.json, operator-token and server-ca.pem")
+    conn.add_argument("--ca", metavar="FILE", type=Path,
+                      help="the server's CA (its DATA/server-ca.pem) to check https:// against (env FLEETCAST_CA)")
     conn.add_argument("--http-timeout", metavar="S", type=float, default=30.0,
                       help="seconds to wait for each HTTP answer (default 30)")
     out = common.add_argument_group("output")
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(commands, common)
     _add_deploy(commands, common)
     _add_device(commands, common)
+    _add_enroll_token(commands, common)
     return root
 
 
@@ -198,6 +204,27 @@ def _add_device(commands: Any, common: argparse.ArgumentParser) -> None:
     show = _leaf(sub, "show", common, help="show one device", run=cmd_device_show,
                  example="fleetcast device show cam-01 --data /tmp/fc")
     show.add_argument("id", metavar="ID", help="device id")
+    again = _leaf(sub, "reprovision", common, help="allow one re-enrollment of a device id with a new key "
+                  "(a replaced or reset device); its current credential works until then",
+                  run=cmd_device_reprovision, example="fleetcast device reprovision cam-01 --data /tmp/fc")
+    again.add_argument("id", metavar="ID", help="device id")
+
+
+def _add_enroll_token(commands: Any, common: argparse.ArgumentParser) -> None:
+    sub = _group(commands, "enroll-token", help="make and list enrollment tokens", examples=[
+        "fleetcast enroll-token create --group lab --expires 24h --uses 1 --out lab-token",
+        "fleetcast enroll-token list"])
+    create = _leaf(sub, "create", common, help="make an enrollment token (shown once)",
+                   run=cmd_enroll_token_create,
+                   example="fleetcast enroll-token create --group lab --expires 24h --uses 1 --out token --data /tmp/fc")
+    create.add_argument("--group", default="", help="devices that enroll with it join this group")
+    create.add_argument("--expires", metavar="DURATION", help="lifetime: 90s, 30m, 24h, 7d (default: none)")
+    create.add_argument("--uses", type=int, metavar="N", help="how many enrollments it admits (default: no limit)")
+    create.add_argument("--out", metavar="FILE", type=Path,
+                        help="write the token to FILE (mode 0600) for the agent's --enroll-token-file, "
+                             "instead of printing it")
+    _leaf(sub, "list", common, help="list enrollment tokens (never the tokens themselves)",
+          run=cmd_enroll_token_list, example="fleetcast enroll-token list --data /tmp/fc")
 
 
 def _wait_options(parser: argparse.ArgumentParser) -> None:
@@ -329,6 +356,57 @@ def cmd_device_list(client: Client, args: argparse.Namespace) -> int:
 def cmd_device_show(client: Client, args: argparse.Namespace) -> int:
     device = client.get_device(args.id)
     _emit(args, device.raw, lambda: _device_text(device))
+    return 0
+
+
+def cmd_device_reprovision(client: Client, args: argparse.Namespace) -> int:
+    doc = client.reprovision_device(args.id)
+    _emit(args, doc, lambda: f"device {args.id}: the next enrollment with an enroll token may bring a new key")
+    return 0
+
+
+def _duration_s(text: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise UsageError(f"--expires {text!r} is not a duration: use for example 90s, 30m, 24h or 7d") from None
+    if value <= 0:
+        raise UsageError("--expires must be positive")
+    return value
+
+
+def cmd_enroll_token_create(client: Client, args: argparse.Namespace) -> int:
+    expires_s = None if args.expires is None else _duration_s(args.expires)
+    doc = client.create_enroll_token(group=args.group, expires_s=expires_s, uses=args.uses)
+    token = str(doc.pop("token"))
+    if args.out is not None:
+        _write_private(args.out, token + "\n")
+        doc["written_to"] = str(args.out)
+    else:
+        doc["token"] = token
+    _emit(args, doc, lambda: token if args.out is None else f"enroll token {doc['name']} written to {args.out}")
+    return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a secret 0600 (temp file in the same dir, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cmd_enroll_token_list(client: Client, args: argparse.Namespace) -> int:
+    tokens = client.list_enroll_tokens()
+    _emit(args, {"enroll_tokens": tokens}, lambda: _table.render(
+        ["name", "group", "expires_at", "uses_left"],
+        [(t["name"], t["group"] or "-", t["expires_at"] or "never",
+          "unlimited" if t["uses_left"] is None else t["uses_left"]) for t in tokens]))
     return 0
 
 

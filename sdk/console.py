@@ -17,14 +17,16 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "agent": ("fleetcast.agent.cli", "run the device agent, or talk to a running one"),
     "model": ("fleetcast.sdk.cli", "push, list and show models"),
     "deploy": ("fleetcast.sdk.cli", "deploy a model version and follow a deployment"),
-    "device": ("fleetcast.sdk.cli", "list and show enrolled devices"),
+    "device": ("fleetcast.sdk.cli", "list, show and re-provision enrolled devices"),
+    "enroll-token": ("fleetcast.sdk.cli", "make and list enrollment tokens"),
     "compress": ("fleetcast.server.compress.cli", "build measured variants of a model"),
+    "broker-files": ("fleetcast.server.brokerfiles", "write the TLS files the shipped Mosquitto config reads"),
 }
 
 
 def usage() -> str:
     lines = ["usage: fleetcast COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {name:<12} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "Run `fleetcast COMMAND --help` for a command's options and examples."]
     return "\n".join(lines)
 

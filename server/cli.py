@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -25,8 +26,10 @@ Example:
   fleetcast server --data ./fleet --http 127.0.0.1:8470 --grpc 127.0.0.1:8471
   fleetcast server --data ./fleet --http 127.0.0.1:0 --grpc 127.0.0.1:0 --mqtt mqtt://127.0.0.1:1883 -v
 
-The first start creates DATA/keys/, DATA/operator-token, DATA/enroll-token and
-DATA/trust-root.json (copy it to devices). Once serving, DATA/server.json holds
+The first start creates DATA/keys/, DATA/operator-token, DATA/enroll-token,
+DATA/trust-root.json and DATA/server-ca.pem (copy both to devices; operator machines
+need server-ca.pem too), and DATA/tls/ with the server and device CAs. REST and gRPC
+serve TLS; plaintext needs --insecure-loopback-plaintext and a loopback address. Once serving, DATA/server.json holds
 {"http": URL, "grpc": HOST:PORT, "pid": N}. SIGTERM or Ctrl-C stops cleanly.
 """
 
@@ -51,8 +54,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamp-expiry-s", type=float, metavar="S", help="lifetime of signed timestamps (default 86400)")
     p.add_argument("--refresh-interval-s", type=float, metavar="S",
                    help="how often to re-sign timestamps near expiry (default 3600; 0 disables)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="PEM certificate chain to serve instead of the one DATA/tls/server-ca issues")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the key of --tls-cert (PEM, mode 0600)")
+    p.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                   help="extra DNS name or IP for the issued certificate (repeatable); used when it is first made")
+    p.add_argument("--insecure-loopback-plaintext", action="store_true",
+                   help="serve REST and gRPC without TLS; refused unless both addresses are loopback")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return p
+
+
+def tls_context(config: server_config.ServerConfig) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    cert = config.tls_cert or config.tls_dir / "server.pem"
+    key = config.tls_key or config.tls_dir / "server.key"
+    context.load_cert_chain(cert, key)
+    return context
 
 
 async def serve(config: server_config.ServerConfig) -> None:
@@ -64,11 +85,12 @@ async def serve(config: server_config.ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.http_host, config.http_port)
+        context = tls_context(config)
+        site = web.TCPSite(runner, config.http_host, config.http_port, ssl_context=context)
         await site.start()
         host, port = runner.addresses[0][:2]
         addresses = app[ADDRESSES]
-        addresses.http = f"http://{config.http_host}:{port}"
+        addresses.http = f"{'https' if context else 'http'}://{config.http_host}:{port}"
         document = {"http": addresses.http, "grpc": addresses.grpc, "pid": os.getpid()}
         datadir.write_server_json(config.data_dir, document)
         print(f"fleetcast server: http={addresses.http} grpc={addresses.grpc} pid={os.getpid()} "
@@ -94,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             public_url=args.public_url, max_upload_bytes=args.max_upload_bytes,
             compress_calibration_samples=args.compress_calibration_samples,
             compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s, environ=os.environ,
+            insecure_loopback_plaintext=args.insecure_loopback_plaintext, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_names=tuple(args.tls_name),
         )
         asyncio.run(serve(config))
     except FleetcastError as e:

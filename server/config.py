@@ -5,6 +5,7 @@ Nothing below this module reads the environment; everything is passed down.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,12 @@ class ServerConfig:
     compress_budget_pp: float = 1.0              # allowed quality drop, percentage points
     compress_latency_s: float = 1.0              # timing per latency measurement
     compress_stop_grace_s: float = 30.0          # shutdown waits this long for a job to stop
+    # Transport security (ADR 0005): TLS on REST and gRPC unless plaintext was asked for,
+    # which only loopback addresses allow.
+    insecure_loopback_plaintext: bool = False
+    tls_cert: Path | None = None                 # the operator's certificate chain (PEM) ...
+    tls_key: Path | None = None                  # ... and its key; default: issued by DATA/tls/server-ca
+    tls_names: tuple[str, ...] = ()              # extra DNS names / IPs for the issued certificate
 
     @property
     def keys_dir(self) -> Path:
@@ -53,6 +60,14 @@ class ServerConfig:
     @property
     def blobs_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def tls(self) -> bool:
+        return not self.insecure_loopback_plaintext
 
 
 def parse_address(text: str, *, what: str) -> tuple[str, int]:
@@ -77,6 +92,10 @@ def load(
     compress_eval_samples: int | None = None,
     compress_latency_s: float | None = None,
     environ: Mapping[str, str] | None = None,
+    insecure_loopback_plaintext: bool = False,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_names: tuple[str, ...] = (),
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
     env = dict(environ or {})
@@ -113,7 +132,36 @@ def load(
         if compress_latency_s <= 0:
             raise InvalidRequest("--compress-latency-s must be positive")
         config = replace(config, compress_latency_s=compress_latency_s)
+    config = _with_transport(config, insecure_loopback_plaintext=insecure_loopback_plaintext,
+                             tls_cert=tls_cert, tls_key=tls_key, tls_names=tls_names)
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))
     return config
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_transport(config: ServerConfig, *, insecure_loopback_plaintext: bool, tls_cert: Path | None,
+                    tls_key: Path | None, tls_names: tuple[str, ...]) -> ServerConfig:
+    if insecure_loopback_plaintext:
+        for what, host in (("--http", config.http_host), ("--grpc", config.grpc_host)):
+            if not is_loopback(host):
+                raise InvalidRequest(f"--insecure-loopback-plaintext is refused for {what} {host}: plaintext is "
+                                     "allowed only on loopback addresses such as 127.0.0.1; drop the flag to "
+                                     "serve TLS")
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidRequest("--tls-cert and --tls-key go together: give both or neither")
+    for path in (tls_cert, tls_key):
+        if path is not None and not Path(path).is_file():
+            raise InvalidRequest(f"{path} does not exist or is not a file")
+    return replace(config, insecure_loopback_plaintext=insecure_loopback_plaintext,
+                   tls_cert=None if tls_cert is None else Path(tls_cert),
+                   tls_key=None if tls_key is None else Path(tls_key), tls_names=tuple(tls_names))

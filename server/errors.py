@@ -11,6 +11,7 @@ FleetcastError                 code            HTTP  gRPC
   |   ModelNotFound, DeviceNotFound, DeploymentNotFound, ArtifactNotFound, MetadataNotFound
   + Conflict                   conflict        409   ALREADY_EXISTS
   |   + VersionExists          version_exists
+  |   + AlreadyEnrolled        already_enrolled
   + TooLarge                   too_large       413   RESOURCE_EXHAUSTED
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
@@ -86,6 +87,10 @@ class Conflict(FleetcastError):
 
 class VersionExists(Conflict):
     code = "version_exists"
+
+
+class AlreadyEnrolled(Conflict):
+    code = "already_enrolled"
 
 
 class TooLarge(FleetcastError):

@@ -1,24 +1,29 @@
 """Devices: enrollment, device tokens (stored only as sha256), variant choice, metadata reads.
 
-A device exchanges the fleet's enrollment token for a token of its own; enrolling
-again with the same id rotates that token and updates its hardware profile.
+A device exchanges an enrollment token (`enrolltokens`) and a certificate request
+for its key pair for a device token and a device certificate (ADR 0005). An id
+that already holds a live credential is never re-issued on an enroll token alone:
+the caller must prove possession of the key the device enrolled with, or the
+operator must have approved a re-provisioning (`fleetcast device reprovision ID`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
+from fleetcast.proto import identity
 from fleetcast.proto.topics import DEVICE_ID_PATTERN, TopicError, check_device_id
 from fleetcast.server import signing
-from fleetcast.server.errors import DeviceNotFound, InvalidRequest, MetadataNotFound, Unauthenticated
-from fleetcast.server.store import Device, Store
+from fleetcast.server.certificates import Certificates
+from fleetcast.server.enrolltokens import EnrollTokens
+from fleetcast.server.errors import AlreadyEnrolled, DeviceNotFound, InvalidRequest, MetadataNotFound, Unauthenticated
+from fleetcast.server.store import Device, DeviceIdentity, Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,15 @@ class Enrollment:
     agent_version: str = ""
     group: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    csr: bytes = b""          # PEM request for the device's key pair; empty: no certificate, no key on record
+    proof: bytes = b""        # re-enrollment: signature with the key on record (fleetcast.proto.identity)
+    proof_time: int = 0
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    device_token: str
+    certificate: bytes        # PEM, b"" when the request carried no CSR
 
 
 def hash_token(token: str) -> str:
@@ -49,9 +63,12 @@ def hash_token(token: str) -> str:
 
 def check_id(device_id: str) -> str:
     try:
-        return check_device_id(device_id)
+        check_device_id(device_id)
     except TopicError as e:
         raise InvalidRequest(str(e)) from e
+    if device_id in identity.RESERVED_IDS:
+        raise InvalidRequest(f"device id {device_id!r} is reserved for the server: choose another id")
+    return device_id
 
 
 def _check_profile(e: Enrollment) -> None:
@@ -80,28 +97,79 @@ def choose_variant(hardware_class: str, available: Iterable[str]) -> str:
 
 
 class Fleet:
-    def __init__(self, *, store: Store, enroll_token: str) -> None:
+    def __init__(self, *, store: Store, enroll_token: str, certificates: Certificates | None = None) -> None:
         self.store = store
-        self._enroll_token = enroll_token
+        self.tokens = EnrollTokens(store=store, fleet_token=enroll_token)
+        self.certificates = certificates
 
     def enroll(self, e: Enrollment) -> str:
-        """Returns a fresh device token; raises Unauthenticated for a wrong enrollment token."""
-        given = e.enroll_token[:MAX_TOKEN_CHARS].encode()
-        if not hmac.compare_digest(given, self._enroll_token.encode()):
-            raise Unauthenticated("enrollment token is not valid: copy DATA/enroll-token from the server")
+        """Returns a fresh device token (see `enroll_device`)."""
+        return self.enroll_device(e).device_token
+
+    def enroll_device(self, e: Enrollment) -> Enrolled:
+        """Raises Unauthenticated for a bad enroll token, AlreadyEnrolled for a takeover."""
+        admission = self.tokens.check(e.enroll_token)
         check_id(e.device_id)
         _check_profile(e)
+        if admission.group and e.group and e.group != admission.group:
+            raise InvalidRequest(f"this enroll token admits devices to group {admission.group!r} only, "
+                                 f"not {e.group[:80]!r}: leave out --group or use another token")
+        group = admission.group or e.group
+        old = self.store.device(e.device_id)
+        if old is not None:
+            self._check_reenrollment(e)
+        certificate, public_key = b"", ""
+        if e.csr:
+            if self.certificates is None:
+                raise InvalidRequest("this server issues no device certificates")
+            certificate, public_key = self.certificates.issue_device(e.device_id, e.csr)
+        self.tokens.use(admission)
         token = secrets.token_hex(32)   # hex: never starts with "-"
         now = time.time()
-        old = self.store.device(e.device_id)
         self.store.put_device(Device(
             device_id=e.device_id, token_sha256=hash_token(token), hardware_class=e.hardware_class,
-            backends=tuple(e.backends), group=e.group, labels=dict(e.labels), agent_version=e.agent_version,
+            backends=tuple(e.backends), group=group, labels=dict(e.labels), agent_version=e.agent_version,
             enrolled_at=old.enrolled_at if old else now, last_seen=now,
         ))
-        logger.info("device %s device_id=%s hardware_class=%s", "re-enrolled" if old else "enrolled",
-                    e.device_id, e.hardware_class)
-        return token
+        self.store.put_device_identity(DeviceIdentity(
+            device_id=e.device_id, public_key_pem=public_key,
+            certificate_sha256=hashlib.sha256(certificate).hexdigest() if certificate else "", issued_at=now,
+        ))
+        logger.info("device %s device_id=%s hardware_class=%s key=%s", "re-enrolled" if old else "enrolled",
+                    e.device_id, e.hardware_class, "yes" if public_key else "none")
+        return Enrolled(device_token=token, certificate=certificate)
+
+    def _check_reenrollment(self, e: Enrollment) -> None:
+        """An id with a live credential: allowed once after the operator's approval, or with
+        proof of the key on record; anything else would be a takeover."""
+        record = self.store.device_identity(e.device_id)
+        if record is not None and record.reprovision_approved_at is not None:
+            logger.warning("device re-provisioned as approved device_id=%s", e.device_id)
+            return
+        if record is not None and record.public_key_pem and e.proof:
+            try:
+                identity.verify_proof(record.public_key_pem, e.proof, device_id=e.device_id, csr_pem=e.csr,
+                                      at=e.proof_time, now=time.time())
+            except identity.IdentityError as err:
+                raise Unauthenticated(f"re-enrollment of {e.device_id!r} refused: {err}") from err
+            return
+        logger.warning("enrollment refused device_id=%s: already enrolled with a live credential", e.device_id)
+        raise AlreadyEnrolled(
+            f"device {e.device_id!r} is already enrolled and its credential is live: an enroll token cannot "
+            f"re-issue it. If this is a replacement for that device, the operator approves it with "
+            f"`fleetcast device reprovision {e.device_id}` and the agent then enrolls on its next try; "
+            f"otherwise choose another --device-id"
+        )
+
+    def approve_reprovision(self, device_id: str) -> DeviceIdentity:
+        """The next enrollment of `device_id` may bring a new key (once)."""
+        self.device(device_id)   # raises DeviceNotFound
+        record = self.store.device_identity(device_id) or DeviceIdentity(
+            device_id=device_id, public_key_pem="", certificate_sha256="", issued_at=0.0)
+        approved = replace(record, reprovision_approved_at=time.time())
+        self.store.put_device_identity(approved)
+        logger.warning("re-provisioning approved device_id=%s", device_id)
+        return approved
 
     def authenticate(self, token: str | None) -> str:
         """Device token -> device id; raises Unauthenticated."""

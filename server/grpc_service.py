@@ -87,12 +87,12 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         enrollment = Enrollment(
             device_id=request.device_id, hardware_class=request.hardware_class, enroll_token=request.enroll_token,
             backends=tuple(request.backends), agent_version=request.agent_version, group=request.group,
-            labels=dict(request.labels),
+            labels=dict(request.labels), csr=request.csr, proof=request.proof, proof_time=request.proof_time,
         )
-        token = await asyncio.to_thread(self.s.fleet.enroll, enrollment)
+        enrolled = await asyncio.to_thread(self.s.fleet.enroll_device, enrollment)
         # A new device joins the fleet's newest deployment to all (or to its group).
         await asyncio.to_thread(self.s.deployments.join, enrollment.device_id)
-        return pb.EnrollResponse(device_token=token)
+        return pb.EnrollResponse(device_token=enrolled.device_token, certificate=enrolled.certificate)
 
     @streaming
     async def WatchAssignments(
@@ -158,6 +158,17 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
                 offset += len(data)
 
 
+def server_credentials(services: Services) -> grpc.ServerCredentials | None:
+    """TLS with the server's certificate. gRPC cannot make client certificates optional
+    on one port and Enroll comes before a device has one, so device calls authenticate
+    with the bearer token over this channel (ADR 0005). None: plaintext, which the
+    config allows only on loopback when asked for."""
+    certs = services.certificates
+    if not services.config.tls or certs is None:
+        return None
+    return grpc.ssl_server_credentials([(certs.server_key, certs.server_cert)], require_client_auth=False)
+
+
 async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """Starts the servicer; returns the server and the port it bound (port 0 picks one)."""
     server = grpc.aio.server(options=[
@@ -167,9 +178,11 @@ async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ])
     pb_grpc.add_DeviceServiceServicer_to_server(DeviceService(services), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = server_credentials(services)
+    address = f"{host}:{port}"
+    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"gRPC cannot listen on {host}:{port}")
     await server.start()
-    logger.info("grpc serving address=%s:%d", host, bound)
+    logger.info("grpc serving address=%s:%d tls=%s", host, bound, credentials is not None)
     return server, bound

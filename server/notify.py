@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from fleetcast.proto import topics
+from fleetcast.proto import brokerauth, topics
+from fleetcast.proto.brokerauth import BrokerAuth
+from fleetcast.proto.identity import SERVER_IDENTITY
 from fleetcast.proto.topics import AssignmentNotice, UplinkAck
 
 logger = logging.getLogger(__name__)
@@ -148,13 +150,13 @@ class MqttBridge:
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
         store_timeout_s: float = 30.0,
+        auth: BrokerAuth | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
 
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-            raise ValueError(f"MQTT URL {url!r} is not valid: use mqtt://HOST:PORT")
-        self.host, self.port = parts.hostname, parts.port or 1883
+        address = brokerauth.parse_url(url if "://" in url else f"mqtt://{url}")
+        self.host, self.port = address.host, address.port
         self._loop = loop
         self._handlers = {"status": on_status, "telemetry": on_telemetry}
         self.connected = asyncio.Event()
@@ -163,7 +165,9 @@ class MqttBridge:
         # server is down the broker keeps its QoS 1 subscriptions and queues what devices
         # publish, so a status or batch the broker acknowledged to a device is not lost.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        client.username_pw_set(parts.username or "fleetcast-server", parts.password)
+        client.username_pw_set(parts.username or SERVER_IDENTITY, parts.password)
+        # mqtts://: the broker checks this server's certificate (CN fleetcast-server).
+        (auth or BrokerAuth()).apply(client, address)
         client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

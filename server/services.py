@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fleetcast.server import datadir
 from fleetcast.server.blobs import BlobStore
+from fleetcast.server.certificates import Certificates, server_names
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import Deployments
 from fleetcast.server.fleet import Fleet
@@ -36,6 +37,7 @@ class Services:
     deployments: Deployments
     telemetry: Telemetry
     operator_token: str
+    certificates: Certificates | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -55,6 +57,11 @@ def open_services(config: ServerConfig) -> Services:
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
         datadir.write_atomic(data / "trust-root.json", signer.trust_root())
+        certificates = Certificates.open(
+            config.tls_dir, names=server_names([config.http_host, config.grpc_host], config.tls_names),
+            given_cert=config.tls_cert, given_key=config.tls_key)
+        # Next to the trust root: what the operator copies to devices and operator machines.
+        datadir.write_atomic(data / "server-ca.pem", certificates.server_ca.pem)
     except BaseException:
         store.close()
         raise
@@ -74,7 +81,7 @@ def open_services(config: ServerConfig) -> Services:
         logger.warning("compression jobs interrupted by the last stop count=%d", interrupted)
     return Services(
         config=config, store=store, blobs=blobs, signer=signer, hub=hub,
-        fleet=Fleet(store=store, enroll_token=enroll_token), registry=registry,
+        fleet=Fleet(store=store, enroll_token=enroll_token, certificates=certificates), registry=registry,
         deployments=Deployments(store=store, signer=signer, registry=registry, hub=hub),
-        telemetry=Telemetry(store=store), operator_token=operator_token,
+        telemetry=Telemetry(store=store), operator_token=operator_token, certificates=certificates,
     )

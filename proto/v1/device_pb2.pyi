@@ -17,7 +17,7 @@ REPOSITORY_IMAGE: Repository
 REPOSITORY_DIRECTOR: Repository
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("device_id", "hardware_class", "backends", "enroll_token", "agent_version", "group", "labels")
+    __slots__ = ("device_id", "hardware_class", "backends", "enroll_token", "agent_version", "group", "labels", "csr", "proof", "proof_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,9 @@ class EnrollRequest(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    PROOF_TIME_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hardware_class: str
     backends: _containers.RepeatedScalarFieldContainer[str]
@@ -39,13 +42,18 @@ class EnrollRequest(_message.Message):
     agent_version: str
     group: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, device_id: _Optional[str] = ..., hardware_class: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., enroll_token: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    csr: bytes
+    proof: bytes
+    proof_time: int
+    def __init__(self, device_id: _Optional[str] = ..., hardware_class: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., enroll_token: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., csr: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., proof_time: _Optional[int] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("device_token",)
+    __slots__ = ("device_token", "certificate")
     DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     device_token: str
-    def __init__(self, device_token: _Optional[str] = ...) -> None: ...
+    certificate: bytes
+    def __init__(self, device_token: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("device_id",)

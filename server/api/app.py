@@ -16,6 +16,7 @@ from typing import Final
 
 from aiohttp import web
 
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.server import refresher
 from fleetcast.server.api import openapi
 from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, OPENAPI, SERVICES, Addresses
@@ -121,9 +122,12 @@ def _upstream(services: Services) -> Upstream:
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     upstream = _upstream(services)
+    certs = services.certificates
+    auth = None if certs is None else BrokerAuth(ca=certs.server_ca_path, cert=certs.mqtt_client_paths[0],
+                                                 key=certs.mqtt_client_paths[1])
     bridge = MqttBridge(services.config.mqtt_url or "", loop=asyncio.get_running_loop(),
                         on_status=upstream.status, on_telemetry=upstream.telemetry,
-                        client_id=mqtt_client_id(services.config.data_dir))
+                        client_id=mqtt_client_id(services.config.data_dir), auth=auth)
     bridge.start()
     services.hub.add_sink(bridge)
     yield

@@ -49,6 +49,12 @@ BODIES: dict[str, dict[str, Any]] = {
         "schema": {"$ref": "#/components/schemas/ModelUpload"}}}},
     "deployment": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/DeploymentRequest"}}}},
+    "enroll-token": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {
+            "group": {"type": "string", "default": ""},
+            "expires_s": {"type": "number", "description": "lifetime in seconds (default: none)"},
+            "uses": {"type": "integer", "minimum": 1, "description": "enrollments admitted (default: no limit)"},
+        }}}}},
 }
 
 

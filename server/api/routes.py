@@ -13,10 +13,11 @@ from typing import Final, Literal
 from aiohttp import web
 
 from fleetcast.server.api import handlers as h
+from fleetcast.server.api import identity_handlers as ih
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Auth = Literal["operator", "device", "public"]
-Body = Literal["none", "model-upload", "deployment"]
+Body = Literal["none", "model-upload", "deployment", "enroll-token"]
 Reply = Literal["json", "binary", "created"]
 
 
@@ -47,6 +48,12 @@ ROUTES: Final[tuple[Route, ...]] = (
           "The bytes of one variant of a version", reply="binary", query=("variant",)),
     Route("GET", "/v1/devices", h.list_devices, "operator", "Enrolled devices with state and telemetry summary"),
     Route("GET", "/v1/devices/{id}", h.get_device, "operator", "One device document"),
+    Route("POST", "/v1/devices/{id}/reprovision", ih.reprovision_device, "operator",
+          "Allow one re-enrollment of this device id with a new key"),
+    Route("POST", "/v1/enroll-tokens", ih.create_enroll_token, "operator",
+          "Make an enrollment token (group, expiry, uses); the token is in this answer only",
+          body="enroll-token", reply="created"),
+    Route("GET", "/v1/enroll-tokens", ih.list_enroll_tokens, "operator", "Enrollment tokens, without the tokens"),
     Route("POST", "/v1/deployments", h.create_deployment, "operator",
           "Deploy a model version to all devices, a group or a list of devices", body="deployment", reply="created"),
     Route("GET", "/v1/deployments", h.list_deployments, "operator", "Deployments, newest first"),

@@ -77,6 +77,30 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DeviceIdentity:
+    """The key a device enrolled with (ADR 0005) and whether the operator approved a
+    re-provisioning: the next enrollment of this id may then bring a new key."""
+
+    device_id: str
+    public_key_pem: str
+    certificate_sha256: str
+    issued_at: float
+    reprovision_approved_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EnrollToken:
+    """An operator-made enrollment token (stored hashed): optional group, expiry and uses."""
+
+    token_sha256: str
+    name: str                 # shown to operators: "et-" + the first hex digits of the hash
+    group: str                # "" : the device chooses (or none)
+    created_at: float
+    expires_at: float | None  # None: never
+    uses_left: int | None     # None: unlimited
+
+
+@dataclass(frozen=True)
 class Deployment:
     deployment_id: str
     model: str
@@ -158,6 +182,14 @@ class Store(Protocol):
     def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
                       error: str = "") -> None: ...
     def touch_device(self, device_id: str, at: float) -> None: ...
+
+    # device identity (ADR 0005)
+    def device_identity(self, device_id: str) -> DeviceIdentity | None: ...
+    def put_device_identity(self, identity: DeviceIdentity) -> None: ...
+    def add_enroll_token(self, token: EnrollToken) -> None: ...
+    def use_enroll_token(self, token_sha256: str, at: float) -> EnrollToken | None: ...
+    # ^ atomically: None when unknown, expired or used up; else one use is taken
+    def enroll_tokens(self) -> list[EnrollToken]: ...
 
     # deployments
     def add_deployment(self, deployment: Deployment, devices: Sequence[DeploymentDevice]) -> None: ...

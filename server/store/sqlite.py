@@ -27,6 +27,8 @@ from fleetcast.server.store import (
     Deployment,
     DeploymentDevice,
     Device,
+    DeviceIdentity,
+    EnrollToken,
     Golden,
     ModelVersion,
     StatsRow,
@@ -116,6 +118,19 @@ def add_compression_and_variant_golden(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE variants ADD COLUMN golden TEXT")
 
 
+def create_device_identities(db: sqlite_utils.Database) -> None:
+    # ADR 0005: the public key each device enrolled with, and the operator's approval
+    # of a re-provisioning; enroll tokens the operator made (hashed).
+    db.execute(
+        "CREATE TABLE device_identities (device_id TEXT PRIMARY KEY, public_key_pem TEXT NOT NULL,"
+        " certificate_sha256 TEXT NOT NULL, issued_at REAL NOT NULL, reprovision_approved_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE enroll_tokens (token_sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, grp TEXT NOT NULL,"
+        " created_at REAL NOT NULL, expires_at REAL, uses_left INTEGER)"
+    )
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -125,6 +140,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_telemetry,
     add_compression_and_variant_golden,
     add_device_last_error,
+    create_device_identities,
 ]
 
 
@@ -152,6 +168,11 @@ def _device(row: sqlite3.Row) -> Device:
         active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
         last_error=row["last_error"], last_error_at=row["last_error_at"],
     )
+
+
+def _enroll_token(row: sqlite3.Row) -> EnrollToken:
+    return EnrollToken(token_sha256=row["token_sha256"], name=row["name"], group=row["grp"],
+                       created_at=row["created_at"], expires_at=row["expires_at"], uses_left=row["uses_left"])
 
 
 def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[DeploymentDevice]) -> None:
@@ -346,6 +367,36 @@ class SqliteStore:
     def touch_device(self, device_id: str, at: float) -> None:
         with self._tx() as c:
             c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
+
+    # -- device identity ----------------------------------------------------------------
+    def device_identity(self, device_id: str) -> DeviceIdentity | None:
+        row = self._one("SELECT * FROM device_identities WHERE device_id = ?", (device_id,))
+        return DeviceIdentity(**dict(row)) if row else None
+
+    def put_device_identity(self, identity: DeviceIdentity) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO device_identities VALUES (?, ?, ?, ?, ?)",
+                (identity.device_id, identity.public_key_pem, identity.certificate_sha256, identity.issued_at,
+                 identity.reprovision_approved_at),
+            )
+
+    def add_enroll_token(self, token: EnrollToken) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?, ?)",
+                      (token.token_sha256, token.name, token.group, token.created_at, token.expires_at,
+                       token.uses_left))
+
+    def use_enroll_token(self, token_sha256: str, at: float) -> EnrollToken | None:
+        with self._tx() as c:
+            row = c.execute(
+                "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE token_sha256 = ?"
+                " AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)"
+                " RETURNING *", (token_sha256, at)).fetchone()
+        return _enroll_token(row) if row else None
+
+    def enroll_tokens(self) -> list[EnrollToken]:
+        return [_enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]
 
     # -- deployments --------------------------------------------------------------------
     def add_deployment(self, deployment: Deployment, devices: Sequence[DeploymentDevice]) -> None:

@@ -1,4 +1,7 @@
-"""The repo's broker ACL (deploy/mosquitto/acl) keeps devices to their own topics."""
+"""The repo's broker ACL (deploy/mosquitto/acl) keeps devices to their own topics.
+
+Clients log in as the shipped config asks: TLS, with a certificate from the device
+CA whose CN is the identity (`Broker.client_certificate`)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ pytestmark = pytest.mark.broker
 class Listener:
     """A paho client that records what arrives, subscribed in on_connect."""
 
-    def __init__(self, broker: Broker, client_id: str, *, username: str | None = None, subscribe: tuple[str, ...] = ()):
+    def __init__(self, broker: Broker, client_id: str, *, username: str | None = None, subscribe: tuple[str, ...] = (),
+                 identity: str | None = None):
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.granted: dict[str, int] = {}
         self._subscribe = subscribe
@@ -28,12 +32,16 @@ class Listener:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if username:
             self.client.username_pw_set(username)
+        # The certificate names the identity; by default the one the client id claims.
+        cert, key = broker.client_certificate(identity or username or client_id)
+        self.client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload))
         self.client.on_subscribe = self._on_subscribe
         self.connected = False
-        url = urlparse(broker.url)
-        self.client.connect(url.hostname or "127.0.0.1", url.port or 1883)
+        name = identity or username or client_id
+        url = urlparse(broker.server_url if name == "fleetcast-server" else broker.url)
+        self.client.connect(url.hostname or "127.0.0.1", url.port or 8883)
         self.client.loop_start()
         wait_for(lambda: self.connected and not self._pending_subs, timeout_s=10,
                  what=f"client {client_id} to connect and subscribe", context=broker.log_tail)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.broker import broker_for, server_url_for
 from tests.support.waiting import WaitHopeless, log_tail, port_accepts, wait_for
 
 START_TIMEOUT_S = 60.0  # imports of onnx/onnxruntime/grpc on a loaded 2-core machine
@@ -145,13 +146,20 @@ class ServerProcess(_Process):
         self.grpc_address = "127.0.0.1:0"
         self.info: dict[str, Any] = {}
 
+    def launch(self) -> None:
+        # A test broker accepts certificates from its own Fleetcast CAs: start from them.
+        broker = broker_for(self.mqtt_url)
+        if broker is not None:
+            broker.seed_server_data(self.data_dir)
+        super().launch()
+
     def command(self) -> list[str]:
         cmd = [
             sys.executable, "-m", "fleetcast.sdk.console", "server", "--data", str(self.data_dir),
             "--http", self.http_address, "--grpc", self.grpc_address,
         ]
         if self.mqtt_url:
-            cmd += ["--mqtt", self.mqtt_url]
+            cmd += ["--mqtt", server_url_for(self.mqtt_url) or self.mqtt_url]
         return cmd + ["-v"] + self.extra_args
 
     @property
@@ -194,6 +202,15 @@ class ServerProcess(_Process):
         return self.data_dir / "trust-root.json"
 
     @property
+    def server_ca(self) -> Path:
+        """The CA the server's TLS certificate chains to (agents and clients pin it)."""
+        return self.data_dir / "server-ca.pem"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
     def blobs_dir(self) -> Path:
         return self.data_dir / "blobs"
 
@@ -205,7 +222,7 @@ class ServerProcess(_Process):
         """An operator SDK client for this server (close it, or use it in a `with`)."""
         from fleetcast.sdk import Client
 
-        return Client(self.http, self.operator_token)
+        return Client(self.http, self.operator_token, ca=self.server_ca)
 
 
 class AgentProcess(_Process):
@@ -224,8 +241,10 @@ class AgentProcess(_Process):
         enroll_token: str,
         mqtt_url: str | None = None,
         extra_args: Sequence[str] = (),
+        expect_enrollment: bool = True,
     ) -> None:
         super().__init__(data_dir)
+        self.expect_enrollment = expect_enrollment
         self.server = server
         self.device_id = device_id
         self.hardware = hardware
@@ -236,16 +255,25 @@ class AgentProcess(_Process):
         self.label = f"agent {device_id}"
         self.info: dict[str, Any] = {}
 
+    @property
+    def enroll_token_file(self) -> Path:
+        """Where the enroll token is written (0600) for --enroll-token-file: never on argv."""
+        return self.data_dir.parent / f"{self.data_dir.name}.enroll-token"
+
     def command(self) -> list[str]:
         grpc = self.server.grpc if isinstance(self.server, ServerProcess) else self.server
+        fd = os.open(self.enroll_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.enroll_token + "\n")
         cmd = [
             sys.executable, "-m", "fleetcast.sdk.console", "agent",
             "--server", grpc, "--data", str(self.data_dir), "--device-id", self.device_id,
             "--hardware", self.hardware, "--trust-root", str(self.trust_root),
-            # One argument, so a token that starts with "-" is not taken for an option.
-            f"--enroll-token={self.enroll_token}",
+            "--enroll-token-file", str(self.enroll_token_file),
             "--trial-s", "1", "--poll-interval-s", "5", "--telemetry-interval-s", "1",
         ]
+        if isinstance(self.server, ServerProcess):
+            cmd += ["--server-ca", str(self.server.server_ca)]
         if self.mqtt_url:
             cmd += ["--mqtt", self.mqtt_url]
         return cmd + ["-v"] + self.extra_args
@@ -259,7 +287,11 @@ class AgentProcess(_Process):
         if not doc or doc.get("pid") != self.pid:
             return False
         self.info = doc
-        return Path(str(doc.get("socket", self.data_dir / "agent.sock"))).exists()
+        if not Path(str(doc.get("socket", self.data_dir / "agent.sock"))).exists():
+            return False
+        # Serving means enrolled too, when the server is up: a deployment may follow at once.
+        server_up = isinstance(self.server, ServerProcess) and self.server.running
+        return not (self.expect_enrollment and server_up) or (self.data_dir / "device.json").exists()
 
     def start(self) -> "AgentProcess":
         super().start()

@@ -39,7 +39,7 @@ def test_push_show_download_and_errors_against_the_real_server(server: ServerPro
 
 
 def test_a_wrong_token_is_refused(server: ServerProcess) -> None:
-    with Client(server.http, "not-the-token") as client, pytest.raises(AuthError):
+    with Client(server.http, "not-the-token", ca=server.server_ca) as client, pytest.raises(AuthError):
         client.list_devices()
 
 

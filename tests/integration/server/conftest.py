@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -43,8 +44,9 @@ class RunningServer:
         elif token:
             h["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.http + path, data=body, method=method, headers=h)
+        context = ssl.create_default_context(cafile=str(self.data / "server-ca.pem"))
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30, context=context) as r:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
@@ -62,7 +64,8 @@ class RunningServer:
         return status, json.loads(data)
 
     def stub(self) -> pb_grpc.DeviceServiceStub:
-        return pb_grpc.DeviceServiceStub(grpc.insecure_channel(self.grpc))
+        credentials = grpc.ssl_channel_credentials((self.data / "server-ca.pem").read_bytes())
+        return pb_grpc.DeviceServiceStub(grpc.secure_channel(self.grpc, credentials))
 
     def enroll(self, device_id: str, group: str = "lab") -> str:
         reply = self.stub().Enroll(pb.EnrollRequest(device_id=device_id, hardware_class="x86-cpu",

@@ -19,12 +19,14 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture(scope="module")
 def bridged(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with launch(tmp_path_factory.mktemp("bridged"), "--mqtt", mosquitto.url) as running:
+    workdir = tmp_path_factory.mktemp("bridged")
+    mosquitto.seed_server_data(workdir / "data")   # the broker accepts certificates from these CAs
+    with launch(workdir, "--mqtt", mosquitto.server_url) as running:
         yield running
 
 
 class Device:
-    """A device's MQTT side: client id = device id, as the broker ACL expects."""
+    """A device's MQTT side: a certificate with CN = device id, as the broker ACL expects."""
 
     def __init__(self, broker: Broker, device_id: str) -> None:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -33,6 +35,8 @@ class Device:
         self.client.on_connect = lambda c, *_: c.subscribe(topics.device_assignment(device_id), qos=1)
         self.client.on_subscribe = lambda *_: setattr(self, "subscribed", True)
         self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload)))
+        cert, key = broker.client_certificate(device_id)
+        self.client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         wait_for(lambda: self.subscribed, timeout_s=10, what=f"{device_id} to subscribe")

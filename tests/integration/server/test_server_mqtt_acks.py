@@ -15,6 +15,7 @@ import pytest
 from fleetcast.agent.control import MqttListener, MqttUplink
 from fleetcast.proto import telemetry as buckets
 from fleetcast.proto import topics
+from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2 as pb
 from tests.integration.server.conftest import RunningServer, auth, launch
 from tests.support import models
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture(scope="module")
 def acking(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with launch(tmp_path_factory.mktemp("acking"), "--mqtt", mosquitto.url) as running:
+    workdir = tmp_path_factory.mktemp("acking")
+    mosquitto.seed_server_data(workdir / "data")   # the broker accepts certificates from these CAs
+    with launch(workdir, "--mqtt", mosquitto.server_url) as running:
         wait_for(lambda: "mqtt bridge connected" in running.log.read_text(errors="replace"), timeout_s=30,
                  what="the server's MQTT bridge to connect")
         yield running
@@ -38,7 +41,9 @@ def uplink(acking: RunningServer, mosquitto: Broker) -> Iterator[MqttUplink]:
     device_id = f"ack-{uuid.uuid4().hex[:8]}"
     acking.enroll(device_id)
     connected = threading.Event()
-    listener = MqttListener(mosquitto.url, device_id, lambda _d: connected.set())
+    cert, key = mosquitto.client_certificate(device_id)
+    listener = MqttListener(mosquitto.url, device_id, lambda _d: connected.set(),
+                            auth=BrokerAuth(ca=mosquitto.ca_path, cert=cert, key=key))
     listener.start()
     connected.wait(10)
     wait_for(listener.connected, timeout_s=10, what=f"{device_id} to connect to the broker")
@@ -98,6 +103,8 @@ class RawDevice:
         self.client.on_connect = lambda c, *_: c.subscribe(topics.device_ack(client_id), qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_message = lambda _c, _u, m: self.acks.put(bytes(m.payload))
+        cert, key = broker.client_certificate(client_id)
+        self.client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         assert subscribed.wait(10), f"{client_id} did not subscribe"

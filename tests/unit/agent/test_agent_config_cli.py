@@ -67,6 +67,6 @@ def test_run_flags_map_onto_the_config() -> None:
 
 def test_missing_trust_root_exits_non_zero_with_a_clear_message(tmp_path: Path, capsys) -> None:
     rc = cli.main(["agent", "--server", "127.0.0.1:1", "--data", str(tmp_path / "d"), "--device-id", "d1",
-                   "--hardware", "x86-cpu", "--trust-root", str(tmp_path / "missing.json"), "--enroll-token", "x"])
+                   "--hardware", "x86-cpu", "--trust-root", str(tmp_path / "missing.json")])
     assert rc == 2
     assert "trust root" in capsys.readouterr().err

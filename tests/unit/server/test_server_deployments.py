@@ -171,8 +171,12 @@ def test_a_newer_deployment_supersedes_an_open_one(services: Services) -> None:
     assert services.deployments.get(first.deployment_id).status == "failed"
 
 
-def test_reenrolling_rotates_the_device_token(services: Services) -> None:
+def test_reenrolling_after_approval_rotates_the_device_token(services: Services) -> None:
+    from fleetcast.server.errors import AlreadyEnrolled
     old = _enroll(services, "dev-1")
+    with pytest.raises(AlreadyEnrolled, match="fleetcast device reprovision dev-1"):
+        _enroll(services, "dev-1", hw="arm-cpu")
+    services.fleet.approve_reprovision("dev-1")
     new = _enroll(services, "dev-1", hw="arm-cpu")
     assert services.fleet.authenticate(new) == "dev-1"
     from fleetcast.server.errors import Unauthenticated
