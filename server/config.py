@@ -41,6 +41,13 @@ class ServerConfig:
     compress_budget_pp: float = 1.0              # allowed quality drop, percentage points
     compress_latency_s: float = 1.0              # timing per latency measurement
     compress_stop_grace_s: float = 30.0          # shutdown waits this long for a job to stop
+    # The upload check (test inference, golden outputs) runs in a child process bounded by these.
+    upload_check_time_s: float = 60.0            # wall time of one check
+    upload_check_memory_bytes: int = 4 * 1024 * MiB   # address space of the check's process
+    upload_checks: int = 2                       # uploads checked at once; more wait their turn
+    max_golden_unpacked_bytes: int = 256 * MiB   # a golden .npz's arrays, unpacked (given or computed)
+    orphan_blob_grace_s: float = 3600.0          # unreferenced blobs older than this are removed at start
+    allow_shared_data_dir: bool = False          # start even when others can read the data dir
 
     @property
     def keys_dir(self) -> Path:
@@ -76,6 +83,9 @@ def load(
     compress_calibration_samples: int | None = None,
     compress_eval_samples: int | None = None,
     compress_latency_s: float | None = None,
+    upload_check_time_s: float | None = None,
+    upload_check_memory_bytes: int | None = None,
+    allow_shared_data_dir: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
@@ -113,6 +123,16 @@ def load(
         if compress_latency_s <= 0:
             raise InvalidRequest("--compress-latency-s must be positive")
         config = replace(config, compress_latency_s=compress_latency_s)
+    if upload_check_time_s is not None:
+        if upload_check_time_s <= 0:
+            raise InvalidRequest("--upload-check-time-s must be positive")
+        config = replace(config, upload_check_time_s=upload_check_time_s)
+    if upload_check_memory_bytes is not None:
+        if upload_check_memory_bytes < 256 * MiB:
+            raise InvalidRequest("--upload-check-memory-bytes must be at least 268435456 (256 MiB)")
+        config = replace(config, upload_check_memory_bytes=upload_check_memory_bytes)
+    if allow_shared_data_dir:
+        config = replace(config, allow_shared_data_dir=True)
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))
