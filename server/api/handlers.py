@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -79,10 +80,12 @@ async def upload_model(request: web.Request) -> web.Response:
         for f in staged.values():
             f.discard()
         raise
-    record = await asyncio.to_thread(
+    add = functools.partial(
         s.registry.add_version, name, model, golden=uploads["golden"], version=fields.get("version") or None,
         compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"],
     )
+    # The registry's own bounded pool: uploads waiting for a check never take the threads device calls use.
+    record = await asyncio.get_running_loop().run_in_executor(s.registry.uploads, add)
     return _json(version_document(record), status=201)
 
 

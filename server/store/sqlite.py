@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -116,6 +117,15 @@ def add_compression_and_variant_golden(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE variants ADD COLUMN golden TEXT")
 
 
+def create_version_reservations(db: sqlite_utils.Database) -> None:
+    # Names taken by uploads still being checked and signed: allocation is one INSERT in a
+    # transaction, so concurrent uploads (or processes) never get the same version.
+    db.execute(
+        "CREATE TABLE version_reservations (model TEXT NOT NULL, version TEXT NOT NULL, reserved_at REAL NOT NULL,"
+        " PRIMARY KEY (model, version))"
+    )
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -125,6 +135,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_telemetry,
     add_compression_and_variant_golden,
     add_device_last_error,
+    create_version_reservations,
 ]
 
 
@@ -188,6 +199,14 @@ class SqliteStore:
         self._lock = threading.RLock()
         with self._lock:
             migrate(self._db)
+            # One server per data dir (its lock): a reservation left now is from a crashed upload.
+            with conn:
+                conn.execute("DELETE FROM version_reservations")
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(f"{path}{suffix}", 0o600)   # the umask must not make the database readable
+            except FileNotFoundError:
+                pass
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -235,9 +254,31 @@ class SqliteStore:
         row = self._one("SELECT * FROM artifacts WHERE sha256 = ?", (sha256,))
         return Artifact(**{k: row[k] for k in row.keys()}) if row else None
 
+    def reserve_version(self, model: str, version: str | None, *, at: float) -> str | None:
+        with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # the write lock first: the read below and the insert are one step
+            if version is None:
+                row = c.execute(
+                    "SELECT COALESCE(MAX(CAST(version AS INTEGER)), 0) + 1 FROM ("
+                    " SELECT version FROM versions WHERE model = ?"
+                    " UNION ALL SELECT version FROM version_reservations WHERE model = ?)"
+                    " WHERE version NOT GLOB '*[^0-9]*' AND version != ''", (model, model),
+                ).fetchone()
+                version = str(row[0])
+            elif c.execute("SELECT 1 FROM versions WHERE model = ? AND version = ?", (model, version)).fetchone():
+                return None
+            cur = c.execute("INSERT OR IGNORE INTO version_reservations VALUES (?, ?, ?)", (model, version, at))
+            return version if cur.rowcount == 1 else None
+
+    def release_version(self, model: str, version: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM version_reservations WHERE model = ? AND version = ?", (model, version))
+
     def add_version(self, version: ModelVersion) -> None:
         g = version.golden
         with self._tx() as c:
+            c.execute("DELETE FROM version_reservations WHERE model = ? AND version = ?",
+                      (version.model, version.version))
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE model = ?", (version.model,)).fetchone()[0]
             c.execute(
                 "INSERT INTO versions (model, version, seq, created_at, inputs, outputs, golden_sha256,"
