@@ -155,6 +155,8 @@ def check_onnx_in_child(model_path: Path, golden_path: Path | None, out_path: Pa
     try:
         results = session.run(None, feeds)
     except Exception as e:
+        if "Failed to allocate" in str(e) or "bad_alloc" in str(e):
+            raise MemoryError() from e   # the check's memory limit: upload_check says so
         raise ModelInvalid(f"the model fails to run on its golden inputs: {str(e)[:400]}") from e
     computed = {spec.name: np.asarray(r) for spec, r in zip(session.get_outputs(), results)}
     produced = sum(a.nbytes for a in computed.values()) + sum(a.nbytes for a in feeds.values())

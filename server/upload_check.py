@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import resource
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -115,10 +116,14 @@ def check_upload(path: Path, *, format: str, golden: Path | None, out: Path, sha
         message = ("died", "")
     finally:
         receive.close()
+        child.join(0 if message[0] == "time" else 5)   # a child that answered exits by itself
         if child.is_alive():
             child.kill()
-        child.join(10)
+            child.join(10)
     kind, payload = message
+    if kind == "died" and child.exitcode not in (-signal.SIGKILL, 1):
+        kind, payload = "ModelInvalid", (f"the model crashed the check's process (exit status {child.exitcode}): "
+                                         "onnxruntime cannot run it safely; check the model with onnx.checker")
     if kind == "ok":
         return CheckedUpload(inputs=payload["inputs"], outputs=payload["outputs"], golden_path=out)
     out.unlink(missing_ok=True)
