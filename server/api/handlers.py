@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
 
+from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
@@ -152,10 +153,7 @@ async def get_device(request: web.Request) -> web.Response:
 # -- deployments ----------------------------------------------------------------------
 
 async def create_deployment(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidRequest(f"the body is not JSON ({e}); send {{\"model\", \"version\", \"target\"}}") from e
+    body = parse_json(await request.read(), hint='{"model", "version", "target"}')
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a JSON object: {"model": ..., "version": ..., "target": ...}')
     model, version, target = body.get("model"), body.get("version"), body.get("target", "all")

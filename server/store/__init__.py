@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+# Telemetry aggregates saturate here rather than overflow: integers stay exact in JSON
+# (2^53) and in 64-bit columns, latency sums stay finite. Every store clamps alike.
+MAX_AGGREGATE_COUNT: Final = 2**53
+MAX_AGGREGATE_LATENCY_MS: Final = float(2**53)
+
+
+def saturating_add(a: int | float, b: int | float, limit: int | float) -> Any:
+    """a + b, never above `limit` (both are non-negative: telemetry checks them first)."""
+    return min(a + b, limit)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
+    MAX_AGGREGATE_COUNT,
+    MAX_AGGREGATE_LATENCY_MS,
     Aggregate,
     Artifact,
     Assignment,
@@ -32,6 +34,7 @@ from fleetcast.server.store import (
     ModelVersion,
     StatsRow,
     Variant,
+    saturating_add,
 )
 
 logger = logging.getLogger(__name__)
@@ -478,11 +481,13 @@ class SqliteStore:
                     " WHERE device_id = ? AND model = ? AND version = ? AND variant = ?", key,
                 ).fetchone()
                 hist = buckets.empty() if old is None else json.loads(old["histogram"])
-                buckets.merge(hist, r.histogram)
+                hist = [saturating_add(a, b, MAX_AGGREGATE_COUNT) for a, b in zip(hist, r.histogram)]
                 c.execute(
                     "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, (old["inferences"] if old else 0) + r.inferences, (old["errors"] if old else 0) + r.errors,
-                     (old["latency_sum_ms"] if old else 0.0) + r.latency_sum_ms, json.dumps(hist), at),
+                    (*key, saturating_add(old["inferences"] if old else 0, r.inferences, MAX_AGGREGATE_COUNT),
+                     saturating_add(old["errors"] if old else 0, r.errors, MAX_AGGREGATE_COUNT),
+                     saturating_add(old["latency_sum_ms"] if old else 0.0, r.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS),
+                     json.dumps(hist), at),
                 )
             c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
             return False
