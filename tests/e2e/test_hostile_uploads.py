@@ -22,7 +22,7 @@ from tests.support.processes import ServerProcess
 pytestmark = pytest.mark.e2e
 
 MiB = 1024**2
-CHECK_TIME_S = 5
+CHECK_TIME_S = 3
 CHECK_MEMORY_BYTES = 1024 * MiB
 BOUNDED = ["--upload-check-time-s", str(CHECK_TIME_S), "--upload-check-memory-bytes", str(CHECK_MEMORY_BYTES)]
 RSS_GROWTH_LIMIT_BYTES = 400 * MiB   # a ConstantOfShape check in the server itself grows it by gigabytes
