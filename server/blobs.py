@@ -3,7 +3,12 @@
 Every blob is written as a temp file in `blobs/tmp/` (same file system), fsynced,
 then renamed into place and the directory fsynced, so a crash leaves either the
 whole blob or nothing under its name. Names come from our own hashes, never from
-the network: `path()` accepts only 64 lowercase hex digits.
+the network: `path()` accepts only 64 lowercase hex digits. Files are 0600 and dirs
+0700 whatever the umask.
+
+A crash between writing a blob and recording it leaves a blob nothing refers to;
+`sweep_orphans` (at start) removes those older than a grace period, so an upload in
+flight (in another replica, say) never loses its blob.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -42,7 +48,8 @@ class StagedFile:
         self.limit_bytes = limit_bytes
         self.length = 0
         self._hash = hashlib.sha256()
-        self._file: BinaryIO | None = open(path, "xb")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
         assert self._file is not None, "staged file already closed"
@@ -77,8 +84,9 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        (root / "sha256").mkdir(exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
+        (root / "sha256").mkdir(mode=0o700, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         check_sha256(sha256)
@@ -119,7 +127,7 @@ class BlobStore:
         staged.finish()
         sha256, length = staged.sha256, staged.length
         final = self.path(sha256)
-        final.parent.mkdir(exist_ok=True)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
         os.replace(staged.path, final)
         fsync_dir(final.parent)
         logger.debug("blob stored sha256=%s length=%d", sha256, length)
@@ -155,4 +163,23 @@ class BlobStore:
             else:
                 leftover.unlink(missing_ok=True)
             removed += 1
+        return removed
+
+    def sweep_orphans(self, referenced: Callable[[str], bool], *, grace_s: float,
+                      now: float | None = None) -> int:
+        """Removes blobs `referenced(sha256)` says nothing refers to, last written more than
+        `grace_s` ago (call at start); returns how many. Files not named by a sha256 are left alone."""
+        cutoff = (time.time() if now is None else now) - grace_s
+        removed = 0
+        for prefix in (self.root / "sha256").iterdir():
+            if not prefix.is_dir():
+                continue
+            for blob in prefix.iterdir():
+                if not (SHA256_PATTERN.fullmatch(blob.name) and blob.name.startswith(prefix.name) and blob.is_file()):
+                    continue
+                if blob.stat().st_mtime >= cutoff or referenced(blob.name):
+                    continue
+                blob.unlink(missing_ok=True)
+                removed += 1
+                logger.info("orphan blob removed sha256=%s", blob.name)
         return removed

@@ -108,7 +108,7 @@ def _load_or_create_authority(directory: Path, stem: str, name: str) -> Authorit
         return Authority(cert, identity.load_key(key_path.read_bytes()))
     authority = _create_authority(name)
     write_atomic(key_path, identity.key_pem(authority.key), mode=0o600)
-    write_atomic(cert_path, authority.pem, mode=0o644)
+    write_atomic(cert_path, authority.pem, mode=0o600)
     logger.info("certificate authority created path=%s", cert_path)
     return authority
 
@@ -121,7 +121,7 @@ def _load_or_issue(directory: Path, stem: str, authority: Authority, *, common_n
     key = identity.generate_key()
     cert = authority.issue(common_name=common_name, public_key=key.public_key(), client=client, names=names)
     write_atomic(key_path, identity.key_pem(key), mode=0o600)
-    write_atomic(cert_path, cert, mode=0o644)
+    write_atomic(cert_path, cert, mode=0o600)
     logger.info("certificate issued path=%s names=%s", cert_path, ",".join(names) or common_name)
     return cert, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                    serialization.NoEncryption())

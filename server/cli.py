@@ -26,6 +26,10 @@ Example:
   fleetcast server --data ./fleet --http 127.0.0.1:8470 --grpc 127.0.0.1:8471
   fleetcast server --data ./fleet --http 127.0.0.1:0 --grpc 127.0.0.1:0 --mqtt mqtt://127.0.0.1:1883 -v
 
+One server per data dir: DATA/server.lock is held while it runs, and a second
+server on the same dir or ports exits with a one-line error, touching nothing.
+Files in DATA are private (0600/0700); a DATA others can read is refused.
+
 The first start creates DATA/keys/, DATA/operator-token, DATA/enroll-token,
 DATA/trust-root.json and DATA/server-ca.pem (copy both to devices; operator machines
 need server-ca.pem too), and DATA/tls/ with the server and device CAs. REST and gRPC
@@ -61,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
                    help="extra DNS name or IP for the issued certificate (repeatable); used when it is first made")
     p.add_argument("--insecure-loopback-plaintext", action="store_true",
                    help="serve REST and gRPC without TLS; refused unless both addresses are loopback")
+    p.add_argument("--upload-check-time-s", type=float, metavar="S",
+                   help="wall-time limit of an upload's test inference, in a child process (default 60)")
+    p.add_argument("--upload-check-memory-bytes", type=int, metavar="N",
+                   help="memory (address space) limit of that child process (default 4294967296)")
+    p.add_argument("--allow-shared-data-dir", action="store_true",
+                   help="start even when other users can read the data dir (default: refuse)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return p
 
@@ -77,29 +87,41 @@ def tls_context(config: server_config.ServerConfig) -> ssl.SSLContext | None:
 
 
 async def serve(config: server_config.ServerConfig) -> None:
+    """Serves until SIGTERM/SIGINT. Holds the data dir's lock throughout: a start that
+    fails (lock held, address in use) has written nothing and removes nothing."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        context = tls_context(config)
-        site = web.TCPSite(runner, config.http_host, config.http_port, ssl_context=context)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        addresses = app[ADDRESSES]
-        addresses.http = f"{'https' if context else 'http'}://{config.http_host}:{port}"
-        document = {"http": addresses.http, "grpc": addresses.grpc, "pid": os.getpid()}
-        datadir.write_server_json(config.data_dir, document)
-        print(f"fleetcast server: http={addresses.http} grpc={addresses.grpc} pid={os.getpid()} "
-              f"data={config.data_dir}", flush=True)
-        await stop.wait()
-        logger.info("stopping")
-    finally:
-        datadir.remove_server_json(config.data_dir)
-        await runner.cleanup()
+    datadir.prepare(config.data_dir, allow_shared=config.allow_shared_data_dir)
+    with datadir.lock(config.data_dir):
+        app = create_app(config)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        published = False
+        try:
+            await runner.setup()
+            context = tls_context(config)
+            try:
+                site = web.TCPSite(runner, config.http_host, config.http_port, ssl_context=context,
+                                   reuse_port=False)
+                await site.start()
+            except OSError as e:
+                raise OSError(e.errno, f"HTTP cannot listen on {config.http_host}:{config.http_port}: "
+                                       f"{e.strerror or e}") from e
+            host, port = runner.addresses[0][:2]
+            addresses = app[ADDRESSES]
+            addresses.http = f"{'https' if context else 'http'}://{config.http_host}:{port}"
+            document = {"http": addresses.http, "grpc": addresses.grpc, "pid": os.getpid()}
+            datadir.write_server_json(config.data_dir, document)
+            published = True
+            print(f"fleetcast server: http={addresses.http} grpc={addresses.grpc} pid={os.getpid()} "
+                  f"data={config.data_dir}", flush=True)
+            await stop.wait()
+            logger.info("stopping")
+        finally:
+            if published:   # only the server that wrote it removes it
+                datadir.remove_server_json(config.data_dir)
+            await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args_in and args_in[0] == "server":
         args_in = args_in[1:]
     args = parser().parse_args(args_in)
+    os.umask(datadir.PRIVATE_UMASK)   # whatever the caller's umask, the data dir stays private
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -115,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             timestamp_expiry_s=args.timestamp_expiry_s, refresh_interval_s=args.refresh_interval_s,
             public_url=args.public_url, max_upload_bytes=args.max_upload_bytes,
             compress_calibration_samples=args.compress_calibration_samples,
-            compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s, environ=os.environ,
+            compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s,
+            upload_check_time_s=args.upload_check_time_s, upload_check_memory_bytes=args.upload_check_memory_bytes,
+            allow_shared_data_dir=args.allow_shared_data_dir, environ=os.environ,
             insecure_loopback_plaintext=args.insecure_loopback_plaintext, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_names=tuple(args.tls_name),
         )
@@ -124,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetcast server: {e.message}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"fleetcast server: cannot start: {e}", file=sys.stderr)
+        print(f"fleetcast server: cannot start: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

@@ -48,6 +48,13 @@ class ServerConfig:
     tls_cert: Path | None = None                 # the operator's certificate chain (PEM) ...
     tls_key: Path | None = None                  # ... and its key; default: issued by DATA/tls/server-ca
     tls_names: tuple[str, ...] = ()              # extra DNS names / IPs for the issued certificate
+    # The upload check (test inference, golden outputs) runs in a child process bounded by these.
+    upload_check_time_s: float = 60.0            # wall time of one check
+    upload_check_memory_bytes: int = 4 * 1024 * MiB   # address space of the check's process
+    upload_checks: int = 2                       # uploads checked at once; more wait their turn
+    max_golden_unpacked_bytes: int = 256 * MiB   # a golden .npz's arrays, unpacked (given or computed)
+    orphan_blob_grace_s: float = 3600.0          # unreferenced blobs older than this are removed at start
+    allow_shared_data_dir: bool = False          # start even when others can read the data dir
 
     @property
     def keys_dir(self) -> Path:
@@ -91,6 +98,9 @@ def load(
     compress_calibration_samples: int | None = None,
     compress_eval_samples: int | None = None,
     compress_latency_s: float | None = None,
+    upload_check_time_s: float | None = None,
+    upload_check_memory_bytes: int | None = None,
+    allow_shared_data_dir: bool = False,
     environ: Mapping[str, str] | None = None,
     insecure_loopback_plaintext: bool = False,
     tls_cert: Path | None = None,
@@ -134,6 +144,16 @@ def load(
         config = replace(config, compress_latency_s=compress_latency_s)
     config = _with_transport(config, insecure_loopback_plaintext=insecure_loopback_plaintext,
                              tls_cert=tls_cert, tls_key=tls_key, tls_names=tls_names)
+    if upload_check_time_s is not None:
+        if upload_check_time_s <= 0:
+            raise InvalidRequest("--upload-check-time-s must be positive")
+        config = replace(config, upload_check_time_s=upload_check_time_s)
+    if upload_check_memory_bytes is not None:
+        if upload_check_memory_bytes < 256 * MiB:
+            raise InvalidRequest("--upload-check-memory-bytes must be at least 268435456 (256 MiB)")
+        config = replace(config, upload_check_memory_bytes=upload_check_memory_bytes)
+    if allow_shared_data_dir:
+        config = replace(config, allow_shared_data_dir=True)
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

@@ -4,14 +4,17 @@
 FleetcastError                 code            HTTP  gRPC
   + InvalidRequest             invalid_request 400   INVALID_ARGUMENT
   |   + ModelInvalid           model_invalid   422   INVALID_ARGUMENT
+  |   |   + ModelTooCostly     model_too_costly      (the upload check's time or memory limit)
   |   + GoldenMismatch         golden_mismatch 422   INVALID_ARGUMENT
   |   + TargetEmpty            target_empty    422   FAILED_PRECONDITION
+  |   + DataDirShared          data_dir_shared 400   INVALID_ARGUMENT  (start-up only)
   + Unauthenticated            unauthenticated 401   UNAUTHENTICATED
   + NotFound                   not_found       404   NOT_FOUND
   |   ModelNotFound, DeviceNotFound, DeploymentNotFound, ArtifactNotFound, MetadataNotFound
   + Conflict                   conflict        409   ALREADY_EXISTS
   |   + VersionExists          version_exists
   |   + AlreadyEnrolled        already_enrolled
+  |   + DataDirInUse           data_dir_in_use             (start-up only: another server holds the lock)
   + TooLarge                   too_large       413   RESOURCE_EXHAUSTED
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
@@ -53,6 +56,14 @@ class TargetEmpty(InvalidRequest):
     code = "target_empty"
 
 
+class ModelTooCostly(ModelInvalid):
+    code = "model_too_costly"
+
+
+class DataDirShared(InvalidRequest):
+    code = "data_dir_shared"
+
+
 class Unauthenticated(FleetcastError):
     code = "unauthenticated"
 
@@ -91,6 +102,10 @@ class VersionExists(Conflict):
 
 class AlreadyEnrolled(Conflict):
     code = "already_enrolled"
+
+
+class DataDirInUse(Conflict):
+    code = "data_dir_in_use"
 
 
 class TooLarge(FleetcastError):

@@ -170,8 +170,12 @@ def server_credentials(services: Services) -> grpc.ServerCredentials | None:
 
 
 async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Starts the servicer; returns the server and the port it bound (port 0 picks one)."""
+    """Starts the servicer; returns the server and the port it bound (port 0 picks one).
+
+    The port is opened without SO_REUSEPORT (gRPC's default allows it), so a second server
+    on the same port fails to start instead of sharing the port with the first."""
     server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -180,9 +184,13 @@ async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio
     pb_grpc.add_DeviceServiceServicer_to_server(DeviceService(services), server)
     credentials = server_credentials(services)
     address = f"{host}:{port}"
-    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    try:
+        bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    except RuntimeError:   # grpcio >= 1.50 raises where older ones returned 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"gRPC cannot listen on {host}:{port}")
+        raise OSError(f"gRPC cannot listen on {host}:{port}: the address is in use or not local "
+                      "(another fleetcast server?); stop it or choose another --grpc")
     await server.start()
     logger.info("grpc serving address=%s:%d tls=%s", host, bound, credentials is not None)
     return server, bound

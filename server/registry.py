@@ -22,9 +22,12 @@ import io
 import logging
 import math
 import re
+import secrets
 import shutil
 import tempfile
 import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ from fleetcast.server.errors import (
 from fleetcast.server.samples import SampleLimits, unpack
 from fleetcast.server.signing import ArtifactTarget, InvalidAssignmentError, Signer
 from fleetcast.server.store import Artifact, Golden, ModelVersion, Store, Variant
+from fleetcast.server.upload_check import CheckLimits, check_upload
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +112,9 @@ def check_version_name(version: str) -> str:
 
 
 def _session(path: Path) -> Any:
-    """Checks the file is ONNX the checker accepts and onnxruntime loads on the CPU."""
+    """Checks the file is ONNX the checker accepts and onnxruntime loads on the CPU.
+
+    Runs inside the upload check's bounded child process (upload_check.py), never in the server."""
     import onnx
     import onnxruntime as ort
 
@@ -125,9 +131,42 @@ def _session(path: Path) -> Any:
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ModelInvalid(f"the model cannot be loaded by onnxruntime because: {str(e)[:400]}") from e
+
+
+def check_onnx_in_child(model_path: Path, golden_path: Path | None, out_path: Path, *, sha256: str,
+                        max_output_bytes: int) -> dict[str, Any]:
+    """The ONNX upload check, run by upload_check in its bounded child process: the model
+    loads, runs on the golden inputs (given, or generated from its sha256), matches the given
+    golden outputs; the golden pair is written to `out_path`. Returns the input/output specs."""
+    session = _session(model_path)
+    inputs = _specs(session.get_inputs(), "input")
+    outputs = _specs(session.get_outputs(), "output")
+    given_outputs: dict[str, np.ndarray] = {}
+    if golden_path is not None:
+        feeds, given_outputs = _read_golden(golden_path, max_unpacked_bytes=max_output_bytes)
+        _check_golden_inputs(feeds, inputs)
+    else:
+        feeds = make_inputs(inputs, sha256)
+    try:
+        results = session.run(None, feeds)
+    except Exception as e:
+        if "Failed to allocate" in str(e) or "bad_alloc" in str(e):
+            raise MemoryError() from e   # the check's memory limit: upload_check says so
+        raise ModelInvalid(f"the model fails to run on its golden inputs: {str(e)[:400]}") from e
+    computed = {spec.name: np.asarray(r) for spec, r in zip(session.get_outputs(), results)}
+    produced = sum(a.nbytes for a in computed.values()) + sum(a.nbytes for a in feeds.values())
+    if produced > max_output_bytes:
+        raise ModelInvalid(f"the model's golden inputs and outputs take {produced} bytes, more than the limit of "
+                           f"{max_output_bytes}: make the outputs smaller or give golden inputs that are")
+    _compare_outputs(computed, given_outputs)
+    with open(out_path, "xb") as f:
+        np.savez(f, **golden_arrays(feeds, computed))  # type: ignore[arg-type]
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def _specs(args: Sequence[Any], what: str) -> dict[str, dict[str, Any]]:
@@ -157,8 +196,18 @@ def make_inputs(specs: Mapping[str, Mapping[str, Any]], sha256: str) -> dict[str
     return feeds
 
 
-def _read_golden(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _read_golden(path: Path, *, max_unpacked_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The golden pair in an .npz; its entries' sizes are checked before anything is unpacked."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            if len(entries) > MAX_GOLDEN_KEYS:
+                raise InvalidRequest(f"golden file has {len(entries)} arrays, more than {MAX_GOLDEN_KEYS}")
+            unpacked = sum(e.file_size for e in entries)
+            if unpacked > max_unpacked_bytes:
+                raise InvalidRequest(f"golden file unpacks to {unpacked} bytes, more than the limit of "
+                                     f"{max_unpacked_bytes}: give fewer or smaller golden inputs")
+        # zipfile reads no more than each entry's declared size, so the check above bounds memory
         with np.load(path, allow_pickle=False) as npz:
             if len(npz.files) > MAX_GOLDEN_KEYS:
                 raise InvalidRequest(f"golden file has {len(npz.files)} arrays, more than {MAX_GOLDEN_KEYS}")
@@ -205,28 +254,32 @@ def _compare_outputs(computed: Mapping[str, np.ndarray], given: Mapping[str, np.
             )
 
 
+def golden_arrays(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"input:{k}": v for k, v in inputs.items()} | {f"output:{k}": v for k, v in outputs.items()}
+
+
 def golden_bytes(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    arrays = {f"input:{k}": v for k, v in inputs.items()} | {f"output:{k}": v for k, v in outputs.items()}
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    np.savez(buffer, **golden_arrays(inputs, outputs))  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
 class Registry:
     def __init__(self, *, store: Store, blobs: BlobStore, signer: Signer, compressor: Compressor | None = None,
                  calibration_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS,
-                 eval_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS) -> None:
+                 eval_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS,
+                 check_limits: CheckLimits = CheckLimits(), upload_workers: int = 2) -> None:
         self.store = store
+        self.check_limits = check_limits
+        # Uploads run here, not in the event loop's default pool, so checks waiting their
+        # turn never starve device calls of threads.
+        self.uploads = ThreadPoolExecutor(max_workers=upload_workers, thread_name_prefix="upload")
         self.blobs = blobs
         self.signer = signer
         self.compressor = compressor
         self.calibration_limits = calibration_limits
         self.eval_limits = eval_limits
         self.builds = Builds(self.build_variants)
-
-    def next_version(self, model: str) -> str:
-        numbers = [int(v.version) for v in self.store.versions(model) if v.version.isdigit()]
-        return str(max(numbers, default=0) + 1)
 
     def add_version(
         self,
@@ -243,35 +296,30 @@ class Registry:
 
         With `compress`, the levels are built in the background (see the module docstring).
         """
+        out = self.blobs.tmp_dir / f"{secrets.token_hex(12)}.golden.part"
         try:
             check_model_name(model)
-            version = check_version_name(version) if version else self.next_version(model)
-            if self.store.version(model, version) is not None:
-                raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")
+            if version:
+                check_version_name(version)
+                if self.store.version(model, version) is not None:
+                    raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")
             staged.finish()
-            session = _session(staged.path)
-            inputs = _specs(session.get_inputs(), "input")
-            outputs = _specs(session.get_outputs(), "output")
-            given_outputs: dict[str, np.ndarray] = {}
             if golden is not None:
                 golden.finish()
-                feeds, given_outputs = _read_golden(golden.path)
-                _check_golden_inputs(feeds, inputs)
-            else:
-                feeds = make_inputs(inputs, staged.sha256)
+            checked = check_upload(staged.path, format="onnx", golden=None if golden is None else golden.path,
+                                   out=out, sha256=staged.sha256, limits=self.check_limits)
+            reserved = self.store.reserve_version(model, version or None, at=time.time())
+            if reserved is None:
+                raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")
+            job = None
             try:
-                results = session.run(None, feeds)
-            except Exception as e:
-                raise ModelInvalid(f"the model fails to run on its golden inputs: {str(e)[:400]}") from e
-            computed = {spec.name: np.asarray(r) for spec, r in zip(session.get_outputs(), results)}
-            _compare_outputs(computed, given_outputs)
-            job = self._prepare(model, version, staged, inputs, tuple(compress), calibration, evaluation)
-            try:
+                job = self._prepare(model, reserved, staged, checked.inputs, tuple(compress), calibration, evaluation)
                 compression = None if job is None else {
                     "status": "running", "levels": [{"level": x, "error": None} for x in job.levels], "notes": []}
-                record = self._record(model, version, staged, inputs, outputs, golden_bytes(feeds, computed),
-                                      compression)
+                record = self._record(model, reserved, staged, dict(checked.inputs), dict(checked.outputs),
+                                      checked.golden_path, compression)
             except BaseException:
+                self.store.release_version(model, reserved)
                 if job is not None:
                     shutil.rmtree(job.work, ignore_errors=True)
                 raise
@@ -279,6 +327,7 @@ class Registry:
                 self.builds.submit(job)
             return record
         finally:
+            out.unlink(missing_ok=True)
             for f in (staged, golden, calibration, evaluation):
                 if f is not None:
                     f.discard()
@@ -311,10 +360,11 @@ class Registry:
 
     def _record(
         self, model: str, version: str, staged: StagedFile, inputs: dict[str, Any], outputs: dict[str, Any],
-        golden_data: bytes, compression: Mapping[str, Any] | None,
+        golden_file: Path, compression: Mapping[str, Any] | None,
     ) -> ModelVersion:
+        """Stores the blobs, signs them and records the version (its name already reserved)."""
         sha256, length = self.blobs.commit(staged)
-        golden_sha, golden_len = self.blobs.put_bytes(golden_data)
+        golden_sha, golden_len = self.blobs.put_file(golden_file)
         variants = [Variant(variant="original", format="onnx", sha256=sha256, length=length)]
         self._sign([Artifact(golden_sha, golden_len, "golden", model, version, "original", "npz"),
                     Artifact(sha256, length, "model", model, version, "original", "onnx")])
@@ -407,7 +457,7 @@ class Registry:
 
         from fleetcast.proto import fcpack
 
-        feeds, _ = _read_golden(self.blobs.path(record.golden.sha256))
+        feeds, _ = _read_golden(self.blobs.path(record.golden.sha256), max_unpacked_bytes=self.check_limits.max_output_bytes)
         data = built.path.read_bytes()
         runnable = fcpack.decode(data) if built.format == "fcpack" else data
         options = ort.SessionOptions()

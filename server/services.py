@@ -21,6 +21,7 @@ from fleetcast.server.samples import SampleLimits
 from fleetcast.server.signing import Signer
 from fleetcast.server.store.sqlite import SqliteStore
 from fleetcast.server.telemetry import Telemetry
+from fleetcast.server.upload_check import CheckLimits
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +41,24 @@ class Services:
     certificates: Certificates | None = None
 
     def close(self) -> None:
+        self.registry.uploads.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
 
 def open_services(config: ServerConfig) -> Services:
     """Opens (on first start: creates) the data dir, keys, tokens and trust root."""
     data: Path = config.data_dir
-    datadir.prepare(data)
+    datadir.prepare(data, allow_shared=config.allow_shared_data_dir)
     store = SqliteStore(config.db_path)
     try:
         blobs = BlobStore(config.blobs_dir)
         swept = blobs.sweep_temp()
         if swept:
             logger.info("temp uploads removed count=%d", swept)
+        orphans = blobs.sweep_orphans(lambda sha256: store.artifact(sha256) is not None,
+                                      grace_s=config.orphan_blob_grace_s)
+        if orphans:
+            logger.warning("blobs no record refers to were removed count=%d (left by a crash mid-upload)", orphans)
         signer = Signer.open(config.keys_dir, store, config.signing)
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
@@ -75,6 +81,9 @@ def open_services(config: ServerConfig) -> Services:
                                         keep=config.compress_calibration_samples),
         eval_limits=SampleLimits(max_bytes=config.max_samples_bytes, max_samples=config.max_samples,
                                  keep=config.compress_eval_samples),
+        check_limits=CheckLimits(time_s=config.upload_check_time_s, memory_bytes=config.upload_check_memory_bytes,
+                                 max_output_bytes=config.max_golden_unpacked_bytes),
+        upload_workers=config.upload_checks,
     )
     interrupted = registry.fail_interrupted()
     if interrupted:

@@ -8,6 +8,7 @@ as a duplicate and never counted twice.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from typing import Any, Final
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.errors import InvalidRequest
-from fleetcast.server.store import Aggregate, StatsRow, Store
+from fleetcast.server.store import (
+    MAX_AGGREGATE_COUNT,
+    MAX_AGGREGATE_LATENCY_MS,
+    Aggregate,
+    StatsRow,
+    Store,
+    saturating_add,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +31,10 @@ MAX_STATS: Final = 256
 MAX_BATCH_ID_CHARS: Final = 128
 MAX_NAME_CHARS: Final = 128
 MAX_COUNT: Final = 2**53  # keeps sums exact in SQLite and JSON
+# One batch covers seconds of serving: its counts are far below these, so a value above
+# them is refused as a broken or hostile sender rather than stored.
+MAX_BATCH_COUNT: Final = 2**32
+MAX_LATENCY_MS: Final = 3_600_000.0   # one inference slower than an hour is not a measurement
 
 
 @dataclass(frozen=True)
@@ -58,10 +70,16 @@ def check_batch(batch: Batch, device_id: str) -> Batch:
                 f"latency histogram for {s.model[:40]} has {len(s.histogram)} buckets, expected {buckets.BUCKETS} "
                 "(see fleetcast.proto.telemetry)"
             )
-        if not 0 <= s.errors <= s.inferences <= MAX_COUNT or sum(s.histogram) > MAX_COUNT:
+        if not 0 <= s.errors <= s.inferences:
             raise InvalidRequest(f"telemetry counts for {s.model[:40]} are not sane: need 0 <= errors <= inferences")
-        if not 0.0 <= s.latency_sum_ms < float("inf"):
-            raise InvalidRequest(f"latency_sum_ms for {s.model[:40]} must be a finite, non-negative number")
+        if s.inferences > MAX_BATCH_COUNT or sum(s.histogram) > MAX_BATCH_COUNT:
+            raise InvalidRequest(f"telemetry batch {batch.batch_id[:40]} refused: {s.model[:40]} counts "
+                                 f"{max(s.inferences, sum(s.histogram))} inferences, at most {MAX_BATCH_COUNT} "
+                                 "fit one batch; send smaller batches")
+        if not (math.isfinite(s.latency_sum_ms) and 0.0 <= s.latency_sum_ms <= s.inferences * MAX_LATENCY_MS):
+            raise InvalidRequest(f"telemetry batch {batch.batch_id[:40]} refused: latency_sum_ms "
+                                 f"{s.latency_sum_ms!r} for {s.model[:40]} must be finite, non-negative and at most "
+                                 f"{MAX_LATENCY_MS:g} ms per inference")
     return batch
 
 
@@ -88,9 +106,10 @@ class Telemetry:
             else:
                 merged[key] = Aggregate(
                     device_id="*", model=a.model, version=a.version, variant=a.variant,
-                    inferences=old.inferences + a.inferences, errors=old.errors + a.errors,
-                    latency_sum_ms=old.latency_sum_ms + a.latency_sum_ms,
-                    histogram=buckets.merge(list(old.histogram), a.histogram),
+                    inferences=saturating_add(old.inferences, a.inferences, MAX_AGGREGATE_COUNT),
+                    errors=saturating_add(old.errors, a.errors, MAX_AGGREGATE_COUNT),
+                    latency_sum_ms=saturating_add(old.latency_sum_ms, a.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS),
+                    histogram=[saturating_add(x, y, MAX_AGGREGATE_COUNT) for x, y in zip(old.histogram, a.histogram)],
                 )
         return [summarize(a) for a in merged.values()]
 

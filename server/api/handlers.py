@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
 
+from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
@@ -79,10 +81,12 @@ async def upload_model(request: web.Request) -> web.Response:
         for f in staged.values():
             f.discard()
         raise
-    record = await asyncio.to_thread(
+    add = functools.partial(
         s.registry.add_version, name, model, golden=uploads["golden"], version=fields.get("version") or None,
         compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"],
     )
+    # The registry's own bounded pool: uploads waiting for a check never take the threads device calls use.
+    record = await asyncio.get_running_loop().run_in_executor(s.registry.uploads, add)
     return _json(version_document(record), status=201)
 
 
@@ -149,10 +153,7 @@ async def get_device(request: web.Request) -> web.Response:
 # -- deployments ----------------------------------------------------------------------
 
 async def create_deployment(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidRequest(f"the body is not JSON ({e}); send {{\"model\", \"version\", \"target\"}}") from e
+    body = parse_json(await request.read(), hint='{"model", "version", "target"}')
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a JSON object: {"model": ..., "version": ..., "target": ...}')
     model, version, target = body.get("model"), body.get("version"), body.get("target", "all")

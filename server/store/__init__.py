@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+# Telemetry aggregates saturate here rather than overflow: integers stay exact in JSON
+# (2^53) and in 64-bit columns, latency sums stay finite. Every store clamps alike.
+MAX_AGGREGATE_COUNT: Final = 2**53
+MAX_AGGREGATE_LATENCY_MS: Final = float(2**53)
+
+
+def saturating_add(a: int | float, b: int | float, limit: int | float) -> Any:
+    """a + b, never above `limit` (both are non-negative: telemetry checks them first)."""
+    return min(a + b, limit)
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,12 @@ class Store(Protocol):
     # models
     def add_artifact(self, artifact: Artifact) -> None: ...
     def artifact(self, sha256: str) -> Artifact | None: ...
+    # Version names are allocated atomically here, never in the process: `reserve_version`
+    # takes a name (None: the next integer after every recorded or reserved one) or returns
+    # None when it is taken; `add_version` records a reserved name (and ends the reservation);
+    # `release_version` gives an unused reservation back.
+    def reserve_version(self, model: str, version: str | None, *, at: float) -> str | None: ...
+    def release_version(self, model: str, version: str) -> None: ...
     def add_version(self, version: ModelVersion) -> None: ...
     def add_variant(self, model: str, version: str, variant: Variant) -> None: ...
     def set_compression(self, model: str, version: str, compression: Mapping[str, Any]) -> None: ...

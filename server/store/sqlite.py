@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +22,8 @@ import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
+    MAX_AGGREGATE_COUNT,
+    MAX_AGGREGATE_LATENCY_MS,
     Aggregate,
     Artifact,
     Assignment,
@@ -33,6 +36,7 @@ from fleetcast.server.store import (
     ModelVersion,
     StatsRow,
     Variant,
+    saturating_add,
 )
 
 logger = logging.getLogger(__name__)
@@ -131,6 +135,15 @@ def create_device_identities(db: sqlite_utils.Database) -> None:
     )
 
 
+def create_version_reservations(db: sqlite_utils.Database) -> None:
+    # Names taken by uploads still being checked and signed: allocation is one INSERT in a
+    # transaction, so concurrent uploads (or processes) never get the same version.
+    db.execute(
+        "CREATE TABLE version_reservations (model TEXT NOT NULL, version TEXT NOT NULL, reserved_at REAL NOT NULL,"
+        " PRIMARY KEY (model, version))"
+    )
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -141,6 +154,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     add_compression_and_variant_golden,
     add_device_last_error,
     create_device_identities,
+    create_version_reservations,
 ]
 
 
@@ -209,6 +223,14 @@ class SqliteStore:
         self._lock = threading.RLock()
         with self._lock:
             migrate(self._db)
+            # One server per data dir (its lock): a reservation left now is from a crashed upload.
+            with conn:
+                conn.execute("DELETE FROM version_reservations")
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(f"{path}{suffix}", 0o600)   # the umask must not make the database readable
+            except FileNotFoundError:
+                pass
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -256,9 +278,31 @@ class SqliteStore:
         row = self._one("SELECT * FROM artifacts WHERE sha256 = ?", (sha256,))
         return Artifact(**{k: row[k] for k in row.keys()}) if row else None
 
+    def reserve_version(self, model: str, version: str | None, *, at: float) -> str | None:
+        with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # the write lock first: the read below and the insert are one step
+            if version is None:
+                row = c.execute(
+                    "SELECT COALESCE(MAX(CAST(version AS INTEGER)), 0) + 1 FROM ("
+                    " SELECT version FROM versions WHERE model = ?"
+                    " UNION ALL SELECT version FROM version_reservations WHERE model = ?)"
+                    " WHERE version NOT GLOB '*[^0-9]*' AND version != ''", (model, model),
+                ).fetchone()
+                version = str(row[0])
+            elif c.execute("SELECT 1 FROM versions WHERE model = ? AND version = ?", (model, version)).fetchone():
+                return None
+            cur = c.execute("INSERT OR IGNORE INTO version_reservations VALUES (?, ?, ?)", (model, version, at))
+            return version if cur.rowcount == 1 else None
+
+    def release_version(self, model: str, version: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM version_reservations WHERE model = ? AND version = ?", (model, version))
+
     def add_version(self, version: ModelVersion) -> None:
         g = version.golden
         with self._tx() as c:
+            c.execute("DELETE FROM version_reservations WHERE model = ? AND version = ?",
+                      (version.model, version.version))
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE model = ?", (version.model,)).fetchone()[0]
             c.execute(
                 "INSERT INTO versions (model, version, seq, created_at, inputs, outputs, golden_sha256,"
@@ -488,11 +532,13 @@ class SqliteStore:
                     " WHERE device_id = ? AND model = ? AND version = ? AND variant = ?", key,
                 ).fetchone()
                 hist = buckets.empty() if old is None else json.loads(old["histogram"])
-                buckets.merge(hist, r.histogram)
+                hist = [saturating_add(a, b, MAX_AGGREGATE_COUNT) for a, b in zip(hist, r.histogram)]
                 c.execute(
                     "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, (old["inferences"] if old else 0) + r.inferences, (old["errors"] if old else 0) + r.errors,
-                     (old["latency_sum_ms"] if old else 0.0) + r.latency_sum_ms, json.dumps(hist), at),
+                    (*key, saturating_add(old["inferences"] if old else 0, r.inferences, MAX_AGGREGATE_COUNT),
+                     saturating_add(old["errors"] if old else 0, r.errors, MAX_AGGREGATE_COUNT),
+                     saturating_add(old["latency_sum_ms"] if old else 0.0, r.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS),
+                     json.dumps(hist), at),
                 )
             c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
             return False

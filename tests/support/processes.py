@@ -66,7 +66,7 @@ class _Process:
     def launch(self) -> None:
         """Starts the process without waiting for it to serve."""
         assert not self.running, f"{self.label} is already running"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # a server refuses a dir others can read
         self.starts += 1
         cmd = self.command()
         with open(self.log_path, "ab") as log:
