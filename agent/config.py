@@ -54,6 +54,7 @@ class AgentConfig:
     max_state_entries: int = 50                  # a state entered more often posts a loop event
     retry_backoff_max_s: float = 30.0
     max_spooled_batches: int = 10_000
+    backends: tuple[str, ...] = ()               # back ends this agent may use; empty: every one that probes
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)
@@ -83,6 +84,8 @@ def load(args: Any, environ: Mapping[str, str]) -> AgentConfig:
     chosen = {k: v for k, v in values.items() if k in fields and v is not None}
     if not chosen.get("enroll_token"):
         chosen["enroll_token"] = environ.get("FLEETCAST_ENROLL_TOKEN", "")
+    if isinstance(chosen.get("backends"), str):
+        chosen["backends"] = tuple(b.strip() for b in chosen["backends"].split(",") if b.strip())
     for key in ("data_dir", "trust_root"):
         if key in chosen:
             chosen[key] = Path(chosen[key]).expanduser().resolve()

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from fleetcast import agent as agent_package
-from fleetcast.agent.backends import available_backends
+from fleetcast.agent import backends as agent_backends
 from fleetcast.agent.config import AgentConfig
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
 from fleetcast.agent.errors import EnrollmentError, ServerUnavailableError
@@ -71,7 +71,11 @@ class ControlClient:
                                   "(the server's enroll-token file)")
         request = device_pb2.EnrollRequest(
             device_id=self.config.device_id, hardware_class=self.config.hardware_class,
-            backends=available_backends(), enroll_token=self.config.enroll_token,
+            backends=agent_backends.available_backends(self.config.hardware_class),
+            backend_info=[device_pb2.BackendInfo(name=p.name, version=p.version[:64], accelerator=p.accelerator,
+                                                 detail=p.detail[:200])
+                          for p in agent_backends.probes(self.config.hardware_class) if p.available],
+            enroll_token=self.config.enroll_token,
             agent_version=AGENT_VERSION, group=self.config.group)
         try:
             response = self.stub.Enroll(request, timeout=self.config.rpc_timeout_s)

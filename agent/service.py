@@ -57,6 +57,7 @@ class Agent:
     def run(self) -> int:
         """Runs until `stop` is set; raises FatalError for what the operator must fix."""
         trust_root = load_trust_root(self.config.trust_root)
+        backends.configure(self.config.backends)
         self.data.create()
         self.slots = Slots(self.data)
         self.spool = Spool(self.data.telemetry_db, max_batches=self.config.max_spooled_batches)

@@ -41,6 +41,12 @@ class Enrollment:
     agent_version: str = ""
     group: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    # back end -> "VERSION on ACCELERATOR[; why it fell back]", from the agent's probe;
+    # kept in the device's labels as "backend.NAME" (see `BACKEND_LABEL`).
+    backend_info: Mapping[str, str] = field(default_factory=dict)
+
+
+BACKEND_LABEL: Final = "backend."
 
 
 def hash_token(token: str) -> str:
@@ -65,6 +71,8 @@ def _check_profile(e: Enrollment) -> None:
         raise InvalidRequest(f"group {e.group[:80]!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'")
     if len(e.agent_version) > 64:
         raise InvalidRequest("agent_version is longer than 64 characters")
+    if any(name not in e.backends or len(text) > 256 for name, text in e.backend_info.items()):
+        raise InvalidRequest("backend_info must describe reported backends in at most 256 characters each")
     if len(e.labels) > MAX_LABELS or any(len(k) > 64 or len(v) > 256 for k, v in e.labels.items()):
         raise InvalidRequest(f"labels: at most {MAX_LABELS}, keys up to 64 and values up to 256 characters")
 
@@ -96,7 +104,9 @@ class Fleet:
         old = self.store.device(e.device_id)
         self.store.put_device(Device(
             device_id=e.device_id, token_sha256=hash_token(token), hardware_class=e.hardware_class,
-            backends=tuple(e.backends), group=e.group, labels=dict(e.labels), agent_version=e.agent_version,
+            backends=tuple(e.backends), group=e.group, agent_version=e.agent_version,
+            labels={**{k: v for k, v in e.labels.items() if not k.startswith(BACKEND_LABEL)},
+                    **{BACKEND_LABEL + name: text for name, text in e.backend_info.items()}},
             enrolled_at=old.enrolled_at if old else now, last_seen=now,
         ))
         logger.info("device %s device_id=%s hardware_class=%s", "re-enrolled" if old else "enrolled",

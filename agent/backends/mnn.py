@@ -30,12 +30,15 @@ def _import() -> Any:
     return MNN
 
 
-def _info(MNN: Any, path: str) -> tuple[list[str], list[str]]:
-    """(input names, output names) the .mnn file declares."""
+def _info(MNN: Any, path: str) -> tuple[list[str], list[str], list[Any]]:
+    """(input names, output names, each input's data format) the .mnn file declares."""
     probe = MNN.nn.load_module_from_file(path, [], [])
     info = probe.get_info() if probe is not None else None
     if info and info.get("inputNames") and info.get("outputNames"):
-        return list(info["inputNames"]), list(info["outputNames"])
+        declared = list(info.get("inputs") or [])
+        F = MNN.expr
+        layouts = [declared[i].data_format if i < len(declared) else F.NCHW for i in range(len(info["inputNames"]))]
+        return list(info["inputNames"]), list(info["outputNames"]), layouts
     raise ActivationError("MNN could not read the model's input and output names: is it a .mnn file?")
 
 
@@ -44,7 +47,8 @@ class MnnSession:
     accelerator = "cpu"
 
     def __init__(self, MNN: Any, module: Any, inputs: list[str], outputs: list[str],
-                 specs: tuple[TensorSpec, ...]) -> None:
+                 specs: tuple[TensorSpec, ...], layouts: list[Any]) -> None:
+        self._layouts = layouts
         self._MNN = MNN
         self._module = module
         self._lock = threading.Lock()
@@ -56,12 +60,16 @@ class MnnSession:
     def run_values(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         F = self._MNN.expr
         feeds = []
-        for name in self._input_names:
+        for name, layout in zip(self._input_names, self._layouts):
             value = np.ascontiguousarray(inputs[name], dtype=np.float32)
-            feeds.append(F.const(value, list(value.shape), F.NCHW))
+            feeds.append(F.const(value, list(value.shape), layout))
         with self._lock:
             outs = self._module.forward(feeds)
-            return [np.array(F.convert(o, F.NCHW).read(), dtype=np.float32) for o in outs]
+            values = [np.array(o.read(), dtype=np.float32) for o in (outs if isinstance(outs, list) else [outs])]
+        if len(values) != len(self.output_names):
+            raise RuntimeError(f"MNN returned {len(values)} outputs, the model declares {len(self.output_names)}: "
+                               "check the input shapes")
+        return values
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.run_values(inputs)))
@@ -98,7 +106,7 @@ class MnnBackend:
                 path = os.path.join(tmp, "model.mnn")
                 Path(path).write_bytes(model)
             try:
-                inputs, outputs = _info(MNN, path)
+                inputs, outputs, layouts = _info(MNN, path)
                 config = {"backend": "CPU", "numThread": threads}
                 runtime = MNN.nn.create_runtime_manager((config,))
                 module = MNN.nn.load_module_from_file(path, inputs, outputs, runtime_manager=runtime)
@@ -110,4 +118,4 @@ class MnnBackend:
                 raise ActivationError("MNN could not load the model: the file is not a valid .mnn model")
         specs = tuple(TensorSpec(n, "float32", ()) for n in inputs)
         logger.info("loaded model with MNN %s threads=%d", MNN.version(), threads)
-        return MnnSession(MNN, module, inputs, outputs, specs)
+        return MnnSession(MNN, module, inputs, outputs, specs, layouts)

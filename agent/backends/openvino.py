@@ -7,6 +7,7 @@ back end is reported unavailable: it never quietly runs on the CPU instead.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -53,10 +54,13 @@ class OpenVinoSession:
         self.outputs = tuple(_spec(p) for p in compiled.outputs)
         self.output_names = tuple(s.name for s in self.outputs)
         self._ports = tuple(compiled.outputs)
+        self._local = threading.local()
 
     def run_values(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        # One infer request per call: CompiledModel is thread-safe, a request is not.
-        request = self._compiled.create_infer_request()
+        # One infer request per thread: CompiledModel is thread-safe, a request is not.
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
         results = request.infer(dict(inputs))
         return [np.array(results[p]) for p in self._ports]
 
@@ -99,7 +103,9 @@ class OpenVinoBackend:
             xml, weights = ovir.split(model if isinstance(model, bytes) else model.read_bytes())
             core = ov.Core()
             read = core.read_model(model=xml.decode(), weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
-            config = {"INFERENCE_NUM_THREADS": threads} if device == "CPU" else {}
+            # f32 on the CPU: OpenVINO would otherwise run bf16 where the CPU has it, and
+            # outputs would no longer match the golden file within float tolerance.
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
             compiled = core.compile_model(read, device, config)
         except Exception as e:  # ovir.IrError, OpenVINO's RuntimeError
             raise ActivationError(f"OpenVINO could not load the model on {device}: {str(e)[:400]}") from e
