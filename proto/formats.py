@@ -38,7 +38,7 @@ FORMATS: Final[Mapping[str, ModelFormat]] = MappingProxyType({f.name: f for f in
     # Compressed transport (ADR 0003): decoded to ONNX in memory on the device.
     ModelFormat("fcpack", "model.fcpack", "onnx", ("onnxruntime", "openvino"), None, (0, b"FCPK")),
     # TFLite flatbuffers carry the file identifier "TFL3" at offset 4.
-    ModelFormat("tflite", "model.tflite", "tflite", ("litert",), "litert", (4, b"TFL3")),
+    ModelFormat("tflite", "model.tflite", "tflite", ("litert", "openvino"), "litert", (4, b"TFL3")),
     # Built by the server: mnnconvert from ONNX or TFLite.
     ModelFormat("mnn", "model.mnn", "mnn", ("mnn",), None),
     # Built by the server: OpenVINO IR (xml + weights) in one file (`fleetcast.proto.ovir`).

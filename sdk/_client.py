@@ -99,6 +99,7 @@ class Client:
         calibration: Path | None = None,
         eval: Path | None = None,
         progress: Progress | None = None,
+        targets: Sequence[str] = (),
     ) -> ModelVersion:
         """Upload a model file (and optional golden npz); returns the new version.
 
@@ -113,6 +114,8 @@ class Client:
             data["version"] = version
         if compress:
             data["compress"] = ",".join(compress)
+        if targets:   # per-target builds: mnn, openvino, rknn-<platform>
+            data["targets"] = ",".join(targets)
         with contextlib.ExitStack() as files_open:
             files: dict[str, tuple[str, IO[bytes], str]] = {}
             for field_name, file_path in (("model", path), ("golden", golden)):

@@ -32,6 +32,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from fleetcast.proto import formats
+from fleetcast.server import inspection
 from fleetcast.server.blobs import BlobStore, StagedFile
 from fleetcast.server.builds import BuildJob, Builds, BuildStopped
 from fleetcast.server.errors import (
@@ -238,6 +240,7 @@ class Registry:
         compress: Sequence[str] = (),
         calibration: StagedFile | None = None,
         evaluation: StagedFile | None = None,
+        targets: Sequence[str] = (),
     ) -> ModelVersion:
         """Checks and records one uploaded model; consumes (stores or discards) the staged files.
 
@@ -249,7 +252,9 @@ class Registry:
             if self.store.version(model, version) is not None:
                 raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")
             staged.finish()
-            session = _session(staged.path)
+            session = inspection.open_upload(staged.path, onnx=_session)
+            fmt = inspection.format_of(session)
+            _check_builds(fmt, compress, targets)
             inputs = _specs(session.get_inputs(), "input")
             outputs = _specs(session.get_outputs(), "output")
             given_outputs: dict[str, np.ndarray] = {}
@@ -265,12 +270,14 @@ class Registry:
                 raise ModelInvalid(f"the model fails to run on its golden inputs: {str(e)[:400]}") from e
             computed = {spec.name: np.asarray(r) for spec, r in zip(session.get_outputs(), results)}
             _compare_outputs(computed, given_outputs)
-            job = self._prepare(model, version, staged, inputs, tuple(compress), calibration, evaluation)
+            job = self._prepare(model, version, staged, inputs, tuple(compress), calibration, evaluation,
+                                targets=tuple(targets), fmt=fmt)
             try:
                 compression = None if job is None else {
-                    "status": "running", "levels": [{"level": x, "error": None} for x in job.levels], "notes": []}
+                    "status": "running", "levels": [{"level": x, "error": None} for x in (*job.levels, *job.targets)],
+                    "notes": []}
                 record = self._record(model, version, staged, inputs, outputs, golden_bytes(feeds, computed),
-                                      compression)
+                                      compression, fmt=fmt)
             except BaseException:
                 if job is not None:
                     shutil.rmtree(job.work, ignore_errors=True)
@@ -285,8 +292,15 @@ class Registry:
 
     def _prepare(self, model: str, version: str, staged: StagedFile, inputs: Mapping[str, Any],
                  levels: tuple[str, ...], calibration: StagedFile | None,
-                 evaluation: StagedFile | None) -> BuildJob | None:
+                 evaluation: StagedFile | None, *, targets: tuple[str, ...] = (),
+                 fmt: str = "onnx") -> BuildJob | None:
         """The background job's work dir: a copy of the model and the unpacked samples."""
+        if not levels and targets:
+            work = Path(tempfile.mkdtemp(prefix="convert-", dir=self.blobs.tmp_dir))
+            source = work / formats.get(fmt).file_name
+            shutil.copyfile(staged.path, source)
+            return BuildJob(model=model, version=version, work=work, model_path=source, levels=(),
+                            calibration_dir=None, eval_dir=None, targets=targets, source_format=fmt)
         if not levels:
             if calibration is not None or evaluation is not None:
                 raise InvalidRequest("'calibration' and 'eval' are used only with 'compress'; name the levels too")
@@ -304,20 +318,20 @@ class Registry:
                     unpack(upload.path, inputs, work / role, role=role, limits=limits, labels_allowed=role == "eval")
                     dirs[role] = work / role
             return BuildJob(model=model, version=version, work=work, model_path=work / "model.onnx", levels=levels,
-                            calibration_dir=dirs["calibration"], eval_dir=dirs["eval"])
+                            calibration_dir=dirs["calibration"], eval_dir=dirs["eval"], targets=targets)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
 
     def _record(
         self, model: str, version: str, staged: StagedFile, inputs: dict[str, Any], outputs: dict[str, Any],
-        golden_data: bytes, compression: Mapping[str, Any] | None,
+        golden_data: bytes, compression: Mapping[str, Any] | None, *, fmt: str = "onnx",
     ) -> ModelVersion:
         sha256, length = self.blobs.commit(staged)
         golden_sha, golden_len = self.blobs.put_bytes(golden_data)
-        variants = [Variant(variant="original", format="onnx", sha256=sha256, length=length)]
+        variants = [Variant(variant="original", format=fmt, sha256=sha256, length=length)]
         self._sign([Artifact(golden_sha, golden_len, "golden", model, version, "original", "npz"),
-                    Artifact(sha256, length, "model", model, version, "original", "onnx")])
+                    Artifact(sha256, length, "model", model, version, "original", fmt)])
         record = ModelVersion(
             model=model, version=version, created_at=time.time(), inputs=inputs, outputs=outputs,
             golden=Golden(sha256=golden_sha, length=golden_len, atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL),
@@ -353,8 +367,11 @@ class Registry:
         notes: list[str] = []
         status = "failed"
         try:
-            assert self.compressor is not None
-            result = self.compressor(job, progress)
+            assert self.compressor is not None or not job.levels
+            result = self.compressor(job, progress) if job.levels and self.compressor else \
+                CompressionResult(built=(), errors={}, notes=())
+            if job.targets:
+                result = self._convert(job, progress, result)
             errors.update(result.errors)
             notes.extend(result.notes)
             if result.original_metrics:
@@ -386,6 +403,18 @@ class Registry:
             })
             logger.info("compression %s model=%s version=%s errors=%d", status, job.model, job.version, len(errors))
 
+    def _convert(self, job: BuildJob, progress: Progress, result: CompressionResult) -> CompressionResult:
+        """Adds the job's per-target builds (fleetcast.server.convert) to the compressor's result."""
+        from fleetcast.server.convert.build import build_targets
+
+        record = self.version(job.model, job.version)
+        feeds, _ = _read_golden(self.blobs.path(record.golden.sha256)) if record.golden else ({}, {})
+        built, errors = build_targets(job.model_path, job.source_format, job.targets, feeds, job.work, progress)
+        return CompressionResult(
+            built=[*result.built, *(BuiltVariant(variant=b.variant, format=b.format, path=b.path, metrics=b.metrics)
+                                    for b in built)],
+            errors={**result.errors, **errors}, notes=result.notes, original_metrics=result.original_metrics)
+
     def _add_variant(self, job: BuildJob, built: BuiltVariant) -> None:
         record = self.version(job.model, job.version)
         golden = self._variant_golden(record, built)
@@ -408,6 +437,12 @@ class Registry:
         from fleetcast.proto import fcpack
 
         feeds, _ = _read_golden(self.blobs.path(record.golden.sha256))
+        if formats.get(built.format).runs_as not in {"onnx"}:   # a per-target build: its own back end
+            from fleetcast.server.convert.build import run_outputs
+
+            outputs = dict(zip(record.outputs, run_outputs(built.path, built.format, feeds).values()))
+            sha256, length = self.blobs.put_bytes(golden_bytes(feeds, outputs))
+            return Golden(sha256=sha256, length=length, atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL)
         data = built.path.read_bytes()
         runnable = fcpack.decode(data) if built.format == "fcpack" else data
         options = ort.SessionOptions()
@@ -447,6 +482,28 @@ class Registry:
         if not found:
             raise ModelNotFound(f"model {model!r} is not in the registry: upload it with POST /v1/models/{model}")
         return found
+
+
+def _check_builds(fmt: str, compress: Sequence[str], targets: Sequence[str]) -> None:
+    if compress and fmt != "onnx":
+        raise InvalidRequest(f"compression levels build from ONNX models; this upload is {fmt}: "
+                             "upload without 'compress' (per-target builds go in 'targets')")
+    from fleetcast.server.convert import check_targets
+
+    try:
+        check_targets(targets, fmt)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from e
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """The `targets` form field: comma-separated build targets (fleetcast.server.convert)."""
+    from fleetcast.server.convert import parse_targets as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from e
 
 
 def version_document(v: ModelVersion) -> dict[str, Any]:

@@ -6,6 +6,7 @@ back end is reported unavailable: it never quietly runs on the CPU instead.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Mapping
@@ -70,7 +71,7 @@ class OpenVinoSession:
 
 class OpenVinoBackend:
     name = "openvino"
-    formats = frozenset({"openvino"})
+    formats = frozenset({"openvino", "onnx", "tflite"})
 
     def probe(self, hardware_class: str) -> Probe:
         try:
@@ -100,9 +101,13 @@ class OpenVinoBackend:
         ov = _import()
         device = device_for(hardware_class)
         try:
-            xml, weights = ovir.split(model if isinstance(model, bytes) else model.read_bytes())
             core = ov.Core()
-            read = core.read_model(model=xml.decode(), weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+            data = model if isinstance(model, bytes) else model.read_bytes()
+            if data.startswith(ovir.MAGIC):
+                xml, weights = ovir.split(data)
+                read = core.read_model(model=xml.decode(), weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+            else:   # ONNX or TFLite, which OpenVINO reads directly
+                read = ov.convert_model(io.BytesIO(data)) if isinstance(model, bytes) else core.read_model(str(model))
             # f32 on the CPU: OpenVINO would otherwise run bf16 where the CPU has it, and
             # outputs would no longer match the golden file within float tolerance.
             config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}

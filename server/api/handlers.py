@@ -13,7 +13,7 @@ from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
 from fleetcast.server.fleet import read_metadata
-from fleetcast.server.registry import check_model_name, parse_levels, version_document
+from fleetcast.server.registry import check_model_name, parse_levels, parse_targets, version_document
 from fleetcast.server.store import Device
 
 CHUNK_BYTES: Final = 256 * 1024
@@ -63,16 +63,17 @@ async def upload_model(request: web.Request) -> web.Response:
                 raise InvalidRequest("nested multipart bodies are not accepted")
             if part.name in bounds and part.name not in staged:
                 staged[part.name] = await s.blobs.stage_stream(_chunks(part), bounds[part.name])
-            elif part.name in {"version", "compress"} and part.name not in fields:
+            elif part.name in {"version", "compress", "targets"} and part.name not in fields:
                 fields[part.name] = await _field(part)
             else:
                 raise InvalidRequest(
                     f"form field {str(part.name)[:40]!r} is unknown or repeated: "
-                    "send model, golden, version, compress, calibration, eval"
+                    "send model, golden, version, compress, targets, calibration, eval"
                 )
         if "model" not in staged:
             raise InvalidRequest("the multipart field 'model' (an .onnx file) is required")
         levels = parse_levels(fields.get("compress", ""))
+        targets = parse_targets(fields.get("targets", ""))
         uploads = {key: staged.pop(key, None) for key in ("golden", "calibration", "eval")}
         model = staged.pop("model")
     except BaseException:
@@ -81,7 +82,7 @@ async def upload_model(request: web.Request) -> web.Response:
         raise
     record = await asyncio.to_thread(
         s.registry.add_version, name, model, golden=uploads["golden"], version=fields.get("version") or None,
-        compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"],
+        compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"], targets=targets,
     )
     return _json(version_document(record), status=201)
 
@@ -127,7 +128,8 @@ def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
         "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
         "deployment_id": d.deployment_id or None,
         "last_error": {"reason": d.last_error, "at": d.last_error_at} if d.last_error else None,
-        "assignment": None if doc is None else {k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
+        "assignment": None if doc is None else {**{k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
+                                                "format": doc.get("format"), "why": doc.get("why", "")},
         "telemetry": s.telemetry.summary(d.device_id),
     }
 
