@@ -200,6 +200,19 @@ class Client:
         doc = self._get("/v1/deployments")
         return [Deployment.from_json(d) for d in doc.get("deployments", ())]
 
+    def pin_variant(self, name: str, scope: str, variant: str | None) -> dict[str, str]:
+        """Pins `variant` of model `name` for `scope` ("group:G" or "hardware:CLASS"), or
+        removes the pin with None; returns the model's pins. Applies to deployments made after."""
+        url = f"/v1/models/{_seg(name)}/pins/{_seg(scope)}"
+        if variant is None:
+            request = self._http.build_request("DELETE", url)
+        else:
+            request = self._http.build_request("PUT", url, json={"variant": variant})
+        return dict(self._send(request)["pins"])
+
+    def pins(self, name: str) -> dict[str, str]:
+        return dict(self._get(f"/v1/models/{_seg(name)}/pins")["pins"])
+
     def cancel_deployment(self, id: str) -> Deployment:
         request = self._http.build_request("POST", f"/v1/deployments/{_seg(id)}/cancel")
         return Deployment.from_json(self._send(request))

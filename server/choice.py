@@ -1,6 +1,8 @@
 """Variant choice: which of a version's variants one device gets, and why.
 
-Among the variants the device's reported back ends can load (`proto.formats`) and whose
+An operator's pin for the device's group, else for its hardware class, wins when the
+device can load the pinned variant. Otherwise, among the variants the device's
+reported back ends can load (`proto.formats`) and whose
 measured accuracy is within the version's budget (`within_budget` not false):
 1. the fastest by mean latency measured on devices of its hardware class (telemetry,
    per variant), a variant not yet measured there estimated from the original's class
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from fleetcast.proto import formats
-from fleetcast.server.store import Aggregate, Device, ModelVersion, Variant
+from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.fleet import HARDWARE_CLASSES, NAME, choose_variant
+from fleetcast.server.store import Aggregate, Device, ModelVersion, Store, Variant
 
 BUILD_CLASS: Final = "arm-cpu" if platform.machine() in {"aarch64", "arm64"} else "x86-cpu"
 LEGACY_BACKENDS: Final = ("onnxruntime",)   # agents that enrolled before reporting back ends
@@ -58,9 +62,14 @@ def _ratio(v: Variant, backends: tuple[str, ...] = ("onnxruntime", "litert")) ->
     return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 else None
 
 
-def choose(device: Device, release: ModelVersion, measured: Mapping[str, float]) -> Choice:
+def choose(device: Device, release: ModelVersion, measured: Mapping[str, float], *,
+           pins: Mapping[str, str] | None = None) -> Choice:
     backends = tuple(device.backends) or LEGACY_BACKENDS
     loadable = [v for v in release.variants if formats.loadable_by(v.format, backends)]
+    for scope in (f"group:{device.group}" if device.group else "", f"hardware:{device.hardware_class}"):
+        pinned = next((v for v in loadable if scope and v.variant == (pins or {}).get(scope)), None)
+        if pinned is not None:
+            return Choice(pinned, f"pinned by the operator for {scope}")
     if not loadable:
         original = release.variant("original") or release.variants[0]
         return Choice(original, f"no variant loads with this device's back ends ({', '.join(backends)}): "
@@ -82,9 +91,29 @@ def choose(device: Device, release: ModelVersion, measured: Mapping[str, float])
                             f"(latency ratio {_ratio(best, backends):.3g} to the original on "
                             f"{best.metrics.get('backend') or 'its runtime'}) among {len(ranked)} loadable variants "
                             "measured with the back end this device runs them on")
-    from fleetcast.server.fleet import choose_variant
-
     name = choose_variant(klass, [v.variant for v in fits])
     best = next((v for v in fits if v.variant == name), fits[0])
     return Choice(best, f"no {klass} measurement yet and the build machine is {BUILD_CLASS}: "
                         f"{klass}'s preference order among {len(fits)} loadable variants")
+
+
+def check_pin_scope(scope: str) -> str:
+    kind, _, value = scope.partition(":")
+    if kind == "hardware" and value in HARDWARE_CLASSES:
+        return scope
+    if kind == "group" and NAME.fullmatch(value):
+        return scope
+    raise InvalidRequest(f"pin scope {scope[:80]!r} is not valid: use group:NAME or hardware:CLASS "
+                         f"({', '.join(sorted(HARDWARE_CLASSES))})")
+
+
+def assigned_devices(store: Store, model: str, version: str) -> list[dict[str, str]]:
+    """The devices whose current assignment is `model@version`: the variant each got and why."""
+    rows = []
+    for d in store.devices():
+        a = store.assignment(d.device_id)
+        doc = a.document if a else {}
+        if doc.get("model") == model and doc.get("version") == version:
+            rows.append({"device_id": d.device_id, "hardware_class": d.hardware_class,
+                         "variant": str(doc.get("variant")), "why": str(doc.get("why", ""))})
+    return rows

@@ -177,7 +177,7 @@ class Deployments:
         devices = {d.device_id: d for d in self.store.devices()}
         measured = choice.class_latency(self.store.aggregates(), devices, model=release.model,
                                         version=release.version, hardware_class=device.hardware_class)
-        chosen = choice.choose(device, release, measured)
+        chosen = choice.choose(device, release, measured, pins=self.store.pins(release.model))
         variant = chosen.variant
         self._why[(deployment_id, device.device_id)] = chosen.why
         logger.info("variant chosen deployment=%s device_id=%s variant=%s why=%s", deployment_id,

@@ -12,7 +12,8 @@ from aiohttp import BodyPartReader, web
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
-from fleetcast.server.fleet import read_metadata
+from fleetcast.server.choice import assigned_devices, check_pin_scope
+from fleetcast.server.fleet import NAME, read_metadata
 from fleetcast.server.registry import check_model_name, parse_levels, parse_targets, version_document
 from fleetcast.server.store import Device
 
@@ -98,10 +99,39 @@ async def get_model(request: web.Request) -> web.Response:
     return _json({"name": name, "versions": [version_document(v) for v in versions]})
 
 
+async def list_pins(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["name"])
+    return _json({"model": name, "pins": await asyncio.to_thread(request.app[SERVICES].store.pins, name)})
+
+
+async def put_pin(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["name"])
+    scope = check_pin_scope(request.match_info["scope"])
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f'the body is not JSON ({e}); send {{"variant": "..."}}') from e
+    variant = body.get("variant") if isinstance(body, dict) else None
+    if not isinstance(variant, str) or not NAME.fullmatch(variant):
+        raise InvalidRequest('send {"variant": NAME}: a variant name such as "mnn" or "balanced"')
+    store = request.app[SERVICES].store
+    await asyncio.to_thread(store.set_pin, name, scope, variant)
+    return _json({"model": name, "pins": await asyncio.to_thread(store.pins, name)})
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["name"])
+    scope = check_pin_scope(request.match_info["scope"])
+    store = request.app[SERVICES].store
+    await asyncio.to_thread(store.set_pin, name, scope, None)
+    return _json({"model": name, "pins": await asyncio.to_thread(store.pins, name)})
+
+
 async def get_version(request: web.Request) -> web.Response:
     registry = request.app[SERVICES].registry
     v = await asyncio.to_thread(registry.version, request.match_info["name"], request.match_info["version"])
-    return _json(version_document(v))
+    devices = await asyncio.to_thread(assigned_devices, registry.store, v.model, v.version)
+    return _json({**version_document(v), "devices": devices})
 
 
 async def download_version(request: web.Request) -> web.FileResponse:

@@ -116,6 +116,13 @@ def add_compression_and_variant_golden(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE variants ADD COLUMN golden TEXT")
 
 
+def create_variant_pins(db: sqlite_utils.Database) -> None:
+    # An operator's pin: devices of `scope` ("group:G" or "hardware:CLASS") get `variant`
+    # of every version of `model` that has it (fleetcast.server.choice).
+    db.execute("CREATE TABLE variant_pins (model TEXT NOT NULL, scope TEXT NOT NULL, variant TEXT NOT NULL,"
+               " PRIMARY KEY (model, scope))")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -125,6 +132,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_telemetry,
     add_compression_and_variant_golden,
     add_device_last_error,
+    create_variant_pins,
 ]
 
 
@@ -417,6 +425,17 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)",
                     (device_id, assignment.deployment_id, json.dumps(dict(assignment.document))),
                 )
+
+    def pins(self, model: str) -> dict[str, str]:
+        rows = self._all("SELECT scope, variant FROM variant_pins WHERE model = ?", (model,))
+        return {r["scope"]: r["variant"] for r in rows}
+
+    def set_pin(self, model: str, scope: str, variant: str | None) -> None:
+        with self._tx() as c:
+            if variant is None:
+                c.execute("DELETE FROM variant_pins WHERE model = ? AND scope = ?", (model, scope))
+            else:
+                c.execute("INSERT OR REPLACE INTO variant_pins VALUES (?, ?, ?)", (model, scope, variant))
 
     # -- telemetry ----------------------------------------------------------------------
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:

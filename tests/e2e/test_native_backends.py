@@ -99,3 +99,13 @@ def test_onnx_upload_is_delivered_as_mnn_and_openvino_builds_within_tolerance_of
             device = fc.get_device(agent.device_id).raw
         assert device["backends"] == [backend] and device["assignment"]["variant"] == backend, show(device)
         assert "loadable" in device["assignment"]["why"], show(device)
+    with server.client() as fc:
+        shown = fc.get_version("tiny", version.version).raw["devices"]
+        assert {d["device_id"]: d["variant"] for d in shown} == {"dev-mnn": "mnn", "dev-openvino": "openvino"}
+        # An operator pin for the hardware class wins where the device can load it, and only there.
+        assert fc.pin_variant("tiny", "hardware:x86-cpu", "mnn") == {"hardware:x86-cpu": "mnn"}
+    deploy_and_install(server, started, "tiny", version.version)
+    with server.client() as fc:
+        why = {d["device_id"]: (d["variant"], d["why"]) for d in fc.get_version("tiny", version.version).raw["devices"]}
+    assert why["dev-mnn"] == ("mnn", "pinned by the operator for hardware:x86-cpu"), why
+    assert why["dev-openvino"][0] == "openvino" and "pinned" not in why["dev-openvino"][1], why
