@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv proto broker bench clean
+.PHONY: demo test venv proto broker bench clean rknn-env
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ test: venv broker
 
 demo: venv
 	$(PY) examples/demo.py
+
+# rknn-toolkit2 (ONNX -> RKNN and its simulator) in its own environment: its pins
+# (numpy<=1.26.4, protobuf<=4.25.4, torch<=2.4) clash with the server's. Optional;
+# the server uses it when FLEETCAST_RKNN_PYTHON=.venv-rknn/bin/python.
+rknn-env:
+	$(PYTHON) -m venv .venv-rknn
+	.venv-rknn/bin/python -m pip install --quiet rknn-toolkit2
 
 proto: venv
 	$(PY) proto/generate.py

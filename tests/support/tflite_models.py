@@ -149,38 +149,83 @@ def relu() -> bytes:
     return build([T("x", (1, 4)), T("y", (1, 4))], [Op(tflite.BuiltinOperator.RELU, (0,), (1,))], [0], [1])
 
 
-def mlp(features: int = 64, hidden: int = 256, classes: int = 10, seed: int = 0) -> bytes:
-    """x (1 x features) -> FC+ReLU (hidden) -> FC+ReLU (hidden) -> FC (classes)."""
+def mlp_weights(features: int = 64, hidden: int = 256, classes: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """FC weights as TFLite stores them: (out, in)."""
     rng = np.random.default_rng(seed)
     w = lambda o, i: (rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32)   # noqa: E731
     z = lambda n: (rng.standard_normal(n) * 0.1).astype(np.float32)                  # noqa: E731
+    return {"w1": w(hidden, features), "b1": z(hidden), "w2": w(hidden, hidden), "b2": z(hidden),
+            "w3": w(classes, hidden), "b3": z(classes)}
+
+
+def mlp(features: int = 64, hidden: int = 256, classes: int = 10, seed: int = 0,
+        weights: dict[str, np.ndarray] | None = None) -> bytes:
+    """x (1 x features) -> FC+ReLU (hidden) -> FC+ReLU (hidden) -> FC (classes)."""
+    k = weights or mlp_weights(features, hidden, classes, seed)
     tensors = [T("input", (1, features)),
-               T("w1", (hidden, features), w(hidden, features)), T("b1", (hidden,), z(hidden)), T("h1", (1, hidden)),
-               T("w2", (hidden, hidden), w(hidden, hidden)), T("b2", (hidden,), z(hidden)), T("h2", (1, hidden)),
-               T("w3", (classes, hidden), w(classes, hidden)), T("b3", (classes,), z(classes)), T("logits", (1, classes))]
+               T("w1", (hidden, features), k["w1"]), T("b1", (hidden,), k["b1"]), T("h1", (1, hidden)),
+               T("w2", (hidden, hidden), k["w2"]), T("b2", (hidden,), k["b2"]), T("h2", (1, hidden)),
+               T("w3", (classes, hidden), k["w3"]), T("b3", (classes,), k["b3"]), T("logits", (1, classes))]
     FC, RELU, NONE = tflite.BuiltinOperator.FULLY_CONNECTED, tflite.ActivationFunctionType.RELU, \
         tflite.ActivationFunctionType.NONE
     ops = [Op(FC, (0, 1, 2), (3,), _fc(RELU)), Op(FC, (3, 4, 5), (6,), _fc(RELU)), Op(FC, (6, 7, 8), (9,), _fc(NONE))]
     return build(tensors, ops, [0], [9])
 
 
-def conv_net(size: int = 32, channels: int = 3, filters: int = 16, classes: int = 10, seed: int = 0) -> bytes:
-    """x (1 x size x size x channels, NHWC) -> two 3x3 conv+ReLU -> average pool -> FC (classes)."""
+def conv_weights(channels: int = 3, filters: int = 16, classes: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """Conv kernels as TFLite stores them: (out, h, w, in); FC (out, in)."""
     rng = np.random.default_rng(seed)
     k = lambda o, i: (rng.standard_normal((o, 3, 3, i)) / np.sqrt(9 * i)).astype(np.float32)   # noqa: E731
     z = lambda n: (rng.standard_normal(n) * 0.1).astype(np.float32)                            # noqa: E731
+    return {"k1": k(filters, channels), "c1": z(filters), "k2": k(filters, filters), "c2": z(filters),
+            "w": (rng.standard_normal((classes, filters)) / 4).astype(np.float32), "b": z(classes)}
+
+
+def conv_net(size: int = 32, channels: int = 3, filters: int = 16, classes: int = 10, seed: int = 0,
+             weights: dict[str, np.ndarray] | None = None) -> bytes:
+    """x (1 x size x size x channels, NHWC) -> two 3x3 conv+ReLU -> average pool -> FC (classes)."""
+    k = weights or conv_weights(channels, filters, classes, seed)
     RELU = tflite.ActivationFunctionType.RELU
     tensors = [T("input", (1, size, size, channels)),
-               T("k1", (filters, 3, 3, channels), k(filters, channels)), T("c1", (filters,), z(filters)),
+               T("k1", (filters, 3, 3, channels), k["k1"]), T("c1", (filters,), k["c1"]),
                T("a1", (1, size, size, filters)),
-               T("k2", (filters, 3, 3, filters), k(filters, filters)), T("c2", (filters,), z(filters)),
+               T("k2", (filters, 3, 3, filters), k["k2"]), T("c2", (filters,), k["c2"]),
                T("a2", (1, size, size, filters)),
                T("pooled", (1, 1, 1, filters)), T("shape", (2,), np.array([1, filters], np.int32)),
                T("flat", (1, filters)),
-               T("w", (classes, filters), (rng.standard_normal((classes, filters)) / 4).astype(np.float32)),
-               T("b", (classes,), z(classes)), T("logits", (1, classes))]
+               T("w", (classes, filters), k["w"]), T("b", (classes,), k["b"]), T("logits", (1, classes))]
     B = tflite.BuiltinOperator
     ops = [Op(B.CONV_2D, (0, 1, 2), (3,), _conv(RELU)), Op(B.CONV_2D, (3, 4, 5), (6,), _conv(RELU)),
            Op(B.AVERAGE_POOL_2D, (6,), (7,), _pool(size)), Op(B.RESHAPE, (7, 8), (9,)),
            Op(B.FULLY_CONNECTED, (9, 10, 11), (12,), _fc(tflite.ActivationFunctionType.NONE))]
     return build(tensors, ops, [0], [12])
+
+
+def onnx_twin(kind: str, weights: dict[str, np.ndarray], *, size: int = 32) -> bytes:
+    """The same network as ONNX (NCHW for the conv net), from the same weights: what the
+    benchmarks time onnxruntime, MNN and OpenVINO on."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    init = lambda a, n: numpy_helper.from_array(np.ascontiguousarray(a), n)   # noqa: E731
+    if kind == "mlp":
+        inits = [init(weights[n].T, n) if n.startswith("w") else init(weights[n], n)
+                 for n in ("w1", "b1", "w2", "b2", "w3", "b3")]
+        nodes = [helper.make_node("Gemm", ["input", "w1", "b1"], ["g1"]), helper.make_node("Relu", ["g1"], ["h1"]),
+                 helper.make_node("Gemm", ["h1", "w2", "b2"], ["g2"]), helper.make_node("Relu", ["g2"], ["h2"]),
+                 helper.make_node("Gemm", ["h2", "w3", "b3"], ["logits"])]
+        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, weights["w1"].shape[1]])
+    else:
+        inits = [init(weights["k1"].transpose(0, 3, 1, 2), "k1"), init(weights["c1"], "c1"),
+                 init(weights["k2"].transpose(0, 3, 1, 2), "k2"), init(weights["c2"], "c2"),
+                 init(weights["w"].T, "w"), init(weights["b"], "b")]
+        nodes = [helper.make_node("Conv", ["input", "k1", "c1"], ["v1"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["v1"], ["a1"]),
+                 helper.make_node("Conv", ["a1", "k2", "c2"], ["v2"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["v2"], ["a2"]),
+                 helper.make_node("GlobalAveragePool", ["a2"], ["pooled"]),
+                 helper.make_node("Flatten", ["pooled"], ["flat"]),
+                 helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])]
+        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, weights["k1"].shape[3], size, size])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, weights["b3" if kind == "mlp" else "b"].shape[0]])
+    graph = helper.make_graph(nodes, f"{kind}_twin", [x], [y], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
