@@ -21,7 +21,7 @@ from fleetcast.proto import topics
 logger = logging.getLogger(__name__)
 
 HARDWARE_CLASSES = frozenset(
-    {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
+    {"x86-cpu", "arm-cpu", "rk3399", "rk3588", "rk3566", "jetson", "movidius", "phone-android", "phone-ios"}
 )
 _SERVER_PATTERN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 

@@ -65,7 +65,9 @@ def _ratio(v: Variant, backends: tuple[str, ...] = ("onnxruntime", "litert")) ->
 def choose(device: Device, release: ModelVersion, measured: Mapping[str, float], *,
            pins: Mapping[str, str] | None = None) -> Choice:
     backends = tuple(device.backends) or LEGACY_BACKENDS
-    loadable = [v for v in release.variants if formats.loadable_by(v.format, backends)]
+    # A build for one NPU platform (rknn-rk3588) runs only on that platform's devices.
+    loadable = [v for v in release.variants if formats.loadable_by(v.format, backends)
+                and v.metrics.get("platform") in (None, device.hardware_class)]
     for scope in (f"group:{device.group}" if device.group else "", f"hardware:{device.hardware_class}"):
         pinned = next((v for v in loadable if scope and v.variant == (pins or {}).get(scope)), None)
         if pinned is not None:

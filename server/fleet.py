@@ -23,7 +23,7 @@ from fleetcast.server.store import Device, Store
 logger = logging.getLogger(__name__)
 
 HARDWARE_CLASSES: Final = frozenset(
-    {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
+    {"x86-cpu", "arm-cpu", "rk3399", "rk3588", "rk3566", "jetson", "movidius", "phone-android", "phone-ios"}
 )
 # Device ids, groups and back-end names: the device-id rule of the wire contract.
 NAME: Final = DEVICE_ID_PATTERN

@@ -81,6 +81,10 @@ class BuiltVariant:
     format: str
     path: Path
     metrics: Mapping[str, Any]
+    # A per-target build's outputs on the golden inputs, computed with the runtime that
+    # runs it (none here can run it through onnxruntime), and their tolerance.
+    golden_outputs: Mapping[str, np.ndarray] | None = None
+    golden_tolerance: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -411,7 +415,8 @@ class Registry:
         feeds, _ = _read_golden(self.blobs.path(record.golden.sha256)) if record.golden else ({}, {})
         built, errors = build_targets(job.model_path, job.source_format, job.targets, feeds, job.work, progress)
         return CompressionResult(
-            built=[*result.built, *(BuiltVariant(variant=b.variant, format=b.format, path=b.path, metrics=b.metrics)
+            built=[*result.built, *(BuiltVariant(variant=b.variant, format=b.format, path=b.path, metrics=b.metrics,
+                                                 golden_outputs=b.outputs, golden_tolerance=b.tolerance)
                                     for b in built)],
             errors={**result.errors, **errors}, notes=result.notes, original_metrics=result.original_metrics)
 
@@ -437,12 +442,10 @@ class Registry:
         from fleetcast.proto import fcpack
 
         feeds, _ = _read_golden(self.blobs.path(record.golden.sha256))
-        if formats.get(built.format).runs_as not in {"onnx"}:   # a per-target build: its own back end
-            from fleetcast.server.convert.build import run_outputs
-
-            outputs = dict(zip(record.outputs, run_outputs(built.path, built.format, feeds).values()))
-            sha256, length = self.blobs.put_bytes(golden_bytes(feeds, outputs))
-            return Golden(sha256=sha256, length=length, atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL)
+        if built.golden_outputs is not None:   # a per-target build, run by its own runtime
+            sha256, length = self.blobs.put_bytes(golden_bytes(feeds, built.golden_outputs))
+            atol, rtol = built.golden_tolerance or (GOLDEN_ATOL, GOLDEN_RTOL)
+            return Golden(sha256=sha256, length=length, atol=atol, rtol=rtol)
         data = built.path.read_bytes()
         runnable = fcpack.decode(data) if built.format == "fcpack" else data
         options = ort.SessionOptions()

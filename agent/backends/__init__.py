@@ -125,8 +125,43 @@ def probe(name: str, hardware_class: str) -> Probe:
 
 
 def probes(hardware_class: str) -> list[Probe]:
-    """Every enabled back end's probe, in `MODULES` order."""
-    return [probe(n, hardware_class) for n in MODULES if _enabled is None or n in _enabled]
+    """Every enabled back end's probe, in `MODULES` order, run in a child process so the
+    agent does not keep back ends it never serves with in memory (OpenVINO alone is
+    about 60 MiB); in this process when the child cannot run."""
+    names = tuple(n for n in MODULES if _enabled is None or n in _enabled)
+    return list(_probe_all(hardware_class, names))
+
+
+_PROBE_CODE: Final = """
+import dataclasses, json, sys
+from fleetcast.agent import backends
+found = [dataclasses.asdict(backends.probe(n, sys.argv[1])) for n in sys.argv[3:]]
+open(sys.argv[2], "w").write(json.dumps(found))
+"""
+
+
+@functools.cache
+def _probe_all(hardware_class: str, names: tuple[str, ...]) -> tuple[Probe, ...]:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fleetcast-probe-") as tmp:
+        out = f"{tmp}/probes.json"
+        try:
+            subprocess.run([sys.executable, "-c", _PROBE_CODE, hardware_class, out, *names], timeout=180,
+                           check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            with open(out) as f:
+                found = tuple(Probe(**doc) for doc in json.load(f))
+        except (OSError, ValueError, TypeError, subprocess.SubprocessError) as e:
+            logger.warning("back-end probe process failed (%s): probing in this process", e)
+            return tuple(probe(n, hardware_class) for n in names)
+    for p in found:
+        log = logger.info if p.available else logger.warning
+        log("backend=%s available=%s version=%s accelerator=%s %s", p.name, p.available, p.version,
+            p.accelerator, p.detail)
+    return found
 
 
 def available_backends(hardware_class: str = "x86-cpu") -> list[str]:
@@ -143,13 +178,16 @@ def choose(fmt: str, hardware_class: str) -> Backend:
         row = formats.get(fmt)
     except formats.FormatError as e:
         raise IncompatibleModelError(str(e)) from None
-    usable = set(available_backends(hardware_class))
-    for name in row.backends:
-        if name in usable:
+    tried = []
+    for name in row.backends:   # probed here, in order, only as far as needed: each import costs memory
+        if _enabled is not None and name not in _enabled:
+            continue
+        if probe(name, hardware_class).available:
             return backend(name)
+        tried.append(name)
     raise IncompatibleModelError(
         f"no back end on this {hardware_class} device loads format {fmt!r} "
-        f"(it needs {' or '.join(row.backends)}; available: {', '.join(sorted(usable)) or 'none'})")
+        f"(it needs {' or '.join(row.backends)}; unavailable here: {', '.join(tried) or 'none enabled'})")
 
 
 def specs(items: Sequence[tuple[str, str, Sequence[int | str | None]]]) -> tuple[TensorSpec, ...]:

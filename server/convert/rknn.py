@@ -30,7 +30,7 @@ def convert(source: Path, fmt: str, out: Path, *, platform: str, python: Path | 
         raise ConversionError(f"rknn-toolkit2 is not set up: run `make rknn-env` and set {ENV_VAR} to "
                               ".venv-rknn/bin/python (its pins clash with the server's environment)")
     target = out / "model.rknn"
-    run_tool([str(python), str(WORKER), "build", str(source), str(target), platform], what="rknn-toolkit2")
+    run_tool([str(python), "-I", str(WORKER), "build", str(source), str(target), platform], what="rknn-toolkit2")
     if not target.is_file() or target.stat().st_size == 0:
         raise ConversionError("rknn-toolkit2 wrote no model")
     return target
@@ -38,5 +38,5 @@ def convert(source: Path, fmt: str, out: Path, *, platform: str, python: Path | 
 
 def simulate(source: Path, inputs_npz: Path, outputs_npz: Path, *, platform: str, python: Path) -> None:
     """Runs the ONNX model through rknn-toolkit2's simulator (build, then inference on the PC)."""
-    run_tool([str(python), str(WORKER), "simulate", str(source), str(inputs_npz), str(outputs_npz), platform],
+    run_tool([str(python), "-I", str(WORKER), "simulate", str(source), str(inputs_npz), str(outputs_npz), platform],
              what="rknn-toolkit2 simulator")

@@ -12,11 +12,28 @@ import numpy as np
 from rknn.api import RKNN
 
 
+def _input_sizes(model):
+    """Input names and shapes, dynamic dimensions fixed to 1 (an RKNN model is static)."""
+    import onnx
+
+    graph = onnx.load(model, load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    names, sizes = [], []
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        names.append(value.name)
+        sizes.append([d.dim_value if d.dim_value > 0 else 1 for d in dims])
+    return names, sizes
+
+
 def _built(model, platform):
     rknn = RKNN(verbose=False)
     if rknn.config(target_platform=platform) != 0:
         sys.exit(f"rknn config failed for platform {platform}")
-    if rknn.load_onnx(model=model) != 0:
+    names, sizes = _input_sizes(model)
+    if rknn.load_onnx(model=model, inputs=names, input_size_list=sizes) != 0:
         sys.exit("rknn-toolkit2 could not load the ONNX model")
     if rknn.build(do_quantization=False) != 0:
         sys.exit("rknn-toolkit2 could not build the model")
