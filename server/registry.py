@@ -44,7 +44,7 @@ from fleetcast.server.errors import (
     ModelNotFound,
     VersionExists,
 )
-from fleetcast.server.samples import SampleLimits, unpack
+from fleetcast.server.samples import SampleLimits, first_sample, unpack
 from fleetcast.server.signing import ArtifactTarget, InvalidAssignmentError, Signer
 from fleetcast.server.store import Artifact, Golden, ModelVersion, Store, Variant
 
@@ -145,6 +145,10 @@ def _specs(args: Sequence[Any], what: str) -> dict[str, dict[str, Any]]:
         shape = [d if isinstance(d, int) and d > 0 else None for d in (arg.shape or [])]
         specs[arg.name] = {"dtype": dtype, "shape": shape}
     return specs
+
+
+def _dynamic(specs: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any(d is None for spec in specs.values() for d in spec["shape"])
 
 
 def make_inputs(specs: Mapping[str, Mapping[str, Any]], sha256: str) -> dict[str, np.ndarray]:
@@ -266,6 +270,9 @@ class Registry:
                 golden.finish()
                 feeds, given_outputs = _read_golden(golden.path)
                 _check_golden_inputs(feeds, inputs)
+            elif calibration is not None and _dynamic(inputs):
+                calibration.finish()   # the golden input of a dynamic-shape model: the first real sample
+                feeds = first_sample(calibration.path, inputs, role="calibration", limits=self.calibration_limits)
             else:
                 feeds = make_inputs(inputs, staged.sha256)
             try:
@@ -403,7 +410,7 @@ class Registry:
             self.store.set_compression(job.model, job.version, {
                 "status": status, "notes": notes,
                 "levels": [{"level": x, "error": errors.get(x) if status == "done" else "not built"}
-                           for x in job.levels],
+                           for x in (*job.levels, *job.targets)],
             })
             logger.info("compression %s model=%s version=%s errors=%d", status, job.model, job.version, len(errors))
 
