@@ -462,6 +462,8 @@ def _device_text(device: Device) -> str:
         ("backends", device.backends), ("group", device.group), ("active", _active(device)),
         ("state", device.state), ("last seen", _when(device.last_seen)),
         *_assignment_rows(device.raw.get("assignment")),
+        # what each back end's start-up probe found: version, accelerator, fallback
+        *sorted((k, v) for k, v in (device.raw.get("labels") or {}).items() if k.startswith("backend.")),
     ])
     stats = _table.render(
         ["model", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms"],

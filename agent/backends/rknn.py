@@ -47,7 +47,9 @@ class RknnSession:
         self.output_names = tuple(s.name for s in outputs)
 
     def run_values(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = [np.ascontiguousarray(inputs[s.name]) for s in self.inputs]
+        names = [s.name for s in self.inputs]
+        feeds = [np.ascontiguousarray(inputs[n]) for n in names] if set(names) <= set(inputs) \
+            else [np.ascontiguousarray(v) for v in inputs.values()]
         with self._lock:
             outs = self._runtime.inference(inputs=feeds, data_format="nchw")
         if outs is None:
@@ -86,20 +88,21 @@ class RknnBackend:
         if runtime.load_rknn(path) != 0 or runtime.init_runtime() != 0:
             runtime.release()
             raise ActivationError("RKNNLite could not load the model or start the NPU runtime")
-        specs = _query(runtime)
+        specs = _names(Path(path))
         logger.info("loaded model with rknn-toolkit-lite2 threads=%d", threads)
         return RknnSession(runtime, *specs)
 
 
-def _query(runtime: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Input and output specs from the model itself (rknn_query through the lite API)."""
-    try:
-        inputs = runtime.get_inputs() if hasattr(runtime, "get_inputs") else []
-        outputs = runtime.get_outputs() if hasattr(runtime, "get_outputs") else []
-    except Exception:
-        inputs, outputs = [], []
-    ins = tuple(TensorSpec(getattr(t, "name", f"input{i}"), "float32", tuple(getattr(t, "dims", ())))
-                for i, t in enumerate(inputs)) or (TensorSpec("input", "float32", ()),)
-    outs = tuple(TensorSpec(getattr(t, "name", f"output{i}"), "float32", tuple(getattr(t, "dims", ())))
-                 for i, t in enumerate(outputs)) or (TensorSpec("output", "float32", ()),)
-    return ins, outs
+def _names(model: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Input and output names, in order. An .rknn file does not keep the ONNX names, and
+    RKNNLite cannot list them, so they come from the golden file beside it in the slot
+    (`input:<name>` / `output:<name>`, written by the server from the original model)."""
+    golden = model.parent / "golden.npz"
+    inputs: list[str] = []
+    outputs: list[str] = []
+    if golden.is_file():
+        with np.load(golden, allow_pickle=False) as npz:
+            inputs = [k.removeprefix("input:") for k in npz.files if k.startswith("input:")]
+            outputs = [k.removeprefix("output:") for k in npz.files if k.startswith("output:")]
+    return (tuple(TensorSpec(n, "float32", ()) for n in inputs or ["input0"]),
+            tuple(TensorSpec(n, "float32", ()) for n in outputs or ["output0"]))
