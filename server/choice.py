@@ -6,7 +6,7 @@ reported back ends can load (`proto.formats`) and whose
 measured accuracy is within the version's budget (`within_budget` not false):
 1. the fastest by mean latency measured on devices of its hardware class (telemetry,
    per variant), a variant not yet measured there estimated from the original's class
-   latency times its build-machine latency ratio;
+   latency times its build-machine latency ratio (one with neither is left out);
 2. with no class measurement, on the build machine's own class (a CPU like the server's),
    the lowest build-machine `latency_ratio`, saying the figures are the build machine's;
 3. otherwise the hardware class's preference order (`compress.levels.PREFERENCE`):
@@ -81,11 +81,13 @@ def choose(device: Device, release: ModelVersion, measured: Mapping[str, float],
     base = measured.get("original")
     estimates = {v.variant: measured.get(v.variant) or (base * r if base and (r := _ratio(v, backends)) else None)
                  for v in fits}
-    if any(v.variant in measured for v in fits) and all(e is not None for e in estimates.values()):
-        best = min(fits, key=lambda v: estimates[v.variant] or 0.0)
+    known = [v for v in fits if estimates[v.variant] is not None]
+    if any(v.variant in measured for v in known):
+        best = min(known, key=lambda v: estimates[v.variant] or 0.0)
         how = "measured" if best.variant in measured else "estimated from the original's latency x build ratio"
         return Choice(best, f"fastest on {klass} devices: {estimates[best.variant]:.3g} ms mean ({how}) "
-                            f"among {len(fits)} loadable variants within the accuracy budget")
+                            f"among {len(known)} of {len(fits)} loadable variants within the accuracy budget "
+                            "with figures for this class")
     ranked = [v for v in fits if _ratio(v, backends) is not None]
     if klass == BUILD_CLASS and ranked:
         best = min(ranked, key=lambda v: _ratio(v, backends) or 0.0)

@@ -78,7 +78,8 @@ def test_onnx_upload_is_delivered_as_mnn_and_openvino_builds_within_tolerance_of
         assert m["measured_on"] == "build machine"
 
     agents = {"dev-mnn": "mnn", "dev-openvino": "openvino"}
-    started = [new_agent(server, d, extra_args=["--backends", b]) for d, b in agents.items()]
+    started = [new_agent(server, d, extra_args=["--backends", b, "--telemetry-interval-s", "1"])
+               for d, b in agents.items()]
 
     def enrolled() -> bool | None:
         with server.client() as fc:
@@ -102,6 +103,20 @@ def test_onnx_upload_is_delivered_as_mnn_and_openvino_builds_within_tolerance_of
     with server.client() as fc:
         shown = fc.get_version("tiny", version.version).raw["devices"]
         assert {d["device_id"]: d["variant"] for d in shown} == {"dev-mnn": "mnn", "dev-openvino": "openvino"}
+        assert all("build machine" in d["why"] for d in shown), show(shown)
+
+    # Served latency comes back per variant in telemetry; the next choice uses it.
+    for _ in range(5):
+        started[1].infer({"input": x})
+    def reported() -> bool | None:
+        with server.client() as fc:
+            stats = fc.get_device("dev-openvino").raw["telemetry"]
+        return any(s["variant"] == "openvino" and s["inferences"] >= 3 for s in stats) or None
+    wait_for(reported, timeout_s=30, what="dev-openvino's telemetry", context=started[1].log_tail)
+    deploy_and_install(server, started, "tiny", version.version)
+    with server.client() as fc:
+        shown = {d["device_id"]: d["why"] for d in fc.get_version("tiny", version.version).raw["devices"]}
+        assert "measured" in shown["dev-openvino"] and "x86-cpu devices" in shown["dev-openvino"], show(shown)
         # An operator pin for the hardware class wins where the device can load it, and only there.
         assert fc.pin_variant("tiny", "hardware:x86-cpu", "mnn") == {"hardware:x86-cpu": "mnn"}
     deploy_and_install(server, started, "tiny", version.version)
