@@ -65,3 +65,14 @@ def test_dynamic_model_gets_its_golden_input_from_the_first_calibration_sample_a
         assert built.metrics["within_budget"] is True and built.metrics["measured_on"] == "build machine"
         with np.load(services.blobs.path(built.golden.sha256)) as golden:
             np.testing.assert_allclose(golden["output:output"], reference, atol=1e-5)
+
+
+def test_tflite_upload_builds_an_mnn_variant_whose_outputs_match_litert(services: Services) -> None:
+    v = services.registry.add_version("mlp", _stage(services, tflite_models.mlp()), targets=("mnn",))
+    done = services.registry.version("mlp", v.version)
+    built = done.variant("mnn")
+    assert built is not None and built.format == "mnn", done.compression
+    assert built.metrics["original_backend"] == "litert" and built.metrics["within_budget"] is True
+    with np.load(services.blobs.path(v.golden.sha256)) as original, \
+            np.load(services.blobs.path(built.golden.sha256)) as own:
+        np.testing.assert_allclose(own["output:logits"], original["output:logits"], atol=1e-3, rtol=1e-3)
