@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv proto broker bench clean
+.PHONY: demo test venv proto broker bench clean rknn-env
 
 venv: $(STAMP)
 
@@ -29,6 +29,22 @@ test: venv broker
 
 demo: venv
 	$(PY) examples/demo.py
+
+# rknn-toolkit2 (ONNX -> RKNN and its simulator) in its own environment: its pins
+# (numpy<=1.26.4, protobuf<=4.25.4, torch<=2.4) clash with the server's. Optional;
+# the server uses it when FLEETCAST_RKNN_PYTHON=.venv-rknn/bin/python, and the RKNN
+# test runs when .venv-rknn exists. torch is only imported by the toolkit, never used
+# for ONNX: the CPU build 2.13.0 stands in for its torch<=2.4 pin, which on PyPI would
+# pull gigabytes of CUDA libraries, so the toolkit goes in without its declared deps.
+RKNN_VENV := .venv-rknn
+rknn-env: $(RKNN_VENV)/.installed-stamp
+
+$(RKNN_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(RKNN_VENV)
+	$(RKNN_VENV)/bin/python -m pip install --quiet --no-deps rknn-toolkit2==2.5.0 torch==2.13.0
+	$(RKNN_VENV)/bin/python -m pip install --quiet 'protobuf>=4.21.6,<=4.25.4' 'numpy<=1.26.4' \
+	  'onnx>=1.16.1,<=1.18.0' onnxruntime psutil 'ruamel.yaml' scipy tqdm opencv-python-headless fast-histogram
+	touch $@
 
 proto: venv
 	$(PY) proto/generate.py

@@ -81,6 +81,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-interval-s", type=float, default=None, help="telemetry window (default 10)")
     p.add_argument("--threads", dest="intra_op_threads", type=int, default=None,
                    help="intra-op threads per inference (default 1)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated back ends this agent may use (default: every one that loads here): "
+                        "onnxruntime, litert, openvino, mnn, rknn")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 

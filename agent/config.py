@@ -23,7 +23,7 @@ from fleetcast.proto import topics
 logger = logging.getLogger(__name__)
 
 HARDWARE_CLASSES = frozenset(
-    {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
+    {"x86-cpu", "arm-cpu", "rk3399", "rk3588", "rk3566", "jetson", "movidius", "phone-android", "phone-ios"}
 )
 _MAX_SECRET_BYTES = 4096
 _SERVER_PATTERN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
@@ -64,6 +64,7 @@ class AgentConfig:
     mqtt_ca: Path | None = None                  # CA of the broker's certificate; default: the server CA
     mqtt_username: str = ""                      # with mqtt_password: password login instead of
     mqtt_password: str = ""                      # the device certificate (mqtts://)
+    backends: tuple[str, ...] = ()               # back ends this agent may use; empty: every one that probes
 
     @property
     def server_ca_path(self) -> Path:
@@ -137,6 +138,8 @@ def load(args: Any, environ: Mapping[str, str]) -> AgentConfig:
     if values.get("mqtt_password_file"):
         chosen["mqtt_password"] = read_secret_file(Path(values["mqtt_password_file"]), what="MQTT password",
                                                    flag="--mqtt-password-file")
+    if isinstance(chosen.get("backends"), str):
+        chosen["backends"] = tuple(b.strip() for b in chosen["backends"].split(",") if b.strip())
     for key in ("data_dir", "trust_root", "server_ca", "mqtt_ca"):
         if key in chosen:
             chosen[key] = Path(chosen[key]).expanduser().resolve()

@@ -18,7 +18,7 @@ from typing import Final
 import grpc
 
 from fleetcast import agent as agent_package
-from fleetcast.agent.backends import available_backends
+from fleetcast.agent import backends as agent_backends
 from fleetcast.agent.config import AgentConfig
 from fleetcast.agent.credentials import Credentials, credential_refused
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
@@ -86,7 +86,11 @@ class ControlClient:
         key = self.credentials.request()
         request = device_pb2.EnrollRequest(
             device_id=self.config.device_id, hardware_class=self.config.hardware_class,
-            backends=available_backends(), enroll_token=self.config.enroll_token,
+            backends=agent_backends.available_backends(self.config.hardware_class),
+            backend_info=[device_pb2.BackendInfo(name=p.name, version=p.version[:64], accelerator=p.accelerator,
+                                                 detail=p.detail[:200])
+                          for p in agent_backends.probes(self.config.hardware_class) if p.available],
+            enroll_token=self.config.enroll_token,
             agent_version=AGENT_VERSION, group=self.config.group,
             csr=key.csr, proof=key.proof, proof_time=key.proof_time)
         try:

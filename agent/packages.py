@@ -18,11 +18,13 @@ from types import MappingProxyType
 from typing import Final
 
 from fleetcast.agent.errors import ActivationError, IncompatibleModelError
+from fleetcast.proto import formats
 
 logger = logging.getLogger(__name__)
 
 # Artifact format -> the format a back end loads once the artifact is unpacked.
-RUNNABLE_FORMATS: Final[Mapping[str, str]] = MappingProxyType({"onnx": "onnx", "fcpack": "onnx"})
+RUNNABLE_FORMATS: Final[Mapping[str, str]] = MappingProxyType(
+    {f.name: f.runs_as for f in formats.FORMATS.values()})
 
 
 def runnable_format(fmt: str) -> str:

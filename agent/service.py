@@ -58,6 +58,9 @@ class Agent:
     def run(self) -> int:
         """Runs until `stop` is set; raises FatalError for what the operator must fix."""
         trust_root = load_trust_root(self.config.trust_root)
+        backends.configure(self.config.backends)
+        if not self.data.device_json.exists():   # enrollment reports the probes: run them before serving
+            backends.probes(self.config.hardware_class)
         self.data.create()
         self.slots = Slots(self.data)
         self.spool = Spool(self.data.telemetry_db, max_batches=self.config.max_spooled_batches)

@@ -26,11 +26,12 @@ from typing import Any, Final
 from fleetcast.agent.datadir import DataDir, fsync_dir, read_bounded, write_atomic
 from fleetcast.agent.errors import ActivationError, IncompatibleModelError, VerificationError
 from fleetcast.agent.trust import VerifiedAssignment
+from fleetcast.proto import formats
 
 logger = logging.getLogger(__name__)
 
 LETTERS: Final = ("a", "b")
-MODEL_FILES: Final[Mapping[str, str]] = {"onnx": "model.onnx", "fcpack": "model.fcpack"}
+MODEL_FILES: Final[Mapping[str, str]] = {f.name: f.file_name for f in formats.FORMATS.values()}
 GOLDEN_FILE: Final = "golden.npz"
 MANIFEST_FILE: Final = "manifest.json"
 _MAX_MANIFEST_BYTES: Final = 256 * 1024

@@ -112,6 +112,7 @@ class Client:
         calibration: Path | None = None,
         eval: Path | None = None,
         progress: Progress | None = None,
+        targets: Sequence[str] = (),
     ) -> ModelVersion:
         """Upload a model file (and optional golden npz); returns the new version.
 
@@ -126,6 +127,8 @@ class Client:
             data["version"] = version
         if compress:
             data["compress"] = ",".join(compress)
+        if targets:   # per-target builds: mnn, openvino, rknn-<platform>
+            data["targets"] = ",".join(targets)
         with contextlib.ExitStack() as files_open:
             files: dict[str, tuple[str, IO[bytes], str]] = {}
             for field_name, file_path in (("model", path), ("golden", golden)):
@@ -209,6 +212,19 @@ class Client:
     def list_deployments(self) -> list[Deployment]:
         doc = self._get("/v1/deployments")
         return [Deployment.from_json(d) for d in doc.get("deployments", ())]
+
+    def pin_variant(self, name: str, scope: str, variant: str | None) -> dict[str, str]:
+        """Pins `variant` of model `name` for `scope` ("group:G" or "hardware:CLASS"), or
+        removes the pin with None; returns the model's pins. Applies to deployments made after."""
+        url = f"/v1/models/{_seg(name)}/pins/{_seg(scope)}"
+        if variant is None:
+            request = self._http.build_request("DELETE", url)
+        else:
+            request = self._http.build_request("PUT", url, json={"variant": variant})
+        return dict(self._send(request)["pins"])
+
+    def pins(self, name: str) -> dict[str, str]:
+        return dict(self._get(f"/v1/models/{_seg(name)}/pins")["pins"])
 
     def cancel_deployment(self, id: str) -> Deployment:
         request = self._http.build_request("POST", f"/v1/deployments/{_seg(id)}/cancel")

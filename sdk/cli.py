@@ -156,6 +156,9 @@ def _add_model(commands: Any, common: argparse.ArgumentParser) -> None:
     push.add_argument("--compress", metavar="L1,L2", type=_comma_list, default=(),
                       help="compression levels the server builds variants for, in the background "
                            "(lossless,fp16,balanced,fastest,smallest)")
+    push.add_argument("--targets", metavar="T1,T2", type=_comma_list, default=(),
+                      help="per-target builds the server converts and measures in the background "
+                           "(mnn, openvino, rknn-rk3588, rknn-rk3566)")
     push.add_argument("--calibration", metavar="DIR", type=Path,
                       help="calibration samples for --compress: one .npz/.npy per sample")
     push.add_argument("--eval", metavar="DIR", type=Path,
@@ -168,6 +171,14 @@ def _add_model(commands: Any, common: argparse.ArgumentParser) -> None:
                       help="progress bar on stderr (default: when stderr is a terminal)")
     _leaf(sub, "list", common, help="list models and their latest version", run=cmd_model_list,
           example="fleetcast model list --data /tmp/fc")
+    pin = _leaf(sub, "pin", common, help="pin a variant for a group or hardware class (or --remove it)",
+                run=cmd_model_pin, example="fleetcast model pin digits mnn --hardware rk3399 --data /tmp/fc")
+    pin.add_argument("name", metavar="NAME", help="model name")
+    pin.add_argument("variant", metavar="VARIANT", nargs="?", help="the variant those devices get")
+    scope = pin.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--group", help="devices of this group")
+    scope.add_argument("--hardware", help="devices of this hardware class")
+    pin.add_argument("--remove", action="store_true", help="remove the pin instead")
     show = _leaf(sub, "show", common, help="show a model's versions and their variants",
                  run=cmd_model_show, example="fleetcast model show digits@1 --data /tmp/fc")
     show.add_argument("ref", metavar="NAME[@VERSION]", help="model, and version (default: all)")
@@ -279,17 +290,21 @@ def cmd_model_push(client: Client, args: argparse.Namespace) -> int:
     for directory in (args.calibration, args.eval):
         if directory is not None and not directory.is_dir():
             raise UsageError(f"{directory} is not a directory of samples")
-    if (args.calibration or args.eval or args.wait) and not args.compress:
-        raise UsageError("--calibration, --eval and --wait go with --compress LEVELS")
+    if (args.calibration or args.eval) and not args.compress:
+        raise UsageError("--calibration and --eval go with --compress LEVELS")
+    if args.wait and not (args.compress or args.targets):
+        raise UsageError("--wait goes with --compress LEVELS or --targets TARGETS")
     show_bar = sys.stderr.isatty() if args.progress is None else args.progress
     with _ProgressBar(f"push {args.name}", enabled=show_bar) as bar:
         version = client.push_model(
             args.file, name=args.name, version=args.version, golden=args.golden,
             compress=args.compress, calibration=args.calibration, eval=args.eval, progress=bar.update,
+            targets=args.targets,
         )
     if args.wait:
         if sys.stderr.isatty():
-            print(f"compressing {version.name}@{version.version}: {','.join(args.compress)}", file=sys.stderr)
+            print(f"building {version.name}@{version.version}: {','.join((*args.compress, *args.targets))}",
+                  file=sys.stderr)
         version = client.wait_compression(version.name, version.version, timeout_s=args.timeout)
     _emit(args, version.raw, lambda: _version_text(version))
     return 1 if version.compression_status == "failed" else 0
@@ -299,6 +314,16 @@ def cmd_model_list(client: Client, args: argparse.Namespace) -> int:
     models = client.list_models()
     _emit(args, {"models": [m.raw for m in models]}, lambda: _table.render(
         ["name", "latest", "versions"], [(m.name, m.latest_version, m.versions) for m in models]))
+    return 0
+
+
+def cmd_model_pin(client: Client, args: argparse.Namespace) -> int:
+    if bool(args.variant) == bool(args.remove):
+        raise UsageError("give a VARIANT to pin, or --remove")
+    scope = f"group:{args.group}" if args.group else f"hardware:{args.hardware}"
+    pins = client.pin_variant(args.name, scope, None if args.remove else args.variant)
+    _emit(args, {"model": args.name, "pins": pins}, lambda: _table.render(
+        ["scope", "variant"], sorted(pins.items())) or f"{args.name}: no pins")
     return 0
 
 
@@ -453,7 +478,11 @@ def _version_text(version: ModelVersion) -> str:
     variants = _table.render(
         ["variant", "format", "size", "sha256"],
         [(v.variant, v.format, _table.size(v.length), v.sha256[:12]) for v in version.variants])
-    return "\n\n".join(part for part in (head, variants, _compression_text(version), _metrics_text(version))
+    assigned = _table.render(["device", "hardware", "variant", "why"],
+                             [(d.get("device_id"), d.get("hardware_class"), d.get("variant"), d.get("why"))
+                              for d in version.raw.get("devices") or ()]) if version.raw.get("devices") else ""
+    return "\n\n".join(part for part in (head, variants, _compression_text(version), _metrics_text(version),
+                                          assigned)
                        if part)
 
 
@@ -510,12 +539,24 @@ def _device_text(device: Device) -> str:
         ("device", device.id), ("hardware", device.hardware_class),
         ("backends", device.backends), ("group", device.group), ("active", _active(device)),
         ("state", device.state), ("last seen", _when(device.last_seen)),
+        *_assignment_rows(device.raw.get("assignment")),
+        # what each back end's start-up probe found: version, accelerator, fallback
+        *sorted((k, v) for k, v in (device.raw.get("labels") or {}).items() if k.startswith("backend.")),
     ])
     stats = _table.render(
         ["model", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms"],
         [(f"{s.model}@{s.version}", s.inferences, s.errors, s.p50_ms, s.p95_ms, s.p99_ms)
          for s in device.stats])
     return f"{head}\n\n{stats}"
+
+
+def _assignment_rows(assignment: Any) -> list[tuple[str, Any]]:
+    """Which variant the device was given and why (the server's variant choice)."""
+    if not isinstance(assignment, dict):
+        return []
+    return [("assigned", f"{assignment.get('model')}@{assignment.get('version')} "
+                         f"variant {assignment.get('variant')} ({assignment.get('format')})"),
+            ("why", assignment.get("why") or None)]
 
 
 def _golden_text(golden: Any) -> str | None:

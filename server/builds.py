@@ -34,6 +34,8 @@ class BuildJob:
     levels: tuple[str, ...]
     calibration_dir: Path | None  # inside `work`, the pipeline's directory format
     eval_dir: Path | None
+    targets: tuple[str, ...] = ()     # per-target conversions (fleetcast.server.convert)
+    source_format: str = "onnx"       # the upload's format (fleetcast.proto.formats)
 
 
 Runner = Callable[[BuildJob, Callable[[], bool]], None]

@@ -26,7 +26,8 @@ from typing import Any, Final
 
 from fleetcast.proto.topics import AssignmentNotice
 from fleetcast.server.errors import DeploymentNotFound, DeviceNotFound, InvalidRequest, TargetEmpty
-from fleetcast.server.fleet import NAME, choose_variant
+from fleetcast.server import choice
+from fleetcast.server.fleet import NAME
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry
 from fleetcast.server.signing import DirectorAssignment, GoldenRef, Signer, artifact_path
@@ -75,13 +76,15 @@ def status_of(rows: Sequence[DeploymentDevice]) -> str:
     return "failed" if installed == 0 else "partial"
 
 
-def assignment_document(a: DirectorAssignment) -> dict[str, Any]:
-    return asdict(a)
+def assignment_document(a: DirectorAssignment, why: str = "") -> dict[str, Any]:
+    """The stored assignment; `why` (the variant choice's reason) is kept beside it, never signed."""
+    return {**asdict(a), **({"why": why} if why else {})}
 
 
 def assignment_from(doc: Mapping[str, Any]) -> DirectorAssignment:
     golden = doc.get("golden")
-    return DirectorAssignment(**{**doc, "golden": GoldenRef(**golden) if golden else None})
+    fields = {k: v for k, v in doc.items() if k != "why"}
+    return DirectorAssignment(**{**fields, "golden": GoldenRef(**golden) if golden else None})
 
 
 class Deployments:
@@ -92,6 +95,7 @@ class Deployments:
         self.registry = registry
         self.hub = hub
         self.clock = clock
+        self._why: dict[tuple[str, str], str] = {}   # (deployment, device) -> why, until assigned
 
     # -- create -------------------------------------------------------------------------
     def resolve_target(self, target: str) -> list[Device]:
@@ -170,8 +174,14 @@ class Deployments:
         return newest
 
     def _plan(self, deployment_id: str, release: ModelVersion, device: Device) -> DirectorAssignment:
-        name = choose_variant(device.hardware_class, [v.variant for v in release.variants])
-        variant = release.variant(name) or release.variants[0]
+        devices = {d.device_id: d for d in self.store.devices()}
+        measured = choice.class_latency(self.store.aggregates(), devices, model=release.model,
+                                        version=release.version, hardware_class=device.hardware_class)
+        chosen = choice.choose(device, release, measured, pins=self.store.pins(release.model))
+        variant = chosen.variant
+        self._why[(deployment_id, device.device_id)] = chosen.why
+        logger.info("variant chosen deployment=%s device_id=%s variant=%s why=%s", deployment_id,
+                    device.device_id, variant.variant, chosen.why)
         g = variant.golden or release.golden   # a compressed variant carries its own golden outputs
         return DirectorAssignment(
             deployment_id=deployment_id, model=release.model, version=release.version, variant=variant.variant,
@@ -183,8 +193,9 @@ class Deployments:
 
     def _assign(self, device_id: str, a: DirectorAssignment | None) -> None:
         version = self.signer.assign(device_id, a)
+        why = self._why.pop((a.deployment_id, device_id), "") if a is not None else ""
         self.store.set_assignment(
-            device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a))
+            device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a, why))
         )
         self.hub.publish(device_id, AssignmentNotice(director_version=version, deployment_id=a.deployment_id if a else ""))
 

@@ -28,7 +28,7 @@ from fleetcast.server.store import Device, DeviceIdentity, Store
 logger = logging.getLogger(__name__)
 
 HARDWARE_CLASSES: Final = frozenset(
-    {"x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios"}
+    {"x86-cpu", "arm-cpu", "rk3399", "rk3588", "rk3566", "jetson", "movidius", "phone-android", "phone-ios"}
 )
 # Device ids, groups and back-end names: the device-id rule of the wire contract.
 NAME: Final = DEVICE_ID_PATTERN
@@ -49,12 +49,18 @@ class Enrollment:
     csr: bytes = b""          # PEM request for the device's key pair; empty: no certificate, no key on record
     proof: bytes = b""        # re-enrollment: signature with the key on record (fleetcast.proto.identity)
     proof_time: int = 0
+    # back end -> "VERSION on ACCELERATOR[; why it fell back]", from the agent's probe;
+    # kept in the device's labels as "backend.NAME" (see `BACKEND_LABEL`).
+    backend_info: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Enrolled:
     device_token: str
     certificate: bytes        # PEM, b"" when the request carried no CSR
+
+
+BACKEND_LABEL: Final = "backend."
 
 
 def hash_token(token: str) -> str:
@@ -82,6 +88,8 @@ def _check_profile(e: Enrollment) -> None:
         raise InvalidRequest(f"group {e.group[:80]!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'")
     if len(e.agent_version) > 64:
         raise InvalidRequest("agent_version is longer than 64 characters")
+    if any(name not in e.backends or len(text) > 256 for name, text in e.backend_info.items()):
+        raise InvalidRequest("backend_info must describe reported backends in at most 256 characters each")
     if len(e.labels) > MAX_LABELS or any(len(k) > 64 or len(v) > 256 for k, v in e.labels.items()):
         raise InvalidRequest(f"labels: at most {MAX_LABELS}, keys up to 64 and values up to 256 characters")
 
@@ -128,7 +136,9 @@ class Fleet:
         now = time.time()
         self.store.put_device(Device(
             device_id=e.device_id, token_sha256=hash_token(token), hardware_class=e.hardware_class,
-            backends=tuple(e.backends), group=group, labels=dict(e.labels), agent_version=e.agent_version,
+            backends=tuple(e.backends), group=group, agent_version=e.agent_version,
+            labels={**{k: v for k, v in e.labels.items() if not k.startswith(BACKEND_LABEL)},
+                    **{BACKEND_LABEL + name: text for name, text in e.backend_info.items()}},
             enrolled_at=old.enrolled_at if old else now, last_seen=now,
         ))
         self.store.put_device_identity(DeviceIdentity(

@@ -88,6 +88,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             device_id=request.device_id, hardware_class=request.hardware_class, enroll_token=request.enroll_token,
             backends=tuple(request.backends), agent_version=request.agent_version, group=request.group,
             labels=dict(request.labels), csr=request.csr, proof=request.proof, proof_time=request.proof_time,
+            backend_info={b.name: f"{b.version} on {b.accelerator}" + (f"; {b.detail}" if b.detail else "")
+                          for b in request.backend_info},
         )
         enrolled = await asyncio.to_thread(self.s.fleet.enroll_device, enrollment)
         # A new device joins the fleet's newest deployment to all (or to its group).

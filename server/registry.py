@@ -35,6 +35,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from fleetcast.proto import formats
+from fleetcast.server import inspection
 from fleetcast.server.blobs import BlobStore, StagedFile
 from fleetcast.server.builds import BuildJob, Builds, BuildStopped
 from fleetcast.server.errors import (
@@ -45,7 +47,7 @@ from fleetcast.server.errors import (
     ModelNotFound,
     VersionExists,
 )
-from fleetcast.server.samples import SampleLimits, unpack
+from fleetcast.server.samples import SampleLimits, first_sample, unpack
 from fleetcast.server.signing import ArtifactTarget, InvalidAssignmentError, Signer
 from fleetcast.server.store import Artifact, Golden, ModelVersion, Store, Variant
 from fleetcast.server.upload_check import CheckLimits, check_upload
@@ -83,6 +85,10 @@ class BuiltVariant:
     format: str
     path: Path
     metrics: Mapping[str, Any]
+    # A per-target build's outputs on the golden inputs, computed with the runtime that
+    # runs it (none here can run it through onnxruntime), and their tolerance.
+    golden_outputs: Mapping[str, np.ndarray] | None = None
+    golden_tolerance: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,18 +144,24 @@ def _session(path: Path) -> Any:
         raise ModelInvalid(f"the model cannot be loaded by onnxruntime because: {str(e)[:400]}") from e
 
 
-def check_onnx_in_child(model_path: Path, golden_path: Path | None, out_path: Path, *, sha256: str,
-                        max_output_bytes: int) -> dict[str, Any]:
-    """The ONNX upload check, run by upload_check in its bounded child process: the model
-    loads, runs on the golden inputs (given, or generated from its sha256), matches the given
-    golden outputs; the golden pair is written to `out_path`. Returns the input/output specs."""
-    session = _session(model_path)
+def check_model_in_child(model_path: Path, golden_path: Path | None, out_path: Path, *, sha256: str,
+                         max_output_bytes: int, calibration_path: Path | None = None,
+                         calibration_limits: SampleLimits | None = None) -> dict[str, Any]:
+    """The upload check, run by upload_check in its bounded child process: the model loads
+    (by its format: `inspection.open_upload`), runs on the golden inputs (given; for a model
+    with dynamic dimensions the first calibration sample; else generated from its sha256),
+    matches the given golden outputs; the golden pair is written to `out_path`. Returns the
+    input/output specs."""
+    session = inspection.open_upload(model_path, onnx=_session)
     inputs = _specs(session.get_inputs(), "input")
     outputs = _specs(session.get_outputs(), "output")
     given_outputs: dict[str, np.ndarray] = {}
     if golden_path is not None:
         feeds, given_outputs = _read_golden(golden_path, max_unpacked_bytes=max_output_bytes)
         _check_golden_inputs(feeds, inputs)
+    elif calibration_path is not None and calibration_limits is not None and _dynamic(inputs):
+        # the golden input of a dynamic-shape model: the first real sample, not 1x1 dimensions
+        feeds = first_sample(calibration_path, inputs, role="calibration", limits=calibration_limits)
     else:
         feeds = make_inputs(inputs, sha256)
     try:
@@ -178,6 +190,10 @@ def _specs(args: Sequence[Any], what: str) -> dict[str, dict[str, Any]]:
         shape = [d if isinstance(d, int) and d > 0 else None for d in (arg.shape or [])]
         specs[arg.name] = {"dtype": dtype, "shape": shape}
     return specs
+
+
+def _dynamic(specs: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any(d is None for spec in specs.values() for d in spec["shape"])
 
 
 def make_inputs(specs: Mapping[str, Mapping[str, Any]], sha256: str) -> dict[str, np.ndarray]:
@@ -291,6 +307,7 @@ class Registry:
         compress: Sequence[str] = (),
         calibration: StagedFile | None = None,
         evaluation: StagedFile | None = None,
+        targets: Sequence[str] = (),
     ) -> ModelVersion:
         """Checks and records one uploaded model; consumes (stores or discards) the staged files.
 
@@ -304,20 +321,28 @@ class Registry:
                 if self.store.version(model, version) is not None:
                     raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")
             staged.finish()
+            fmt = inspection.detect(staged.path)
+            _check_builds(fmt, compress, targets)
             if golden is not None:
                 golden.finish()
-            checked = check_upload(staged.path, format="onnx", golden=None if golden is None else golden.path,
-                                   out=out, sha256=staged.sha256, limits=self.check_limits)
+            if calibration is not None:
+                calibration.finish()
+            checked = check_upload(staged.path, format=fmt, golden=None if golden is None else golden.path,
+                                   out=out, sha256=staged.sha256, limits=self.check_limits,
+                                   calibration=None if calibration is None else calibration.path,
+                                   calibration_limits=self.calibration_limits)
             reserved = self.store.reserve_version(model, version or None, at=time.time())
             if reserved is None:
                 raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")
             job = None
             try:
-                job = self._prepare(model, reserved, staged, checked.inputs, tuple(compress), calibration, evaluation)
+                job = self._prepare(model, reserved, staged, checked.inputs, tuple(compress), calibration, evaluation,
+                                    targets=tuple(targets), fmt=fmt)
                 compression = None if job is None else {
-                    "status": "running", "levels": [{"level": x, "error": None} for x in job.levels], "notes": []}
+                    "status": "running", "levels": [{"level": x, "error": None} for x in (*job.levels, *job.targets)],
+                    "notes": []}
                 record = self._record(model, reserved, staged, dict(checked.inputs), dict(checked.outputs),
-                                      checked.golden_path, compression)
+                                      checked.golden_path, compression, fmt=fmt)
             except BaseException:
                 self.store.release_version(model, reserved)
                 if job is not None:
@@ -334,8 +359,15 @@ class Registry:
 
     def _prepare(self, model: str, version: str, staged: StagedFile, inputs: Mapping[str, Any],
                  levels: tuple[str, ...], calibration: StagedFile | None,
-                 evaluation: StagedFile | None) -> BuildJob | None:
+                 evaluation: StagedFile | None, *, targets: tuple[str, ...] = (),
+                 fmt: str = "onnx") -> BuildJob | None:
         """The background job's work dir: a copy of the model and the unpacked samples."""
+        if not levels and targets:
+            work = Path(tempfile.mkdtemp(prefix="convert-", dir=self.blobs.tmp_dir))
+            source = work / formats.get(fmt).file_name
+            shutil.copyfile(staged.path, source)
+            return BuildJob(model=model, version=version, work=work, model_path=source, levels=(),
+                            calibration_dir=None, eval_dir=None, targets=targets, source_format=fmt)
         if not levels:
             if calibration is not None or evaluation is not None:
                 raise InvalidRequest("'calibration' and 'eval' are used only with 'compress'; name the levels too")
@@ -353,21 +385,21 @@ class Registry:
                     unpack(upload.path, inputs, work / role, role=role, limits=limits, labels_allowed=role == "eval")
                     dirs[role] = work / role
             return BuildJob(model=model, version=version, work=work, model_path=work / "model.onnx", levels=levels,
-                            calibration_dir=dirs["calibration"], eval_dir=dirs["eval"])
+                            calibration_dir=dirs["calibration"], eval_dir=dirs["eval"], targets=targets)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
 
     def _record(
         self, model: str, version: str, staged: StagedFile, inputs: dict[str, Any], outputs: dict[str, Any],
-        golden_file: Path, compression: Mapping[str, Any] | None,
+        golden_file: Path, compression: Mapping[str, Any] | None, *, fmt: str = "onnx",
     ) -> ModelVersion:
         """Stores the blobs, signs them and records the version (its name already reserved)."""
         sha256, length = self.blobs.commit(staged)
         golden_sha, golden_len = self.blobs.put_file(golden_file)
-        variants = [Variant(variant="original", format="onnx", sha256=sha256, length=length)]
+        variants = [Variant(variant="original", format=fmt, sha256=sha256, length=length)]
         self._sign([Artifact(golden_sha, golden_len, "golden", model, version, "original", "npz"),
-                    Artifact(sha256, length, "model", model, version, "original", "onnx")])
+                    Artifact(sha256, length, "model", model, version, "original", fmt)])
         record = ModelVersion(
             model=model, version=version, created_at=time.time(), inputs=inputs, outputs=outputs,
             golden=Golden(sha256=golden_sha, length=golden_len, atol=GOLDEN_ATOL, rtol=GOLDEN_RTOL),
@@ -403,8 +435,11 @@ class Registry:
         notes: list[str] = []
         status = "failed"
         try:
-            assert self.compressor is not None
-            result = self.compressor(job, progress)
+            assert self.compressor is not None or not job.levels
+            result = self.compressor(job, progress) if job.levels and self.compressor else \
+                CompressionResult(built=(), errors={}, notes=())
+            if job.targets:
+                result = self._convert(job, progress, result)
             errors.update(result.errors)
             notes.extend(result.notes)
             if result.original_metrics:
@@ -432,9 +467,23 @@ class Registry:
             self.store.set_compression(job.model, job.version, {
                 "status": status, "notes": notes,
                 "levels": [{"level": x, "error": errors.get(x) if status == "done" else "not built"}
-                           for x in job.levels],
+                           for x in (*job.levels, *job.targets)],
             })
             logger.info("compression %s model=%s version=%s errors=%d", status, job.model, job.version, len(errors))
+
+    def _convert(self, job: BuildJob, progress: Progress, result: CompressionResult) -> CompressionResult:
+        """Adds the job's per-target builds (fleetcast.server.convert) to the compressor's result."""
+        from fleetcast.server.convert.build import build_targets
+
+        record = self.version(job.model, job.version)
+        feeds, _ = (_read_golden(self.blobs.path(record.golden.sha256), max_unpacked_bytes=self.check_limits.max_output_bytes)
+                     if record.golden else ({}, {}))
+        built, errors = build_targets(job.model_path, job.source_format, job.targets, feeds, job.work, progress)
+        return CompressionResult(
+            built=[*result.built, *(BuiltVariant(variant=b.variant, format=b.format, path=b.path, metrics=b.metrics,
+                                                 golden_outputs=b.outputs, golden_tolerance=b.tolerance)
+                                    for b in built)],
+            errors={**result.errors, **errors}, notes=result.notes, original_metrics=result.original_metrics)
 
     def _add_variant(self, job: BuildJob, built: BuiltVariant) -> None:
         record = self.version(job.model, job.version)
@@ -458,6 +507,10 @@ class Registry:
         from fleetcast.proto import fcpack
 
         feeds, _ = _read_golden(self.blobs.path(record.golden.sha256), max_unpacked_bytes=self.check_limits.max_output_bytes)
+        if built.golden_outputs is not None:   # a per-target build, run by its own runtime
+            sha256, length = self.blobs.put_bytes(golden_bytes(feeds, built.golden_outputs))
+            atol, rtol = built.golden_tolerance or (GOLDEN_ATOL, GOLDEN_RTOL)
+            return Golden(sha256=sha256, length=length, atol=atol, rtol=rtol)
         data = built.path.read_bytes()
         runnable = fcpack.decode(data) if built.format == "fcpack" else data
         options = ort.SessionOptions()
@@ -497,6 +550,28 @@ class Registry:
         if not found:
             raise ModelNotFound(f"model {model!r} is not in the registry: upload it with POST /v1/models/{model}")
         return found
+
+
+def _check_builds(fmt: str, compress: Sequence[str], targets: Sequence[str]) -> None:
+    if compress and fmt != "onnx":
+        raise InvalidRequest(f"compression levels build from ONNX models; this upload is {fmt}: "
+                             "upload without 'compress' (per-target builds go in 'targets')")
+    from fleetcast.server.convert import check_targets
+
+    try:
+        check_targets(targets, fmt)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from e
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """The `targets` form field: comma-separated build targets (fleetcast.server.convert)."""
+    from fleetcast.server.convert import parse_targets as parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from e
 
 
 def version_document(v: ModelVersion) -> dict[str, Any]:

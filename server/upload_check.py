@@ -9,7 +9,7 @@ after `time_s` of wall time. What it computes comes back as a golden `.npz` file
 wrote (bounded to `max_output_bytes` of arrays) and the input/output specs.
 
 `check_upload(path, format=...)` is the one entry point; `CHECKS` maps a model format
-to the function run in the child (`check_onnx` here; other formats add a row).
+to the function run in the child (`check_model` for every format that `inspection.open_upload` loads).
 Failures raise the server's errors: `ModelInvalid`, `GoldenMismatch`, `InvalidRequest`
 for what the child found, `ModelTooCostly` for a limit it crossed.
 """
@@ -48,17 +48,21 @@ class CheckedUpload:
     golden_path: Path                          # the golden .npz the child wrote (inputs and outputs)
 
 
-def check_onnx(model_path: str, golden_path: str | None, out_path: str, sha256: str,
-               max_output_bytes: int) -> dict[str, Any]:
-    """Runs in the child: the ONNX check (see registry) and the golden file written to `out_path`."""
+def check_model(model_path: str, golden_path: str | None, out_path: str, sha256: str,
+                max_output_bytes: int, calibration_path: str | None, calibration_limits: Any) -> dict[str, Any]:
+    """Runs in the child: the model check (see registry) and the golden file written to `out_path`."""
     from fleetcast.server import registry
 
-    return registry.check_onnx_in_child(Path(model_path), None if golden_path is None else Path(golden_path),
-                                        Path(out_path), sha256=sha256, max_output_bytes=max_output_bytes)
+    return registry.check_model_in_child(
+        Path(model_path), None if golden_path is None else Path(golden_path), Path(out_path), sha256=sha256,
+        max_output_bytes=max_output_bytes, calibration_path=None if calibration_path is None else Path(calibration_path),
+        calibration_limits=calibration_limits)
 
 
-# format -> the function the child runs: (model, golden or None, out, sha256, max_output_bytes) -> specs
-CHECKS: Final[Mapping[str, Callable[..., dict[str, Any]]]] = {"onnx": check_onnx}
+# format -> the function the child runs: (model, golden or None, out, sha256, max_output_bytes,
+# calibration or None, calibration limits) -> specs. Every uploadable format loads through
+# `inspection.open_upload`, so each is a row naming the same check.
+CHECKS: Final[Mapping[str, Callable[..., dict[str, Any]]]] = {"onnx": check_model, "tflite": check_model}
 
 # Errors the child may raise and the parent raises again by name, with the child's message.
 PASSED_ON: Final[Mapping[str, type[FleetcastError]]] = {
@@ -99,13 +103,15 @@ def _child(conn: multiprocessing.connection.Connection, memory_bytes: int, fmt: 
 
 
 def check_upload(path: Path, *, format: str, golden: Path | None, out: Path, sha256: str,
-                 limits: CheckLimits) -> CheckedUpload:
+                 limits: CheckLimits, calibration: Path | None = None,
+                 calibration_limits: Any = None) -> CheckedUpload:
     """Checks one uploaded model in a bounded child process; raises the server's errors."""
     if format not in CHECKS:
-        raise InvalidRequest(f"format {format[:40]!r} has no upload check; upload one of {sorted(CHECKS)}")
+        raise ModelInvalid(f"a {format[:40]} file cannot be uploaded: upload one of {', '.join(sorted(CHECKS))}")
     ctx = _forkserver()
     receive, send = ctx.Pipe(duplex=False)
-    args = (str(path), None if golden is None else str(golden), str(out), sha256, limits.max_output_bytes)
+    args = (str(path), None if golden is None else str(golden), str(out), sha256, limits.max_output_bytes,
+            None if calibration is None else str(calibration), calibration_limits)
     child = ctx.Process(target=_child, args=(send, limits.memory_bytes, format, args), daemon=True,
                         name="fleetcast-upload-check")
     child.start()

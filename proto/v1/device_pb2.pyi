@@ -17,7 +17,7 @@ REPOSITORY_IMAGE: Repository
 REPOSITORY_DIRECTOR: Repository
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("device_id", "hardware_class", "backends", "enroll_token", "agent_version", "group", "labels", "csr", "proof", "proof_time")
+    __slots__ = ("device_id", "hardware_class", "backends", "enroll_token", "agent_version", "group", "labels", "csr", "proof", "proof_time", "backend_info")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class EnrollRequest(_message.Message):
     CSR_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
     PROOF_TIME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_INFO_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hardware_class: str
     backends: _containers.RepeatedScalarFieldContainer[str]
@@ -45,7 +46,20 @@ class EnrollRequest(_message.Message):
     csr: bytes
     proof: bytes
     proof_time: int
-    def __init__(self, device_id: _Optional[str] = ..., hardware_class: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., enroll_token: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., csr: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., proof_time: _Optional[int] = ...) -> None: ...
+    backend_info: _containers.RepeatedCompositeFieldContainer[BackendInfo]
+    def __init__(self, device_id: _Optional[str] = ..., hardware_class: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., enroll_token: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., csr: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., proof_time: _Optional[int] = ..., backend_info: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ...) -> None: ...
+
+class BackendInfo(_message.Message):
+    __slots__ = ("name", "version", "accelerator", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    accelerator: str
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., accelerator: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("device_token", "certificate")

@@ -14,8 +14,9 @@ from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
-from fleetcast.server.fleet import read_metadata
-from fleetcast.server.registry import check_model_name, parse_levels, version_document
+from fleetcast.server.choice import assigned_devices, check_pin_scope
+from fleetcast.server.fleet import NAME, read_metadata
+from fleetcast.server.registry import check_model_name, parse_levels, parse_targets, version_document
 from fleetcast.server.store import Device
 
 CHUNK_BYTES: Final = 256 * 1024
@@ -65,16 +66,17 @@ async def upload_model(request: web.Request) -> web.Response:
                 raise InvalidRequest("nested multipart bodies are not accepted")
             if part.name in bounds and part.name not in staged:
                 staged[part.name] = await s.blobs.stage_stream(_chunks(part), bounds[part.name])
-            elif part.name in {"version", "compress"} and part.name not in fields:
+            elif part.name in {"version", "compress", "targets"} and part.name not in fields:
                 fields[part.name] = await _field(part)
             else:
                 raise InvalidRequest(
                     f"form field {str(part.name)[:40]!r} is unknown or repeated: "
-                    "send model, golden, version, compress, calibration, eval"
+                    "send model, golden, version, compress, targets, calibration, eval"
                 )
         if "model" not in staged:
             raise InvalidRequest("the multipart field 'model' (an .onnx file) is required")
         levels = parse_levels(fields.get("compress", ""))
+        targets = parse_targets(fields.get("targets", ""))
         uploads = {key: staged.pop(key, None) for key in ("golden", "calibration", "eval")}
         model = staged.pop("model")
     except BaseException:
@@ -83,7 +85,7 @@ async def upload_model(request: web.Request) -> web.Response:
         raise
     add = functools.partial(
         s.registry.add_version, name, model, golden=uploads["golden"], version=fields.get("version") or None,
-        compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"],
+        compress=levels, calibration=uploads["calibration"], evaluation=uploads["eval"], targets=targets,
     )
     # The registry's own bounded pool: uploads waiting for a check never take the threads device calls use.
     record = await asyncio.get_running_loop().run_in_executor(s.registry.uploads, add)
@@ -101,10 +103,39 @@ async def get_model(request: web.Request) -> web.Response:
     return _json({"name": name, "versions": [version_document(v) for v in versions]})
 
 
+async def list_pins(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["name"])
+    return _json({"model": name, "pins": await asyncio.to_thread(request.app[SERVICES].store.pins, name)})
+
+
+async def put_pin(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["name"])
+    scope = check_pin_scope(request.match_info["scope"])
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f'the body is not JSON ({e}); send {{"variant": "..."}}') from e
+    variant = body.get("variant") if isinstance(body, dict) else None
+    if not isinstance(variant, str) or not NAME.fullmatch(variant):
+        raise InvalidRequest('send {"variant": NAME}: a variant name such as "mnn" or "balanced"')
+    store = request.app[SERVICES].store
+    await asyncio.to_thread(store.set_pin, name, scope, variant)
+    return _json({"model": name, "pins": await asyncio.to_thread(store.pins, name)})
+
+
+async def delete_pin(request: web.Request) -> web.Response:
+    name = check_model_name(request.match_info["name"])
+    scope = check_pin_scope(request.match_info["scope"])
+    store = request.app[SERVICES].store
+    await asyncio.to_thread(store.set_pin, name, scope, None)
+    return _json({"model": name, "pins": await asyncio.to_thread(store.pins, name)})
+
+
 async def get_version(request: web.Request) -> web.Response:
     registry = request.app[SERVICES].registry
     v = await asyncio.to_thread(registry.version, request.match_info["name"], request.match_info["version"])
-    return _json(version_document(v))
+    devices = await asyncio.to_thread(assigned_devices, registry.store, v.model, v.version)
+    return _json({**version_document(v), "devices": devices})
 
 
 async def download_version(request: web.Request) -> web.FileResponse:
@@ -131,7 +162,8 @@ def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
         "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
         "deployment_id": d.deployment_id or None,
         "last_error": {"reason": d.last_error, "at": d.last_error_at} if d.last_error else None,
-        "assignment": None if doc is None else {k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
+        "assignment": None if doc is None else {**{k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
+                                                "format": doc.get("format"), "why": doc.get("why", "")},
         "telemetry": s.telemetry.summary(d.device_id),
     }
 

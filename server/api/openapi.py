@@ -19,13 +19,15 @@ SCHEMAS: dict[str, Any] = {
     "ModelUpload": {
         "type": "object", "required": ["model"],
         "properties": {
-            "model": {"type": "string", "contentMediaType": "application/octet-stream", "description": "the .onnx file"},
+            "model": {"type": "string", "contentMediaType": "application/octet-stream", "description": "the .onnx or .tflite file"},
             "golden": {"type": "string", "contentMediaType": "application/octet-stream",
                        "description": ".npz with keys input:<name> and optional output:<name>"},
             "version": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$",
                         "description": "default: the next integer"},
             "compress": {"type": "string", "description": "comma-separated compression levels, built in the "
                          "background: the version's `compression.status` says when they are done"},
+            "targets": {"type": "string", "description": "comma-separated per-target builds (mnn, openvino, "
+                        "rknn-rk3588, rknn-rk3566), built in the background like compression levels"},
             "calibration": {"type": "string", "contentMediaType": "application/octet-stream",
                             "description": ".npz: per model input name, an array whose first axis is the sample "
                                            "axis (at most 10 000 samples); used with compress"},
@@ -33,6 +35,10 @@ SCHEMAS: dict[str, Any] = {
                      "description": ".npz like calibration, plus optional `labels` (one integer per sample); "
                                     "quality figures are measured on it"},
         },
+    },
+    "PinRequest": {
+        "type": "object", "required": ["variant"],
+        "properties": {"variant": {"type": "string", "description": "the variant devices of the scope get"}},
     },
     "DeploymentRequest": {
         "type": "object", "required": ["model"],
@@ -55,6 +61,8 @@ BODIES: dict[str, dict[str, Any]] = {
             "expires_s": {"type": "number", "description": "lifetime in seconds (default: none)"},
             "uses": {"type": "integer", "minimum": 1, "description": "enrollments admitted (default: no limit)"},
         }}}}},
+    "pin": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/PinRequest"}}}},
 }
 
 

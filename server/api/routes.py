@@ -17,7 +17,7 @@ from fleetcast.server.api import identity_handlers as ih
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Auth = Literal["operator", "device", "public"]
-Body = Literal["none", "model-upload", "deployment", "enroll-token"]
+Body = Literal["none", "model-upload", "deployment", "enroll-token", "pin"]
 Reply = Literal["json", "binary", "created"]
 
 
@@ -43,6 +43,11 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/v1/models/{name}", h.upload_model, "operator",
           "Upload a model version (multipart: model, golden, version, compress)", body="model-upload", reply="created"),
     Route("GET", "/v1/models/{name}", h.get_model, "operator", "A model and all its versions"),
+    Route("GET", "/v1/models/{name}/pins", h.list_pins, "operator",
+          "Operator pins: scope (group:G | hardware:CLASS) -> the variant its devices get"),
+    Route("PUT", "/v1/models/{name}/pins/{scope}", h.put_pin, "operator",
+          "Pin a variant for a group or hardware class (applies to deployments made from now on)", body="pin"),
+    Route("DELETE", "/v1/models/{name}/pins/{scope}", h.delete_pin, "operator", "Remove a pin"),
     Route("GET", "/v1/models/{name}/versions/{version}", h.get_version, "operator", "One version document"),
     Route("GET", "/v1/models/{name}/versions/{version}/download", h.download_version, "operator",
           "The bytes of one variant of a version", reply="binary", query=("variant",)),

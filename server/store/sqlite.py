@@ -142,6 +142,11 @@ def create_version_reservations(db: sqlite_utils.Database) -> None:
         "CREATE TABLE version_reservations (model TEXT NOT NULL, version TEXT NOT NULL, reserved_at REAL NOT NULL,"
         " PRIMARY KEY (model, version))"
     )
+def create_variant_pins(db: sqlite_utils.Database) -> None:
+    # An operator's pin: devices of `scope` ("group:G" or "hardware:CLASS") get `variant`
+    # of every version of `model` that has it (fleetcast.server.choice).
+    db.execute("CREATE TABLE variant_pins (model TEXT NOT NULL, scope TEXT NOT NULL, variant TEXT NOT NULL,"
+               " PRIMARY KEY (model, scope))")
 
 
 # Applied in order; names are recorded and never change.
@@ -155,6 +160,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     add_device_last_error,
     create_device_identities,
     create_version_reservations,
+    create_variant_pins,
 ]
 
 
@@ -512,6 +518,17 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)",
                     (device_id, assignment.deployment_id, json.dumps(dict(assignment.document))),
                 )
+
+    def pins(self, model: str) -> dict[str, str]:
+        rows = self._all("SELECT scope, variant FROM variant_pins WHERE model = ?", (model,))
+        return {r["scope"]: r["variant"] for r in rows}
+
+    def set_pin(self, model: str, scope: str, variant: str | None) -> None:
+        with self._tx() as c:
+            if variant is None:
+                c.execute("DELETE FROM variant_pins WHERE model = ? AND scope = ?", (model, scope))
+            else:
+                c.execute("INSERT OR REPLACE INTO variant_pins VALUES (?, ?, ?)", (model, scope, variant))
 
     # -- telemetry ----------------------------------------------------------------------
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:

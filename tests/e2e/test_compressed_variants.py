@@ -21,6 +21,7 @@ LEVELS = ("lossless", "fp16", "balanced", "smallest")
 BUILT = {"original", *LEVELS}
 HARDWARE = {"dev-rk3399": "rk3399", "dev-x86": "x86-cpu", "dev-jetson": "jetson"}
 # What levels.PREFERENCE gives each class when every level was built: checked, not assumed.
+# x86-cpu is the build machine's class: it gets the variant measured fastest here instead.
 EXPECTED = {"dev-rk3399": "smallest", "dev-x86": "balanced", "dev-jetson": "fp16"}
 
 
@@ -51,6 +52,9 @@ def test_compressed_variants_are_measured_signed_and_each_device_serves_its_hard
     assert goldens["fp16"]["atol"] > goldens["lossless"]["atol"]
     assert variants["smallest"].length * 5 < variants["original"].length, show(doc)
 
+    fits = [v for v in variants.values() if v.metrics.get("within_budget") is not False]
+    fastest = min(fits, key=lambda v: 1.0 if v.variant == "original" else v.metrics["latency_ratio"])
+    chosen = {**EXPECTED, "dev-x86": fastest.variant}
     test = np.load(DIGITS / "test.npz")
     x, y = test["x"].astype(np.float32), test["y"]
     with Fleet(tmp_path / "agents", server, HARDWARE.items()) as fleet:
@@ -61,7 +65,7 @@ def test_compressed_variants_are_measured_signed_and_each_device_serves_its_hard
         deploy_and_install(server, fleet.agents, "digits", version.version)
         for agent in fleet:
             wait_serving(agent, "digits", version.version)
-            expected = variants[EXPECTED[agent.device_id]]
+            expected = variants[chosen[agent.device_id]]
             manifest = agent.active_manifest() or {}
             assert (manifest.get("variant"), manifest.get("sha256"), manifest.get("format")) == (
                 expected.variant, expected.sha256, expected.format), agent.log_tail()
