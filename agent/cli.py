@@ -30,6 +30,10 @@ Example:
       --device-id cam-01 --hardware x86-cpu --trust-root trust-root.json \\
       --enroll-token "$(cat /var/lib/fleetcast/enroll-token)"
 
+With the H5 bridge for an app's pages:
+  fleetcast agent ... --bridge-allow-origin https://app.example \\
+      --bridge-allow-origin "https://partner.example methods=run rate=20 max-input-bytes=1048576"
+
 Other commands: `fleetcast agent status --help`, `fleetcast agent infer --help`.
 """
 STATUS_EXAMPLE = """\
@@ -67,6 +71,11 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-interval-s", type=float, default=None, help="telemetry window (default 10)")
     p.add_argument("--threads", dest="intra_op_threads", type=int, default=None,
                    help="intra-op threads per inference (default 1)")
+    p.add_argument("--bridge-allow-origin", dest="bridge_allow_origins", action="append", default=None,
+                   metavar="ORIGIN", help="serve the H5 bridge on 127.0.0.1 to pages of this exact origin "
+                   "(scheme://host[:port]; repeatable), optionally followed by methods=run,info rate=N "
+                   "max-input-bytes=N; the address and token go to DATA/bridge.json")
+    p.add_argument("--bridge-port", type=int, default=None, help="H5 bridge port (default: a free one)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 

@@ -54,6 +54,8 @@ class AgentConfig:
     max_state_entries: int = 50                  # a state entered more often posts a loop event
     retry_backoff_max_s: float = 30.0
     max_spooled_batches: int = 10_000
+    bridge_allow_origins: tuple[str, ...] = ()   # H5 bridge: origins (with settings) it serves; none: no bridge
+    bridge_port: int = 0                         # H5 bridge port on 127.0.0.1; 0: a free one (see bridge.json)
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)
@@ -72,6 +74,15 @@ class AgentConfig:
             raise ConfigError("trial_max_error_ratio must be between 0 and 1")
         if self.download_rate_bps < 0:
             raise ConfigError("download_rate_bps must be 0 (no limit) or positive")
+        if self.bridge_allow_origins:
+            from fleetcast.agent.bridge_policy import PolicyError, parse_origins
+
+            try:
+                parse_origins(self.bridge_allow_origins)
+            except PolicyError as e:
+                raise ConfigError(str(e)) from e
+        if not 0 <= self.bridge_port <= 65535:
+            raise ConfigError("--bridge-port must be 0 (a free port) or 1..65535")
         if self.download_chunk_bytes <= 0 or self.max_artifact_bytes <= 0 or self.intra_op_threads <= 0:
             raise ConfigError("download_chunk_bytes, max_artifact_bytes and intra_op_threads must be positive")
 
@@ -83,6 +94,8 @@ def load(args: Any, environ: Mapping[str, str]) -> AgentConfig:
     chosen = {k: v for k, v in values.items() if k in fields and v is not None}
     if not chosen.get("enroll_token"):
         chosen["enroll_token"] = environ.get("FLEETCAST_ENROLL_TOKEN", "")
+    if "bridge_allow_origins" in chosen:
+        chosen["bridge_allow_origins"] = tuple(chosen["bridge_allow_origins"])
     for key in ("data_dir", "trust_root"):
         if key in chosen:
             chosen[key] = Path(chosen[key]).expanduser().resolve()
