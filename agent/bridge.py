@@ -10,7 +10,10 @@ An aiohttp server on 127.0.0.1 only (random or configured port) with two ways in
 Every request passes `bridge_policy.Gate` first (Host, Origin, token), then per call
 the method list, size cap and rate limit of its origin. Refusals before a frame is read
 answer JSON `{"v": 1, "error": {"code", "message", "retryable"}}` with the HTTP status
-of the code and no CORS grant; answers to frames are frames. Inference goes through
+of the code, readable by the refused page (so it can show the documented code; the
+document holds nothing else); answers to frames are frames, granted by CORS only to
+the allowed origin. A refused WebSocket upgrade is a plain 403: the SDK then asks
+`POST /v1/call` for the code. Inference goes through
 the agent's `Runtime` like every other caller's.
 
 `bridge.json` in the data dir (0600, written atomically once the bridge serves,
@@ -147,21 +150,23 @@ class Bridge:
         return {"Access-Control-Allow-Origin": policy.origin, "Vary": "Origin"}
 
     async def _preflight(self, request: web.Request) -> web.Response:
-        assert self.gate is not None
-        try:    # the token cannot be checked here: a preflight never carries it
-            if request.headers.get("Host") != self.gate.address:
-                raise BridgeError("PERMISSION_DENIED", "Host is not this bridge")
-            policy = self.gate.policies.get(request.headers.get("Origin") or "")
-            if policy is None:
-                raise BridgeError("PERMISSION_DENIED", "origin is not allowed on this bridge")
-        except BridgeError as e:
-            return _json_error(e)
-        headers = dict(self._cors(policy), **{
+        # A preflight only asks whether the page may send: it is granted to any origin so
+        # that the refusal of the real request (403 with its code) is readable by the page.
+        # Nothing is served before Host, Origin and token pass on the request itself.
+        headers = dict(self._echo(request), **{
             "Access-Control-Allow-Methods": "POST", "Access-Control-Max-Age": "600",
             "Access-Control-Allow-Headers": "authorization, content-type"})
         if request.headers.get("Access-Control-Request-Private-Network") == "true":
             headers["Access-Control-Allow-Private-Network"] = "true"
         return web.Response(status=204, headers=headers)
+
+    @staticmethod
+    def _echo(request: web.Request) -> dict[str, str]:
+        """CORS headers that let a page read a refusal (never an answer) of its request."""
+        origin = request.headers.get("Origin")
+        if not origin or origin == "null" or len(origin) > 300 or any(c in origin for c in "\r\n,"):
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     # ---- HTTP -------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class Bridge:
             policy = self._admit(request, auth[7:] if auth.startswith("Bearer ") else None)
         except BridgeError as e:
             self._log_refusal(request, e)
-            return _json_error(e)
+            return _json_error(e, self._echo(request))
         cors = self._cors(policy)
         length = request.content_length
         if length is None or length > min(policy.max_input_bytes, self.config.max_frame_bytes):
@@ -194,7 +199,7 @@ class Bridge:
                 raise BridgeError("INVALID_ARGUMENT", f"the WebSocket must offer the {SUBPROTOCOL} subprotocol")
         except BridgeError as e:   # refused on the upgrade itself: no socket is opened
             self._log_refusal(request, e)
-            return _json_error(e)
+            return _json_error(e, self._echo(request))
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=self.config.max_frame_bytes,
                                    heartbeat=30.0)
         await ws.prepare(request)

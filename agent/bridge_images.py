@@ -8,8 +8,9 @@ spec; the agent turns it into the model's input natively with numpy:
      "mean": [...], "std": [...], "layout": "NCHW"|"NHWC", "dtype": "float32",
      "reshape": [1, 64]}
 
-Steps, in order: drop alpha; `gray` takes ITU-R BT.601 luma; bilinear resize with
-half-pixel centres (as OpenCV's INTER_LINEAR); `x * scale`; `(x - mean) / std` per
+Steps, in order: drop alpha; `gray` takes ITU-R BT.601 luma; resize (per axis: area
+averaging when shrinking, as OpenCV's INTER_AREA, so thin strokes survive; bilinear
+with half-pixel centres when enlarging, as INTER_LINEAR); `x * scale`; `(x - mean) / std` per
 channel; add the batch axis in `layout`; cast to `dtype`; optionally `reshape`.
 Everything is bounded: pixels up to MAX_PIXELS, resize targets up to MAX_SIDE.
 """
@@ -44,20 +45,32 @@ def _floats(value: Any, n: int, default: float, what: str) -> np.ndarray:
     return np.broadcast_to(np.asarray(value, dtype=np.float32), (n,)).copy()
 
 
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[H, W, C] float32 -> [height, width, C], half-pixel centres, edges clamped."""
+def _area_weights(out: int, size: int) -> np.ndarray:
+    """[out, size]: the share of each input pixel in each output pixel's footprint."""
+    edges = np.arange(out + 1, dtype=np.float64) * (size / out)
+    left, right = edges[:-1, None], edges[1:, None]
+    cells = np.arange(size, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(right, cells + 1) - np.maximum(left, cells), 0, None)
+    return (overlap / (size / out)).astype(np.float32)
+
+
+def _linear_weights(out: int, size: int) -> np.ndarray:
+    """[out, size]: two-tap bilinear weights with half-pixel centres, edges clamped."""
+    pos = np.clip((np.arange(out, dtype=np.float64) + 0.5) * (size / out) - 0.5, 0, size - 1)
+    low = np.floor(pos).astype(np.intp)
+    high = np.minimum(low + 1, size - 1)
+    weights = np.zeros((out, size), dtype=np.float64)
+    np.add.at(weights, (np.arange(out), low), 1 - (pos - low))
+    np.add.at(weights, (np.arange(out), high), pos - low)
+    return weights.astype(np.float32)
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[H, W, C] float32 -> [height, width, C]; each axis shrunk by area, enlarged bilinearly."""
     in_h, in_w = image.shape[:2]
-
-    def axis(out: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = np.clip((np.arange(out, dtype=np.float32) + 0.5) * (size / out) - 0.5, 0, size - 1)
-        low = np.floor(pos).astype(np.intp)
-        return low, np.minimum(low + 1, size - 1), (pos - low).astype(np.float32)
-
-    y0, y1, fy = axis(height, in_h)
-    x0, x1, fx = axis(width, in_w)
-    top = image[y0][:, x0] * (1 - fx)[None, :, None] + image[y0][:, x1] * fx[None, :, None]
-    bottom = image[y1][:, x0] * (1 - fx)[None, :, None] + image[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+    rows = _area_weights(height, in_h) if height < in_h else _linear_weights(height, in_h)
+    cols = _area_weights(width, in_w) if width < in_w else _linear_weights(width, in_w)
+    return np.einsum("ah,hwc,bw->abc", rows, image, cols, optimize=True).astype(np.float32)
 
 
 def preprocess(rgba: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
@@ -77,13 +90,13 @@ def preprocess(rgba: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     x = rgba[:, :, :3].astype(np.float32)
     if channels == "gray":
         x = (x @ _LUMA)[:, :, None]
-    resize = spec.get("resize")
-    if resize is not None:
-        if (not isinstance(resize, list) or len(resize) != 2
-                or not all(type(v) is int and 0 < v <= MAX_SIDE for v in resize)):
+    target = spec.get("resize")
+    if target is not None:
+        if (not isinstance(target, list) or len(target) != 2
+                or not all(type(v) is int and 0 < v <= MAX_SIDE for v in target)):
             raise _invalid(f"resize must be [height, width], each 1..{MAX_SIDE}")
-        if list(x.shape[:2]) != resize:
-            x = resize_bilinear(x, resize[0], resize[1])
+        if list(x.shape[:2]) != target:
+            x = resize(x, target[0], target[1])
     c = x.shape[2]
     scale = spec.get("scale", 1.0)
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):

@@ -26,14 +26,14 @@ export function connect(options = {}) {
   if (transport === 'http') {
     transport = httpTransport({ url: injected.call, token: injected.token });
   } else if (transport === 'websocket') {
-    transport = webSocketTransport({ url: injected.ws, token: injected.token });
+    transport = webSocketTransport({ url: injected.ws, token: injected.token, probeUrl: injected.call });
   } else if (!transport) {
     if (injected.android || scope.fleetcastBridge) {
       transport = androidTransport({ object: injected.android ?? scope.fleetcastBridge });
     } else if (injected.ios || scope.webkit?.messageHandlers?.fleetcast) {
       transport = iosTransport({ handler: injected.ios ?? scope.webkit.messageHandlers.fleetcast });
     } else {
-      transport = webSocketTransport({ url: injected.ws, token: injected.token });
+      transport = webSocketTransport({ url: injected.ws, token: injected.token, probeUrl: injected.call });
     }
   }
   return createFleetcast({ transport, topOnly: injected.topOnly ?? true });

@@ -6,6 +6,7 @@
 //   iosTransport         WKScriptMessageHandlerWithReply (base64 strings, main frame only)
 
 import { FleetcastError } from './errors.js';
+import { encodeFrame } from './frames.js';
 
 const SUBPROTOCOL = 'fleetcast.v1';
 const TOKEN_PREFIX = 'fleetcast.token.';
@@ -16,9 +17,22 @@ function refusedOrDown(what) {
     + '(origin, host or token); the agent log names the reason');
 }
 
+function unreachable(what) {
+  return {
+    events: false,
+    async send() {
+      throw new FleetcastError('UNAVAILABLE', `${what}: no bridge address; the app injects `
+        + 'window.__FLEETCAST_BRIDGE__ = {ws, call, token} from the agent\'s bridge.json');
+    },
+    close() {},
+  };
+}
+
 /** WebSocket to `url` (bridge.json "ws"); opened on first use and again after a close. */
-export function webSocketTransport({ url, token, WebSocketImpl = globalThis.WebSocket } = {}) {
-  if (!url || !token) throw new TypeError('webSocketTransport needs {url, token} from the app');
+export function webSocketTransport({ url, token, probeUrl, WebSocketImpl = globalThis.WebSocket,
+  fetchImpl = globalThis.fetch } = {}) {
+  // Without a url every call fails; without a token the agent refuses it (PERMISSION_DENIED).
+  if (!url) return unreachable('webSocketTransport');
   let socket = null;
   let opening = null;
   let frameCallback = () => {};
@@ -28,7 +42,7 @@ export function webSocketTransport({ url, token, WebSocketImpl = globalThis.WebS
     if (socket && socket.readyState === 1) return Promise.resolve(socket);
     if (opening) return opening;
     opening = new Promise((resolve, reject) => {
-      const ws = new WebSocketImpl(url, [SUBPROTOCOL, TOKEN_PREFIX + token]);
+      const ws = new WebSocketImpl(url, token ? [SUBPROTOCOL, TOKEN_PREFIX + token] : [SUBPROTOCOL]);
       ws.binaryType = 'arraybuffer';
       let opened = false;
       ws.onopen = () => {
@@ -55,10 +69,26 @@ export function webSocketTransport({ url, token, WebSocketImpl = globalThis.WebS
     return opening;
   }
 
+  // A refused upgrade shows the page no status: ask the HTTP endpoint why (one hello).
+  async function why(error) {
+    if (!probeUrl) return error;
+    try {
+      await httpTransport({ url: probeUrl, token, fetchImpl }).send(encodeFrame({ id: 0, method: 'hello', params: {} }));
+    } catch (e) {
+      if (e instanceof FleetcastError && e.code !== 'UNAVAILABLE') return e;
+    }
+    return error;
+  }
+
   return {
     events: true,
     async send(frame) {
-      const ws = await open();
+      let ws;
+      try {
+        ws = await open();
+      } catch (e) {
+        throw await why(e);
+      }
       ws.send(frame);
       return undefined;
     },
@@ -71,7 +101,9 @@ export function webSocketTransport({ url, token, WebSocketImpl = globalThis.WebS
 
 /** One POST per call to `url` (bridge.json "call"). */
 export function httpTransport({ url, token, fetchImpl = globalThis.fetch } = {}) {
-  if (!url || !token) throw new TypeError('httpTransport needs {url, token} from the app');
+  if (!url) return unreachable('httpTransport');
+  const headers = { 'content-type': 'application/octet-stream' };
+  if (token) headers.authorization = `Bearer ${token}`;
   return {
     events: false,
     async send(frame) {
@@ -79,7 +111,7 @@ export function httpTransport({ url, token, fetchImpl = globalThis.fetch } = {})
       try {
         response = await fetchImpl(url, {
           method: 'POST',
-          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream' },
+          headers,
           body: frame,
           credentials: 'omit',
           cache: 'no-store',

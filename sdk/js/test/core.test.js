@@ -136,3 +136,14 @@ test('the HTTP transport sends the token as a bearer header and reads JSON refus
   await assert.rejects(fc.ml.info(), (e) => e.code === 'PERMISSION_DENIED' && e.alias === 4);
   assert.deepEqual(calls, [['http://127.0.0.1:1/v1/call', 'Bearer t0k']]);
 });
+
+test('a refused WebSocket upgrade is reported with the code the HTTP endpoint gives', async () => {
+  class RefusingSocket { constructor() { setTimeout(() => this.onclose({ code: 1006 })); } }
+  const fetchImpl = async () => new Response(JSON.stringify({ v: 1, error: { code: 'PERMISSION_DENIED', message: 'origin x', retryable: false } }),
+    { status: 403, headers: { 'content-type': 'application/json' } });
+  const transport = webSocketTransport({ url: 'ws://127.0.0.1:1/v1/ws', token: 't', probeUrl: 'http://127.0.0.1:1/v1/call',
+    WebSocketImpl: RefusingSocket, fetchImpl });
+  const fc = createFleetcast({ transport });
+  await assert.rejects(fc.ml.run({ inputs: { input: { dtype: 'float32', shape: [1], data: new Float32Array(1) } } }),
+    (e) => e.code === 'PERMISSION_DENIED' && e.message === 'origin x');
+});
