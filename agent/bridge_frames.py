@@ -128,7 +128,7 @@ def decode(data: bytes | memoryview, *, max_bytes: int) -> Frame:
         raise _invalid("frame header must be a JSON object")
     _depth(header, MAX_JSON_DEPTH)
     if header.get("v") != PROTOCOL_VERSION:
-        raise _invalid(f"frame header v={str(header.get('v'))[:16]!r}; this agent speaks v={PROTOCOL_VERSION}")
+        raise _invalid(f"frame header v={json.dumps(header.get('v'))[:16]}; this agent speaks v={PROTOCOL_VERSION}")
     body = view[_padded(_PREFIX.size + header_len):]
     ranges = header.get("buffers", [])
     if not isinstance(ranges, list) or len(ranges) > MAX_BUFFERS:
