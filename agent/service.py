@@ -91,7 +91,7 @@ class Agent:
         self.bridge = Bridge(config=BridgeConfig(origins=parse_origins(self.config.bridge_allow_origins),
                                                  port=self.config.bridge_port),
                              runtime=self.runtime, status=self._status, data_dir=self.data.root,
-                             hardware_class=self.config.hardware_class)
+                             hardware_class=self.config.hardware_class, recorder=self.recorder)
         self.bridge.start()
 
     def _enroll(self) -> bool:

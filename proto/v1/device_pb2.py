@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66leetcast/proto/v1/device.proto\x12\x0c\x66leetcast.v1\"\xf0\x01\n\rEnrollRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x14\n\x0c\x65nroll_token\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\r\n\x05group\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.fleetcast.v1.EnrollRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x0e\x45nrollResponse\x12\x14\n\x0c\x64\x65vice_token\x18\x01 \x01(\t\"!\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"C\n\x10\x41ssignmentNotice\x12\x18\n\x10\x64irector_version\x18\x01 \x01(\x04\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\"M\n\x0fMetadataRequest\x12,\n\nrepository\x18\x01 \x01(\x0e\x32\x18.fleetcast.v1.Repository\x12\x0c\n\x04name\x18\x02 \x01(\t\" \n\x10MetadataResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xe0\x01\n\x0cStatusReport\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x03\x12\x14\n\x0c\x61\x63tive_model\x18\n \x01(\t\x12\r\n\x05\x66inal\x18\x0b \x01(\x08\x12\x0f\n\x07outcome\x18\x0c \x01(\t\"\x0b\n\tStatusAck\"\"\n\x10LatencyHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\"\xbb\x01\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x12\n\ninferences\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12/\n\x07latency\x18\x07 \x01(\x0b\x32\x1e.fleetcast.v1.LatencyHistogram\x12\x16\n\x0elatency_sum_ms\x18\x08 \x01(\x01\"\x8e\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\x03 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x04 \x01(\x03\x12\'\n\x05stats\x18\x05 \x03(\x0b\x32\x18.fleetcast.v1.ModelStats\"3\n\x0cTelemetryAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"A\n\x0f\x44ownloadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*W\n\nRepository\x12\x1a\n\x16REPOSITORY_UNSPECIFIED\x10\x00\x12\x14\n\x10REPOSITORY_IMAGE\x10\x01\x12\x17\n\x13REPOSITORY_DIRECTOR\x10\x02\x32\xce\x03\n\rDeviceService\x12\x43\n\x06\x45nroll\x12\x1b.fleetcast.v1.EnrollRequest\x1a\x1c.fleetcast.v1.EnrollResponse\x12P\n\x10WatchAssignments\x12\x1a.fleetcast.v1.WatchRequest\x1a\x1e.fleetcast.v1.AssignmentNotice0\x01\x12N\n\rFetchMetadata\x12\x1d.fleetcast.v1.MetadataRequest\x1a\x1e.fleetcast.v1.MetadataResponse\x12\x43\n\x0cReportStatus\x12\x1a.fleetcast.v1.StatusReport\x1a\x17.fleetcast.v1.StatusAck\x12O\n\x0fStreamTelemetry\x12\x1c.fleetcast.v1.TelemetryBatch\x1a\x1a.fleetcast.v1.TelemetryAck(\x01\x30\x01\x12@\n\x08\x44ownload\x12\x1d.fleetcast.v1.DownloadRequest\x1a\x13.fleetcast.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66leetcast/proto/v1/device.proto\x12\x0c\x66leetcast.v1\"\xf0\x01\n\rEnrollRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x14\n\x0c\x65nroll_token\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\r\n\x05group\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.fleetcast.v1.EnrollRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x0e\x45nrollResponse\x12\x14\n\x0c\x64\x65vice_token\x18\x01 \x01(\t\"!\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"C\n\x10\x41ssignmentNotice\x12\x18\n\x10\x64irector_version\x18\x01 \x01(\x04\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\"M\n\x0fMetadataRequest\x12,\n\nrepository\x18\x01 \x01(\x0e\x32\x18.fleetcast.v1.Repository\x12\x0c\n\x04name\x18\x02 \x01(\t\" \n\x10MetadataResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xe0\x01\n\x0cStatusReport\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x03\x12\x14\n\x0c\x61\x63tive_model\x18\n \x01(\t\x12\r\n\x05\x66inal\x18\x0b \x01(\x08\x12\x0f\n\x07outcome\x18\x0c \x01(\t\"\x0b\n\tStatusAck\"\"\n\x10LatencyHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\"\xcb\x01\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x12\n\ninferences\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12/\n\x07latency\x18\x07 \x01(\x0b\x32\x1e.fleetcast.v1.LatencyHistogram\x12\x16\n\x0elatency_sum_ms\x18\x08 \x01(\x01\x12\x0e\n\x06\x63\x61ller\x18\t \x01(\t\"\x8e\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\x03 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x04 \x01(\x03\x12\'\n\x05stats\x18\x05 \x03(\x0b\x32\x18.fleetcast.v1.ModelStats\"3\n\x0cTelemetryAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"A\n\x0f\x44ownloadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*W\n\nRepository\x12\x1a\n\x16REPOSITORY_UNSPECIFIED\x10\x00\x12\x14\n\x10REPOSITORY_IMAGE\x10\x01\x12\x17\n\x13REPOSITORY_DIRECTOR\x10\x02\x32\xce\x03\n\rDeviceService\x12\x43\n\x06\x45nroll\x12\x1b.fleetcast.v1.EnrollRequest\x1a\x1c.fleetcast.v1.EnrollResponse\x12P\n\x10WatchAssignments\x12\x1a.fleetcast.v1.WatchRequest\x1a\x1e.fleetcast.v1.AssignmentNotice0\x01\x12N\n\rFetchMetadata\x12\x1d.fleetcast.v1.MetadataRequest\x1a\x1e.fleetcast.v1.MetadataResponse\x12\x43\n\x0cReportStatus\x12\x1a.fleetcast.v1.StatusReport\x1a\x17.fleetcast.v1.StatusAck\x12O\n\x0fStreamTelemetry\x12\x1c.fleetcast.v1.TelemetryBatch\x1a\x1a.fleetcast.v1.TelemetryAck(\x01\x30\x01\x12@\n\x08\x44ownload\x12\x1d.fleetcast.v1.DownloadRequest\x1a\x13.fleetcast.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REPOSITORY']._serialized_start=1319
-  _globals['_REPOSITORY']._serialized_end=1406
+  _globals['_REPOSITORY']._serialized_start=1335
+  _globals['_REPOSITORY']._serialized_end=1422
   _globals['_ENROLLREQUEST']._serialized_start=50
   _globals['_ENROLLREQUEST']._serialized_end=290
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_start=245
@@ -56,15 +56,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LATENCYHISTOGRAM']._serialized_start=789
   _globals['_LATENCYHISTOGRAM']._serialized_end=823
   _globals['_MODELSTATS']._serialized_start=826
-  _globals['_MODELSTATS']._serialized_end=1013
-  _globals['_TELEMETRYBATCH']._serialized_start=1016
-  _globals['_TELEMETRYBATCH']._serialized_end=1158
-  _globals['_TELEMETRYACK']._serialized_start=1160
-  _globals['_TELEMETRYACK']._serialized_end=1211
-  _globals['_DOWNLOADREQUEST']._serialized_start=1213
-  _globals['_DOWNLOADREQUEST']._serialized_end=1278
-  _globals['_CHUNK']._serialized_start=1280
-  _globals['_CHUNK']._serialized_end=1317
-  _globals['_DEVICESERVICE']._serialized_start=1409
-  _globals['_DEVICESERVICE']._serialized_end=1871
+  _globals['_MODELSTATS']._serialized_end=1029
+  _globals['_TELEMETRYBATCH']._serialized_start=1032
+  _globals['_TELEMETRYBATCH']._serialized_end=1174
+  _globals['_TELEMETRYACK']._serialized_start=1176
+  _globals['_TELEMETRYACK']._serialized_end=1227
+  _globals['_DOWNLOADREQUEST']._serialized_start=1229
+  _globals['_DOWNLOADREQUEST']._serialized_end=1294
+  _globals['_CHUNK']._serialized_start=1296
+  _globals['_CHUNK']._serialized_end=1333
+  _globals['_DEVICESERVICE']._serialized_start=1425
+  _globals['_DEVICESERVICE']._serialized_end=1887
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,13 @@ CHROMIUM_ARGS = ("--no-sandbox", "--disable-background-networking", "--disable-c
 
 class _Handler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript"}
+    isolated = False
+
+    def end_headers(self) -> None:
+        if self.isolated:   # cross-origin isolation: the page's timer is not coarsened
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         if not self.path.startswith(SERVED_PREFIXES) or ".." in self.path:
@@ -37,8 +44,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 class StaticSite:
-    def __init__(self, root: Path = REPO) -> None:
-        handler = functools.partial(_Handler, directory=str(root))
+    def __init__(self, root: Path = REPO, *, isolated: bool = False) -> None:
+        handler_class = type("Handler", (_Handler,), {"isolated": isolated})
+        handler = functools.partial(handler_class, directory=str(root))
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -23,6 +23,7 @@ from fleetcast.agent.bridge_frames import decode, encode, tensor_doc, tensor_fro
 from fleetcast.agent.bridge_images import preprocess
 from fleetcast.agent.bridge_policy import parse_origins
 from fleetcast.agent.runtime import Runtime
+from fleetcast.agent.telemetry import Recorder
 from tests.support.serving import loaded, status_of
 
 REPO = Path(__file__).resolve().parents[3]
@@ -36,12 +37,13 @@ class Env:
     def __init__(self, tmp: Path) -> None:
         self.state = "idle"
         self.runtime = Runtime()
-        self.model = loaded(DIGITS, tmp / "agent", model="digits", version="1")
+        self.recorder = Recorder("dev-1")
+        self.model = loaded(DIGITS, tmp / "agent", model="digits", version="1", recorder=self.recorder)
         self.runtime.swap(self.model)
         self.bridge = Bridge(
             config=BridgeConfig(origins=parse_origins([APP, f"{PARTNER} methods=run rate=3 max-input-bytes={CAP}"])),
             runtime=self.runtime, status=status_of(self.runtime, lambda: self.state), data_dir=tmp / "agent",
-            hardware_class="x86-cpu")
+            hardware_class="x86-cpu", recorder=self.recorder)
         self.bridge.start()
         self.doc = json.loads((tmp / "agent" / "bridge.json").read_text())
 
@@ -105,14 +107,17 @@ def test_bridge_json_is_0600_names_loopback_and_goes_away_on_stop(tmp_path: Path
 
 def test_run_over_http_answers_what_the_runtime_answers_bit_for_bit_and_is_counted(env: Env) -> None:
     x = digits_input()
-    before, _ = env.model.counters.totals()
     status, headers, frame = env.post(run_frame(x))
     assert status == 200 and headers["access-control-allow-origin"] == APP
     result = frame.header["result"]
     got = tensor_from(result["outputs"]["probabilities"], frame, "out")
     assert np.array_equal(got, env.runtime.infer({"input": x})["probabilities"])
     assert (result["model"], result["version"]) == ("digits", "1") and result["latencyMs"] > 0
-    assert env.model.counters.totals()[0] == before + 2     # the bridge call and ours, same histogram
+    # The bridge call is counted under its own label beside ours, for the same model version.
+    env.post(run_frame(x[:1].reshape(1, 8, 8)))            # one that fails
+    batch = env.recorder.close_window()
+    stats = {s.caller: (s.inferences, s.errors, s.model, s.version) for s in batch.stats}
+    assert stats == {"bridge": (2, 1, "digits", "1"), "": (1, 0, "digits", "1")}
 
 
 def test_image_input_is_preprocessed_by_the_agent(env: Env) -> None:
