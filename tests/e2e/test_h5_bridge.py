@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fleetcast.agent.bridge_images import preprocess
-from tests.support.deployments import deploy_and_install, push, wait_serving
+from tests.support.deployments import deploy_and_install, inferences_of, push, wait_serving
 from tests.support.pages import REPO, StaticSite, launch_chromium
 from tests.support.processes import AgentProcess, ServerProcess
 from tests.support.waiting import wait_for
@@ -205,16 +205,20 @@ def test_page_drawing_a_digit_gets_outputs_bit_identical_to_the_inference_client
 
 @pytest.mark.parametrize("transport", ["websocket", "http"])
 def test_tensor_run_from_page_is_bit_identical_to_the_inference_client(h5: H5, transport: str) -> None:
-    h5.ensure("digits", DIGITS)
+    version = h5.ensure("digits", DIGITS)
     with np.load(REPO / "examples" / "digits" / "test.npz") as npz:
         x = npz["x"][:5].astype(np.float32)
     page = h5.page()
+    before = inferences_of(h5.server, h5.agent.device_id, "digits", version)
     answer = run_in_page(page, x, transport=transport)
     assert answer["ok"], answer
     want = h5.agent.infer({"input": x})["probabilities"]
     got = array_of(answer["outputs"]["probabilities"])
     assert got.dtype == np.float32 and np.array_equal(got, want)
     assert answer["model"] == "digits" and answer["latencyMs"] > 0
+    # The page's call and ours reach the server's telemetry for the same model version.
+    wait_for(lambda: inferences_of(h5.server, h5.agent.device_id, "digits", version) >= before + 2,
+             timeout_s=30, what="the server to count the bridge call", context=h5.agent.log_tail)
 
 
 def test_224x224_float32_tensor_round_trips_exactly(h5: H5) -> None:
