@@ -56,7 +56,7 @@ bench: venv broker
 
 # Bridge call latency beside the in-process and Unix-socket calls (docs/benchmarks.md).
 bench-bridge: venv browser
-	$(PY) benchmarks/bridge_bench.py --rounds 7
+	$(PY) benchmarks/bridge_bench.py --rounds 7 --calls 50
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

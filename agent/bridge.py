@@ -44,7 +44,7 @@ from fleetcast.agent.bridge_frames import CODES, BridgeError, Frame, decode, enc
 from fleetcast.agent.bridge_images import preprocess
 from fleetcast.agent.bridge_policy import Gate, OriginPolicy
 from fleetcast.agent.datadir import write_atomic
-from fleetcast.agent.errors import AgentError, InferenceError
+from fleetcast.agent.errors import AgentError, FatalError, InferenceError
 from fleetcast.agent.runtime import LoadedModel, Runtime, counted_as, infer_on
 from fleetcast.agent.telemetry import Recorder
 from fleetcast.proto.v1 import local_pb2
@@ -103,8 +103,13 @@ class Bridge:
     # ---- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
+        """Listens and writes bridge.json; raises FatalError when it cannot listen."""
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=30)
+        try:
+            asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=30)
+        except OSError as e:
+            raise FatalError(f"the H5 bridge cannot listen on 127.0.0.1:{self.config.port}: {e.strerror or e}; "
+                             "choose another --bridge-port or leave it out for a free one") from e
         write_atomic(self.json_path, json.dumps(self.address_doc()).encode(), mode=0o600)
         logger.info("bridge listening address=127.0.0.1:%d origins=%s", self.port,
                     ",".join(p.origin for p in self.config.origins))
@@ -206,8 +211,9 @@ class Bridge:
         except BridgeError as e:   # refused on the upgrade itself: no socket is opened
             self._log_refusal(request, e)
             return _json_error(e, self._echo(request))
+        # No permessage-deflate: tensors barely compress, and deflating them costs more than sending.
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=self.config.max_frame_bytes,
-                                   heartbeat=30.0)
+                                   heartbeat=30.0, compress=False)
         await ws.prepare(request)
         entry = (ws, asyncio.Lock())
         self._sockets.add(entry)

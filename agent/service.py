@@ -67,11 +67,11 @@ class Agent:
         self._serve_active()
         self.local_api = LocalApi(self.data.socket, self.runtime, self._status)
         self.local_api.start()
-        self._start_bridge()
         write_atomic(self.data.agent_json, json.dumps(
             {"pid": os.getpid(), "socket": str(self.data.socket)}).encode(), mode=0o600)
         self.client = ControlClient(self.config, self.data)
         try:
+            self._start_bridge()
             if not self._enroll():
                 return 0
             self._start_control(trust_root)

@@ -231,3 +231,32 @@ def test_preflight_lets_the_page_read_a_refusal_but_never_an_answer(env: Env) ->
     assert r.status == 204 and r.getheader("Access-Control-Allow-Origin") == "https://evil.test"
     status, headers, doc = env.post(run_frame(digits_input(1)), origin="https://evil.test")
     assert status == 403 and "result" not in doc and doc["error"]["code"] == "PERMISSION_DENIED"
+
+
+def test_a_configured_port_in_use_is_a_fatal_error_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    from fleetcast.agent.errors import FatalError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    runtime = Runtime()
+    bridge = Bridge(config=BridgeConfig(origins=parse_origins([APP]), port=port), runtime=runtime,
+                    status=status_of(runtime), data_dir=tmp_path, hardware_class="x86-cpu", recorder=Recorder("d"))
+    try:
+        with pytest.raises(FatalError, match=f"127.0.0.1:{port}"):
+            bridge.start()
+        assert not (tmp_path / "bridge.json").exists()
+    finally:
+        bridge.stop()
+        taken.close()
+
+
+def test_a_call_past_its_timeout_is_timeout_and_the_next_one_is_served(env: Env) -> None:
+    # One microsecond: the worker thread cannot even start the inference in time.
+    error = env.post(run_frame(digits_input(1), timeoutMs=0.001))[2].header["error"]
+    assert (error["code"], error["retryable"]) == ("TIMEOUT", True)
+    assert env.post(run_frame(digits_input(1), timeoutMs=0))[2].header["error"]["code"] == "INVALID_ARGUMENT"
+    assert "result" in env.post(run_frame(digits_input(1), timeoutMs=5000))[2].header
