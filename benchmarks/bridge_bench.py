@@ -10,7 +10,8 @@ in alternating rounds, this process times `Runtime.infer` on its own copy of the
 (Debian's, headless, cross-origin isolated so its timer has microsecond resolution)
 times `fleetcast.ml.run` from the H5 page through the bridge over WebSocket and over
 HTTP POST; a Python WebSocket client in this process sends the same frames to the
-bridge, which isolates the bridge's own cost from the browser's. Each cell is
+bridge, which isolates the bridge's own cost from the browser's, and a bare WebSocket
+in the page (no SDK) sends one prebuilt frame, which isolates the browser's cost. Each cell is
 "p50 / p95" in milliseconds per call over all rounds. Every figure is a per-call median (p50) over all rounds, plus p95;
 throughput is sequential calls per second, and with 8 calls in flight on one
 WebSocket. Results: docs/benchmarks.md.
@@ -63,6 +64,28 @@ PAGE_JS = """async ({n, shape, transport, inFlight}) => {
     await fc.ml.run({ inputs: input });
     times.push(performance.now() - start);
   }
+  return times;
+}"""
+
+
+BARE_WS_JS = """async ({n, shape}) => {
+  // No SDK: one prebuilt frame on a bare WebSocket, to tell the browser's cost from ours.
+  const { encodeFrame } = await import('/sdk/js/src/index.js');
+  const config = window.__FLEETCAST_BRIDGE__;
+  const count = shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(count);
+  const frame = encodeFrame({ id: 1, method: 'run', params: { inputs: { input: { dtype: 'float32', shape, buffer: 0 } } } }, [data]);
+  const ws = new WebSocket(config.ws, ['fleetcast.v1', 'fleetcast.token.' + config.token]);
+  ws.binaryType = 'arraybuffer';
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onclose = reject; });
+  const times = [];
+  for (let i = 0; i < n; i++) {
+    const start = performance.now();
+    ws.send(frame);
+    await new Promise((resolve) => { ws.onmessage = resolve; });
+    times.push(performance.now() - start);
+  }
+  ws.close();
   return times;
 }"""
 
@@ -163,7 +186,8 @@ def measure(name: str, path: Path, shape: list[int], *, browser, site: StaticSit
         feed = {"input": x}
         runtime = Runtime()
         runtime.swap(loaded(path, work / "local", model=path.stem, version="1"))
-        samples: dict[str, list[float]] = {"inproc": [], "socket": [], "pyws": [], "ws": [], "http": []}
+        samples: dict[str, list[float]] = {"inproc": [], "socket": [], "pyws": [], "bare": [], "ws": [],
+                                           "http": []}
         buffers: list = []
         frame = encode({"id": 1, "method": "run", "params": {"inputs": {"input": tensor_doc(x, buffers)}}}, buffers)
         with InferenceClient(work / "agent") as client:
@@ -177,6 +201,7 @@ def measure(name: str, path: Path, shape: list[int], *, browser, site: StaticSit
                 samples["inproc"] += per_call(lambda: runtime.infer(feed), calls)
                 samples["socket"] += per_call(lambda: client.infer(feed), calls)
                 samples["pyws"] += ws_per_call(bridge, site.origin(), frame, calls)
+                samples["bare"] += page.evaluate(BARE_WS_JS, {"n": calls, "shape": shape})
                 samples["ws"] += page.evaluate(PAGE_JS, {"n": calls, "shape": shape, "transport": "websocket",
                                                          "inFlight": 1})
                 samples["http"] += page.evaluate(PAGE_JS, {"n": calls, "shape": shape, "transport": "http",
@@ -212,16 +237,18 @@ def main() -> None:
         browser = launch_chromium(playwright)
         print(f"rounds={args.rounds} calls={args.calls} chromium={browser.version}")
         print("| input | in-process Runtime.infer | Unix socket (InferenceClient) "
-              "| bridge WS, Python client | bridge WS, Chromium page | bridge HTTP, Chromium page "
+              "| bridge WS, Python client | bare WebSocket in the page, no SDK | bridge WS, Chromium page "
+              "| bridge HTTP, Chromium page "
               "| bridge - socket p50: Python client, Chromium | calls/s: in-process, socket, WS Python, "
               "WS page, HTTP page, WS page 8 in flight |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for i, (name, path, shape) in enumerate(cases):
             r = measure(name, path, shape, browser=browser, site=site, rounds=args.rounds, calls=args.calls,
                         work=work / f"case{i}")
             cell = lambda k: f"{r[k][0]:.3f} / {r[k][1]:.3f}"  # noqa: E731
             rate = ", ".join(f"{r[k][2]:.0f}" for k in ("inproc", "socket", "pyws", "ws", "http"))
-            print(f"| {name} | {cell('inproc')} | {cell('socket')} | {cell('pyws')} | {cell('ws')} | {cell('http')} "
+            print(f"| {name} | {cell('inproc')} | {cell('socket')} | {cell('pyws')} | {cell('bare')} | {cell('ws')} "
+                  f"| {cell('http')} "
                   f"| {r['pyws'][0] - r['socket'][0]:+.3f}, {r['ws'][0] - r['socket'][0]:+.3f} "
                   f"| {rate}, {r['ws8']:.0f} |", flush=True)
         browser.close()
