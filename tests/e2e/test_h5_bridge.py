@@ -203,6 +203,30 @@ def test_page_drawing_a_digit_gets_outputs_bit_identical_to_the_inference_client
     assert "ms" in got["latency"]
 
 
+def test_png_blob_input_is_decoded_by_the_page_and_answers_like_its_image_data(h5: H5) -> None:
+    h5.ensure("digits", DIGITS)
+    page = h5.page()
+    wait_ready(page)
+    answer = page.evaluate("""async () => {
+      const { connect } = await import('/sdk/js/src/index.js');
+      const canvas = document.createElement('canvas');
+      canvas.width = canvas.height = 64;
+      const c = canvas.getContext('2d');
+      c.fillStyle = '#000'; c.fillRect(0, 0, 64, 64);
+      c.fillStyle = '#fff'; c.fillRect(28, 6, 8, 52);
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+      const preprocess = { channels: 'gray', resize: [8, 8], scale: 16 / 255, reshape: [1, 64] };
+      const fc = connect();
+      const fromBlob = await fc.ml.run({ inputs: { input: { image: blob, preprocess } } });
+      const fromPixels = await fc.ml.run({ inputs: { input: { image: c.getImageData(0, 0, 64, 64), preprocess } } });
+      return { blob: Array.from(fromBlob.outputs.probabilities.data),
+               pixels: Array.from(fromPixels.outputs.probabilities.data), type: blob.type };
+    }""")
+    assert answer["type"] == "image/png"
+    assert answer["blob"] == answer["pixels"] and len(answer["blob"]) == 10
+    assert int(np.argmax(answer["blob"])) == 1, answer
+
+
 @pytest.mark.parametrize("transport", ["websocket", "http"])
 def test_tensor_run_from_page_is_bit_identical_to_the_inference_client(h5: H5, transport: str) -> None:
     version = h5.ensure("digits", DIGITS)
