@@ -254,9 +254,28 @@ def test_a_configured_port_in_use_is_a_fatal_error_naming_it(tmp_path: Path) -> 
         taken.close()
 
 
-def test_a_call_past_its_timeout_is_timeout_and_the_next_one_is_served(env: Env) -> None:
-    # One microsecond: the worker thread cannot even start the inference in time.
-    error = env.post(run_frame(digits_input(1), timeoutMs=0.001))[2].header["error"]
-    assert (error["code"], error["retryable"]) == ("TIMEOUT", True)
+def slow_model(path: Path) -> Path:
+    """[1, 64] in, [1, 1] out, through a 1024x1024 MatMul: 2 GFLOP, tens of ms at least."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])
+    nodes = [helper.make_node("Tile", ["input", "reps"], ["row"]),             # [1, 1024]
+             helper.make_node("Expand", ["row", "square"], ["big"]),           # [1024, 1024]
+             helper.make_node("MatMul", ["big", "big"], ["product"]),
+             helper.make_node("ReduceSum", ["product"], ["output"], keepdims=1)]
+    constants = [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 16]),
+                 helper.make_tensor("square", TensorProto.INT64, [2], [1024, 1024])]
+    graph = helper.make_graph(nodes, "slow", [x], [y], initializer=constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_a_call_past_its_timeout_is_timeout_and_the_next_one_is_served(env: Env, tmp_path: Path) -> None:
+    env.runtime.swap(loaded(slow_model(tmp_path / "slow.onnx"), tmp_path / "slow", model="slow", version="1",
+                            slot="b"))
+    error = env.post(run_frame(digits_input(1), timeoutMs=1))[2].header["error"]
+    assert (error["code"], error["retryable"]) == ("TIMEOUT", True), error
     assert env.post(run_frame(digits_input(1), timeoutMs=0))[2].header["error"]["code"] == "INVALID_ARGUMENT"
-    assert "result" in env.post(run_frame(digits_input(1), timeoutMs=5000))[2].header
+    assert "result" in env.post(run_frame(digits_input(1), timeoutMs=60_000))[2].header
