@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv proto broker bench clean rknn-env
+.PHONY: demo demo-h5 test venv proto broker browser bench bench-bridge clean rknn-env
 
 venv: $(STAMP)
 
@@ -24,7 +24,16 @@ broker:
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
 
-test: venv broker
+# Debian's Chromium for the H5 browser tests (Playwright drives it; it never downloads a
+# browser of its own) and Node.js for the JS package's tests, when they are missing.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1; } || { \
+	  echo "installing chromium and nodejs from the OS packages"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs >/dev/null; }
+
+test: venv broker browser
+	node --test sdk/js/test/
 	$(PY) -m pytest -q
 
 demo: venv
@@ -46,6 +55,11 @@ $(RKNN_VENV)/.installed-stamp:
 	  'onnx>=1.16.1,<=1.18.0' onnxruntime psutil 'ruamel.yaml' scipy tqdm opencv-python-headless fast-histogram
 	touch $@
 
+
+# The H5 digits page calling the on-device model through the agent's bridge.
+demo-h5: venv
+	$(PY) examples/h5/demo.py
+
 proto: venv
 	$(PY) proto/generate.py
 
@@ -56,6 +70,10 @@ bench: venv broker
 	$(PY) benchmarks/delivery_bench.py swap --swaps 10 --threads 2
 	$(PY) benchmarks/infer_overhead.py --threads 1 --rounds 15
 	$(PY) benchmarks/compress_bench.py --nets digits
+
+# Bridge call latency beside the in-process and Unix-socket calls (docs/benchmarks.md).
+bench-bridge: venv browser
+	$(PY) benchmarks/bridge_bench.py --rounds 7 --calls 50
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

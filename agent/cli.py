@@ -33,6 +33,10 @@ Example:
 The server's CA is read from server-ca.pem next to the trust root (or --server-ca):
 copy both from the server's data dir. The device makes its own key on first start.
 
+With the H5 bridge for an app's pages:
+  fleetcast agent ... --bridge-allow-origin https://app.example \\
+      --bridge-allow-origin "https://partner.example methods=run rate=20 max-input-bytes=1048576"
+
 Other commands: `fleetcast agent status --help`, `fleetcast agent infer --help`.
 """
 STATUS_EXAMPLE = """\
@@ -84,6 +88,11 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=None,
                    help="comma-separated back ends this agent may use (default: every one that loads here): "
                         "onnxruntime, litert, openvino, mnn, rknn")
+    p.add_argument("--bridge-allow-origin", dest="bridge_allow_origins", action="append", default=None,
+                   metavar="ORIGIN", help="serve the H5 bridge on 127.0.0.1 to pages of this exact origin "
+                   "(scheme://host[:port]; repeatable), optionally followed by methods=run,info rate=N "
+                   "max-input-bytes=N; the address and token go to DATA/bridge.json")
+    p.add_argument("--bridge-port", type=int, default=None, help="H5 bridge port (default: a free one)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 

@@ -65,6 +65,8 @@ class AgentConfig:
     mqtt_username: str = ""                      # with mqtt_password: password login instead of
     mqtt_password: str = ""                      # the device certificate (mqtts://)
     backends: tuple[str, ...] = ()               # back ends this agent may use; empty: every one that probes
+    bridge_allow_origins: tuple[str, ...] = ()   # H5 bridge: origins (with settings) it serves; none: no bridge
+    bridge_port: int = 0                         # H5 bridge port on 127.0.0.1; 0: a free one (see bridge.json)
 
     @property
     def server_ca_path(self) -> Path:
@@ -94,6 +96,15 @@ class AgentConfig:
             raise ConfigError("trial_max_error_ratio must be between 0 and 1")
         if self.download_rate_bps < 0:
             raise ConfigError("download_rate_bps must be 0 (no limit) or positive")
+        if self.bridge_allow_origins:
+            from fleetcast.agent.bridge_policy import PolicyError, parse_origins
+
+            try:
+                parse_origins(self.bridge_allow_origins)
+            except PolicyError as e:
+                raise ConfigError(str(e)) from e
+        if not 0 <= self.bridge_port <= 65535:
+            raise ConfigError("--bridge-port must be 0 (a free port) or 1..65535")
         if self.download_chunk_bytes <= 0 or self.max_artifact_bytes <= 0 or self.intra_op_threads <= 0:
             raise ConfigError("download_chunk_bytes, max_artifact_bytes and intra_op_threads must be positive")
 
@@ -140,6 +151,8 @@ def load(args: Any, environ: Mapping[str, str]) -> AgentConfig:
                                                    flag="--mqtt-password-file")
     if isinstance(chosen.get("backends"), str):
         chosen["backends"] = tuple(b.strip() for b in chosen["backends"].split(",") if b.strip())
+    if "bridge_allow_origins" in chosen:
+        chosen["bridge_allow_origins"] = tuple(chosen["bridge_allow_origins"])
     for key in ("data_dir", "trust_root", "server_ca", "mqtt_ca"):
         if key in chosen:
             chosen[key] = Path(chosen[key]).expanduser().resolve()

@@ -9,6 +9,7 @@ finish on it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -132,6 +133,26 @@ def _zeros_for(session: backends.Session) -> dict[str, np.ndarray]:
     }
 
 
+def infer_on(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One inference on `model`, counted in its counters; raises InferenceError."""
+    start = _clock()
+    try:
+        values = model.run_values(inputs)
+    except Exception as e:
+        model.counters.record((_clock() - start) * 1000.0, False)
+        raise InferenceError(f"inference failed: {e}") from e
+    model.record_latency((_clock() - start) * 1000.0)
+    single = model.single_output
+    if single is not None:
+        return {single: values[0]}
+    return dict(zip(model.output_names, values))
+
+
+def counted_as(model: LoadedModel, caller: str, recorder: Recorder) -> LoadedModel:
+    """The same loaded session, its inferences counted under `caller`'s own label."""
+    return dataclasses.replace(model, counters=recorder.counters_for(dataclasses.replace(model.key, caller=caller)))
+
+
 class Runtime:
     """Holds the model being served; `infer` is safe from any number of threads."""
 
@@ -146,17 +167,7 @@ class Runtime:
         model = self._model            # read once: a swap during this call does not affect it
         if model is None:
             raise NotServingError("no model is being served yet")
-        start = _clock()
-        try:
-            values = model.run_values(inputs)
-        except Exception as e:
-            model.counters.record((_clock() - start) * 1000.0, False)
-            raise InferenceError(f"inference failed: {e}") from e
-        model.record_latency((_clock() - start) * 1000.0)
-        single = model.single_output
-        if single is not None:
-            return {single: values[0]}
-        return dict(zip(model.output_names, values))
+        return infer_on(model, inputs)
 
     def swap(self, new: LoadedModel | None) -> LoadedModel | None:
         """Serves `new` from the next call on; returns the model it replaced."""

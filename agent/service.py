@@ -75,6 +75,7 @@ class Agent:
             {"pid": os.getpid(), "socket": str(self.data.socket)}).encode(), mode=0o600)
         self.client = ControlClient(self.config, self.data)
         try:
+            self._start_bridge()
             if not self._enroll():
                 return 0
             self._start_control(trust_root)
@@ -84,6 +85,18 @@ class Agent:
         finally:
             self._shutdown()
         return 0
+
+    def _start_bridge(self) -> None:
+        if not self.config.bridge_allow_origins:
+            return
+        from fleetcast.agent.bridge import Bridge, BridgeConfig
+        from fleetcast.agent.bridge_policy import parse_origins
+
+        self.bridge = Bridge(config=BridgeConfig(origins=parse_origins(self.config.bridge_allow_origins),
+                                                 port=self.config.bridge_port),
+                             runtime=self.runtime, status=self._status, data_dir=self.data.root,
+                             hardware_class=self.config.hardware_class, recorder=self.recorder)
+        self.bridge.start()
 
     def _enroll(self) -> bool:
         backoff_s = 1.0
@@ -148,6 +161,8 @@ class Agent:
                 getattr(self, name).close()
         if hasattr(self, "sender"):
             self.sender.join(5.0)   # its last window stays spooled for the next start
+        if hasattr(self, "bridge"):
+            self.bridge.stop()
         self.local_api.stop()
         self.data.agent_json.unlink(missing_ok=True)
         self.spool.close()

@@ -44,6 +44,7 @@ class ModelKey:
     version: str
     variant: str
     backend: str
+    caller: str = ""      # "" local API and in-process; "bridge" the H5 bridge (never a page URL)
 
 
 class Counters:
@@ -95,7 +96,7 @@ class Counters:
                 return None
             stats = device_pb2.ModelStats(
                 model=self.key.model, version=self.key.version, variant=self.key.variant,
-                backend=self.key.backend, inferences=self.inferences, errors=self.errors,
+                backend=self.key.backend, caller=self.key.caller, inferences=self.inferences, errors=self.errors,
                 latency=device_pb2.LatencyHistogram(counts=self.histogram),
                 latency_sum_ms=self.latency_sum_ms)
             self.inferences = self.errors = 0

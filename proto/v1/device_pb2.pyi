@@ -138,7 +138,7 @@ class LatencyHistogram(_message.Message):
     def __init__(self, counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelStats(_message.Message):
-    __slots__ = ("model", "version", "variant", "backend", "inferences", "errors", "latency", "latency_sum_ms")
+    __slots__ = ("model", "version", "variant", "backend", "inferences", "errors", "latency", "latency_sum_ms", "caller")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class ModelStats(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     LATENCY_SUM_MS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     variant: str
@@ -155,7 +156,8 @@ class ModelStats(_message.Message):
     errors: int
     latency: LatencyHistogram
     latency_sum_ms: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., backend: _Optional[str] = ..., inferences: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., latency_sum_ms: _Optional[float] = ...) -> None: ...
+    caller: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., backend: _Optional[str] = ..., inferences: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencyHistogram, _Mapping]] = ..., latency_sum_ms: _Optional[float] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class TelemetryBatch(_message.Message):
     __slots__ = ("batch_id", "device_id", "window_start_ms", "window_end_ms", "stats")
