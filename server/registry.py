@@ -34,6 +34,7 @@ import numpy as np
 
 from fleetcast.server.blobs import BlobStore, StagedFile
 from fleetcast.server.builds import BuildJob, Builds, BuildStopped
+from fleetcast.server.compress.golden import golden_from_samples
 from fleetcast.server.errors import (
     FleetcastError,
     GoldenMismatch,
@@ -258,7 +259,9 @@ class Registry:
                 feeds, given_outputs = _read_golden(golden.path)
                 _check_golden_inputs(feeds, inputs)
             else:
-                feeds = make_inputs(inputs, staged.sha256)
+                feeds = golden_from_samples(inputs, ((calibration, self.calibration_limits),
+                                                     (evaluation, self.eval_limits))) \
+                    or make_inputs(inputs, staged.sha256)
             try:
                 results = session.run(None, feeds)
             except Exception as e:

@@ -10,9 +10,10 @@ Quality figures are percentages so a budget in percentage points compares direct
   per-sample cosine and SNR beside it.
 When the samples are too few for a discrete figure (accuracy, agreement) to resolve
 the budget (one sample would move it by more than half the budget, `rows_needed`),
-discrete outputs are judged by 100 x mean cosine instead (`Judge.continuous`): on 16
-samples top-1 agreement moves in steps of 6.25 points and cannot tell a 1-point
-budget from anything else, while the outputs' cosine can.
+classifier outputs are judged by 100 x mean cosine instead and sequences by the share
+of unchanged time steps (`Judge.continuous`, `fidelity.compare_output`): on 16 samples
+top-1 agreement moves in steps of 6.25 points and cannot tell a 1-point budget from
+anything else, while the outputs' cosine can.
 
 Each figure also carries a confidence allowance (`Quality.allowance_pp`): how far the
 same build may plausibly score lower on samples it was not measured on. The searches
@@ -69,7 +70,8 @@ class LatencyConfig:
 @dataclass(frozen=True)
 class Quality:
     score: float                      # the figure the budget is checked on, in percent
-    metric: str                       # "accuracy" | "agreement" | "sequence_agreement" | "mask_iou" | "cosine"
+    metric: str                       # "accuracy" | "agreement" | "sequence_agreement" | "step_agreement"
+                                      # | "mask_iou" | "cosine"
                                       # | "metric:<module:function>"
     accuracy_pct: float | None = None
     agreement_pct: float | None = None
@@ -210,6 +212,13 @@ class Evaluator:
         kinds = {self.kinds[name] for name in self.names}
         return "sequence agreement" if OutputKind.SEQUENCE in kinds else "top-1 agreement"
 
+    def continuous_figure(self) -> str:
+        kinds = {self.kinds[name] for name in self.names}
+        if OutputKind.SEQUENCE in kinds:
+            return "the share of time steps whose top class is unchanged" + (
+                " and the outputs' cosine similarity" if OutputKind.CLASSES in kinds else "")
+        return "the outputs' cosine similarity"
+
     def split(self, raw: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
         for result, rows in zip(raw, self.rows):
@@ -262,6 +271,8 @@ class Evaluator:
 def metric_name(kind: OutputKind, continuous: bool) -> str:
     if kind is OutputKind.MASK:
         return "mask_iou"
+    if kind is OutputKind.SEQUENCE and continuous:
+        return "step_agreement"
     if continuous or kind is OutputKind.TENSOR:
         return "cosine"
     return "agreement" if kind is OutputKind.CLASSES else "sequence_agreement"

@@ -251,7 +251,7 @@ def judging_notes(evaluator: Evaluator, held_out: SampleSet, budget_pp: float, s
     if evaluator.continuous:
         notes.append(f"{rows} samples cannot resolve a {budget_pp:g}-point budget by {evaluator.discrete_figure()} "
                      f"(one sample moves it by {100.0 / rows:.2f} points; at least {needed} are needed): the "
-                     "searches and this report judge by the outputs' cosine similarity instead, and still show "
+                     f"searches and this report judge by {evaluator.continuous_figure()} instead, and still show "
                      f"{evaluator.discrete_figure()}")
     elif evaluator.judge.metric is None and evaluator.discrete() and held_out.rows() < needed:
         notes.append(f"too few evaluation samples to resolve a {budget_pp:g} point budget: one held-out sample "

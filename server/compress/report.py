@@ -45,11 +45,11 @@ def quality_text(result: LevelResult) -> str:
         return f"agreement {result.agreement_pct:.2f} %"
     if result.metric == "cosine":
         return f"cosine {result.cosine:.5f}, SNR {result.snr_db:.1f} dB"
+    if result.metric == "step_agreement":
+        return f"time steps agree {score_of(result):.2f} %"
     if result.metric in ("sequence_agreement", "mask_iou"):
-        figure = min((float(o["figure_pct"]) for o in result.outputs if o["kind"] in ("sequence", "mask")),
-                     default=0.0)
         name = "sequences agree" if result.metric == "sequence_agreement" else "mask IoU"
-        return f"{name} {figure:.2f} %"
+        return f"{name} {score_of(result):.2f} %"
     return "-"
 
 
