@@ -292,6 +292,10 @@ def run_all(session: ort.InferenceSession, samples: SampleSet, *, role: str) -> 
             if role == "build":
                 raise RuntimeError(f"the build fails on sample {samples.name(index)}: {message}") from error
             shapes = {name: list(array.shape) for name, array in feed.items()}
+            if role == "generated":
+                raise SampleError(f"the model does not run on generated inputs (free dimensions set to 1: "
+                                  f"{shapes}): {message}; pass --calibration DIR or --eval DIR with real "
+                                  "samples") from error
             raise SampleError(f"{role} sample {samples.name(index)} (shapes {shapes}) does not run on the model: "
                               f"{message}; give samples of a size the model accepts") from error
         results.append({name: np.asarray(value) for name, value in zip(names, values)})

@@ -194,6 +194,14 @@ def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet |
     search, held_out, data_notes = split_quality_data(evaluation, calibration, input_specs(model), config.budget_pp)
     probe = search.feeds[:4]
     original_bytes = model.SerializeToString()
+    say("measuring the original")    # runs every sample first: one that does not fit is named before any work
+    judge = Judge(budget_pp=config.budget_pp, metric=metric)
+    role = "evaluation" if evaluation is not None else "calibration" if calibration is not None else "generated"
+    evaluator = Evaluator(original_bytes, search, threads=config.intra_op_threads, judge=judge, role=role)
+    scorer = evaluator if held_out is search else Evaluator(
+        original_bytes, held_out, threads=config.intra_op_threads,
+        judge=replace(judge, continuous=evaluator.continuous), role=role)
+    data_notes += judging_notes(evaluator, held_out, config.budget_pp, say)
     base, notes = normalize(model, probe, say)
     notes = [*data_notes, *notes]
     try:
@@ -206,14 +214,6 @@ def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet |
         notes.append(f"graph optimization skipped: {error}")
     base_path = workdir / "base.onnx"
     onnx.save(base, str(base_path))
-    say("measuring the original")
-    judge = Judge(budget_pp=config.budget_pp, metric=metric)
-    evaluator = Evaluator(original_bytes, search, threads=config.intra_op_threads, judge=judge,
-                          role="evaluation" if evaluation is not None else "calibration")
-    notes += judging_notes(evaluator, held_out, config.budget_pp, say)
-    scorer = evaluator if held_out is search else Evaluator(
-        original_bytes, held_out, threads=config.intra_op_threads,
-        judge=replace(judge, continuous=evaluator.continuous))
     latency_feed = {name: array[:1] for name, array in search.feeds[0].items()}
     if search.varying_shapes():
         notes.append(f"samples differ in shape: each ran on its own and fidelity is averaged over samples; "

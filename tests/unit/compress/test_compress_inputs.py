@@ -118,3 +118,25 @@ def test_a_metric_that_cannot_be_loaded_is_refused_before_anything_runs(
                          "--metric", spec)
     assert code == 2 and words in only_message(err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_needs_real_sizes_without_samples_asks_for_samples(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = valid_conv_model(tmp_path / "valid.onnx")
+    code, err = compress(tmp_path, capsys, str(model), "--out", str(tmp_path / "out"), "--levels", "lossless")
+    message = only_message(err)
+    assert code == 2 and "generated inputs" in message and "--calibration DIR or --eval DIR" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["valid.onnx"]
+
+
+def test_an_evaluation_sample_the_searches_would_see_first_is_named_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = valid_conv_model(tmp_path / "valid.onnx")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    np.save(samples / "a.npy", np.ones((1, 1, 3, 3), np.float32))     # even-numbered: the searches' half
+    np.save(samples / "b.npy", np.ones((1, 1, 8, 8), np.float32))
+    code, err = compress(tmp_path, capsys, str(model), "--out", str(tmp_path / "out"), "--levels", "lossless",
+                         "--eval", str(samples))
+    assert code == 2 and "evaluation sample a.npy" in only_message(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples", "valid.onnx"]
