@@ -17,7 +17,7 @@ from typing import Protocol
 
 from fleetcast.server.compress.levels import PREFERENCE, choose_variant
 
-SLOWER_THAN_ORIGINAL = 1.03   # timing noise: within 3 % counts as no slower (recipes.SLOWER_TOLERANCE)
+SLOWER_THAN_ORIGINAL = 1.05   # timing noise on a shared machine is a few %: within 5 % counts as no slower
 
 
 class Measured(Protocol):
