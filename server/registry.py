@@ -39,6 +39,7 @@ from fleetcast.proto import formats
 from fleetcast.server import inspection
 from fleetcast.server.blobs import BlobStore, StagedFile
 from fleetcast.server.builds import BuildJob, Builds, BuildStopped
+from fleetcast.server.compress.golden import first_sample as golden_first_sample
 from fleetcast.server.errors import (
     FleetcastError,
     GoldenMismatch,
@@ -47,7 +48,7 @@ from fleetcast.server.errors import (
     ModelNotFound,
     VersionExists,
 )
-from fleetcast.server.samples import SampleLimits, first_sample, unpack
+from fleetcast.server.samples import SampleLimits, unpack
 from fleetcast.server.signing import ArtifactTarget, InvalidAssignmentError, Signer
 from fleetcast.server.store import Artifact, Golden, ModelVersion, Store, Variant
 from fleetcast.server.upload_check import CheckLimits, check_upload
@@ -149,7 +150,7 @@ def check_model_in_child(model_path: Path, golden_path: Path | None, out_path: P
                          calibration_limits: SampleLimits | None = None) -> dict[str, Any]:
     """The upload check, run by upload_check in its bounded child process: the model loads
     (by its format: `inspection.open_upload`), runs on the golden inputs (given; for a model
-    with dynamic dimensions the first calibration sample; else generated from its sha256),
+    with free dimensions the first sample of `calibration_path`; else generated from its sha256),
     matches the given golden outputs; the golden pair is written to `out_path`. Returns the
     input/output specs."""
     session = inspection.open_upload(model_path, onnx=_session)
@@ -159,11 +160,11 @@ def check_model_in_child(model_path: Path, golden_path: Path | None, out_path: P
     if golden_path is not None:
         feeds, given_outputs = _read_golden(golden_path, max_unpacked_bytes=max_output_bytes)
         _check_golden_inputs(feeds, inputs)
-    elif calibration_path is not None and calibration_limits is not None and _dynamic(inputs):
-        # the golden input of a dynamic-shape model: the first real sample, not 1x1 dimensions
-        feeds = first_sample(calibration_path, inputs, role="calibration", limits=calibration_limits)
     else:
-        feeds = make_inputs(inputs, sha256)
+        # a free-shape model: the first real sample (compress/golden.py), not 1x1 dimensions
+        feeds = (None if calibration_path is None or calibration_limits is None
+                 else golden_first_sample(inputs, calibration_path, calibration_limits)) \
+            or make_inputs(inputs, sha256)
     try:
         results = session.run(None, feeds)
     except Exception as e:
@@ -190,10 +191,6 @@ def _specs(args: Sequence[Any], what: str) -> dict[str, dict[str, Any]]:
         shape = [d if isinstance(d, int) and d > 0 else None for d in (arg.shape or [])]
         specs[arg.name] = {"dtype": dtype, "shape": shape}
     return specs
-
-
-def _dynamic(specs: Mapping[str, Mapping[str, Any]]) -> bool:
-    return any(d is None for spec in specs.values() for d in spec["shape"])
 
 
 def make_inputs(specs: Mapping[str, Mapping[str, Any]], sha256: str) -> dict[str, np.ndarray]:
@@ -325,12 +322,15 @@ class Registry:
             _check_builds(fmt, compress, targets)
             if golden is not None:
                 golden.finish()
-            if calibration is not None:
-                calibration.finish()
+            # The golden input of a free-shape model: the first calibration (else evaluation) sample.
+            samples, sample_limits = (calibration, self.calibration_limits) if calibration is not None \
+                else (evaluation, self.eval_limits)
+            if samples is not None:
+                samples.finish()
             checked = check_upload(staged.path, format=fmt, golden=None if golden is None else golden.path,
                                    out=out, sha256=staged.sha256, limits=self.check_limits,
-                                   calibration=None if calibration is None else calibration.path,
-                                   calibration_limits=self.calibration_limits)
+                                   calibration=None if samples is None else samples.path,
+                                   calibration_limits=sample_limits)
             reserved = self.store.reserve_version(model, version or None, at=time.time())
             if reserved is None:
                 raise VersionExists(f"{model}@{version} already exists: versions are immutable, upload a new version")

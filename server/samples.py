@@ -122,14 +122,3 @@ def unpack(path: Path, inputs: Mapping[str, Mapping[str, Any]], dest: Path, *, r
     logger.info("samples unpacked role=%s samples=%d kept=%d labels=%s", role, count, keep, labels is not None)
     return keep
 
-
-def first_sample(path: Path, inputs: Mapping[str, Mapping[str, Any]], *, role: str,
-                 limits: SampleLimits) -> dict[str, np.ndarray]:
-    """The upload's first sample, checked as `unpack` checks them, in the model's feed form:
-    a model with dynamic dimensions gets its golden input from real data, not 1x1 shapes."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="first-sample-") as tmp:
-        unpack(path, inputs, Path(tmp) / "samples", role=role, limits=limits, labels_allowed=True)
-        with np.load(Path(tmp) / "samples" / "00000.npz", allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}

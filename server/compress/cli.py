@@ -1,6 +1,7 @@
 """`fleetcast compress MODEL.onnx --out DIR [...]`: the pipeline as an operator's command.
 
-Exit codes: 0 built (some levels may be reported missing), 2 unusable input, 1 other failure.
+Exit codes: 0 built (some levels may be reported missing), 2 unusable input (nothing is
+written), 1 no requested level could be built (the report says why) or another failure.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fleetcast.server.compress.clock import DEFAULT_TIME_LIMIT_S
 from fleetcast.server.compress.errors import CompressError, InputError
 from fleetcast.server.compress.levels import ALL_LEVELS, DESCRIPTIONS, parse_levels
 
@@ -24,8 +26,12 @@ Example:
   fleetcast compress examples/digits/digits.onnx --out /tmp/digits-variants \\
       --calibration examples/digits/calibration --eval examples/digits/eval --levels balanced,smallest
 
+  fleetcast compress detector.onnx --out /tmp/det --calibration images/ --eval held-out/ \
+      --levels balanced --time-limit 60 --metric mytask.py:mean_iou
+
 Sample directories hold one .npz per sample (input name -> array), or .npy files for
-single-input models; an evaluation directory may add labels.npy (one class per sample).
+single-input models; samples may differ in size where the model's dimensions are free.
+An evaluation directory may add labels.npy (one row per sample) for accuracy or --metric.
 """
 
 
@@ -40,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--eval", type=Path, help="evaluation samples, with labels.npy for accuracy")
     command.add_argument("--levels", default=",".join(ALL_LEVELS), help="comma-separated levels (default: all)")
     command.add_argument("--budget", type=float, default=1.0, help="allowed accuracy drop, percentage points")
+    command.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
+                         help=f"time for the searches (default {DEFAULT_TIME_LIMIT_S:g}); when it runs out the best "
+                              "choice so far is kept and the report says so")
+    command.add_argument("--metric", metavar="MODULE:FUNCTION",
+                         help="your task metric: called with the evaluation outputs and labels, returns a score "
+                              "(higher is better) the budget applies to; module:function or file.py:function")
     command.add_argument("--threads", type=int, default=1, help="threads for accuracy runs")
     command.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     command.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -53,7 +65,9 @@ class ProgressLine:
         self.tty = sys.stderr.isatty()
 
     def __call__(self, text: str) -> None:
-        if self.tty:
+        if self.tty and text.startswith("note: "):
+            sys.stderr.write("\r\x1b[2K" + text + "\n")     # notes stay on screen
+        elif self.tty:
             sys.stderr.write("\r\x1b[2K" + text[:160])
         else:
             sys.stderr.write(text + "\n")
@@ -76,8 +90,13 @@ def main(argv: list[str]) -> int:
     from fleetcast.server.compress.pipeline import CompressConfig, compress
     from fleetcast.server.compress.report import render_markdown
 
-    config = CompressConfig(levels=levels, budget_pp=args.budget, calibration_dir=args.calibration,
-                            eval_dir=args.eval, intra_op_threads=args.threads)
+    try:
+        config = CompressConfig(levels=levels, budget_pp=args.budget, calibration_dir=args.calibration,
+                                eval_dir=args.eval, intra_op_threads=args.threads, time_limit_s=args.time_limit,
+                                metric=args.metric)
+    except ValueError as error:
+        print(f"fleetcast compress: {error}", file=sys.stderr)
+        return 2
     progress = ProgressLine()
     try:
         report = compress(args.model, args.out, config, progress)
@@ -89,8 +108,16 @@ def main(argv: list[str]) -> int:
         progress.done()
         print(f"fleetcast compress: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the output directory's disk or permissions
+        progress.done()
+        print(f"fleetcast compress: cannot write {args.out}: {error}", file=sys.stderr)
+        return 1
     progress.done()
     print(json.dumps(report.to_json(), indent=2) if args.json else render_markdown(report))
     if not args.json:
         print(f"written to {args.out}/ (report.json, report.md, report.png)")
+    if not report.built():
+        reasons = "; ".join(f"{r.level}: {r.error}" for r in report.levels)
+        print(f"fleetcast compress: none of the requested levels could be built ({reasons})", file=sys.stderr)
+        return 1
     return 0

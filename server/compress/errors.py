@@ -6,7 +6,9 @@ CompressError                  anything the pipeline raises on purpose
   |   ModelFormatError         not an ONNX file, or an ONNX file that does not check
   |   UnsupportedModelError    an operator onnxruntime cannot run
   |   SampleError              calibration or evaluation data missing or mismatched
-  |   OutputDirError           --out exists and is not empty
+  |   OutputDirError           --out exists and is not empty, or is a file
+  |   MetricError              --metric cannot be loaded, or the function fails
+  |   NothingToBuildError      no requested level can be built from what was given
   + LevelError                 one level could not be built; the others go on
   |   NormalizationError       a transform changed the model's outputs
 PackageError (ValueError)      fcpack bytes that do not decode: the wire format's own
@@ -20,7 +22,8 @@ from __future__ import annotations
 from fleetcast.proto.fcpack import PackageError
 
 __all__ = ["CompressError", "InputError", "ModelFormatError", "UnsupportedModelError", "SampleError",
-           "OutputDirError", "LevelError", "NormalizationError", "PackageError"]
+           "OutputDirError", "MetricError", "NothingToBuildError", "LevelError", "NormalizationError",
+           "PackageError"]
 
 
 class CompressError(Exception):
@@ -45,6 +48,14 @@ class SampleError(InputError):
 
 class OutputDirError(InputError):
     """The output directory cannot be used."""
+
+
+class MetricError(InputError):
+    """The user's task metric cannot be loaded, raises, or returns no number."""
+
+
+class NothingToBuildError(InputError):
+    """None of the requested levels can be built from the input given."""
 
 
 class LevelError(CompressError):

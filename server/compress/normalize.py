@@ -140,12 +140,34 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model)
 
 
+def flush_subnormal_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Set float32 weights below float32's smallest normal number (about 1.2e-38) to 0.
+
+    Training with weight decay leaves such values behind; they add nothing to any
+    output, but x86 CPUs multiply subnormal numbers tens of times slower than normal
+    ones. A text recognizer trained with scikit-learn (examples/ocr) had 74 of them and
+    ran about 4 times slower than the same model without them.
+    """
+    tiny = np.finfo(np.float32).tiny
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = onnx.numpy_helper.to_array(tensor)
+        subnormal = (values != 0) & (np.abs(values) < tiny)
+        if subnormal.any():
+            model.graph.initializer[index].CopyFrom(
+                onnx.numpy_helper.from_array(np.where(subnormal, np.float32(0), values), tensor.name))
+            logger.info("flushed subnormal weights tensor=%s count=%d", tensor.name, int(subnormal.sum()))
+    return model
+
+
 TRANSFORMS: list[tuple[str, Transform]] = [
     ("naming nodes", name_nodes),
     ("moving Constant nodes to initializers", constants_to_initializers),
     ("removing initializers from graph inputs", initializers_out_of_inputs),
     (f"converting to opset {MIN_OPSET}", upgrade_opset),
     ("inferring shapes", infer_shapes),
+    ("flushing subnormal weights to zero", flush_subnormal_weights),
 ]
 
 

@@ -25,15 +25,22 @@ import onnx
 import onnxruntime as ort
 
 from fleetcast.server.compress import package
-from fleetcast.server.compress.errors import LevelError, OutputDirError
+from fleetcast.server.compress.clock import DEFAULT_TIME_LIMIT_S, SearchClock
+from fleetcast.server.compress.errors import LevelError, NothingToBuildError, OutputDirError
 from fleetcast.server.compress.levels import ALL_LEVELS, NEEDS_CALIBRATION, parse_levels
 from fleetcast.server.compress.measure import (
     Evaluator,
+    Judge,
     LatencyConfig,
     Quality,
     measure_latency_ms,
     measure_latency_pair_ms,
+    open_session,
+    rows_needed,
+    run_all,
 )
+from fleetcast.server.compress.advice import machine_class, recommend, slower_notes
+from fleetcast.server.compress.metric import TaskMetric, load_metric
 from fleetcast.server.compress.normalize import check_runnable, load_model, normalize, optimize_graph
 from fleetcast.server.compress.quantize import Method
 from fleetcast.server.compress.recipes import BUILDERS, Build, BuildContext
@@ -55,13 +62,19 @@ class CompressConfig:
     max_eval_samples: int = 2000
     calibration_methods: tuple[str, ...] = tuple(method.value for method in Method)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S  # for all the searches together (clock.py)
+    metric: str | None = None                 # "module:function" scoring outputs and labels (metric.py)
 
     def __post_init__(self) -> None:
         parse_levels(",".join(self.levels))   # raises ValueError naming an unknown level
         for name in self.calibration_methods:
             Method(name)
-        if self.budget_pp < 0:
-            raise ValueError(f"budget_pp must be >= 0 percentage points, got {self.budget_pp}")
+        if not self.budget_pp >= 0:
+            raise ValueError(f"budget must be >= 0 percentage points, got {self.budget_pp}")
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time limit must be > 0 seconds, got {self.time_limit_s}")
+        if self.intra_op_threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.intra_op_threads}")
 
 
 @dataclass(frozen=True)
@@ -77,20 +90,23 @@ class LevelResult:
     latency_ratio_2t: float | None = None
     size_ratio: float | None = None           # size_bytes / original file
     packed_ratio: float | None = None         # packed_bytes / original file
-    metric: str | None = None                 # "accuracy" | "agreement" | "cosine"
+    metric: str | None = None                 # measure.Quality.metric
     accuracy_pct: float | None = None         # top-1 with labels
     agreement_pct: float | None = None        # top-1 agreement with the original (classifiers)
     cosine: float | None = None
     snr_db: float | None = None
+    score: float | None = None                # the figure the budget is judged by (measure.Quality.score)
     drop_pp: float | None = None              # baseline score - this level's score
     within_budget: bool | None = None
     recipe: Mapping[str, object] = field(default_factory=dict)
     error: str | None = None
+    outputs: tuple[Mapping[str, object], ...] = ()   # per output: kind, cosine, SNR, figure (fidelity.py)
 
     def to_json(self) -> dict:
         document = asdict(self)
         document["path"] = str(self.path) if self.path else None
         document["recipe"] = dict(self.recipe)
+        document["outputs"] = [dict(output) for output in self.outputs]
         return document
 
 
@@ -103,11 +119,16 @@ class CompressionReport:
     budget_pp: float
     notes: list[str]
     machine: Mapping[str, str]
+    recommendations: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # advice.py
 
     def to_json(self) -> dict:
         return {"fleetcast_compression_report": 1, "model": self.model, "budget_pp": self.budget_pp,
                 "quality_data": self.quality_data, "notes": list(self.notes), "machine": dict(self.machine),
+                "recommendations": {k: dict(v) for k, v in self.recommendations.items()},
                 "original": self.original.to_json(), "levels": [level.to_json() for level in self.levels]}
+
+    def built(self) -> list[LevelResult]:
+        return [level for level in self.levels if level.error is None]
 
 
 def compress(model_path: Path, out_dir: Path, config: CompressConfig,
@@ -116,18 +137,26 @@ def compress(model_path: Path, out_dir: Path, config: CompressConfig,
     say = progress or (lambda _: None)
     model_path, out_dir = Path(model_path), Path(out_dir)
     check_out_dir(out_dir)
+    metric = load_metric(config.metric) if config.metric else None
     say("loading model")
     model = load_model(model_path)
     check_runnable(model, model_path)
     specs = input_specs(model)
     calibration = load_optional(config.calibration_dir, specs, "calibration", config.max_calibration_samples)
     evaluation = load_optional(config.eval_dir, specs, "evaluation", config.max_eval_samples)
+    check_buildable(config.levels, calibration)
+    if calibration is not None:
+        say("checking the calibration samples run on the model")
+        run_all(open_session(model.SerializeToString(), threads=config.intra_op_threads), calibration,
+                role="calibration")
+    if metric is not None and (evaluation is None or evaluation.labels is None):
+        say("note: --metric is given without an evaluation directory with labels.npy: it receives labels=None")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="fleetcast-compress-") as workdir:
             report = build_all(model, model_path, calibration, evaluation, config, staging, out_dir,
-                               Path(workdir), say)
+                               Path(workdir), say, metric)
         from fleetcast.server.compress.report import write_reports
 
         say("writing report")
@@ -140,9 +169,19 @@ def compress(model_path: Path, out_dir: Path, config: CompressConfig,
 
 
 def check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"--out {out_dir} is a file, not a directory; pass a new or empty directory")
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputDirError(f"output directory {out_dir} already exists and is not empty; "
                              "pass a new or empty directory with --out")
+
+
+def check_buildable(levels: tuple[str, ...], calibration: SampleSet | None) -> None:
+    """Refuse a run that could build none of `levels` for want of calibration samples."""
+    if calibration is None and all(level in NEEDS_CALIBRATION for level in levels):
+        raise NothingToBuildError(f"--levels {','.join(levels)} needs calibration samples and none were given; "
+                                  "pass --calibration DIR (one .npz or .npy per sample), or add a data-free "
+                                  "level (lossless, fp16)")
 
 
 def load_optional(directory: Path | None, specs: tuple[InputSpec, ...], role: str, limit: int) -> SampleSet | None:
@@ -151,10 +190,18 @@ def load_optional(directory: Path | None, specs: tuple[InputSpec, ...], role: st
 
 def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet | None,
               evaluation: SampleSet | None, config: CompressConfig, staging: Path, out_dir: Path,
-              workdir: Path, say: Progress) -> CompressionReport:
+              workdir: Path, say: Progress, metric: TaskMetric | None = None) -> CompressionReport:
     search, held_out, data_notes = split_quality_data(evaluation, calibration, input_specs(model), config.budget_pp)
     probe = search.feeds[:4]
     original_bytes = model.SerializeToString()
+    say("measuring the original")    # runs every sample first: one that does not fit is named before any work
+    judge = Judge(budget_pp=config.budget_pp, metric=metric)
+    role = "evaluation" if evaluation is not None else "calibration" if calibration is not None else "generated"
+    evaluator = Evaluator(original_bytes, search, threads=config.intra_op_threads, judge=judge, role=role)
+    scorer = evaluator if held_out is search else Evaluator(
+        original_bytes, held_out, threads=config.intra_op_threads,
+        judge=replace(judge, continuous=evaluator.continuous), role=role)
+    data_notes += judging_notes(evaluator, held_out, config.budget_pp, say)
     base, notes = normalize(model, probe, say)
     notes = [*data_notes, *notes]
     try:
@@ -167,24 +214,56 @@ def build_all(model: onnx.ModelProto, model_path: Path, calibration: SampleSet |
         notes.append(f"graph optimization skipped: {error}")
     base_path = workdir / "base.onnx"
     onnx.save(base, str(base_path))
-    say("measuring the original")
-    evaluator = Evaluator(original_bytes, search, threads=config.intra_op_threads)
-    scorer = evaluator if held_out is search else Evaluator(original_bytes, held_out, threads=config.intra_op_threads)
     latency_feed = {name: array[:1] for name, array in search.feeds[0].items()}
+    if search.varying_shapes():
+        notes.append(f"samples differ in shape: each ran on its own and fidelity is averaged over samples; "
+                     f"latency is timed on the first one ({shapes_text(latency_feed)})")
     original = measure_original(model_path, original_bytes, scorer, latency_feed, config)
     if calibration is None and any(level in NEEDS_CALIBRATION for level in config.levels):
         notes.append("no calibration data given: only the data-free levels (lossless, fp16) were built")
+    clock = SearchClock(config.time_limit_s)
     context = BuildContext(base=base, base_path=base_path, workdir=workdir, calibration=calibration,
                            evaluator=evaluator, budget_pp=config.budget_pp, methods=config.calibration_methods,
-                           latency=config.latency)
+                           latency=config.latency, clock=clock)
     results = []
     for index, level in enumerate(config.levels, 1):
-        step = lambda text, level=level, index=index: say(f"[{index}/{len(config.levels)}] {level}: {text}")
+        def step(text: str, level: str = level, index: int = index) -> None:
+            say(f"[{index}/{len(config.levels)}] {level}: {text} ({clock.left_s():.0f} s of search time left)")
         results.append(build_level(level, context, scorer, original, latency_feed, config, staging, out_dir, step))
+    if clock.cut_short:
+        notes.append(f"the time limit ({config.time_limit_s:g} s, --time-limit) ran out during the "
+                     f"{', '.join(clock.cut_short)}: the best choice measured by then was kept (recipes say "
+                     "time_limit_reached); raise --time-limit for a fuller search")
+    notes += slower_notes(results)
+    advice = recommend(results, config.budget_pp, measured_class=machine_class())
     return CompressionReport(model=str(model_path), original=original, levels=results,
                              quality_data=describe(held_out, search), budget_pp=config.budget_pp, notes=notes,
                              machine={"cpu": platform.processor() or platform.machine(),
-                                      "onnxruntime": ort.__version__, "python": platform.python_version()})
+                                      "hardware_class": machine_class(),
+                                      "onnxruntime": ort.__version__, "python": platform.python_version()},
+                             recommendations=advice)
+
+
+def judging_notes(evaluator: Evaluator, held_out: SampleSet, budget_pp: float, say: Progress) -> list[str]:
+    """What the report says of the figure the budget is judged by; said at the start too."""
+    rows, needed = evaluator.samples.rows(), rows_needed(budget_pp)
+    notes = []
+    if evaluator.continuous:
+        notes.append(f"{rows} samples cannot resolve a {budget_pp:g}-point budget by {evaluator.discrete_figure()} "
+                     f"(one sample moves it by {100.0 / rows:.2f} points; at least {needed} are needed): the "
+                     f"searches and this report judge by {evaluator.continuous_figure()} instead, and still show "
+                     f"{evaluator.discrete_figure()}")
+    elif evaluator.judge.metric is None and evaluator.discrete() and held_out.rows() < needed:
+        notes.append(f"too few evaluation samples to resolve a {budget_pp:g} point budget: one held-out sample "
+                     f"moves a figure by {100.0 / held_out.rows():.2f} points; give at least {needed} "
+                     "evaluation samples")
+    for note in notes:
+        say(f"note: {note}")
+    return notes
+
+
+def shapes_text(feed: Feed) -> str:
+    return ", ".join(f"{name} {list(array.shape)}" for name, array in feed.items())
 
 
 def split_quality_data(evaluation: SampleSet | None, calibration: SampleSet | None, specs: tuple[InputSpec, ...],
@@ -204,10 +283,6 @@ def split_quality_data(evaluation: SampleSet | None, calibration: SampleSet | No
     notes = [f"quality figures are measured on {held_out.rows()} held-out samples (the odd-numbered evaluation "
              f"files by name); the searches scored only on the other {validation.rows()}. One held-out sample "
              f"is {weight_pp:.2f} points"]
-    if weight_pp > budget_pp / 2:
-        notes.append(f"too few evaluation samples to resolve a {budget_pp} point budget: one held-out sample "
-                     f"moves a figure by {weight_pp:.2f} points; give at least {int(200 / max(budget_pp, 1e-9))} "
-                     "evaluation samples")
     return validation, held_out, notes
 
 
@@ -254,14 +329,13 @@ def measure_build(level: str, build: Build, path: Path, context: BuildContext, s
     result = LevelResult(level, path, build.format, size, packed, latency_1t, latency_2t,
                          latency_1t / reference_1t, latency_2t / reference_2t,
                          size / original.size_bytes, packed / original.size_bytes, recipe=build.recipe)
-    within = drop <= config.budget_pp + 1e-9 if level in ("balanced", "smallest") else None
-    return quality_fields(result, quality, drop, within)
+    return quality_fields(result, quality, drop, drop <= config.budget_pp + 1e-9)
 
 
 def quality_fields(result: LevelResult, quality: Quality, drop: float, within: bool | None) -> LevelResult:
-    return replace(result, metric=quality.metric, accuracy_pct=quality.accuracy_pct,
+    return replace(result, metric=quality.metric, score=quality.score, accuracy_pct=quality.accuracy_pct,
                    agreement_pct=quality.agreement_pct, cosine=quality.cosine, snr_db=quality.snr_db,
-                   drop_pp=drop, within_budget=within)
+                   drop_pp=drop, within_budget=within, outputs=tuple(o.to_json() for o in quality.outputs))
 
 
 def describe(held_out: SampleSet, search: SampleSet) -> str:

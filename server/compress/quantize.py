@@ -61,20 +61,31 @@ WEIGHTED_OP_TYPES: Final = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 class FeedReader(CalibrationDataReader):
-    """onnxruntime's calibration reader over our samples."""
+    """onnxruntime's calibration reader over our samples.
+
+    `set_range` is the hook onnxruntime's strided calibration (`CalibStridedMinMax`)
+    calls before each collection pass. With samples of different shapes the
+    quantizer collects one sample per pass (`Int8Quantizer.quantize`): its entropy and
+    percentile calibrators stack a pass's tensors into one array, which fails on
+    differing shapes, and merge the histograms of successive passes, which does not.
+    """
 
     def __init__(self, feeds: tuple[Feed, ...]) -> None:
         self.feeds = feeds
         self.position = 0
+        self.end = len(feeds)
 
     def get_next(self) -> Feed | None:
-        if self.position >= len(self.feeds):
+        if self.position >= self.end:
             return None
         self.position += 1
         return self.feeds[self.position - 1]
 
     def rewind(self) -> None:
-        self.position = 0
+        self.position, self.end = 0, len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.position, self.end = start_index, min(end_index, len(self.feeds))
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -105,6 +116,8 @@ class Int8Quantizer:
         extra_options = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if method is Method.PERCENTILE:
             extra_options["CalibPercentile"] = PERCENTILE
+        if self.calibration.varying_shapes():
+            extra_options["CalibStridedMinMax"] = 1      # one sample per collection pass (FeedReader)
         chatter = io.StringIO()  # the calibrators print to stdout, which `--json` keeps for the report
         try:
             with contextlib.redirect_stdout(chatter):

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from fleetcast.server.compress import compensate, package
+from fleetcast.server.compress.clock import SearchClock
 from fleetcast.server.compress.errors import LevelError
 from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_pair_ms
 from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights
@@ -57,6 +58,7 @@ class BuildContext:
     budget_pp: float
     methods: tuple[str, ...]
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    clock: SearchClock = field(default_factory=SearchClock)
     method_scores: dict[str, float] = field(default_factory=dict)
     quantizer: Int8Quantizer | None = None
     activations: Activations | None = None
@@ -121,6 +123,8 @@ class BuildContext:
         for index, name in enumerate(self.methods, 1):
             if name in self.method_scores:
                 continue
+            if (self.method_scores or failures) and self.clock.stop("calibration method choice"):
+                break
             progress(f"calibrating {index}/{len(self.methods)} method {name}")
             try:
                 model = self.int8().quantize(Method(name), activations=activations)
@@ -178,14 +182,16 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     def score_of(keep_float: tuple[str, ...]) -> float:
         return context.evaluator.evaluate(int8_weights_only(quantized(keep_float), keep_float)).guarded_score
 
-    choice = choose_float_layers(score_of, layers, context.floor(), progress)
+    choice = choose_float_layers(score_of, layers, context.floor(), progress,
+                                 stop=lambda: context.clock.stop("balanced layer search"))
     float32_weights = int8_weights_slower(context, quantized(choice.keep_float), choice.keep_float, progress)
     chosen = int8_weights_only(quantized(choice.keep_float), () if float32_weights else choice.keep_float)
     quality = context.evaluator.evaluate(chosen)
     recipe = {**context.int8_fields(method), "float_layers": list(choice.keep_float),
               "quantized_layers": len(layers) - len(choice.keep_float),
               "float_layer_weights": "float32" if float32_weights else "int8",
-              "budget_met": quality.guarded_score >= context.floor(), **context.validation_fields(quality),
+              "budget_met": quality.guarded_score >= context.floor(), "time_limit_reached": choice.timed_out,
+              **context.validation_fields(quality),
               "sensitivity_pp": {name: round(gain, 3) for name, gain in choice.sensitivity.items()}}
     return Build(chosen, "onnx", chosen, recipe)
 
@@ -232,14 +238,18 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
     def score_sharing(plan: Mapping[str, int | None]) -> float:
         return context.evaluator.evaluate(with_weights(context.base, planner.apply({}, plan))).guarded_score
 
-    entries = choose_per_layer(score_sharing, {n: (*ENTRY_STEPS, None) for n in names}, {n: None for n in names},
-                               context.floor(), progress, step="weight sharing").options
+    sharing = choose_per_layer(score_sharing, {n: (*ENTRY_STEPS, None) for n in names}, {n: None for n in names},
+                               context.floor(), progress, step="weight sharing",
+                               stop=lambda: context.clock.stop("smallest weight-sharing search"))
+    entries = sharing.options
 
     def score_sparsity(plan: Mapping[str, float]) -> float:
         return context.evaluator.evaluate(with_weights(context.base, planner.apply(plan, entries))).guarded_score
 
-    sparsity = choose_per_layer(score_sparsity, {n: SPARSITY_STEPS for n in names}, {n: 0.0 for n in names},
-                                context.floor(), progress, step="pruning").options
+    pruning = choose_per_layer(score_sparsity, {n: SPARSITY_STEPS for n in names}, {n: 0.0 for n in names},
+                               context.floor(), progress, step="pruning",
+                               stop=lambda: context.clock.stop("smallest pruning search"))
+    sparsity = pruning.options
     progress("packing (zstd)")
     model = with_weights(context.base, planner.apply(sparsity, entries))
     artifact = package.encode(model)
@@ -247,7 +257,8 @@ def build_smallest(context: BuildContext, progress: Progress) -> Build:
               "compensation": {"method": "OBS (SparseGPT/GPTQ-style) with bias correction",
                                "calibration_rows": context.calibration.rows(), "damping": compensate.DAMPING,
                                "uncompensated_layers": sorted(n for n in names if n not in shapes)},
-              "package": "fcpack v1", **context.validation_fields(context.evaluator.evaluate(model))}
+              "package": "fcpack v1", "time_limit_reached": sharing.timed_out or pruning.timed_out,
+              **context.validation_fields(context.evaluator.evaluate(model))}
     return Build(artifact, "fcpack", package.decode(artifact), recipe)
 
 

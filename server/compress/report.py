@@ -37,13 +37,34 @@ def ratio(value: float | None, digits: int = 2) -> str:
 
 
 def quality_text(result: LevelResult) -> str:
+    if result.metric and result.metric.startswith("metric:"):
+        return f"{result.metric[7:]} {score_of(result):.3f}"
     if result.metric == "accuracy":
         return f"top-1 {result.accuracy_pct:.2f} %"
     if result.metric == "agreement":
         return f"agreement {result.agreement_pct:.2f} %"
     if result.metric == "cosine":
         return f"cosine {result.cosine:.5f}, SNR {result.snr_db:.1f} dB"
+    if result.metric == "step_agreement":
+        return f"time steps agree {score_of(result):.2f} %"
+    if result.metric in ("sequence_agreement", "mask_iou"):
+        name = "sequences agree" if result.metric == "sequence_agreement" else "mask IoU"
+        return f"{name} {score_of(result):.2f} %"
     return "-"
+
+
+def outputs_lines(report: CompressionReport) -> list[str]:
+    """Every output's figures per level (fidelity.py's table says which figure each kind gets)."""
+    rows = []
+    for result in [report.original, *report.levels]:
+        for output in result.outputs if not result.error else ():
+            rows.append(f"| {result.level} | {output['name']} | {output['kind']} | {output['figure_pct']:.3f} "
+                        f"| {output['cosine']:.6f} | {output['snr_db']:.1f} |")
+    if not rows:
+        return []
+    return ["", "## Outputs", "", "Per output, averaged over samples: the kind's figure (top-1 agreement, "
+            "greedy-decoded sequence agreement, thresholded mask IoU, or 100 x cosine), cosine and SNR.", "",
+            "| level | output | kind | figure (%) | cosine | SNR (dB) |", "|---|---|---|---|---|---|", *rows]
 
 
 def render_markdown(report: CompressionReport) -> str:
@@ -64,6 +85,12 @@ def render_markdown(report: CompressionReport) -> str:
             f"| {result.latency_ms_1t:.3f} ms ({ratio(result.latency_ratio)}) "
             f"| {result.latency_ms_2t:.3f} ms ({ratio(result.latency_ratio_2t)}) "
             f"| {quality_text(result)} | {result.drop_pp:+.2f} |")
+    lines += outputs_lines(report)
+    if report.recommendations:
+        from fleetcast.server.compress.advice import describe as describe_advice
+
+        lines += ["", "## Recommended level per hardware class", ""]
+        lines += [f"- {line}" for line in describe_advice(report.recommendations)]
     missing = [r for r in report.levels if r.error]
     if missing:
         lines += ["", "## Levels not built", ""] + [f"- **{r.level}**: {r.error}" for r in missing]
@@ -100,7 +127,8 @@ def plot(report: CompressionReport, path: Path) -> None:
     axes[2].bar(list(positions), [score_of(r) for r in built], 0.6, color="tab:green")
     axes[2].set_title(f"{metric} (%)")
     low = min(score_of(r) for r in built)
-    axes[2].set_ylim(max(0.0, low - 5.0), 100.5)
+    high = max(score_of(r) for r in built)
+    axes[2].set_ylim(max(0.0, low - 5.0), max(100.5, high + 0.5))
     for axis in axes:
         axis.set_xticks(list(positions), names, rotation=30)
     figure.suptitle(f"{Path(report.model).name}: {report.quality_data}", fontsize=9)
@@ -110,8 +138,5 @@ def plot(report: CompressionReport, path: Path) -> None:
 
 
 def score_of(result: LevelResult) -> float:
-    if result.metric == "accuracy":
-        return result.accuracy_pct or 0.0
-    if result.metric == "agreement":
-        return result.agreement_pct or 0.0
-    return 100.0 * (result.cosine or 0.0)
+    """The figure the budget was judged by (measure.Quality.score)."""
+    return result.score or 0.0

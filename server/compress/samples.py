@@ -2,8 +2,11 @@
 
 A sample directory holds `.npz` files, one sample each (input name -> array), or
 `.npy` files for single-input models; files are read in name order. An evaluation
-directory may also hold `labels.npy`: one integer class per sample, in that order.
-A sample may carry its batch axis ([1, 64]) or not ([64]); it is added when missing.
+directory may also hold `labels.npy`: one integer class per sample, in that order, or
+any numeric array whose first axis follows the samples (padded label sequences, boxes)
+for a user metric (`metric.py`). A sample may carry its batch axis ([1, 64]) or not
+([64]); it is added when missing. Samples may differ in shape wherever the model's
+dimension is free (images of different sizes): each one is run on its own.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ class SampleSet:
     feeds: tuple[Feed, ...]
     labels: np.ndarray | None
     source: Path
+    names: tuple[str, ...] = ()       # file names, in feed order (for messages)
+
+    def name(self, index: int) -> str:
+        return self.names[index] if index < len(self.names) else f"#{index + 1}"
+
+    def varying_shapes(self) -> bool:
+        """Whether the samples differ in shape on some input."""
+        return len({tuple((name, array.shape) for name, array in sorted(feed.items())) for feed in self.feeds}) > 1
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -53,7 +64,8 @@ class SampleSet:
         if self.labels is not None:
             rows = np.cumsum([0] + [len(next(iter(feed.values()))) for feed in self.feeds])
             labels = np.concatenate([self.labels[rows[i]:rows[i + 1]] for i in indices])
-        return SampleSet(tuple(self.feeds[i] for i in indices), labels, self.source)
+        names = tuple(self.name(i) for i in indices) if self.names else ()
+        return SampleSet(tuple(self.feeds[i] for i in indices), labels, self.source, names)
 
     def rows(self) -> int:
         """Samples counted along the batch axis (a file may hold a batch)."""
@@ -79,6 +91,9 @@ def load_samples(directory: Path, specs: tuple[InputSpec, ...], *, role: str,
                  max_samples: int | None = None) -> SampleSet:
     """Read and check a sample directory; `role` ("calibration"/"evaluation") names it in errors."""
     directory = Path(directory)
+    if directory.is_file():
+        raise SampleError(f"{role} path {directory} is a file, not a directory; pass the directory that holds "
+                          "the sample files (one .npz or .npy per sample)")
     if not directory.is_dir():
         raise SampleError(f"{role} directory {directory} does not exist; pass a directory of .npz or .npy files")
     files = sorted(p for p in directory.iterdir() if p.suffix in {".npz", ".npy"} and p.name != LABELS_FILE)
@@ -92,7 +107,7 @@ def load_samples(directory: Path, specs: tuple[InputSpec, ...], *, role: str,
     if labels is not None and max_samples is not None:
         labels = labels[:sum(len(next(iter(feed.values()))) for feed in feeds)]
     logger.info("loaded role=%s samples=%d labels=%s dir=%s", role, len(feeds), labels is not None, directory)
-    return SampleSet(feeds, labels, directory)
+    return SampleSet(feeds, labels, directory, tuple(path.name for path in files))
 
 
 def read_file(path: Path, specs: tuple[InputSpec, ...], role: str) -> Feed:
@@ -136,15 +151,21 @@ def check_feed(feed: Feed, specs: tuple[InputSpec, ...], path: Path, role: str) 
 
 
 def read_labels(directory: Path, feeds: tuple[Feed, ...], specs: tuple[InputSpec, ...], role: str) -> np.ndarray:
-    labels = np.load(directory / LABELS_FILE, allow_pickle=False).reshape(-1)
+    try:
+        labels = np.load(directory / LABELS_FILE, allow_pickle=False)
+    except Exception as error:  # numpy: ValueError (pickled objects), OSError
+        raise SampleError(f"{directory / LABELS_FILE} cannot be read as a numpy array ({error}); "
+                          "write it with numpy.save, one row per sample") from error
     rows = sum(len(feed[specs[0].name]) for feed in feeds)
-    if labels.dtype.kind not in "iu":
-        raise SampleError(f"{directory / LABELS_FILE} holds {labels.dtype}, not integers; "
-                          "store one integer class per sample")
+    if labels.ndim <= 1 or (labels.ndim == 2 and labels.shape[1] == 1 and labels.dtype.kind in "iu"):
+        labels = labels.reshape(-1)
+    if labels.dtype.kind not in "iuf":
+        raise SampleError(f"{directory / LABELS_FILE} holds {labels.dtype}, not numbers; "
+                          "store one integer class (or one numeric row) per sample")
     if len(labels) != rows:
         raise SampleError(f"{directory / LABELS_FILE} has {len(labels)} labels for {rows} samples in {directory}; "
                           "give exactly one label per sample, in file-name order")
-    return labels.astype(np.int64)
+    return labels.astype(np.int64) if labels.dtype.kind in "iu" else labels
 
 
 def synthetic_feed(specs: tuple[InputSpec, ...], *, seed: int = 0) -> Feed:

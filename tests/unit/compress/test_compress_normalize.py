@@ -59,3 +59,20 @@ def test_an_operator_nobody_implements_is_refused_naming_it(tmp_path: Path) -> N
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     with pytest.raises(UnsupportedModelError, match="Frobnicate"):
         check_runnable(model, tmp_path / "weird.onnx")
+
+
+def test_subnormal_weights_are_flushed_to_zero_and_nothing_else_changes() -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    from fleetcast.server.compress.normalize import flush_subnormal_weights
+    from tests.unit.compress.builders import conv_model
+
+    model = conv_model()
+    weight = next(t for t in model.graph.initializer if t.name == "conv2.w")
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[:5] = np.float32(1e-40)
+    weight.CopyFrom(numpy_helper.from_array(values, "conv2.w"))
+    flushed = numpy_helper.to_array(next(t for t in flush_subnormal_weights(model).graph.initializer
+                                         if t.name == "conv2.w"))
+    assert (flushed.flat[:5] == 0).all() and np.array_equal(flushed.flat[5:], values.flat[5:])

@@ -136,7 +136,11 @@ def test_without_calibration_only_data_free_levels_are_built_and_the_report_says
     for level in ("balanced", "fastest", "smallest"):
         assert results[level].path is None and "--calibration" in results[level].error
     assert any("data-free" in note for note in report.notes)
-    assert results["lossless"].metric == "agreement" and results["lossless"].drop_pp == 0.0
+    # 4 validation samples cannot resolve a 1-point budget by top-1 agreement: judged by cosine
+    assert results["lossless"].metric == "cosine" and results["lossless"].drop_pp == 0.0
+    assert results["lossless"].agreement_pct == 100.0
+    assert any("cannot resolve a 1-point budget by top-1 agreement" in note and "at least 200" in note
+               for note in report.notes)
 
 
 def test_conv_model_is_quantized_with_calibration_from_an_old_opset_export(
