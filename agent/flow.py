@@ -200,15 +200,18 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.load_error = ""     # why the last load() started idle from an unreadable file
 
     def load(self) -> Record:
+        self.load_error = ""
         try:
             return Record.from_json(read_bounded(self.path, _MAX_STATE_BYTES))
         except FileNotFoundError:
             return Record()
-        except (ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
             # Written atomically, so this is tampering or a disk fault. The active
             # pointer still names a slot whose model is re-checked on load: start idle.
+            self.load_error = f"state file {self.path} is unreadable ({e}): started idle"
             logger.error("state_file=%s unreadable, starting idle: %s", self.path, e)
             return Record()
 
