@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv proto broker bench clean
+.PHONY: demo test venv proto broker bench clean fuzz schemathesis fuzz-venv
 
 venv: $(STAMP)
 
@@ -40,6 +40,27 @@ bench: venv broker
 	$(PY) benchmarks/delivery_bench.py swap --swaps 10 --threads 2
 	$(PY) benchmarks/infer_overhead.py --threads 1 --rounds 15
 	$(PY) benchmarks/compress_bench.py --nets digits
+
+# Coverage-guided fuzzing (atheris) of every parser that takes bytes from the network or
+# the disk, FUZZ_SECONDS per harness (fuzz/__init__.py lists them; results in build/fuzz/),
+# then schemathesis against the OpenAPI document of a real server on loopback.
+# Neither is part of `make test`, which replays the seeds and past crashes instead.
+FUZZ_SECONDS ?= 60
+SCHEMATHESIS_EXAMPLES ?= 25
+FUZZ_STAMP := $(VENV)/.fuzz-stamp
+
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,fuzz]'
+	touch $(FUZZ_STAMP)
+
+fuzz-venv: $(FUZZ_STAMP)
+
+fuzz: fuzz-venv
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) fcpack manifest state telemetry mqtt upload
+	$(PY) -m fuzz.api --examples $(SCHEMATHESIS_EXAMPLES)
+
+schemathesis: fuzz-venv
+	$(PY) -m fuzz.api --examples $(SCHEMATHESIS_EXAMPLES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

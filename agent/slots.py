@@ -88,6 +88,20 @@ def check_file(path: Path, sha256: str, length: int, what: str) -> None:
             f"(length {size} vs {length}, sha256 {actual[:12]} vs {sha256[:12]})")
 
 
+def parse_manifest(data: bytes, what: str = "slot manifest") -> VerifiedAssignment:
+    """A slot manifest's bytes as the assignment it records; raises VerificationError only."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise VerificationError(f"{what} is not JSON: {str(e)[:120]}") from e
+    try:
+        return VerifiedAssignment.from_saved(doc)
+    except VerificationError as e:
+        raise VerificationError(f"{what} is unreadable: {e}") from e
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+        raise VerificationError(f"{what} is unreadable: {type(e).__name__}: {str(e)[:120]}") from e
+
+
 @dataclass(frozen=True)
 class InstalledModel:
     slot: str
@@ -177,12 +191,12 @@ class Slots:
     def manifest(self, slot: str) -> VerifiedAssignment:
         """The slot's manifest alone (files not re-hashed); raises VerificationError."""
         try:
-            doc = json.loads(read_bounded(self.path(slot) / MANIFEST_FILE, _MAX_MANIFEST_BYTES))
-            return VerifiedAssignment.from_saved(doc)
+            data = read_bounded(self.path(slot) / MANIFEST_FILE, _MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             raise VerificationError(f"slot {slot} has no manifest: nothing installed") from None
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        except (OSError, ValueError) as e:
             raise VerificationError(f"slot {slot} manifest is unreadable: {e}") from e
+        return parse_manifest(data, f"slot {slot} manifest")
 
     @staticmethod
     def _copy(source: Path, dest: Path, sha256: str, length: int, what: str) -> None:
