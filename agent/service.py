@@ -1,8 +1,9 @@
 """The agent's main loop: serve the active model, listen for notices, run the flow.
 
 On start: load the trust root (missing or corrupt: `TrustRootError`, the CLI exits
-non-zero), load the model the `active` pointer names and serve it on the local API,
-enroll if needed, start the notifier and the telemetry sender, then resume any
+non-zero), serve the slot the start-up check chose (`agent/startup.py`: the slot's
+files re-checked against the signed image metadata; on a mismatch the other slot or
+nothing, reported once connected) on the local API, enroll if needed, start the notifier and the telemetry sender, then resume any
 deployment saved in `state.json`. Each notice triggers `Verifier.check()`; an
 assignment whose (deployment, sha256) differs from the one served, and that has not
 already failed here, runs the update flow. A check that fails verification (bad
@@ -25,7 +26,7 @@ from fleetcast.agent.control import ControlClient, MqttListener, MqttUplink, Not
 from fleetcast.agent.datadir import DataDir, write_atomic
 from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport, Transport
 from fleetcast.agent.errors import (
-    ActivationError, AgentError, ServerUnavailableError, TransientError, VerificationError,
+    ActivationError, ServerUnavailableError, TransientError, VerificationError,
 )
 from fleetcast.agent.flow import Event, FlowConfig, Handler, Outcome, Record, Runner, State, StateStore
 from fleetcast.agent.local_api import LocalApi
