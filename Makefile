@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv proto broker bench clean fuzz schemathesis fuzz-venv
+.PHONY: demo test venv proto broker bench clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,7 @@ bench: venv broker
 # the disk, FUZZ_SECONDS per harness (fuzz/__init__.py lists them; results in build/fuzz/),
 # then schemathesis against the OpenAPI document of a real server on loopback.
 # Neither is part of `make test`, which replays the seeds and past crashes instead.
+.PHONY: fuzz schemathesis fuzz-venv
 FUZZ_SECONDS ?= 60
 SCHEMATHESIS_EXAMPLES ?= 25
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
