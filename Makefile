@@ -75,5 +75,28 @@ bench: venv broker
 bench-bridge: venv browser
 	$(PY) benchmarks/bridge_bench.py --rounds 7 --calls 50
 
+
+# Coverage-guided fuzzing (atheris) of every parser that takes bytes from the network or
+# the disk, FUZZ_SECONDS per harness (fuzz/__init__.py lists them; results in build/fuzz/),
+# then schemathesis against the OpenAPI document of a real server on loopback.
+# Neither is part of `make test`, which replays the seeds and past crashes instead.
+.PHONY: fuzz schemathesis fuzz-venv
+FUZZ_SECONDS ?= 60
+SCHEMATHESIS_EXAMPLES ?= 25
+FUZZ_STAMP := $(VENV)/.fuzz-stamp
+
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,fuzz]'
+	touch $(FUZZ_STAMP)
+
+fuzz-venv: $(FUZZ_STAMP)
+
+fuzz: fuzz-venv
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) fcpack manifest state telemetry mqtt upload
+	$(PY) -m fuzz.api --examples $(SCHEMATHESIS_EXAMPLES)
+
+schemathesis: fuzz-venv
+	$(PY) -m fuzz.api --examples $(SCHEMATHESIS_EXAMPLES)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

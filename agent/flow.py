@@ -166,6 +166,16 @@ class Record:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Record":
+        """Parses `to_json()` output; raises ValueError (only) for anything else."""
+        try:
+            return cls._from_json(data)
+        except ValueError:
+            raise
+        except (KeyError, TypeError, OverflowError, RecursionError) as e:
+            raise ValueError(f"state.json is malformed: {type(e).__name__}: {str(e)[:120]}") from e
+
+    @classmethod
+    def _from_json(cls, data: bytes) -> "Record":
         doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("fleetcast_state") != 1:
             raise ValueError("state.json is not a Fleetcast state record")
@@ -200,15 +210,18 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.load_error = ""     # why the last load() started idle from an unreadable file
 
     def load(self) -> Record:
+        self.load_error = ""
         try:
             return Record.from_json(read_bounded(self.path, _MAX_STATE_BYTES))
         except FileNotFoundError:
             return Record()
-        except (ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError) as e:
             # Written atomically, so this is tampering or a disk fault. The active
             # pointer still names a slot whose model is re-checked on load: start idle.
+            self.load_error = f"state file {self.path} is unreadable ({e}): started idle"
             logger.error("state_file=%s unreadable, starting idle: %s", self.path, e)
             return Record()
 

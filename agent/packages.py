@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from fleetcast.agent.datadir import read_bounded
 from fleetcast.agent.errors import ActivationError, IncompatibleModelError
 from fleetcast.proto import formats
 
@@ -36,13 +37,20 @@ def runnable_format(fmt: str) -> str:
             f"model format {fmt[:40]!r} is not one this agent knows ({', '.join(RUNNABLE_FORMATS)})") from None
 
 
-def unpack(path: Path, fmt: str, *, max_bytes: int) -> Path | bytes:
-    """What the back end loads: the file itself, or the decoded model bytes for a package."""
+def unpack(path: Path, fmt: str, *, max_bytes: int, signed_length: int | None = None) -> Path | bytes:
+    """What the back end loads: the file itself, or the decoded model bytes for a package.
+
+    A package is read bounded by its signed length (when given) and decoded bounded by
+    `max_bytes`; the sizes it declares itself are never used to allocate."""
     if runnable_format(fmt) == fmt:
         return path
     from fleetcast.proto import fcpack   # onnx and zstandard: only needed for packages
 
-    data = path.read_bytes()
+    limit = fcpack.MAX_BODY_BYTES if signed_length is None else signed_length
+    try:
+        data = read_bounded(path, limit)
+    except (OSError, ValueError) as e:
+        raise ActivationError(f"the {fmt} package cannot be read within its {limit}-byte limit: {e}") from e
     try:
         model = fcpack.decode(data, max_bytes=max_bytes)
     except fcpack.PackageError as e:

@@ -59,7 +59,7 @@ def load_model(installed: InstalledModel, *, recorder: Recorder, threads: int,
     """
     a = installed.assignment
     backend = backends.choose(a.format, hardware_class)
-    model = packages.unpack(installed.model_path, a.format, max_bytes=max_model_bytes)
+    model = packages.unpack(installed.model_path, a.format, max_bytes=max_model_bytes, signed_length=a.length)
     session = backend.load(model, threads=threads, hardware_class=hardware_class)
     key = ModelKey(model=a.model, version=a.version, variant=a.variant, backend=backend.name)
     return LoadedModel(installed=installed, session=session, counters=recorder.counters_for(key))

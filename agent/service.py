@@ -1,8 +1,9 @@
 """The agent's main loop: serve the active model, listen for notices, run the flow.
 
 On start: load the trust root (missing or corrupt: `TrustRootError`, the CLI exits
-non-zero), load the model the `active` pointer names and serve it on the local API,
-enroll if needed, start the notifier and the telemetry sender, then resume any
+non-zero), serve the slot the start-up check chose (`agent/startup.py`: the slot's
+files re-checked against the signed image metadata; on a mismatch the other slot or
+nothing, reported once connected) on the local API, enroll if needed, start the notifier and the telemetry sender, then resume any
 deployment saved in `state.json`. Each notice triggers `Verifier.check()`; an
 assignment whose (deployment, sha256) differs from the one served, and that has not
 already failed here, runs the update flow. A check that fails verification (bad
@@ -30,9 +31,13 @@ from fleetcast.agent.errors import (
 from fleetcast.agent.flow import Event, FlowConfig, Handler, Outcome, Record, Runner, State, StateStore
 from fleetcast.agent.local_api import LocalApi
 from fleetcast.agent.runtime import LoadedModel, Runtime, load_model, smoke_test
-from fleetcast.agent.slots import Slots, check_file, manifest_digest, other
+from fleetcast.agent.signed_targets import SignedTargets
+from fleetcast.agent.slots import InstalledModel, Slots, check_file, manifest_digest, other
+from fleetcast.agent.startup import Startup, Step as StartupStep
 from fleetcast.agent.telemetry import Recorder, Sender, Spool, Uplink
-from fleetcast.agent.trust import GrpcMetadataFetcher, TrustConfig, Verifier, VerifiedAssignment, load_trust_root
+from fleetcast.agent.trust import (
+    GrpcMetadataFetcher, TrustConfig, TrustRoot, Verifier, VerifiedAssignment, load_trust_root,
+)
 from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, local_pb2
 
@@ -52,6 +57,7 @@ class Agent:
         self.last_error = ""
         self._reported_check_error = ""
         self._last_notice = ""
+        self._startup_problems: list[str] = []
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -68,7 +74,7 @@ class Agent:
                              config=FlowConfig(max_state_entries=self.config.max_state_entries,
                                                retry_backoff_max_s=self.config.retry_backoff_max_s),
                              on_transition=self._on_transition, stop=self.stop)
-        self._serve_active()
+        self._serve_active(trust_root)
         self.local_api = LocalApi(self.data.socket, self.runtime, self._status)
         self.local_api.start()
         write_atomic(self.data.agent_json, json.dumps(
@@ -79,6 +85,7 @@ class Agent:
             if not self._enroll():
                 return 0
             self._start_control(trust_root)
+            self._report_startup_problems()
             self.runner.resume()
             self.wake.set()
             self._loop()
@@ -223,28 +230,51 @@ class Agent:
     # ---- serving ------------------------------------------------------------------
 
     def _load(self, slot: str) -> LoadedModel:
-        return load_model(self.slots.load(slot), recorder=self.recorder,
+        return self._load_installed(self.slots.load(slot))
+
+    def _load_installed(self, installed: InstalledModel) -> LoadedModel:
+        return load_model(installed, recorder=self.recorder,
                           threads=self.config.intra_op_threads, hardware_class=self.config.hardware_class,
                           max_model_bytes=self.config.max_artifact_bytes)
 
-    def _serve_active(self) -> None:
-        """Serves the slot the pointer names; when idle and it is unusable, the other slot."""
-        slot = self.slots.active()
-        if slot is None:
+    def _serve_active(self, trust_root: TrustRoot) -> None:
+        """Serves what the start-up table (agent/startup.py) chose; remembers why it refused."""
+        startup: Startup[LoadedModel] = Startup(
+            slots=self.slots, device_id=self.config.device_id, load=self._load_installed,
+            signed=lambda: SignedTargets.load(trust_root, self.data.trust / "image",
+                                              TrustConfig(device_id=self.config.device_id)),
+            deploying=self.runner.record.state is not State.IDLE)
+        outcome = startup.run()
+        self._startup_problems = list(outcome.problems)
+        if self.runner.store.load_error:
+            self._startup_problems.insert(0, self.runner.store.load_error)
+        for problem in self._startup_problems:
+            logger.error("startup: %s", problem)
+        if outcome.step is StartupStep.EMPTY:
             logger.info("no model installed yet: waiting for an assignment")
+        elif outcome.step is StartupStep.REFUSE:
+            logger.error("startup: no slot verifies against the signed metadata: serving nothing "
+                         "until a new deployment installs a model")
+        if self._startup_problems:
+            self.last_error = "; ".join(self._startup_problems)
+        if outcome.model is not None and outcome.slot is not None:
+            if not outcome.pointer_ok or self.slots.active() != outcome.slot:
+                try:
+                    self.slots.flip(outcome.slot)
+                except OSError as e:   # e.g. `active` is a directory: serve, and say so
+                    self._startup_problems.append(f"active pointer cannot be rewritten: {e}")
+                    logger.error("startup: active pointer cannot be rewritten: %s", e)
+            self.runtime.swap(outcome.model)
+
+    def _report_startup_problems(self) -> None:
+        """Tells the server what start-up refused (device last_error); sent once connected."""
+        if not self._startup_problems:
             return
-        candidates = [slot] if self.runner.record.state is not State.IDLE else [slot, other(slot)]
-        for candidate in candidates:
-            try:
-                model = self._load(candidate)
-            except AgentError as e:
-                self.last_error = str(e)
-                logger.error("slot=%s cannot be served: %s", candidate, e)
-                continue
-            if candidate != slot:
-                self.slots.flip(candidate)
-            self.runtime.swap(model)
-            return
+        reason = "startup: " + "; ".join(self._startup_problems)
+        self.sender.report(device_pb2.StatusReport(
+            deployment_id="", state=self.runner.record.state.value, event=Event.FAILURE.value,
+            reason=reason[:1000], timestamp_ms=int(time.time() * 1000), active_model=self._active_name()),
+            now=True)
 
     def _active_name(self) -> str:
         current = self.runtime.current

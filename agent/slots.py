@@ -35,6 +35,7 @@ MODEL_FILES: Final[Mapping[str, str]] = {f.name: f.file_name for f in formats.FO
 GOLDEN_FILE: Final = "golden.npz"
 MANIFEST_FILE: Final = "manifest.json"
 _MAX_MANIFEST_BYTES: Final = 256 * 1024
+_MAX_POINTER_BYTES: Final = 16
 _COPY_CHUNK_BYTES: Final = 1024 * 1024
 
 
@@ -80,10 +81,26 @@ def check_file(path: Path, sha256: str, length: int, what: str) -> None:
         actual, size = hash_file(path, max_bytes=length)
     except FileNotFoundError:
         raise VerificationError(f"{what} file is missing") from None
+    except OSError as e:
+        raise VerificationError(f"{what} file cannot be read: {e}") from e
     if size != length or actual != sha256:
         raise VerificationError(
             f"{what} file does not match its signed length/sha256 "
             f"(length {size} vs {length}, sha256 {actual[:12]} vs {sha256[:12]})")
+
+
+def parse_manifest(data: bytes, what: str = "slot manifest") -> VerifiedAssignment:
+    """A slot manifest's bytes as the assignment it records; raises VerificationError only."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise VerificationError(f"{what} is not JSON: {str(e)[:120]}") from e
+    try:
+        return VerifiedAssignment.from_saved(doc)
+    except VerificationError as e:
+        raise VerificationError(f"{what} is unreadable: {e}") from e
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+        raise VerificationError(f"{what} is unreadable: {type(e).__name__}: {str(e)[:120]}") from e
 
 
 @dataclass(frozen=True)
@@ -106,12 +123,22 @@ class Slots:
     def active(self) -> str | None:
         """The slot the pointer names, None when there is none (or it is unreadable)."""
         try:
-            text = read_bounded(self.data.active_pointer, 16).decode("ascii", "replace").strip()
+            return self.read_pointer()
+        except VerificationError as e:
+            logger.error("%s: ignoring it", e)
+            return None
+
+    def read_pointer(self) -> str | None:
+        """The slot the pointer names, None when there is none; raises VerificationError
+        when the pointer is oversized, unreadable or names no slot."""
+        try:
+            text = read_bounded(self.data.active_pointer, _MAX_POINTER_BYTES).decode("ascii", "replace").strip()
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as e:
+            raise VerificationError(f"active pointer {self.data.active_pointer} is unreadable ({e})") from e
         if text not in LETTERS:
-            logger.error("active_pointer=%r is not a slot letter: ignoring it", text[:8])
-            return None
+            raise VerificationError(f"active pointer {self.data.active_pointer} holds {text[:8]!r}, not a slot letter")
         return text
 
     def flip(self, slot: str | None) -> None:
@@ -151,13 +178,7 @@ class Slots:
     def load(self, slot: str) -> InstalledModel:
         """The slot's model, re-checked against its manifest; raises VerificationError."""
         target = self.path(slot)
-        try:
-            doc = json.loads(read_bounded(target / MANIFEST_FILE, _MAX_MANIFEST_BYTES))
-            assignment = VerifiedAssignment.from_saved(doc)
-        except FileNotFoundError:
-            raise VerificationError(f"slot {slot} has no manifest: nothing installed") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise VerificationError(f"slot {slot} manifest is unreadable: {e}") from e
+        assignment = self.manifest(slot)
         model_path = target / model_file_name(assignment.format)
         check_file(model_path, assignment.sha256, assignment.length, f"slot {slot} model")
         golden_path = None
@@ -167,6 +188,16 @@ class Slots:
                        f"slot {slot} golden")
         return InstalledModel(slot=slot, assignment=assignment, model_path=model_path,
                               golden_path=golden_path)
+
+    def manifest(self, slot: str) -> VerifiedAssignment:
+        """The slot's manifest alone (files not re-hashed); raises VerificationError."""
+        try:
+            data = read_bounded(self.path(slot) / MANIFEST_FILE, _MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            raise VerificationError(f"slot {slot} has no manifest: nothing installed") from None
+        except (OSError, ValueError) as e:
+            raise VerificationError(f"slot {slot} manifest is unreadable: {e}") from e
+        return parse_manifest(data, f"slot {slot} manifest")
 
     @staticmethod
     def _copy(source: Path, dest: Path, sha256: str, length: int, what: str) -> None:

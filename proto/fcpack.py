@@ -41,7 +41,9 @@ A tensor's values are compared by their bits, so -0.0 and NaN payloads survive.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import struct
 from typing import Final
 
@@ -145,11 +147,23 @@ def unshuffle_bytes(data: bytes, dtype: np.dtype, count: int) -> np.ndarray:
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """Turn fcpack bytes back into ONNX model bytes. Raises PackageError.
+    """Turn fcpack bytes back into ONNX model bytes. Raises PackageError, and only that.
 
-    `max_bytes` bounds the decompressed body and the decoded tensors together: a
-    package that would decode to more is refused before it is expanded.
+    `max_bytes` bounds the decompressed body and the decoded tensors together (the
+    agent passes its limit for the signed artifact): a package that would decode to
+    more is refused before it is expanded. Sizes the data declares (the header's
+    `body_length`, a zstd frame's content size) are never trusted for allocation.
     """
+    try:
+        return _decode(data, max_bytes)
+    except PackageError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError) as error:
+        # Every check below should have caught it first; keep the documented contract anyway.
+        raise PackageError(f"the package is malformed ({type(error).__name__}: {error}); rebuild it") from error
+
+
+def _decode(data: bytes, max_bytes: int) -> bytes:
     header, body = read_header_and_body(data, max_bytes=max_bytes)
     proto = onnx.ModelProto()
     try:
@@ -161,12 +175,17 @@ def decode(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
     if not isinstance(header.get("tensors"), list):
         raise PackageError("the fcpack header has no tensor list; rebuild the package")
     for entry in header["tensors"]:
-        if not isinstance(entry, dict):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise PackageError("the fcpack header has a malformed tensor entry; rebuild the package")
-        tensor = by_name.get(entry.get("name"))
+        tensor = by_name.get(entry["name"])
         if tensor is None:
-            raise PackageError(f"the package stores tensor {entry['name']!r} that its graph lacks; rebuild the package")
-        budget -= decoded_size(entry)
+            raise PackageError(f"the package stores tensor {entry['name'][:80]!r} that its graph lacks; "
+                               "rebuild the package")
+        dtype, shape = entry_type(entry)
+        if ELEMENT_TYPES.get(tensor.data_type) is None or np.dtype(ELEMENT_TYPES[tensor.data_type]) != dtype:
+            raise PackageError(f"tensor {entry['name'][:80]!r}: stored as {dtype.str} but the graph "
+                               "declares another element type; rebuild the package")
+        budget -= math.prod(shape) * dtype.itemsize
         if budget < 0:
             raise PackageError(f"the package decodes to more than {max_bytes} bytes, over this device's limit")
         values = decode_tensor(entry, body)
@@ -174,20 +193,34 @@ def decode(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
     return proto.SerializeToString()
 
 
+_DTYPES: Final = frozenset(np.dtype(code).str for code in ELEMENT_TYPES.values())
+MAX_RANK: Final = 32
+MAX_HEADER_BYTES: Final = 64 * 1024**2
+
+
+def entry_type(entry: dict) -> tuple[np.dtype, tuple[int, ...]]:
+    """The tensor's element type and shape from its header entry; raises PackageError."""
+    name = str(entry.get("name"))[:80]
+    code, shape = entry.get("dtype"), entry.get("shape")
+    if not isinstance(code, str) or code not in _DTYPES:
+        raise PackageError(f"tensor {name!r} has element type {str(code)[:20]!r}, not one fcpack stores")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in shape):
+        raise PackageError(f"tensor {name!r} has a malformed shape (a list of at most {MAX_RANK} "
+                           "non-negative integers)")
+    return np.dtype(code), tuple(shape)
+
+
 def decoded_size(entry: dict) -> int:
     """Bytes the tensor takes once decoded, from its header entry alone."""
-    try:
-        count = 1
-        for dim in entry["shape"]:
-            if int(dim) < 0:
-                raise ValueError(f"negative dimension {dim}")
-            count *= int(dim)
-        return count * np.dtype(entry["dtype"]).itemsize
-    except (KeyError, TypeError, ValueError) as error:
-        raise PackageError(f"tensor {entry.get('name')!r} has a malformed entry ({error})") from error
+    dtype, shape = entry_type(entry)
+    return math.prod(shape) * dtype.itemsize
 
 
 def read_header_and_body(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> tuple[dict, bytes]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PackageError(f"an fcpack package is bytes, not {type(data).__name__}")
+    data = bytes(data)
     if len(data) < PREFIX.size:
         raise PackageError(f"{len(data)} bytes is too short for an fcpack package; was the download truncated?")
     magic, version, header_length = PREFIX.unpack_from(data)
@@ -197,61 +230,89 @@ def read_header_and_body(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> tup
         raise PackageError(f"fcpack version {version} is not supported (this decoder reads {VERSION}); "
                            "update the agent")
     header_end = PREFIX.size + header_length
+    if header_length > MAX_HEADER_BYTES or header_end > len(data):
+        raise PackageError(f"the fcpack header claims {header_length} bytes, more than the package holds")
     try:
         header = json.loads(data[PREFIX.size:header_end])
-        body_length = int(header["body_length"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise PackageError(f"the fcpack header is malformed ({error}); rebuild the package") from error
+    except (ValueError, RecursionError) as error:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise PackageError(f"the fcpack header is not JSON ({str(error)[:80]}); rebuild the package") from error
+    body_length = header.get("body_length") if isinstance(header, dict) else None
+    if not isinstance(body_length, int) or isinstance(body_length, bool):
+        raise PackageError("the fcpack header is malformed (no integer body_length); rebuild the package")
     limit = min(max_bytes, MAX_BODY_BYTES)
     if not 0 <= body_length <= limit:
         raise PackageError(f"the fcpack body claims {body_length} bytes, over the {limit} limit")
-    try:
-        body = zstandard.ZstdDecompressor().decompress(data[header_end:], max_output_size=body_length)
-    except zstandard.ZstdError as error:
-        raise PackageError(f"the fcpack body does not decompress ({error}); was the download truncated?") from error
-    if len(body) != body_length:
-        raise PackageError(f"the fcpack body is {len(body)} bytes, the header says {body_length}")
+    body = decompress_bounded(data[header_end:], body_length)
     return header, body
 
 
-def section(body: bytes, span: list[int] | None) -> bytes:
-    if span is None:
-        raise PackageError("the fcpack header lacks a section it needs; rebuild the package")
+def decompress_bounded(frame: bytes, expected: int) -> bytes:
+    """The one zstd frame's content, reading at most `expected` + 1 bytes of output.
+
+    A streaming reader is used so that the frame's declared content size never
+    decides how much memory is allocated.
+    """
     try:
-        offset, length = int(span[0]), int(span[1])
-    except (TypeError, ValueError, IndexError, KeyError) as error:
-        raise PackageError(f"the fcpack header has a malformed section span {str(span)[:40]}") from error
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame), read_across_frames=False) as reader:
+            parts, size = [], 0
+            while size <= expected:
+                chunk = reader.read(min(_READ_CHUNK_BYTES, expected + 1 - size))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+    except zstandard.ZstdError as error:
+        raise PackageError(f"the fcpack body does not decompress ({error}); was the download truncated?") from error
+    if size != expected:
+        raise PackageError(f"the fcpack body is {'more than ' if size > expected else ''}{size} bytes, "
+                           f"the header says {expected}")
+    return b"".join(parts)
+
+
+_READ_CHUNK_BYTES: Final = 4 * 1024**2
+
+
+def section(body: bytes, span: object) -> bytes:
+    if not (isinstance(span, list) and len(span) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in span)):
+        raise PackageError(f"the fcpack header has a missing or malformed section span {str(span)[:40]}")
+    offset, length = span
     if offset < 0 or length < 0 or offset + length > len(body):
         raise PackageError(f"fcpack section [{offset}, {offset + length}) lies outside the {len(body)}-byte body")
     return body[offset:offset + length]
 
 
 def decode_tensor(entry: dict, body: bytes) -> np.ndarray:
-    try:
-        dtype = np.dtype(entry["dtype"])
-        shape = tuple(int(d) for d in entry["shape"])
-        bits_dtype = np.dtype(BITS_TYPES[dtype.itemsize])
-    except (KeyError, TypeError, ValueError) as error:
-        raise PackageError(f"tensor {entry.get('name')!r} has a malformed entry ({error})") from error
-    total = int(np.prod(shape, dtype=np.int64))
+    dtype, shape = entry_type(entry)
+    name = str(entry.get("name"))[:80]
+    bits_dtype = np.dtype(BITS_TYPES[dtype.itemsize])
+    total = math.prod(shape)
     mask = None
     stored = total
     if entry.get("mask") is not None:
-        mask = np.unpackbits(np.frombuffer(section(body, entry["mask"]), np.uint8), count=total).astype(bool)
+        packed = section(body, entry["mask"])
+        if len(packed) != (total + 7) // 8:
+            raise PackageError(f"tensor {name!r}: its mask does not match its shape")
+        mask = np.unpackbits(np.frombuffer(packed, np.uint8), count=total).astype(bool)
         stored = int(mask.sum())
     data = section(body, entry.get("data"))
     if entry.get("encoding") == "codebook":
-        codebook = np.frombuffer(section(body, entry["codebook"]), bits_dtype)
+        table = section(body, entry.get("codebook"))
+        if len(table) % bits_dtype.itemsize or len(table) // bits_dtype.itemsize > CODEBOOK_MAX_ENTRIES:
+            raise PackageError(f"tensor {name!r}: its codebook is not whole {dtype.str} values, at most "
+                               f"{CODEBOOK_MAX_ENTRIES}")
+        codebook = np.frombuffer(table, bits_dtype)
         indices = np.frombuffer(data, np.uint8)
         if len(indices) != stored or (len(indices) and indices.max() >= len(codebook)):
-            raise PackageError(f"tensor {entry['name']!r}: codebook indices do not match its shape")
+            raise PackageError(f"tensor {name!r}: codebook indices do not match its shape")
         bits = codebook[indices]
     elif entry.get("encoding") == "raw":
         if len(data) != stored * dtype.itemsize:
-            raise PackageError(f"tensor {entry['name']!r}: {len(data)} bytes do not match its shape")
+            raise PackageError(f"tensor {name!r}: {len(data)} bytes do not match its shape")
         bits = unshuffle_bytes(data, bits_dtype, stored)
     else:
-        raise PackageError(f"tensor {entry['name']!r}: unknown encoding {entry.get('encoding')!r}; update the agent")
+        raise PackageError(f"tensor {name!r}: unknown encoding {str(entry.get('encoding'))[:20]!r}; "
+                           "update the agent")
     if mask is not None:
         full = np.zeros(total, bits_dtype)
         full[mask] = bits

@@ -54,7 +54,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         code = HTTP_CODES.get(e.status, "http_error")
-        return _error_body(e.status, code, f"{e.reason}: {request.method} {request.path}")
+        response = _error_body(e.status, code, f"{e.reason}: {request.method} {request.path}")
+        if "Allow" in e.headers:   # a 405 must say which methods the resource has
+            response.headers["Allow"] = e.headers["Allow"]
+        return response
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except Exception:

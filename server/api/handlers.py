@@ -8,7 +8,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
@@ -33,6 +34,15 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # -- models ---------------------------------------------------------------------------
+
+async def _next_part(reader: MultipartReader) -> Any:
+    """The next part; a malformed part header is the client's error (400), not a crash."""
+    try:
+        return await reader.next()
+    except HttpProcessingError as e:
+        raise InvalidRequest(f"the multipart body is malformed ({str(e.message)[:120]}); "
+                             "send multipart/form-data with plain field names") from e
+
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(CHUNK_BYTES):
@@ -60,8 +70,12 @@ async def upload_model(request: web.Request) -> web.Response:
     staged: dict[str, StagedFile] = {}
     fields: dict[str, str] = {}
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        try:
+            reader = await request.multipart()
+        except (KeyError, ValueError) as e:   # no boundary, or one over 70 characters
+            raise InvalidRequest("the multipart/form-data Content-Type needs a boundary of at most "
+                                 "70 characters") from e
+        while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("nested multipart bodies are not accepted")
             if part.name in bounds and part.name not in staged:

@@ -58,8 +58,9 @@ BODIES: dict[str, dict[str, Any]] = {
     "enroll-token": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "properties": {
             "group": {"type": "string", "default": ""},
-            "expires_s": {"type": "number", "description": "lifetime in seconds (default: none)"},
-            "uses": {"type": "integer", "minimum": 1, "description": "enrollments admitted (default: no limit)"},
+            "expires_s": {"type": ["number", "null"], "description": "lifetime in seconds (absent or null: none)"},
+            "uses": {"type": ["integer", "null"], "minimum": 1,
+                     "description": "enrollments admitted (absent or null: no limit)"},
         }}}}},
     "pin": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/PinRequest"}}}},
