@@ -59,7 +59,7 @@ def _operation(route: Route) -> dict[str, Any]:
     ]
     params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in route.query]
     ok = "201" if route.reply == "created" else "200"
-    media = "application/octet-stream" if route.reply == "binary" else "application/json"
+    media = {"binary": "application/octet-stream", "text": "text/plain"}.get(route.reply, "application/json")
     responses: dict[str, Any] = {ok: {"description": "success", "content": {media: {"schema": {}}}}}
     if route.reply == "binary" and "artifacts" in route.path:
         responses["206"] = {"description": "the requested Range"}
@@ -75,7 +75,8 @@ def _operation(route: Route) -> dict[str, Any]:
         op["parameters"] = params
     if route.body != "none":
         op["requestBody"] = BODIES[route.body]
-    op["security"] = [] if route.auth == "public" else [{"operatorToken": []} if route.auth == "operator" else {"deviceToken": []}]
+    schemes = {"operator": "operatorToken", "device": "deviceToken", "metrics": "metricsToken"}
+    op["security"] = [] if route.auth == "public" else [{schemes[route.auth]: []}]
     return op
 
 
@@ -93,6 +94,8 @@ def document(routes: Sequence[Route], *, server_url: str | None = None) -> dict[
             "securitySchemes": {
                 "operatorToken": {"type": "http", "scheme": "bearer", "description": "DATA/operator-token"},
                 "deviceToken": {"type": "http", "scheme": "bearer", "description": "the token Enroll returned"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "DATA/metrics-token (read-only: /metrics); the operator token works too"},
             },
         },
     }
