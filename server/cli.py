@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamp-expiry-s", type=float, metavar="S", help="lifetime of signed timestamps (default 86400)")
     p.add_argument("--refresh-interval-s", type=float, metavar="S",
                    help="how often to re-sign timestamps near expiry (default 3600; 0 disables)")
+    p.add_argument("--device-interval-s", type=float, metavar="S",
+                   help="a live device is seen at least this often; unseen longer it is late (default 60)")
+    p.add_argument("--device-offline-after-s", type=float, metavar="S",
+                   help="a device unseen this long is offline (default 5 x --device-interval-s: 300)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return p
 
@@ -93,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             timestamp_expiry_s=args.timestamp_expiry_s, refresh_interval_s=args.refresh_interval_s,
             public_url=args.public_url, max_upload_bytes=args.max_upload_bytes,
             compress_calibration_samples=args.compress_calibration_samples,
-            compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s, environ=os.environ,
+            compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s,
+            device_interval_s=args.device_interval_s, device_offline_after_s=args.device_offline_after_s,
+            environ=os.environ,
         )
         asyncio.run(serve(config))
     except FleetcastError as e:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.liveness import LivenessConfig
 from fleetcast.server.signing import SigningConfig
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class ServerConfig:
     compress_budget_pp: float = 1.0              # allowed quality drop, percentage points
     compress_latency_s: float = 1.0              # timing per latency measurement
     compress_stop_grace_s: float = 30.0          # shutdown waits this long for a job to stop
+    # When a device counts as online, late or offline (fleetcast.server.liveness).
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
 
     @property
     def keys_dir(self) -> Path:
@@ -76,6 +79,8 @@ def load(
     compress_calibration_samples: int | None = None,
     compress_eval_samples: int | None = None,
     compress_latency_s: float | None = None,
+    device_interval_s: float | None = None,
+    device_offline_after_s: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
@@ -113,6 +118,12 @@ def load(
         if compress_latency_s <= 0:
             raise InvalidRequest("--compress-latency-s must be positive")
         config = replace(config, compress_latency_s=compress_latency_s)
+    if device_interval_s is not None or device_offline_after_s is not None:
+        interval = config.liveness.expected_interval_s if device_interval_s is None else device_interval_s
+        offline = 5 * interval if device_offline_after_s is None else device_offline_after_s
+        if not 0 < interval < offline:
+            raise InvalidRequest("--device-interval-s must be positive and below --device-offline-after-s")
+        config = replace(config, liveness=LivenessConfig(expected_interval_s=interval, offline_after_s=offline))
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

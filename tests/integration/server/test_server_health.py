@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -10,7 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.integration.server.conftest import RunningServer, launch
+from fleetcast.proto.v1 import device_pb2 as pb
+from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
+from tests.integration.server.conftest import RunningServer, auth, launch
+from tests.support.waiting import wait_for
 
 DEVICE_SERVICE = "fleetcast.v1.DeviceService"
 
@@ -82,3 +86,25 @@ def test_the_openapi_document_lists_the_monitoring_routes(server: RunningServer)
     assert doc["paths"]["/metrics"]["get"]["security"] == [{"metricsToken": []}]
     assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     json.dumps(doc)  # stays serializable
+
+
+def _liveness(running: RunningServer, device_id: str) -> dict:
+    status, doc = running.json("GET", f"/v1/devices/{device_id}")
+    assert status == 200, doc
+    return doc["liveness"]
+
+
+def test_an_open_watch_stream_alone_keeps_a_device_online(tmp_path: Path) -> None:
+    with launch(tmp_path, "--device-interval-s", "1.5", "--device-offline-after-s", "4") as running:
+        token = running.enroll("watcher-1")
+        channel = grpc.insecure_channel(running.grpc)
+        stream = pb_grpc.DeviceServiceStub(channel).WatchAssignments(
+            pb.WatchRequest(device_id="watcher-1"), metadata=auth(token))
+        next(stream)  # the current notice: the stream is open
+        time.sleep(4.5)  # past offline_after: nothing but the open stream was sent
+        live = _liveness(running, "watcher-1")
+        assert live["state"] == "online" and live["expected_interval_s"] == 1.5 and live["offline_after_s"] == 4
+        stream.cancel()
+        channel.close()
+        wait_for(lambda: _liveness(running, "watcher-1")["state"] == "late", timeout_s=10, what="late")
+        wait_for(lambda: _liveness(running, "watcher-1")["state"] == "offline", timeout_s=10, what="offline")
