@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -42,9 +43,10 @@ def _send(running: RunningServer, device_id: str, token: str, latencies_ms: np.n
 def seeded(tmp_path_factory: pytest.TempPathFactory):
     rng = np.random.default_rng(11)
     raw: dict[str, np.ndarray] = {}
+    tokens: dict[str, str] = {}
     with launch(tmp_path_factory.mktemp("metrics")) as running:
         for i, (device_id, hardware) in enumerate(FLEET.items()):
-            token = _enroll(running, device_id, hardware)
+            token = tokens[device_id] = _enroll(running, device_id, hardware)
             # Each hardware class is slower than the last: the fleet-wide p95 is not any device's.
             raw[device_id] = rng.lognormal(mean=np.log(2.0 * (i + 1)), sigma=0.6, size=SAMPLES_PER_DEVICE)
             _send(running, device_id, token, raw[device_id], errors=i)
@@ -52,6 +54,11 @@ def seeded(tmp_path_factory: pytest.TempPathFactory):
         assert status == 201
         status, dep = running.json("POST", "/v1/deployments", {"model": "metrics-model", "target": "group:metrics"})
         assert status == 201, dep
+        # One device has installed it and serves it; the other three are still pending.
+        running.stub().ReportStatus(pb.StatusReport(
+            deployment_id=dep["id"], state="commit", event="success", model="metrics-model", version="1",
+            active_model="metrics-model@1", final=True, outcome="installed"), metadata=auth(tokens["m-x86-1"]),
+            timeout=10)
         yield running, raw, dep
 
 
@@ -108,7 +115,9 @@ def test_fleet_gauges_count_devices_by_state_hardware_and_deployment_progress(se
     assert online == len(FLEET)  # all sent telemetry just now
     progress = {s.labels["outcome"]: s.value for s in f["fleetcast_deployment_devices"]
                 if s.labels["deployment_id"] == dep["id"]}
-    assert progress == {"pending": len(FLEET)}
+    assert progress == {"pending": len(FLEET) - 1, "installed": 1}
+    serving = {(s.labels["model"], s.labels["version"]): s.value for s in f["fleetcast_devices_serving"]}
+    assert serving == {("metrics-model", "1"): 1}
     assert {s.labels["status"]: s.value for s in f["fleetcast_deployments"]} == {"active": 1}
 
 
@@ -168,3 +177,25 @@ def test_http_requests_are_counted_by_route_template_not_by_path(seeded) -> None
     hits = sum(s.value for s in f["fleetcast_http_requests"]
                if s.labels["route"] == "/v1/devices/{id}" and s.labels["status"] == "200")
     assert hits >= len(FLEET)
+
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "fleetcast-fleet.json"
+PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "le", "label_values"}
+
+
+def test_the_grafana_dashboard_queries_only_series_the_server_exports(seeded) -> None:
+    running, _, _ = seeded
+    exported = {s.name for samples in _families(_scrape(running, "operator")[2]).values() for s in samples}
+    doc = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in doc["templating"]["list"] if v.get("definition")]
+    assert len(exprs) >= 10
+    used = set()
+    for expr in exprs:
+        without_labels = re.sub(r"\{[^}]*\}|\[[^]]*\]|\"[^\"]*\"", "", expr)
+        without_grouping = re.sub(r"by \([^)]*\)", "", without_labels)
+        used |= {w for w in re.findall(r"[a-z_][a-z0-9_]*", without_grouping) if w not in PROMQL_WORDS}
+        used -= {"model", "version", "hardware_class"}  # label_values(..., label)
+    assert used, exprs
+    assert used <= exported, f"the dashboard queries series the server does not export: {sorted(used - exported)}"
+    assert not any("device_id" in e for e in exprs)
