@@ -14,9 +14,12 @@ over its variants, or null when that version has not reported yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server import liveness
@@ -56,11 +59,6 @@ class Series:
     latency_sum_ms: float = 0.0
     histogram: tuple[int, ...] = tuple(buckets.empty())
 
-    def add(self, a: Aggregate) -> "Series":
-        return Series(inferences=self.inferences + a.inferences, errors=self.errors + a.errors,
-                      latency_sum_ms=self.latency_sum_ms + a.latency_sum_ms,
-                      histogram=tuple(buckets.merge(list(self.histogram), a.histogram)))
-
     def figures(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "inferences": self.inferences, "errors": self.errors,
@@ -70,12 +68,17 @@ class Series:
         return out
 
 
-def merge(aggregates: Iterable[Aggregate], key: Any) -> dict[Any, Series]:
-    """Sums aggregates by `key(aggregate)` (bucket counts added element-wise)."""
-    out: dict[Any, Series] = {}
+def merge(aggregates: Iterable[Aggregate], key: Callable[[Aggregate], Any]) -> dict[Any, Series]:
+    """Sums aggregates by `key(aggregate)` (bucket counts added element-wise, exactly: int64)."""
+    groups: dict[Any, list[Aggregate]] = {}
     for a in aggregates:
-        k = key(a)
-        out[k] = out.get(k, Series()).add(a)
+        groups.setdefault(key(a), []).append(a)
+    out: dict[Any, Series] = {}
+    for k, items in groups.items():
+        histograms = np.asarray([a.histogram for a in items], dtype=np.int64).reshape(len(items), buckets.BUCKETS)
+        out[k] = Series(inferences=sum(a.inferences for a in items), errors=sum(a.errors for a in items),
+                        latency_sum_ms=math.fsum(a.latency_sum_ms for a in items),
+                        histogram=tuple(int(x) for x in histograms.sum(axis=0)))
     return out
 
 
