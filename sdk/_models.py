@@ -196,6 +196,7 @@ class VersionStats:
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+    variant: str | None = None  # None: summed over the version's variants
 
     @classmethod
     def from_json(cls, doc: JsonDoc) -> VersionStats:
@@ -208,6 +209,7 @@ class VersionStats:
             p50_ms=_float(doc.get("p50_ms")),
             p95_ms=_float(doc.get("p95_ms")),
             p99_ms=_float(doc.get("p99_ms")),
+            variant=doc.get("variant"),
         )
 
 
@@ -225,6 +227,8 @@ class Device:
     state: str | None
     stats: tuple[VersionStats, ...]
     raw: JsonDoc = field(repr=False, compare=False)
+    liveness: str | None = None          # online | late | offline (None from servers before liveness)
+    serving: VersionStats | None = None  # the active version's own figures, from the server
 
     @classmethod
     def from_json(cls, doc: JsonDoc) -> Device:
@@ -240,23 +244,33 @@ class Device:
             state=doc.get("state"),
             stats=tuple(VersionStats.from_json(s) for s in doc.get("telemetry") or ()),
             raw=doc,
+            liveness=(doc.get("liveness") or {}).get("state"),
+            serving=VersionStats.from_json(doc["serving"]) if doc.get("serving") else None,
         )
 
     @property
     def active_stats(self) -> VersionStats | None:
-        """The statistics of the active model version, else of the busiest one."""
-        for s in self.stats:
-            if s.model == self.active_model and s.version == self.active_version:
-                return s
-        return max(self.stats, key=lambda s: s.inferences, default=None)
+        """The figures of the active model version only; None until that version reports.
+
+        Never another version's figures: a device that just updated shows nothing
+        rather than the latency of the version it replaced.
+        """
+        if self.serving is not None:
+            return self.serving
+        mine = [s for s in self.stats if s.model == self.active_model and s.version == self.active_version]
+        return mine[0] if len(mine) == 1 else None  # several variants: only the server can merge them
 
     @property
-    def inferences(self) -> int:
-        return sum(s.inferences for s in self.stats)
+    def inferences(self) -> int | None:
+        """Inferences of the active version (None when it has no figures yet)."""
+        stats = self.active_stats
+        return None if stats is None else stats.inferences
 
     @property
-    def errors(self) -> int:
-        return sum(s.errors for s in self.stats)
+    def errors(self) -> int | None:
+        """Failed inferences of the active version (None when it has no figures yet)."""
+        stats = self.active_stats
+        return None if stats is None else stats.errors
 
 
 def _float(value: Any) -> float | None:

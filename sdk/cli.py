@@ -371,9 +371,9 @@ def cmd_device_list(client: Client, args: argparse.Namespace) -> int:
     devices = client.list_devices()
     now = datetime.now(UTC)
     _emit(args, {"devices": [d.raw for d in devices]}, lambda: _table.render(
-        ["device", "hardware", "backends", "active", "state", "p50/p95 ms", "inferences",
+        ["device", "hardware", "backends", "active", "state", "liveness", "p50/p95 ms", "inferences",
          "errors", "last seen"],
-        [(d.id, d.hardware_class, d.backends, _active(d), d.state, _latency(d), d.inferences,
+        [(d.id, d.hardware_class, d.backends, _active(d), d.state, d.liveness, _latency(d), d.inferences,
           d.errors, _ago(d.last_seen, now)) for d in devices]))
     return 0
 
@@ -538,16 +538,17 @@ def _device_text(device: Device) -> str:
     head = _table.fields([
         ("device", device.id), ("hardware", device.hardware_class),
         ("backends", device.backends), ("group", device.group), ("active", _active(device)),
-        ("state", device.state), ("last seen", _when(device.last_seen)),
+        ("state", device.state), ("liveness", device.liveness), ("last seen", _when(device.last_seen)),
         *_assignment_rows(device.raw.get("assignment")),
         # what each back end's start-up probe found: version, accelerator, fallback
         *sorted((k, v) for k, v in (device.raw.get("labels") or {}).items() if k.startswith("backend.")),
     ])
     stats = _table.render(
-        ["model", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms"],
-        [(f"{s.model}@{s.version}", s.inferences, s.errors, s.p50_ms, s.p95_ms, s.p99_ms)
+        ["model", "variant", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms"],
+        [(f"{s.model}@{s.version}", s.variant, s.inferences, s.errors, s.p50_ms, s.p95_ms, s.p99_ms)
          for s in device.stats])
-    return f"{head}\n\n{stats}"
+    note = device.raw.get("percentiles")
+    return f"{head}\n\n{stats}" + (f"\n\npercentiles: {note}" if note else "")
 
 
 def _assignment_rows(assignment: Any) -> list[tuple[str, Any]]:

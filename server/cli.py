@@ -71,6 +71,10 @@ def parser() -> argparse.ArgumentParser:
                    help="memory (address space) limit of that child process (default 4294967296)")
     p.add_argument("--allow-shared-data-dir", action="store_true",
                    help="start even when other users can read the data dir (default: refuse)")
+    p.add_argument("--device-interval-s", type=float, metavar="S",
+                   help="a live device is seen at least this often; unseen longer it is late (default 60)")
+    p.add_argument("--device-offline-after-s", type=float, metavar="S",
+                   help="a device unseen this long is offline (default 5 x --device-interval-s: 300)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return p
 
@@ -140,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             compress_calibration_samples=args.compress_calibration_samples,
             compress_eval_samples=args.compress_eval_samples, compress_latency_s=args.compress_latency_s,
             upload_check_time_s=args.upload_check_time_s, upload_check_memory_bytes=args.upload_check_memory_bytes,
-            allow_shared_data_dir=args.allow_shared_data_dir, environ=os.environ,
+            allow_shared_data_dir=args.allow_shared_data_dir,
+            device_interval_s=args.device_interval_s, device_offline_after_s=args.device_offline_after_s,
+            environ=os.environ,
             insecure_loopback_plaintext=args.insecure_loopback_plaintext, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_names=tuple(args.tls_name),
         )

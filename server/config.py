@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.liveness import LivenessConfig
 from fleetcast.server.signing import SigningConfig
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class ServerConfig:
     max_golden_unpacked_bytes: int = 256 * MiB   # a golden .npz's arrays, unpacked (given or computed)
     orphan_blob_grace_s: float = 3600.0          # unreferenced blobs older than this are removed at start
     allow_shared_data_dir: bool = False          # start even when others can read the data dir
+    # When a device counts as online, late or offline (fleetcast.server.liveness).
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
 
     @property
     def keys_dir(self) -> Path:
@@ -101,6 +104,8 @@ def load(
     upload_check_time_s: float | None = None,
     upload_check_memory_bytes: int | None = None,
     allow_shared_data_dir: bool = False,
+    device_interval_s: float | None = None,
+    device_offline_after_s: float | None = None,
     environ: Mapping[str, str] | None = None,
     insecure_loopback_plaintext: bool = False,
     tls_cert: Path | None = None,
@@ -154,6 +159,12 @@ def load(
         config = replace(config, upload_check_memory_bytes=upload_check_memory_bytes)
     if allow_shared_data_dir:
         config = replace(config, allow_shared_data_dir=True)
+    if device_interval_s is not None or device_offline_after_s is not None:
+        interval = config.liveness.expected_interval_s if device_interval_s is None else device_interval_s
+        offline = 5 * interval if device_offline_after_s is None else device_offline_after_s
+        if not 0 < interval < offline:
+            raise InvalidRequest("--device-interval-s must be positive and below --device-offline-after-s")
+        config = replace(config, liveness=LivenessConfig(expected_interval_s=interval, offline_after_s=offline))
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
@@ -103,11 +106,14 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         device_id = await self._device(context)
         if request.device_id and request.device_id != device_id:
             raise Unauthenticated(f"this token belongs to device {device_id!r}, not {request.device_id[:80]!r}")
-        with self.s.hub.watch(device_id) as watcher:
+        # An open stream keeps the device online (fleetcast.server.liveness).
+        await asyncio.to_thread(self.s.store.touch_device, device_id, time.time())
+        with self.s.hub.watch(device_id) as watcher, self.s.presence.watching(device_id):
             current = await asyncio.to_thread(self.s.deployments.current_notice, device_id)
             yield pb.AssignmentNotice(director_version=current.director_version, deployment_id=current.deployment_id)
             while (notice := await watcher.next()) is not None:
                 yield pb.AssignmentNotice(director_version=notice.director_version, deployment_id=notice.deployment_id)
+        await asyncio.to_thread(self.s.store.touch_device, device_id, time.time())
         logger.debug("watch ended device_id=%s", device_id)
 
     @unary
@@ -171,11 +177,28 @@ def server_credentials(services: Services) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(certs.server_key, certs.server_cert)], require_client_auth=False)
 
 
-async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+DEVICE_SERVICE: Final = pb.DESCRIPTOR.services_by_name["DeviceService"].full_name
+
+
+def add_health_and_reflection(server: grpc.aio.Server, checker: health.aio.HealthServicer) -> None:
+    """The standard grpc.health.v1 service (overall "" and DeviceService) and server reflection."""
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    reflection.enable_server_reflection(
+        (DEVICE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+
+async def start_grpc(
+    services: Services, host: str, port: int, *, checker: health.aio.HealthServicer | None = None,
+) -> tuple[grpc.aio.Server, int]:
     """Starts the servicer; returns the server and the port it bound (port 0 picks one).
 
     The port is opened without SO_REUSEPORT (gRPC's default allows it), so a second server
-    on the same port fails to start instead of sharing the port with the first."""
+    on the same port fails to start instead of sharing the port with the first.
+    `checker` answers grpc.health.v1: SERVING for "" and DeviceService once the port is
+    bound; the caller calls `checker.enter_graceful_shutdown()` (NOT_SERVING) before
+    the stop's grace period so balancers drain this replica first.
+    """
+    checker = checker or health.aio.HealthServicer()
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
@@ -184,6 +207,7 @@ async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ])
     pb_grpc.add_DeviceServiceServicer_to_server(DeviceService(services), server)
+    add_health_and_reflection(server, checker)
     credentials = server_credentials(services)
     address = f"{host}:{port}"
     try:
@@ -194,5 +218,8 @@ async def start_grpc(services: Services, host: str, port: int) -> tuple[grpc.aio
         raise OSError(f"gRPC cannot listen on {host}:{port}: the address is in use or not local "
                       "(another fleetcast server?); stop it or choose another --grpc")
     await server.start()
+    for name in ("", DEVICE_SERVICE):
+        await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("grpc serving address=%s:%d tls=%s", host, bound, credentials is not None)
     return server, bound
+

@@ -6,7 +6,7 @@ The HTTP app and the gRPC servicer both take one `Services`; neither builds its 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetcast.server import datadir
@@ -15,6 +15,7 @@ from fleetcast.server.certificates import Certificates, server_names
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import Deployments
 from fleetcast.server.fleet import Fleet
+from fleetcast.server.liveness import Presence
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
 from fleetcast.server.samples import SampleLimits
@@ -39,6 +40,8 @@ class Services:
     telemetry: Telemetry
     operator_token: str
     certificates: Certificates | None = None
+    metrics_token: str = ""  # read-only: GET /metrics only (DATA/metrics-token)
+    presence: Presence = field(default_factory=Presence)  # devices with an open watch stream
 
     def close(self) -> None:
         self.registry.uploads.shutdown(wait=True, cancel_futures=True)
@@ -62,6 +65,7 @@ def open_services(config: ServerConfig) -> Services:
         signer = Signer.open(config.keys_dir, store, config.signing)
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
+        metrics_token = datadir.ensure_token(data / "metrics-token")
         datadir.write_atomic(data / "trust-root.json", signer.trust_root())
         certificates = Certificates.open(
             config.tls_dir, names=server_names([config.http_host, config.grpc_host], config.tls_names),
@@ -93,4 +97,5 @@ def open_services(config: ServerConfig) -> Services:
         fleet=Fleet(store=store, enroll_token=enroll_token, certificates=certificates), registry=registry,
         deployments=Deployments(store=store, signer=signer, registry=registry, hub=hub),
         telemetry=Telemetry(store=store), operator_token=operator_token, certificates=certificates,
+        metrics_token=metrics_token,
     )

@@ -11,19 +11,22 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
+from grpc_health.v1 import health
 
 from fleetcast.proto.brokerauth import BrokerAuth
-from fleetcast.server import refresher
-from fleetcast.server.api import openapi
-from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, OPENAPI, SERVICES, Addresses
+from fleetcast.server import liveness, refresher
+from fleetcast.server.api import monitoring, openapi
+from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, METRICS, OPENAPI, SERVICES, Addresses
 from fleetcast.server.api.routes import ROUTES, Handler, Route
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.errors import FleetcastError, Unauthenticated, http_status
 from fleetcast.server.grpc_service import start_grpc
+from fleetcast.server.metrics import Metrics
 from fleetcast.server.notify import MqttBridge, mqtt_client_id
 from fleetcast.server.services import Services, open_services
 from fleetcast.server.upstream import Upstream
@@ -81,12 +84,19 @@ def guard(route: Route) -> Handler:
             raise Unauthenticated("operator token missing or wrong: send 'Authorization: Bearer <DATA/operator-token>'")
         return await handler(request)
 
+    async def metrics_reader(request: web.Request) -> web.StreamResponse:
+        token = (_bearer(request) or "").encode()[:512]
+        s = request.app[SERVICES]
+        if not any(hmac.compare_digest(token, t.encode()) for t in (s.metrics_token, s.operator_token) if t):
+            raise Unauthenticated("metrics token missing or wrong: send 'Authorization: Bearer <DATA/metrics-token>'")
+        return await handler(request)
+
     async def device(request: web.Request) -> web.StreamResponse:
         fleet = request.app[SERVICES].fleet
         request[DEVICE_ID] = await asyncio.to_thread(fleet.authenticate, _bearer(request))
         return await handler(request)
 
-    return {"operator": operator, "device": device, "public": handler}[route.auth]
+    return {"operator": operator, "device": device, "public": handler, "metrics": metrics_reader}[route.auth]
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -109,9 +119,16 @@ async def builds_ctx(app: web.Application) -> AsyncIterator[None]:
 async def grpc_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     config = services.config
-    server, port = await start_grpc(services, config.grpc_host, config.grpc_port)
+    checker = health.aio.HealthServicer()
+    server, port = await start_grpc(services, config.grpc_host, config.grpc_port, checker=checker)
     app[ADDRESSES].grpc = f"{config.grpc_host}:{port}"
+    toucher = asyncio.create_task(liveness.run_toucher(
+        services.presence, services.store, interval_s=config.liveness.touch_interval_s, clock=time.time))
     yield
+    toucher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await toucher
+    await checker.enter_graceful_shutdown()  # health says NOT_SERVING before the grace period
     services.hub.close()  # ends open WatchAssignments streams cleanly before the grace period
     await server.stop(config.grpc_grace_s)
 
@@ -148,8 +165,9 @@ async def refresher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: ServerConfig) -> web.Application:
     services = open_services(config)
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BYTES)
+    app = web.Application(middlewares=[monitoring.request_metrics, error_middleware], client_max_size=MAX_JSON_BYTES)
     app[SERVICES] = services
+    app[METRICS] = Metrics(services.store, config=config.liveness)
     app[ADDRESSES] = Addresses()
     app[OPENAPI] = openapi.document(ROUTES, server_url=config.public_url)
     for route in ROUTES:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from fleetcast.server import fleetview
 from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
@@ -168,18 +170,7 @@ async def download_version(request: web.Request) -> web.FileResponse:
 
 def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
     s = request.app[SERVICES]
-    assignment = s.store.assignment(d.device_id)
-    doc = assignment.document if assignment else None
-    return {
-        "id": d.device_id, "hardware_class": d.hardware_class, "backends": list(d.backends), "group": d.group,
-        "labels": dict(d.labels), "agent_version": d.agent_version, "enrolled_at": d.enrolled_at,
-        "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
-        "deployment_id": d.deployment_id or None,
-        "last_error": {"reason": d.last_error, "at": d.last_error_at} if d.last_error else None,
-        "assignment": None if doc is None else {**{k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
-                                                "format": doc.get("format"), "why": doc.get("why", "")},
-        "telemetry": s.telemetry.summary(d.device_id),
-    }
+    return fleetview.device_document(s.store, d, now=time.time(), config=s.config.liveness)
 
 
 async def list_devices(request: web.Request) -> web.Response:

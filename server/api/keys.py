@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from fleetcast.server.metrics import Metrics
 from fleetcast.server.services import Services
 
 
@@ -21,3 +22,4 @@ SERVICES = web.AppKey("services", Services)
 ADDRESSES = web.AppKey("addresses", Addresses)
 DEVICE_ID = web.RequestKey("device_id", str)
 OPENAPI = web.AppKey("openapi", dict)
+METRICS = web.AppKey("metrics", Metrics)

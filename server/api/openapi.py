@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from fleetcast.server.api import schemas
 from fleetcast.server.api.routes import Route
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -74,8 +75,15 @@ def _operation(route: Route) -> dict[str, Any]:
     ]
     params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in route.query]
     ok = "201" if route.reply == "created" else "200"
-    media = "application/octet-stream" if route.reply == "binary" else "application/json"
-    responses: dict[str, Any] = {ok: {"description": "success", "content": {media: {"schema": {}}}}}
+    media = {"binary": "application/octet-stream", "text": "text/plain"}.get(route.reply, "application/json")
+    body = schemas.BODY_OF.get(route.operation_id)
+    schema: dict[str, Any] = ({"$ref": f"#/components/schemas/{body}"} if body else
+                              {"type": "string"} if media == "text/plain" else
+                              {"type": "string", "format": "binary"} if media != "application/json" else {})
+    responses: dict[str, Any] = {ok: {"description": "success", "content": {media: {"schema": schema}}}}
+    if route.operation_id == "readyz":
+        responses["503"] = {"description": "not ready: `failing` names the parts",
+                            "content": {"application/json": {"schema": schema}}}
     if route.reply == "binary" and "artifacts" in route.path:
         responses["206"] = {"description": "the requested Range"}
         responses["416"] = {"description": "the Range is not satisfiable"}
@@ -90,7 +98,8 @@ def _operation(route: Route) -> dict[str, Any]:
         op["parameters"] = params
     if route.body != "none":
         op["requestBody"] = BODIES[route.body]
-    op["security"] = [] if route.auth == "public" else [{"operatorToken": []} if route.auth == "operator" else {"deviceToken": []}]
+    schemes = {"operator": "operatorToken", "device": "deviceToken", "metrics": "metricsToken"}
+    op["security"] = [] if route.auth == "public" else [{schemes[route.auth]: []}]
     return op
 
 
@@ -104,10 +113,12 @@ def document(routes: Sequence[Route], *, server_url: str | None = None) -> dict[
                  "description": "Operator REST API and device data plane of the Fleetcast server."},
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **schemas.RESPONSES},
             "securitySchemes": {
                 "operatorToken": {"type": "http", "scheme": "bearer", "description": "DATA/operator-token"},
                 "deviceToken": {"type": "http", "scheme": "bearer", "description": "the token Enroll returned"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "DATA/metrics-token (read-only: /metrics); the operator token works too"},
             },
         },
     }

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from fleetcast.server.api import handlers as h
 from fleetcast.server.api import identity_handlers as ih
+from fleetcast.server.api import monitoring as m
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Auth = Literal["operator", "device", "public"]
+Auth = Literal["operator", "device", "public", "metrics"]  # metrics: DATA/metrics-token or the operator token
 Body = Literal["none", "model-upload", "deployment", "enroll-token", "pin"]
-Reply = Literal["json", "binary", "created"]
+Reply = Literal["json", "binary", "created", "text"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Route:
 
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/v1/openapi.json", h.openapi, "public", "This OpenAPI 3.1 document"),
+    Route("GET", "/healthz", m.healthz, "public", "Alive: the process answers"),
+    Route("GET", "/readyz", m.readyz, "public", "Ready: store, blobs and signer usable (503 names the failing part)"),
+    Route("GET", "/metrics", m.prometheus, "metrics", "Fleet and process metrics in the Prometheus text format",
+          reply="text"),
     Route("GET", "/v1/models", h.list_models, "operator", "List models with their latest version"),
     Route("POST", "/v1/models/{name}", h.upload_model, "operator",
           "Upload a model version (multipart: model, golden, version, compress)", body="model-upload", reply="created"),

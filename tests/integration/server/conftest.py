@@ -63,9 +63,13 @@ class RunningServer:
                                        headers={"Content-Type": content_type}, **kw)
         return status, json.loads(data)
 
-    def stub(self) -> pb_grpc.DeviceServiceStub:
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel to the device port, TLS pinned to the server's CA."""
         credentials = grpc.ssl_channel_credentials((self.data / "server-ca.pem").read_bytes())
-        return pb_grpc.DeviceServiceStub(grpc.secure_channel(self.grpc, credentials))
+        return grpc.secure_channel(self.grpc, credentials)
+
+    def stub(self) -> pb_grpc.DeviceServiceStub:
+        return pb_grpc.DeviceServiceStub(self.channel())
 
     def enroll(self, device_id: str, group: str = "lab") -> str:
         reply = self.stub().Enroll(pb.EnrollRequest(device_id=device_id, hardware_class="x86-cpu",

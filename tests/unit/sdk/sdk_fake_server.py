@@ -184,4 +184,9 @@ def device_doc(device_id: str, *, hardware: str = "x86-cpu") -> dict[str, Any]:
         "assignment": {"deployment_id": "1", "model": "digits", "version": "1", "variant": "original"},
         "telemetry": [{"model": "digits", "version": "1", "variant": "original", "inferences": 120,
                        "errors": 2, "mean_ms": 0.5, "p50_ms": 0.42, "p95_ms": 1.3, "p99_ms": 2.5}],
+        "serving": {"model": "digits", "version": "1", "variants": ["original"], "inferences": 120,
+                    "errors": 2, "mean_ms": 0.5, "p50_ms": 0.42, "p95_ms": 1.3, "p99_ms": 2.5},
+        "liveness": {"state": "online", "last_seen": 1700000200.0, "as_of": 1700000210.0,
+                     "expected_interval_s": 60.0, "offline_after_s": 300.0},
+        "percentiles": "linear within the fixed latency buckets",
     }

@@ -171,10 +171,23 @@ def test_device_list_shows_what_each_device_runs_and_how_it_serves(
     assert run(pushed, "device", "list", *CONN) == 0
 
     header, first, _ = capsys.readouterr().out.splitlines()
-    assert header.split() == ["DEVICE", "HARDWARE", "BACKENDS", "ACTIVE", "STATE", "P50/P95", "MS",
+    assert header.split() == ["DEVICE", "HARDWARE", "BACKENDS", "ACTIVE", "STATE", "LIVENESS", "P50/P95", "MS",
                               "INFERENCES", "ERRORS", "LAST", "SEEN"]
-    assert first.split()[:8] == ["cam-1", "x86-cpu", "onnxruntime", "digits@1", "serving", "0.42/1.3",
+    assert first.split()[:9] == ["cam-1", "x86-cpu", "onnxruntime", "digits@1", "serving", "online", "0.42/1.3",
                                  "120", "2"]
+
+
+def test_device_list_shows_only_the_active_versions_figures(
+    pushed: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = pushed.devices["cam-1"]
+    doc.update(active_model="digits@2", serving=None, liveness={"state": "late"})  # v2 has not reported yet
+    capsys.readouterr()
+    assert run(pushed, "device", "list", *CONN) == 0
+
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[3:6] == ["digits@2", "serving", "late"]
+    assert "0.42/1.3" not in row and "120" not in row  # v1's latency and counts are not shown beside v2
 
 
 def test_device_show_json(pushed: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,8 +17,29 @@ def test_a_device_document_as_the_server_writes_it() -> None:
 
     assert (device.active_model, device.active_version) == ("digits", "3")
     assert device.active_stats is not None and device.active_stats.p95_ms == 2.0  # the active one, not the busiest
-    assert (device.inferences, device.errors) == (55, 1)
+    assert (device.inferences, device.errors) == (5, 1)  # the active version's counts, not a sum over versions
     assert device.raw is doc
+
+
+def test_a_device_shows_no_figures_until_its_active_version_reports() -> None:
+    doc = {"id": "cam-1", "active_model": "digits@4", "liveness": {"state": "late"},
+           "telemetry": [{"model": "digits", "version": "3", "inferences": 50, "errors": 2, "p95_ms": 9.0}]}
+
+    device = Device.from_json(doc)
+
+    assert device.active_stats is None and device.inferences is None and device.errors is None
+    assert device.liveness == "late"
+
+
+def test_the_servers_serving_figures_win_over_per_variant_rows() -> None:
+    doc = {"id": "cam-1", "active_model": "digits@3",
+           "serving": {"model": "digits", "version": "3", "inferences": 7, "errors": 0, "p95_ms": 1.5},
+           "telemetry": [{"model": "digits", "version": "3", "variant": "int8", "inferences": 4, "p95_ms": 1.0},
+                         {"model": "digits", "version": "3", "variant": "fp16", "inferences": 3, "p95_ms": 2.0}]}
+
+    device = Device.from_json(doc)
+
+    assert device.active_stats is not None and device.active_stats.p95_ms == 1.5 and device.inferences == 7
 
 
 def test_a_device_that_serves_nothing_yet() -> None:
