@@ -19,6 +19,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "deploy": ("fleetcast.sdk.cli", "deploy a model version and follow a deployment"),
     "device": ("fleetcast.sdk.cli", "list and show enrolled devices"),
     "compress": ("fleetcast.server.compress.cli", "build measured variants of a model"),
+    "simulate": ("fleetcast.server.simulator.cli", "run a simulated fleet against a server"),
 }
 
 
