@@ -14,6 +14,7 @@ from fleetcast.server.blobs import BlobStore
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import Deployments
 from fleetcast.server.fleet import Fleet
+from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
 from fleetcast.server.samples import SampleLimits
@@ -51,7 +52,7 @@ def open_services(config: ServerConfig) -> Services:
         swept = blobs.sweep_temp()
         if swept:
             logger.info("temp uploads removed count=%d", swept)
-        signer = Signer.open(config.keys_dir, store, config.signing)
+        signer = Signer.open(config.keys_dir, MetadataCache(store), config.signing)
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
         datadir.write_atomic(data / "trust-root.json", signer.trust_root())

@@ -116,6 +116,20 @@ def add_compression_and_variant_golden(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE variants ADD COLUMN golden TEXT")
 
 
+def add_deployment_counts(db: sqlite_utils.Database) -> None:
+    # Devices per (deployment, outcome), '' for those still pending: updated in the same
+    # transaction as each device row, so a status report never scans the deployment.
+    db.execute(
+        "CREATE TABLE deployment_counts (deployment_id TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL,"
+        " PRIMARY KEY (deployment_id, outcome))"
+    )
+    db.execute(
+        "INSERT INTO deployment_counts SELECT deployment_id, outcome, COUNT(*) FROM deployment_devices"
+        " GROUP BY deployment_id, outcome"
+    )
+    db.execute("CREATE INDEX deployment_devices_open ON deployment_devices (outcome, deployment_id)")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -125,6 +139,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_telemetry,
     add_compression_and_variant_golden,
     add_device_last_error,
+    add_deployment_counts,
 ]
 
 
@@ -154,7 +169,20 @@ def _device(row: sqlite3.Row) -> Device:
     )
 
 
+def _count(c: sqlite3.Connection, deployment_id: str, outcome: str, delta: int) -> None:
+    c.execute(
+        "INSERT INTO deployment_counts VALUES (?, ?, ?)"
+        " ON CONFLICT (deployment_id, outcome) DO UPDATE SET n = n + excluded.n",
+        (deployment_id, outcome, delta),
+    )
+
+
 def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[DeploymentDevice]) -> None:
+    added: dict[tuple[str, str], int] = {}
+    for r in devices:
+        added[(r.deployment_id, r.outcome)] = added.get((r.deployment_id, r.outcome), 0) + 1
+    for (deployment_id, outcome), n in added.items():
+        _count(c, deployment_id, outcome, n)
     c.executemany(
         "INSERT INTO deployment_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -163,6 +191,11 @@ def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[Deployme
             for r in devices
         ],
     )
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:
@@ -385,11 +418,67 @@ class SqliteStore:
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None:
         with self._tx() as c:
+            old = c.execute("SELECT outcome FROM deployment_devices WHERE deployment_id = ? AND device_id = ?",
+                            (deployment_id, device_id)).fetchone()
+            if old is None:
+                return
             c.execute(
                 "UPDATE deployment_devices SET state = ?, outcome = ?, reason = ?, updated_at = ?"
                 " WHERE deployment_id = ? AND device_id = ?",
                 (state, outcome, reason, at, deployment_id, device_id),
             )
+            if old[0] != outcome:
+                _count(c, deployment_id, old[0], -1)
+                _count(c, deployment_id, outcome, 1)
+
+    def deployment_counts(self, deployment_id: str) -> dict[str, int]:
+        rows = self._all("SELECT outcome, n FROM deployment_counts WHERE deployment_id = ? AND n != 0",
+                         (deployment_id,))
+        return {r["outcome"]: r["n"] for r in rows}
+
+    def close_open_rows(self, device_ids: Sequence[str], *, outcome: str, reason: str, at: float,
+                        keep: str = "") -> list[str]:
+        """Closes every open row of these devices (but deployment `keep`'s) with `outcome`;
+        returns the deployments touched. One transaction, counters included."""
+        touched: dict[str, int] = {}
+        with self._tx() as c:
+            for chunk in _chunks(device_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = c.execute(
+                    f"SELECT deployment_id, device_id FROM deployment_devices WHERE outcome = ''"
+                    f" AND deployment_id != ? AND device_id IN ({marks})", (keep, *chunk),
+                ).fetchall()
+                c.executemany(
+                    "UPDATE deployment_devices SET outcome = ?, reason = ?, updated_at = ?"
+                    " WHERE deployment_id = ? AND device_id = ?",
+                    [(outcome, reason, at, r[0], r[1]) for r in rows],
+                )
+                for r in rows:
+                    touched[r[0]] = touched.get(r[0], 0) + 1
+            for deployment_id, n in touched.items():
+                _count(c, deployment_id, "", -n)
+                _count(c, deployment_id, outcome, n)
+        return sorted(touched)
+
+    def unsigned_rows(self, *, limit: int) -> list[DeploymentDevice]:
+        """Open rows of active deployments whose device is not yet assigned that deployment."""
+        rows = self._all(
+            "SELECT dd.* FROM deployment_devices dd JOIN deployments d ON d.deployment_id = dd.deployment_id"
+            " LEFT JOIN assignments a ON a.device_id = dd.device_id"
+            " WHERE dd.outcome = '' AND d.status = 'active'"
+            " AND (a.deployment_id IS NULL OR a.deployment_id != dd.deployment_id)"
+            " ORDER BY d.created_at, dd.rowid LIMIT ?", (limit,),
+        )
+        return [_deployment_device(r) for r in rows]
+
+    def assignments_of(self, device_ids: Sequence[str]) -> dict[str, Assignment]:
+        found: dict[str, Assignment] = {}
+        for chunk in _chunks(device_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self._all(f"SELECT * FROM assignments WHERE device_id IN ({marks})", chunk):
+                found[row["device_id"]] = Assignment(device_id=row["device_id"], deployment_id=row["deployment_id"],
+                                                     document=json.loads(row["document"]))
+        return found
 
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
