@@ -14,6 +14,7 @@ from fleetcast.server.blobs import BlobStore
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import Deployments
 from fleetcast.server.fleet import Fleet
+from fleetcast.server.ingest import TelemetryWriter
 from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
@@ -37,6 +38,7 @@ class Services:
     deployments: Deployments
     telemetry: Telemetry
     operator_token: str
+    ingest: TelemetryWriter   # group commit of device telemetry (the gRPC path)
 
     def close(self) -> None:
         self.store.close()
@@ -77,5 +79,5 @@ def open_services(config: ServerConfig) -> Services:
         config=config, store=store, blobs=blobs, signer=signer, hub=hub,
         fleet=Fleet(store=store, enroll_token=enroll_token), registry=registry,
         deployments=Deployments(store=store, signer=signer, registry=registry, hub=hub),
-        telemetry=Telemetry(store=store), operator_token=operator_token,
+        telemetry=Telemetry(store=store), operator_token=operator_token, ingest=TelemetryWriter(store=store),
     )

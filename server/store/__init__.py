@@ -121,6 +121,15 @@ class StatsRow:
 
 
 @dataclass(frozen=True)
+class TelemetryBatch:
+    """One device's batch as the store counts it: once per (device_id, batch_id)."""
+
+    device_id: str
+    batch_id: str
+    rows: Sequence[StatsRow]
+
+
+@dataclass(frozen=True)
 class Aggregate:
     device_id: str
     model: str
@@ -182,4 +191,6 @@ class Store(Protocol):
 
     # telemetry
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool: ...
+    # many batches in one transaction; one flag per batch, True for a duplicate
+    def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]: ...
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]: ...

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlite_utils
 
@@ -30,10 +30,13 @@ from fleetcast.server.store import (
     Golden,
     ModelVersion,
     StatsRow,
+    TelemetryBatch,
     Variant,
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def create_metadata(db: sqlite_utils.Database) -> None:
@@ -193,7 +196,7 @@ def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[Deployme
     )
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
@@ -509,31 +512,51 @@ class SqliteStore:
 
     # -- telemetry ----------------------------------------------------------------------
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:
-        """Counts a batch once: returns True (duplicate) when (device, batch) was seen before.
+        """Counts a batch once: returns True (duplicate) when (device, batch) was seen before."""
+        return self.ingest_telemetry_many([TelemetryBatch(device_id, batch_id, rows)], at)[0]
 
-        The dedupe row and the aggregate update commit in one transaction.
-        """
+    def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]:
+        """Counts each batch once, all in one transaction: the dedupe rows and the
+        aggregate updates commit together. Rows are summed per key first, so a flush
+        reads and writes each aggregate once however many batches touch it."""
+        duplicates: list[bool] = []
+        merged: dict[tuple[str, str, str, str], list[Any]] = {}
         with self._tx() as c:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (device_id, batch_id, at)
+            for b in batches:
+                cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
+                duplicates.append(cur.rowcount == 0)
+                if cur.rowcount == 0:
+                    continue
+                for r in b.rows:
+                    key = (b.device_id, r.model, r.version, r.variant)
+                    acc = merged.get(key)
+                    if acc is None:
+                        merged[key] = [r.inferences, r.errors, r.latency_sum_ms, list(r.histogram)]
+                    else:
+                        acc[0] += r.inferences
+                        acc[1] += r.errors
+                        acc[2] += r.latency_sum_ms
+                        buckets.merge(acc[3], r.histogram)
+            keys = list(merged)
+            for chunk in _chunks(keys, 200):
+                values = ",".join("(?, ?, ?, ?)" for _ in chunk)
+                for old in c.execute(
+                    "SELECT device_id, model, version, variant, inferences, errors, latency_sum_ms, histogram"
+                    f" FROM telemetry_aggregates WHERE (device_id, model, version, variant) IN (VALUES {values})",
+                    [x for key in chunk for x in key],
+                ):
+                    acc = merged[(old[0], old[1], old[2], old[3])]
+                    acc[0] += old[4]
+                    acc[1] += old[5]
+                    acc[2] += old[6]
+                    buckets.merge(acc[3], json.loads(old[7]))
+            c.executemany(
+                "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*key, acc[0], acc[1], acc[2], json.dumps(acc[3]), at) for key, acc in merged.items()],
             )
-            if cur.rowcount == 0:
-                return True
-            for r in rows:
-                key = (device_id, r.model, r.version, r.variant)
-                old = c.execute(
-                    "SELECT inferences, errors, latency_sum_ms, histogram FROM telemetry_aggregates"
-                    " WHERE device_id = ? AND model = ? AND version = ? AND variant = ?", key,
-                ).fetchone()
-                hist = buckets.empty() if old is None else json.loads(old["histogram"])
-                buckets.merge(hist, r.histogram)
-                c.execute(
-                    "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, (old["inferences"] if old else 0) + r.inferences, (old["errors"] if old else 0) + r.errors,
-                     (old["latency_sum_ms"] if old else 0.0) + r.latency_sum_ms, json.dumps(hist), at),
-                )
-            c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
-            return False
+            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?",
+                          [(at, d) for d in {key[0] for key in keys}])
+        return duplicates
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"
