@@ -205,8 +205,7 @@ class Signer:
             return self._get(repo, f"{int(version)}.{role}.json")
         stamp = self._store.get_metadata(repo, "timestamp.json")   # read once: it is the hot path
         if stamp is None and repo != IMAGE:
-            self.assign(repo.removeprefix(DIRECTOR + "/"), None)
-            stamp = self._store.get_metadata(repo, "timestamp.json")
+            stamp = self._create_empty_director(repo.removeprefix(DIRECTOR + "/"))
         if stamp is None:
             raise MetadataNotFound(f"{repo} has no timestamp.json")
         if role == Timestamp.type:
@@ -268,6 +267,17 @@ class Signer:
                 device_id, targets.version, assignment.deployment_id if assignment else "",
             )
             return targets.version
+
+    def _create_empty_director(self, device_id: str) -> bytes | None:
+        """A first read of a director never assigned: created empty, unless an assignment
+        was signed since the caller looked (checked again under the lock)."""
+        repo = f"{DIRECTOR}/{device_id}"
+        with self._lock:
+            stamp = self._store.get_metadata(repo, "timestamp.json")
+            if stamp is None:
+                self.assign(device_id, None)
+                stamp = self._store.get_metadata(repo, "timestamp.json")
+        return stamp
 
     def refresh_timestamps(self) -> int:
         """Re-signs every role within half its lifetime of expiry; returns repositories renewed."""

@@ -234,13 +234,15 @@ class SimulatedDevice:
                 self.record.errors.append(str(e)[:300])
                 logger.warning("device check failed device_id=%s: %s", self.device_id, e)
 
-    async def telemetry_loop(self) -> None:
+    async def telemetry_loop(self, stop: asyncio.Event) -> None:
+        """Sends a batch every interval until `stop` is set; a batch in flight is finished,
+        so every batch the server stored is one this device saw acknowledged."""
         interval = self.config.telemetry_interval_s
-        await asyncio.sleep(self.rng.uniform(0, interval))     # spread the fleet over the interval
-        while True:
+        delay = self.rng.uniform(0, interval)      # spread the fleet over the interval
+        while not await _stopped(stop, delay):
             if self.active_model:
                 await self.send_telemetry()
-            await asyncio.sleep(interval)
+            delay = interval
 
     async def send_telemetry(self) -> None:
         model, _, version = self.active_model.partition("@")
@@ -268,6 +270,14 @@ class SimulatedDevice:
                 self.record.telemetry_batches += 1
         except SimulatorError as e:
             self.record.errors.append(str(e)[:300])
+
+
+async def _stopped(stop: asyncio.Event, delay_s: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), delay_s)
+    except TimeoutError:
+        return False
+    return True
 
 
 class _Injected(Exception):

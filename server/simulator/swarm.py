@@ -42,6 +42,8 @@ class Swarm:
         self.channels: list[grpc.aio.Channel] = []
         self.devices: list[SimulatedDevice] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._telemetry: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
         n = 0
         for cohort in config.cohorts:
             for device_id in cohort.device_ids(config.prefix):
@@ -71,8 +73,9 @@ class Swarm:
         for d in self.devices:
             if d.record.enrolled_at is None:
                 continue
-            loops = [d.watch(), d.update_loop()] + ([d.telemetry_loop()] if telemetry else [])
-            self._tasks += [asyncio.create_task(loop, name=f"{d.device_id}") for loop in loops]
+            self._tasks += [asyncio.create_task(loop, name=d.device_id) for loop in (d.watch(), d.update_loop())]
+            if telemetry:
+                self._telemetry.append(asyncio.create_task(d.telemetry_loop(self._stop), name=d.device_id))
 
     async def wait_watching(self, timeout_s: float) -> bool:
         """Until every started device has had its first notice from the watch stream."""
@@ -92,7 +95,12 @@ class Swarm:
     def enrolled(self) -> list[SimulatedDevice]:
         return [d for d in self.devices if d.record.enrolled_at is not None]
 
-    async def close(self) -> None:
+    async def close(self, *, grace_s: float = 30.0) -> None:
+        """Lets telemetry in flight finish (up to `grace_s`), then stops every device."""
+        self._stop.set()
+        if self._telemetry:
+            await asyncio.wait(self._telemetry, timeout=grace_s)
+        self._tasks += self._telemetry
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
