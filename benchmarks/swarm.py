@@ -102,7 +102,6 @@ def rollout(args: argparse.Namespace) -> None:
             paths = [models.write(models.sized_model(args.megabytes, seed=7 + i), root / f"m{i}.onnx")
                      for i in range(args.repeat)]
             server = ServerProcess(root / "server").start()
-            spy = None
             try:
                 with server.client() as fc:
                     versions = [fc.push_model(p, name="bench").version for p in paths]
@@ -123,7 +122,6 @@ def rollout(args: argparse.Namespace) -> None:
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
               f"plain_http_s={plain:.2f} ratio={med['last_installed_s'] / plain:.2f} "
               f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f}", flush=True)
-        del spy
 
 
 async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,

@@ -26,7 +26,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -70,13 +70,6 @@ class StatusUpdate:
         if self.final and self.outcome not in OUTCOMES:
             raise InvalidRequest(f"a final status report needs an outcome in {sorted(OUTCOMES)}, not {self.outcome[:40]!r}")
         return self
-
-
-def status_of(rows: Sequence[DeploymentDevice]) -> str:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.outcome] = counts.get(r.outcome, 0) + 1
-    return status_from(counts)
 
 
 def status_from(counts: Mapping[str, int]) -> str:

@@ -239,3 +239,23 @@ def test_status_counts_follow_each_report_without_reading_the_rows(services: Ser
     newer = _deploy(services, model="digits", version=None, target="device:dev-1")
     assert counts(dep.deployment_id) == {"installed": 2, "failed": 1}          # closed rows are not superseded
     assert counts(newer.deployment_id) == {"": 1}
+
+
+def test_rows_left_unsigned_by_a_stop_are_signed_after_the_next_start(tmp_path) -> None:
+    from fleetcast.server.config import ServerConfig
+    from fleetcast.server.services import open_services
+
+    config = ServerConfig(data_dir=tmp_path / "data", max_upload_bytes=1024 * 1024)
+    first = open_services(config)
+    try:
+        _enroll(first, "dev-1")
+        _upload(first, 1)
+        dep = first.deployments.create(model="digits", version=None, target="all")
+    finally:
+        first.close()                                   # stopped before the assigner ran
+    second = open_services(config)
+    try:
+        assert assigner.drain(second.deployments) == 1
+        assert _director_target(second, "dev-1")["deployment_id"] == dep.deployment_id
+    finally:
+        second.close()
