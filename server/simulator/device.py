@@ -36,8 +36,10 @@ from fleetcast.server.simulator.verify import (
 
 logger = logging.getLogger(__name__)
 
+# Transport trouble and an overloaded server: a real agent retries these at its next check.
 RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL})
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
+                              grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 T = TypeVar("T")
 
 
