@@ -75,7 +75,7 @@ def profiler(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
         return None
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--output", str(out), "--format",
-                             "speedscope" if out.suffix == ".json" else "flamegraph", "--rate", "50", "--idle"],
+                             "speedscope" if out.suffix == ".json" else "flamegraph", "--rate", "50"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -86,7 +86,10 @@ async def one_rollout(server: ServerProcess, swarm: Swarm, version: str, args: a
         start = time.monotonic()
         deployment_id = await asyncio.to_thread(lambda: fc.deploy("bench", version=version, to="all").id)
         returned = time.monotonic()
-    finished = await swarm.wait_finished(deployment_id, args.timeout_s)
+    if args.until == "noticed":
+        finished = await swarm.wait_noticed(deployment_id, args.timeout_s)
+    else:
+        finished = await swarm.wait_finished(deployment_id, args.timeout_s)
     cpu = cpu_s(pid) - cpu0
     s = swarm.summary(deployment_id, since=returned)
     return {"deploy_call_s": returned - start, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
@@ -185,6 +188,8 @@ def main() -> None:
     r.add_argument("--megabytes", type=float, default=1.0)
     r.add_argument("--repeat", type=int, default=3)
     r.add_argument("--timeout-s", type=float, default=900.0)
+    r.add_argument("--until", choices=("installed", "noticed"), default="installed",
+                   help="end each run when every device installed (default) or was told")
     r.add_argument("--plain-max", type=int, default=2000, help="skip the plain HTTP run above this many devices")
     r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
     e = sub.add_parser("enroll")

@@ -27,13 +27,16 @@ def drain(deployments: Deployments) -> int:
     return total
 
 
-async def run(deployments: Deployments, *, period_s: float = 5.0) -> None:
+async def run(deployments: Deployments, *, period_s: float = 5.0, settle_s: float = 0.25) -> None:
+    """Signs pending rows whenever woken (and every `period_s`). After a wake-up it waits
+    `settle_s` first, so the deploy call that woke it answers before signing takes the CPU."""
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
     deployments.on_created = lambda: loop.call_soon_threadsafe(wake.set)
     try:
         while True:
             wake.clear()
+            await asyncio.sleep(settle_s)
             try:
                 signed = await asyncio.to_thread(drain, deployments)
                 if signed:

@@ -129,24 +129,39 @@ class Deployments:
             raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
         return devices
 
+    def _profiles(self, target: str) -> list[tuple[str, str]]:
+        """(device_id, hardware_class) per targeted device; the whole fleet without parsing
+        every device record."""
+        kind, _, rest = target.partition(":")
+        found: list[tuple[str, str]] | None = None
+        if target == "all":
+            found = self.store.device_hardware()
+        elif kind == "group" and NAME.fullmatch(rest):
+            found = self.store.device_hardware(group=rest)
+        if found is None:
+            return [(d.device_id, d.hardware_class) for d in self.resolve_target(target)]
+        if not found:
+            raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
+        return found
+
     def create(self, *, model: str, version: str | None, target: str) -> Deployment:
         release = self.registry.version(model, version)
-        devices = self.resolve_target(target)
+        devices = self._profiles(target)
         now = self.clock()
         deployment = Deployment(
             deployment_id=f"dep-{secrets.token_hex(8)}", model=release.model, version=release.version,
             target=target, status="active", created_at=now, updated_at=now,
         )
-        ids = [d.device_id for d in devices]
+        ids = [device_id for device_id, _ in devices]
         previous = self.store.assignments_of(ids)
-        variants: dict[str, Any] = {}
+        variants: dict[str, Variant] = {}
         rows = []
-        for d in devices:
-            variant = variants.get(d.hardware_class) or variants.setdefault(d.hardware_class, _variant(release, d))
+        for device_id, hardware in devices:
+            variant = variants.get(hardware) or variants.setdefault(hardware, _variant(release, hardware))
             rows.append(DeploymentDevice(
-                deployment_id=deployment.deployment_id, device_id=d.device_id, variant=variant.variant,
+                deployment_id=deployment.deployment_id, device_id=device_id, variant=variant.variant,
                 sha256=variant.sha256, state="assigned", outcome="", reason="", updated_at=now,
-                previous=prev.document if (prev := previous.get(d.device_id)) else None,
+                previous=prev.document if (prev := previous.get(device_id)) else None,
             ))
         touched = self.store.close_open_rows(ids, outcome="superseded", reason="a newer deployment replaced this one",
                                              at=now)
@@ -201,7 +216,7 @@ class Deployments:
         return newest
 
     def _plan(self, deployment_id: str, release: ModelVersion, device: Device) -> DirectorAssignment:
-        return _planned(deployment_id, release, _variant(release, device).variant)
+        return _planned(deployment_id, release, _variant(release, device.hardware_class).variant)
 
     def _assign(self, device_id: str, a: DirectorAssignment | None) -> None:
         version = self.signer.assign(device_id, a)
@@ -287,8 +302,8 @@ class Deployments:
                                 deployment_id=current.deployment_id if current else "")
 
 
-def _variant(release: ModelVersion, device: Device) -> Variant:
-    name = choose_variant(device.hardware_class, [v.variant for v in release.variants])
+def _variant(release: ModelVersion, hardware_class: str) -> Variant:
+    name = choose_variant(hardware_class, [v.variant for v in release.variants])
     return release.variant(name) or release.variants[0]
 
 

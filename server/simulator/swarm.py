@@ -81,6 +81,9 @@ class Swarm:
         """Until every started device has had its first notice from the watch stream."""
         return await self._until(lambda: all(d.record.watching_at is not None for d in self.enrolled()), timeout_s)
 
+    async def wait_noticed(self, deployment_id: str, timeout_s: float) -> bool:
+        return await self._until(lambda: all(deployment_id in d.record.notices for d in self.enrolled()), timeout_s)
+
     async def wait_finished(self, deployment_id: str, timeout_s: float) -> bool:
         return await self._until(lambda: all(deployment_id in d.record.finished for d in self.enrolled()), timeout_s)
 

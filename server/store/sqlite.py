@@ -368,6 +368,14 @@ class SqliteStore:
             return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
         return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
 
+    def device_hardware(self, *, group: str | None = None) -> list[tuple[str, str]]:
+        """(device_id, hardware_class) of every device (or a group's): what planning needs."""
+        if group is None:
+            rows = self._all("SELECT device_id, hardware_class FROM devices ORDER BY device_id")
+        else:
+            rows = self._all("SELECT device_id, hardware_class FROM devices WHERE grp = ? ORDER BY device_id", (group,))
+        return [(r[0], r[1]) for r in rows]
+
     def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
                       error: str = "") -> None:
         with self._tx() as c:
