@@ -7,6 +7,7 @@ element-wise sums; percentiles are read back from the summed counts.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Sequence
 from typing import Final
 
@@ -31,8 +32,7 @@ def empty() -> list[int]:
 def merge(into: list[int], counts: Sequence[int]) -> list[int]:
     if len(counts) != BUCKETS:
         raise ValueError(f"histogram has {len(counts)} buckets, expected {BUCKETS}")
-    for i, c in enumerate(counts):
-        into[i] += int(c)
+    into[:] = map(operator.add, into, map(int, counts))   # element-wise in C: the ingest hot path
     return into
 
 

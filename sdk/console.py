@@ -21,6 +21,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "enroll-token": ("fleetcast.sdk.cli", "make and list enrollment tokens"),
     "compress": ("fleetcast.server.compress.cli", "build measured variants of a model"),
     "broker-files": ("fleetcast.server.brokerfiles", "write the TLS files the shipped Mosquitto config reads"),
+    "simulate": ("fleetcast.server.simulator.cli", "run a simulated fleet against a server"),
 }
 
 

@@ -23,7 +23,7 @@ from typing import Final
 from fleetcast.proto import formats
 from fleetcast.server.errors import InvalidRequest
 from fleetcast.server.fleet import HARDWARE_CLASSES, NAME, choose_variant
-from fleetcast.server.store import Aggregate, Device, ModelVersion, Store, Variant
+from fleetcast.server.store import Aggregate, Device, DeviceProfile, ModelVersion, Store, Variant
 
 BUILD_CLASS: Final = "arm-cpu" if platform.machine() in {"aarch64", "arm64"} else "x86-cpu"
 LEGACY_BACKENDS: Final = ("onnxruntime",)   # agents that enrolled before reporting back ends
@@ -62,7 +62,7 @@ def _ratio(v: Variant, backends: tuple[str, ...] = ("onnxruntime", "litert")) ->
     return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 else None
 
 
-def choose(device: Device, release: ModelVersion, measured: Mapping[str, float], *,
+def choose(device: Device | DeviceProfile, release: ModelVersion, measured: Mapping[str, float], *,
            pins: Mapping[str, str] | None = None) -> Choice:
     backends = tuple(device.backends) or LEGACY_BACKENDS
     # A build for one NPU platform (rknn-rk3588) runs only on that platform's devices.

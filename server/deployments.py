@@ -1,5 +1,10 @@
 """Deployments: resolve a target to devices, sign each device's director, follow reports.
 
+Creating a deployment records it and one row per device in one go and returns; each
+device's director metadata is then signed by `sign_pending` (run in the background by
+the server's assigner) and the device is told as soon as its own assignment is ready.
+Rows still unsigned are found again from the store after a restart.
+
 Per-device state is what the device last reported; a final report sets the outcome
 (installed, failed, rolled_back). A deployment's status follows from its devices:
 
@@ -19,19 +24,20 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from fleetcast.proto.topics import AssignmentNotice
-from fleetcast.server.errors import DeploymentNotFound, DeviceNotFound, InvalidRequest, TargetEmpty
 from fleetcast.server import choice
+from fleetcast.server.errors import DeploymentNotFound, DeviceNotFound, InvalidRequest, TargetEmpty
 from fleetcast.server.fleet import NAME
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry
 from fleetcast.server.signing import DirectorAssignment, GoldenRef, Signer, artifact_path
-from fleetcast.server.store import Assignment, Deployment, DeploymentDevice, Device, ModelVersion, Store
+from fleetcast.server.store import Assignment, Deployment, DeploymentDevice, Device, DeviceProfile, ModelVersion, Store
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +73,13 @@ class StatusUpdate:
         return self
 
 
-def status_of(rows: Sequence[DeploymentDevice]) -> str:
-    if any(not r.outcome for r in rows):
+def status_from(counts: Mapping[str, int]) -> str:
+    """The status from the devices per outcome ('' counts those still pending)."""
+    total = sum(counts.values())
+    if counts.get("", 0) > 0:
         return "active"
-    installed = sum(r.outcome == "installed" for r in rows)
-    if installed == len(rows):
+    installed = counts.get("installed", 0)
+    if installed == total:
         return "succeeded"
     return "failed" if installed == 0 else "partial"
 
@@ -96,6 +104,9 @@ class Deployments:
         self.hub = hub
         self.clock = clock
         self._why: dict[tuple[str, str], str] = {}   # (deployment, device) -> why, until assigned
+        # Signing a row and closing it (cancel) must not interleave within this process.
+        self._signing = threading.Lock()
+        self.on_created: Callable[[], None] = lambda: None    # the assigner's wake-up
 
     # -- create -------------------------------------------------------------------------
     def resolve_target(self, target: str) -> list[Device]:
@@ -122,33 +133,69 @@ class Deployments:
             raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
         return devices
 
+    def _profiles(self, target: str) -> list[Device | DeviceProfile]:
+        """The targeted devices' planning profiles; the whole fleet (or a group) without
+        parsing every device record."""
+        kind, _, rest = target.partition(":")
+        found: list[Device | DeviceProfile] | None = None
+        if target == "all":
+            found = list(self.store.device_profiles())
+        elif kind == "group" and NAME.fullmatch(rest):
+            found = list(self.store.device_profiles(group=rest))
+        if found is None:
+            return list(self.resolve_target(target))
+        if not found:
+            raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
+        return found
+
     def create(self, *, model: str, version: str | None, target: str) -> Deployment:
         release = self.registry.version(model, version)
-        devices = self.resolve_target(target)
+        devices = self._profiles(target)
         now = self.clock()
         deployment = Deployment(
             deployment_id=f"dep-{secrets.token_hex(8)}", model=release.model, version=release.version,
             target=target, status="active", created_at=now, updated_at=now,
         )
-        plans = [(d, self._plan(deployment.deployment_id, release, d)) for d in devices]
-        rows = [
-            DeploymentDevice(
-                deployment_id=deployment.deployment_id, device_id=d.device_id, variant=a.variant, sha256=a.sha256,
-                state="assigned", outcome="", reason="", updated_at=now,
-                previous=(prev.document if (prev := self.store.assignment(d.device_id)) else None),
-            )
-            for d, a in plans
-        ]
-        for d, _ in plans:
-            self._supersede(d.device_id, now)
+        ids = [d.device_id for d in devices]
+        previous = self.store.assignments_of(ids)
+        choose = self._chooser(release)
+        rows = []
+        for d in devices:
+            chosen = choose(d)
+            self._why[(deployment.deployment_id, d.device_id)] = chosen.why
+            rows.append(DeploymentDevice(
+                deployment_id=deployment.deployment_id, device_id=d.device_id, variant=chosen.variant.variant,
+                sha256=chosen.variant.sha256, state="assigned", outcome="", reason="", updated_at=now,
+                previous=prev.document if (prev := previous.get(d.device_id)) else None,
+            ))
+        touched = self.store.close_open_rows(ids, outcome="superseded", reason="a newer deployment replaced this one",
+                                             at=now)
         self.store.add_deployment(deployment, rows)
-        for d, a in plans:
-            self._assign(d.device_id, a)
-        if target == "all":
-            self.hub.publish_fleet()
+        for deployment_id in touched:
+            self._refresh_status(deployment_id, now)
         logger.info("deployment created deployment=%s model=%s version=%s devices=%d",
                     deployment.deployment_id, release.model, release.version, len(rows))
+        self.on_created()
         return deployment
+
+    def sign_pending(self, *, limit: int = 256) -> int:
+        """Signs the director of up to `limit` devices whose assignment is not signed yet,
+        telling each at once; returns how many were signed (0: nothing left)."""
+        rows = self.store.unsigned_rows(limit=limit)
+        releases: dict[str, ModelVersion] = {}
+        for row in rows:
+            deployment = self.store.deployment(row.deployment_id)
+            if deployment is None:
+                continue
+            release = releases.get(row.deployment_id)
+            if release is None:
+                release = releases[row.deployment_id] = self.registry.version(deployment.model, deployment.version)
+            with self._signing:
+                current = self.store.deployment_device(row.deployment_id, row.device_id)
+                if current is None or current.outcome:
+                    continue    # cancelled or superseded since it was read
+                self._assign(row.device_id, _planned(row.deployment_id, release, row.variant))
+        return len(rows)
 
     def join(self, device_id: str) -> Deployment | None:
         """Gives a device that enrolled with nothing assigned the newest deployment aimed at
@@ -174,22 +221,33 @@ class Deployments:
         return newest
 
     def _plan(self, deployment_id: str, release: ModelVersion, device: Device) -> DirectorAssignment:
-        devices = {d.device_id: d for d in self.store.devices()}
-        measured = choice.class_latency(self.store.aggregates(), devices, model=release.model,
-                                        version=release.version, hardware_class=device.hardware_class)
-        chosen = choice.choose(device, release, measured, pins=self.store.pins(release.model))
-        variant = chosen.variant
+        chosen = self._chooser(release)(device)
         self._why[(deployment_id, device.device_id)] = chosen.why
         logger.info("variant chosen deployment=%s device_id=%s variant=%s why=%s", deployment_id,
-                    device.device_id, variant.variant, chosen.why)
-        g = variant.golden or release.golden   # a compressed variant carries its own golden outputs
-        return DirectorAssignment(
-            deployment_id=deployment_id, model=release.model, version=release.version, variant=variant.variant,
-            format=variant.format, sha256=variant.sha256, length=variant.length,
-            golden=GoldenRef(path=artifact_path(g.sha256), sha256=g.sha256, length=g.length, atol=g.atol, rtol=g.rtol)
-            if g else None,
-            inputs=release.inputs,
-        )
+                    device.device_id, chosen.variant.variant, chosen.why)
+        return _planned(deployment_id, release, chosen.variant.variant)
+
+    def _chooser(self, release: ModelVersion) -> Callable[[Device | DeviceProfile], choice.Choice]:
+        """The variant choice for one release, reading the fleet's telemetry and the pins
+        once and deciding once per device profile (hardware class, back ends, group), so
+        planning a deployment costs one read however large the fleet."""
+        devices = {d.device_id: d for d in self.store.devices()}
+        aggregates = self.store.aggregates()
+        pins = self.store.pins(release.model)
+        measured: dict[str, dict[str, float]] = {}
+        decided: dict[tuple[str, tuple[str, ...], str], choice.Choice] = {}
+
+        def choose(device: Device | DeviceProfile) -> choice.Choice:
+            key = (device.hardware_class, tuple(device.backends), device.group)
+            if key not in decided:
+                klass = device.hardware_class
+                if klass not in measured:
+                    measured[klass] = choice.class_latency(aggregates, devices, model=release.model,
+                                                           version=release.version, hardware_class=klass)
+                decided[key] = choice.choose(device, release, measured[klass], pins=pins)
+            return decided[key]
+
+        return choose
 
     def _assign(self, device_id: str, a: DirectorAssignment | None) -> None:
         version = self.signer.assign(device_id, a)
@@ -199,11 +257,6 @@ class Deployments:
         )
         self.hub.publish(device_id, AssignmentNotice(director_version=version, deployment_id=a.deployment_id if a else ""))
 
-    def _supersede(self, device_id: str, now: float) -> None:
-        for row in self.store.open_rows_of(device_id):
-            self.store.update_deployment_device(row.deployment_id, device_id, state=row.state, outcome="superseded",
-                                                reason="a newer deployment replaced this one", at=now)
-            self._refresh_status(row.deployment_id, now)
 
     # -- reports ------------------------------------------------------------------------
     def apply_status(self, device_id: str, update: StatusUpdate) -> None:
@@ -229,7 +282,7 @@ class Deployments:
         deployment = self.store.deployment(deployment_id)
         if deployment is None or deployment.status == "cancelled":
             return
-        status = status_of(self.store.deployment_devices(deployment_id))
+        status = status_from(self.store.deployment_counts(deployment_id))
         if status != deployment.status:
             self.store.set_deployment_status(deployment_id, status, now)
 
@@ -242,9 +295,12 @@ class Deployments:
         for row in self.store.deployment_devices(deployment_id):
             if row.outcome:
                 continue
-            self.store.update_deployment_device(deployment_id, row.device_id, state=row.state, outcome="cancelled",
-                                                reason="cancelled by the operator", at=now)
-            self._assign(row.device_id, assignment_from(row.previous) if row.previous else None)
+            with self._signing:
+                self.store.update_deployment_device(deployment_id, row.device_id, state=row.state,
+                                                    outcome="cancelled", reason="cancelled by the operator", at=now)
+                current = self.store.assignment(row.device_id)
+                if current is None or current.deployment_id == deployment_id:   # unsigned rows changed nothing
+                    self._assign(row.device_id, assignment_from(row.previous) if row.previous else None)
         self.store.set_deployment_status(deployment_id, "cancelled", now)
         logger.info("deployment cancelled deployment=%s", deployment_id)
         return self.get(deployment_id)
@@ -258,12 +314,9 @@ class Deployments:
 
     def document(self, deployment: Deployment) -> dict[str, Any]:
         rows = self.store.deployment_devices(deployment.deployment_id)
-        counts: dict[str, int] = {"total": len(rows), "pending": 0}
-        for r in rows:
-            if r.outcome:
-                counts[r.outcome] = counts.get(r.outcome, 0) + 1
-            else:
-                counts["pending"] += 1
+        by_outcome = self.store.deployment_counts(deployment.deployment_id)
+        counts = {"total": sum(by_outcome.values()), "pending": by_outcome.get("", 0)}
+        counts |= {k: v for k, v in by_outcome.items() if k}
         return {
             "id": deployment.deployment_id, "model": deployment.model, "version": deployment.version,
             "target": deployment.target, "status": deployment.status, "created_at": deployment.created_at,
@@ -279,3 +332,15 @@ class Deployments:
         current = self.store.assignment(device_id)
         return AssignmentNotice(director_version=self.signer.director_version(device_id),
                                 deployment_id=current.deployment_id if current else "")
+
+
+def _planned(deployment_id: str, release: ModelVersion, variant_name: str) -> DirectorAssignment:
+    variant = release.variant(variant_name) or release.variants[0]
+    g = variant.golden or release.golden   # a compressed variant carries its own golden outputs
+    return DirectorAssignment(
+        deployment_id=deployment_id, model=release.model, version=release.version, variant=variant.variant,
+        format=variant.format, sha256=variant.sha256, length=variant.length,
+        golden=GoldenRef(path=artifact_path(g.sha256), sha256=g.sha256, length=g.length, atol=g.atol, rtol=g.rtol)
+        if g else None,
+        inputs=release.inputs,
+    )

@@ -142,7 +142,7 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
     ) -> AsyncIterator[pb.TelemetryAck]:
         device_id = await self._device(context)
         async for batch in request_iterator:
-            duplicate = await asyncio.to_thread(self.s.telemetry.ingest, device_id, Batch.from_message(batch))
+            duplicate = await self.s.ingest.submit(device_id, Batch.from_message(batch))
             yield pb.TelemetryAck(batch_id=batch.batch_id, duplicate=duplicate)
 
     @streaming

@@ -15,7 +15,9 @@ from fleetcast.server.certificates import Certificates, server_names
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import Deployments
 from fleetcast.server.fleet import Fleet
+from fleetcast.server.ingest import TelemetryWriter
 from fleetcast.server.liveness import Presence
+from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
 from fleetcast.server.samples import SampleLimits
@@ -39,6 +41,7 @@ class Services:
     deployments: Deployments
     telemetry: Telemetry
     operator_token: str
+    ingest: TelemetryWriter   # group commit of device telemetry (the gRPC path)
     certificates: Certificates | None = None
     metrics_token: str = ""  # read-only: GET /metrics only (DATA/metrics-token)
     presence: Presence = field(default_factory=Presence)  # devices with an open watch stream
@@ -62,7 +65,7 @@ def open_services(config: ServerConfig) -> Services:
                                       grace_s=config.orphan_blob_grace_s)
         if orphans:
             logger.warning("blobs no record refers to were removed count=%d (left by a crash mid-upload)", orphans)
-        signer = Signer.open(config.keys_dir, store, config.signing)
+        signer = Signer.open(config.keys_dir, MetadataCache(store), config.signing)
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
         metrics_token = datadir.ensure_token(data / "metrics-token")
@@ -96,6 +99,6 @@ def open_services(config: ServerConfig) -> Services:
         config=config, store=store, blobs=blobs, signer=signer, hub=hub,
         fleet=Fleet(store=store, enroll_token=enroll_token, certificates=certificates), registry=registry,
         deployments=Deployments(store=store, signer=signer, registry=registry, hub=hub),
-        telemetry=Telemetry(store=store), operator_token=operator_token, certificates=certificates,
-        metrics_token=metrics_token,
+        telemetry=Telemetry(store=store), operator_token=operator_token, ingest=TelemetryWriter(store=store),
+        certificates=certificates, metrics_token=metrics_token,
     )

@@ -9,7 +9,7 @@ Store layout (`MetadataStore`, repository -> name -> bytes):
 | repository          | names                                                           |
 |---------------------|-----------------------------------------------------------------|
 | `image`             | `N.root.json`, `N.targets.json`, `N.snapshot.json`, `timestamp.json` |
-| `director`          | `N.root.json` (the one director root every device shares), `devices.json` (index) |
+| `director`          | `N.root.json` (the one director root every device shares), `devices-XX.json` (index shards) |
 | `director/<device>` | `N.targets.json`, `N.snapshot.json`, `timestamp.json`           |
 
 Every publish writes the new versioned targets and snapshot before the new
@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE: Final = "image"
 DIRECTOR: Final = "director"
-DEVICE_INDEX: Final = "devices.json"
+DEVICE_INDEX: Final = "devices.json"  # retired: the whole index in one file; still read, no longer written
+INDEX_SHARDS: Final = 256
 TRUST_ROOT_FORMAT: Final = 1
 METADATA_NAME: Final = re.compile(r"^(?:(\d{1,10})\.)?(root|timestamp|snapshot|targets)\.json$")
 SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
@@ -198,20 +199,23 @@ class Signer:
             home = IMAGE if repo == IMAGE else DIRECTOR
             number = int(version) if version else self._latest_root_version(home)
             return self._get(home, f"{number}.root.json")
-        if repo != IMAGE and self._store.get_metadata(repo, "timestamp.json") is None:
-            self.assign(repo.removeprefix(DIRECTOR + "/"), None)
-        if role == Timestamp.type:
-            if version:
+        if version:
+            if role == Timestamp.type:
                 raise MetadataNotFound(f"{repository} keeps only the current timestamp.json")
-            return self._get(repo, "timestamp.json")
-        if not version:
-            timestamp = self._load(repo, "timestamp.json", Timestamp)
-            snapshot_version = timestamp.snapshot_meta.version
-            if role == Snapshot.type:
-                return self._get(repo, f"{snapshot_version}.snapshot.json")
-            snapshot = self._load(repo, f"{snapshot_version}.snapshot.json", Snapshot)
-            return self._get(repo, f"{snapshot.meta['targets.json'].version}.targets.json")
-        return self._get(repo, f"{int(version)}.{role}.json")
+            return self._get(repo, f"{int(version)}.{role}.json")
+        stamp = self._store.get_metadata(repo, "timestamp.json")   # read once: it is the hot path
+        if stamp is None and repo != IMAGE:
+            stamp = self._create_empty_director(repo.removeprefix(DIRECTOR + "/"))
+        if stamp is None:
+            raise MetadataNotFound(f"{repo} has no timestamp.json")
+        if role == Timestamp.type:
+            return stamp
+        timestamp = _parse(stamp, Timestamp)
+        snapshot_version = timestamp.snapshot_meta.version
+        if role == Snapshot.type:
+            return self._get(repo, f"{snapshot_version}.snapshot.json")
+        snapshot = self._load(repo, f"{snapshot_version}.snapshot.json", Snapshot)
+        return self._get(repo, f"{snapshot.meta['targets.json'].version}.targets.json")
 
     def director_version(self, device_id: str) -> int:
         """The device's director targets version; 0 while it has no director repository."""
@@ -263,6 +267,17 @@ class Signer:
                 device_id, targets.version, assignment.deployment_id if assignment else "",
             )
             return targets.version
+
+    def _create_empty_director(self, device_id: str) -> bytes | None:
+        """A first read of a director never assigned: created empty, unless an assignment
+        was signed since the caller looked (checked again under the lock)."""
+        repo = f"{DIRECTOR}/{device_id}"
+        with self._lock:
+            stamp = self._store.get_metadata(repo, "timestamp.json")
+            if stamp is None:
+                self.assign(device_id, None)
+                stamp = self._store.get_metadata(repo, "timestamp.json")
+        return stamp
 
     def refresh_timestamps(self) -> int:
         """Re-signs every role within half its lifetime of expiry; returns repositories renewed."""
@@ -387,14 +402,22 @@ class Signer:
         return version
 
     def _devices(self) -> list[str]:
-        data = self._store.get_metadata(DIRECTOR, DEVICE_INDEX)
-        return [] if data is None else list(json.loads(data))
+        devices: set[str] = set()
+        for name in (DEVICE_INDEX, *(_index_shard(f"{i:02x}") for i in range(INDEX_SHARDS))):
+            data = self._store.get_metadata(DIRECTOR, name)
+            if data is not None:
+                devices.update(json.loads(data))
+        return sorted(devices)
 
     def _index_device(self, device_id: str) -> None:
-        devices = set(self._devices())
+        # One shard of the index per first byte of the id's sha256, so adding a device
+        # rewrites 1/256 of the index, not all of it.
+        shard = _index_shard(hashlib.sha256(device_id.encode()).hexdigest()[:2])
+        data = self._store.get_metadata(DIRECTOR, shard)
+        devices = set() if data is None else set(json.loads(data))
         if device_id not in devices:
             devices.add(device_id)
-            self._store.put_metadata(DIRECTOR, DEVICE_INDEX, json.dumps(sorted(devices)).encode())
+            self._store.put_metadata(DIRECTOR, shard, json.dumps(sorted(devices)).encode())
 
     def _check_repository(self, repository: str) -> str:
         if repository == IMAGE:
@@ -440,6 +463,10 @@ def _parse(data: bytes, role: type[S]) -> S:
     if not isinstance(signed, role):
         raise SigningError(f"stored metadata is a {signed.type}, expected {role.type}")
     return signed
+
+
+def _index_shard(prefix: str) -> str:
+    return f"devices-{prefix}.json"
 
 
 def _meta_file(version: int, data: bytes) -> MetaFile:

@@ -1,7 +1,7 @@
 """The app factory: one `Services`, the route table, and the background services.
 
 `cleanup_ctx` order (started top-down, stopped bottom-up): services (store, hub),
-compression jobs, gRPC server, MQTT bridge, timestamp refresher. A failed start never runs the
+compression jobs, gRPC server, MQTT bridge, director assigner, timestamp refresher. A failed start never runs the
 teardown of something that did not start.
 """
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from fleetcast.proto.brokerauth import BrokerAuth
-from fleetcast.server import liveness, refresher
+from fleetcast.server import assigner, liveness, refresher
 from fleetcast.server.api import monitoring, openapi
 from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, METRICS, OPENAPI, SERVICES, Addresses
 from fleetcast.server.api.routes import ROUTES, Handler, Route
@@ -155,6 +155,14 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(bridge.stop)
 
 
+async def assigner_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(assigner.run(app[SERVICES].deployments))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def refresher_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(refresher.run(app[SERVICES]))
     yield
@@ -177,6 +185,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.cleanup_ctx.append(grpc_ctx)
     if config.mqtt_url:
         app.cleanup_ctx.append(mqtt_ctx)
+    app.cleanup_ctx.append(assigner_ctx)
     if config.refresh_interval_s > 0:
         app.cleanup_ctx.append(refresher_ctx)
     return app

@@ -87,6 +87,17 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DeviceProfile:
+    """What planning a deployment reads of a device (the variant choice's inputs), without
+    the rest of the record."""
+
+    device_id: str
+    hardware_class: str
+    backends: Sequence[str]
+    group: str
+
+
+@dataclass(frozen=True)
 class DeviceIdentity:
     """The key a device enrolled with (ADR 0005) and whether the operator approved a
     re-provisioning: the next enrollment of this id may then bring a new key."""
@@ -155,6 +166,15 @@ class StatsRow:
 
 
 @dataclass(frozen=True)
+class TelemetryBatch:
+    """One device's batch as the store counts it: once per (device_id, batch_id)."""
+
+    device_id: str
+    batch_id: str
+    rows: Sequence[StatsRow]
+
+
+@dataclass(frozen=True)
 class Aggregate:
     device_id: str
     model: str
@@ -195,6 +215,7 @@ class Store(Protocol):
     def device(self, device_id: str) -> Device | None: ...
     def device_by_token(self, token_sha256: str) -> Device | None: ...
     def devices(self, *, group: str | None = None) -> list[Device]: ...
+    def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]: ...  # what planning reads
     def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
                       error: str = "") -> None: ...
     def touch_device(self, device_id: str, at: float) -> None: ...
@@ -218,6 +239,12 @@ class Store(Protocol):
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None: ...
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]: ...
+    # devices per outcome ('' = pending), kept up to date with every row change
+    def deployment_counts(self, deployment_id: str) -> dict[str, int]: ...
+    def close_open_rows(self, device_ids: Sequence[str], *, outcome: str, reason: str, at: float,
+                        keep: str = "") -> list[str]: ...   # returns the deployments touched
+    def unsigned_rows(self, *, limit: int) -> list[DeploymentDevice]: ...
+    def assignments_of(self, device_ids: Sequence[str]) -> dict[str, Assignment]: ...
     def set_deployment_status(self, deployment_id: str, status: str, at: float) -> None: ...
     def assignment(self, device_id: str) -> Assignment | None: ...
     def set_assignment(self, device_id: str, assignment: Assignment | None) -> None: ...
@@ -227,4 +254,6 @@ class Store(Protocol):
 
     # telemetry
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool: ...
+    # many batches in one transaction; one flag per batch, True for a duplicate
+    def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]: ...
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]: ...

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlite_utils
 
@@ -31,15 +31,19 @@ from fleetcast.server.store import (
     DeploymentDevice,
     Device,
     DeviceIdentity,
+    DeviceProfile,
     EnrollToken,
     Golden,
     ModelVersion,
     StatsRow,
+    TelemetryBatch,
     Variant,
     saturating_add,
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def create_metadata(db: sqlite_utils.Database) -> None:
@@ -142,11 +146,27 @@ def create_version_reservations(db: sqlite_utils.Database) -> None:
         "CREATE TABLE version_reservations (model TEXT NOT NULL, version TEXT NOT NULL, reserved_at REAL NOT NULL,"
         " PRIMARY KEY (model, version))"
     )
+
+
 def create_variant_pins(db: sqlite_utils.Database) -> None:
     # An operator's pin: devices of `scope` ("group:G" or "hardware:CLASS") get `variant`
     # of every version of `model` that has it (fleetcast.server.choice).
     db.execute("CREATE TABLE variant_pins (model TEXT NOT NULL, scope TEXT NOT NULL, variant TEXT NOT NULL,"
                " PRIMARY KEY (model, scope))")
+
+
+def add_deployment_counts(db: sqlite_utils.Database) -> None:
+    # Devices per (deployment, outcome), '' for those still pending: updated in the same
+    # transaction as each device row, so a status report never scans the deployment.
+    db.execute(
+        "CREATE TABLE deployment_counts (deployment_id TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL,"
+        " PRIMARY KEY (deployment_id, outcome))"
+    )
+    db.execute(
+        "INSERT INTO deployment_counts SELECT deployment_id, outcome, COUNT(*) FROM deployment_devices"
+        " GROUP BY deployment_id, outcome"
+    )
+    db.execute("CREATE INDEX deployment_devices_open ON deployment_devices (outcome, deployment_id)")
 
 
 # Applied in order; names are recorded and never change.
@@ -161,6 +181,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_device_identities,
     create_version_reservations,
     create_variant_pins,
+    add_deployment_counts,
 ]
 
 
@@ -195,7 +216,20 @@ def _enroll_token(row: sqlite3.Row) -> EnrollToken:
                        created_at=row["created_at"], expires_at=row["expires_at"], uses_left=row["uses_left"])
 
 
+def _count(c: sqlite3.Connection, deployment_id: str, outcome: str, delta: int) -> None:
+    c.execute(
+        "INSERT INTO deployment_counts VALUES (?, ?, ?)"
+        " ON CONFLICT (deployment_id, outcome) DO UPDATE SET n = n + excluded.n",
+        (deployment_id, outcome, delta),
+    )
+
+
 def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[DeploymentDevice]) -> None:
+    added: dict[tuple[str, str], int] = {}
+    for r in devices:
+        added[(r.deployment_id, r.outcome)] = added.get((r.deployment_id, r.outcome), 0) + 1
+    for (deployment_id, outcome), n in added.items():
+        _count(c, deployment_id, outcome, n)
     c.executemany(
         "INSERT INTO deployment_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -204,6 +238,11 @@ def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[Deployme
             for r in devices
         ],
     )
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:
@@ -403,6 +442,13 @@ class SqliteStore:
             return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
         return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
 
+    def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]:
+        """Every device's (or a group's) planning profile, in device id order."""
+        sql = "SELECT device_id, hardware_class, backends, grp FROM devices"
+        rows = self._all(sql + " ORDER BY device_id") if group is None else \
+            self._all(sql + " WHERE grp = ? ORDER BY device_id", (group,))
+        return [DeviceProfile(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
+
     def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
                       error: str = "") -> None:
         with self._tx() as c:
@@ -486,11 +532,67 @@ class SqliteStore:
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None:
         with self._tx() as c:
+            old = c.execute("SELECT outcome FROM deployment_devices WHERE deployment_id = ? AND device_id = ?",
+                            (deployment_id, device_id)).fetchone()
+            if old is None:
+                return
             c.execute(
                 "UPDATE deployment_devices SET state = ?, outcome = ?, reason = ?, updated_at = ?"
                 " WHERE deployment_id = ? AND device_id = ?",
                 (state, outcome, reason, at, deployment_id, device_id),
             )
+            if old[0] != outcome:
+                _count(c, deployment_id, old[0], -1)
+                _count(c, deployment_id, outcome, 1)
+
+    def deployment_counts(self, deployment_id: str) -> dict[str, int]:
+        rows = self._all("SELECT outcome, n FROM deployment_counts WHERE deployment_id = ? AND n != 0",
+                         (deployment_id,))
+        return {r["outcome"]: r["n"] for r in rows}
+
+    def close_open_rows(self, device_ids: Sequence[str], *, outcome: str, reason: str, at: float,
+                        keep: str = "") -> list[str]:
+        """Closes every open row of these devices (but deployment `keep`'s) with `outcome`;
+        returns the deployments touched. One transaction, counters included."""
+        touched: dict[str, int] = {}
+        with self._tx() as c:
+            for chunk in _chunks(device_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = c.execute(
+                    f"SELECT deployment_id, device_id FROM deployment_devices WHERE outcome = ''"
+                    f" AND deployment_id != ? AND device_id IN ({marks})", (keep, *chunk),
+                ).fetchall()
+                c.executemany(
+                    "UPDATE deployment_devices SET outcome = ?, reason = ?, updated_at = ?"
+                    " WHERE deployment_id = ? AND device_id = ?",
+                    [(outcome, reason, at, r[0], r[1]) for r in rows],
+                )
+                for r in rows:
+                    touched[r[0]] = touched.get(r[0], 0) + 1
+            for deployment_id, n in touched.items():
+                _count(c, deployment_id, "", -n)
+                _count(c, deployment_id, outcome, n)
+        return sorted(touched)
+
+    def unsigned_rows(self, *, limit: int) -> list[DeploymentDevice]:
+        """Open rows of active deployments whose device is not yet assigned that deployment."""
+        rows = self._all(
+            "SELECT dd.* FROM deployment_devices dd JOIN deployments d ON d.deployment_id = dd.deployment_id"
+            " LEFT JOIN assignments a ON a.device_id = dd.device_id"
+            " WHERE dd.outcome = '' AND d.status = 'active'"
+            " AND (a.deployment_id IS NULL OR a.deployment_id != dd.deployment_id)"
+            " ORDER BY d.created_at, dd.rowid LIMIT ?", (limit,),
+        )
+        return [_deployment_device(r) for r in rows]
+
+    def assignments_of(self, device_ids: Sequence[str]) -> dict[str, Assignment]:
+        found: dict[str, Assignment] = {}
+        for chunk in _chunks(device_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self._all(f"SELECT * FROM assignments WHERE device_id IN ({marks})", chunk):
+                found[row["device_id"]] = Assignment(device_id=row["device_id"], deployment_id=row["deployment_id"],
+                                                     document=json.loads(row["document"]))
+        return found
 
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
@@ -532,33 +634,55 @@ class SqliteStore:
 
     # -- telemetry ----------------------------------------------------------------------
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:
-        """Counts a batch once: returns True (duplicate) when (device, batch) was seen before.
+        """Counts a batch once: returns True (duplicate) when (device, batch) was seen before."""
+        return self.ingest_telemetry_many([TelemetryBatch(device_id, batch_id, rows)], at)[0]
 
-        The dedupe row and the aggregate update commit in one transaction.
-        """
+    def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]:
+        """Counts each batch once, all in one transaction: the dedupe rows and the
+        aggregate updates commit together. Rows are summed per key first, so a flush
+        reads and writes each aggregate once however many batches touch it."""
+        duplicates: list[bool] = []
+        merged: dict[tuple[str, str, str, str], list[Any]] = {}
         with self._tx() as c:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (device_id, batch_id, at)
+            for b in batches:
+                cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
+                duplicates.append(cur.rowcount == 0)
+                if cur.rowcount == 0:
+                    continue
+                for r in b.rows:
+                    key = (b.device_id, r.model, r.version, r.variant)
+                    acc = merged.get(key)
+                    if acc is None:
+                        merged[key] = [r.inferences, r.errors, r.latency_sum_ms, list(r.histogram)]
+                    else:
+                        acc[0] += r.inferences
+                        acc[1] += r.errors
+                        acc[2] += r.latency_sum_ms
+                        buckets.merge(acc[3], r.histogram)
+            keys = list(merged)
+            for chunk in _chunks(keys, 200):
+                values = ",".join("(?, ?, ?, ?)" for _ in chunk)
+                for old in c.execute(
+                    "SELECT device_id, model, version, variant, inferences, errors, latency_sum_ms, histogram"
+                    f" FROM telemetry_aggregates WHERE (device_id, model, version, variant) IN (VALUES {values})",
+                    [x for key in chunk for x in key],
+                ):
+                    acc = merged[(old[0], old[1], old[2], old[3])]
+                    acc[0] += old[4]
+                    acc[1] += old[5]
+                    acc[2] += old[6]
+                    buckets.merge(acc[3], json.loads(old[7]))
+            # Stored sums stay exact and finite: they stop growing at the aggregate limits.
+            c.executemany(
+                "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*key, saturating_add(acc[0], 0, MAX_AGGREGATE_COUNT), saturating_add(acc[1], 0, MAX_AGGREGATE_COUNT),
+                  saturating_add(acc[2], 0.0, MAX_AGGREGATE_LATENCY_MS),
+                  json.dumps([saturating_add(n, 0, MAX_AGGREGATE_COUNT) for n in acc[3]]), at)
+                 for key, acc in merged.items()],
             )
-            if cur.rowcount == 0:
-                return True
-            for r in rows:
-                key = (device_id, r.model, r.version, r.variant)
-                old = c.execute(
-                    "SELECT inferences, errors, latency_sum_ms, histogram FROM telemetry_aggregates"
-                    " WHERE device_id = ? AND model = ? AND version = ? AND variant = ?", key,
-                ).fetchone()
-                hist = buckets.empty() if old is None else json.loads(old["histogram"])
-                hist = [saturating_add(a, b, MAX_AGGREGATE_COUNT) for a, b in zip(hist, r.histogram)]
-                c.execute(
-                    "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, saturating_add(old["inferences"] if old else 0, r.inferences, MAX_AGGREGATE_COUNT),
-                     saturating_add(old["errors"] if old else 0, r.errors, MAX_AGGREGATE_COUNT),
-                     saturating_add(old["latency_sum_ms"] if old else 0.0, r.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS),
-                     json.dumps(hist), at),
-                )
-            c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
-            return False
+            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?",
+                          [(at, d) for d in {key[0] for key in keys}])
+        return duplicates
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"

@@ -11,6 +11,7 @@ from fleetcast.proto import telemetry as buckets
 from fleetcast.proto.v1 import device_pb2 as pb
 from tests.integration.server.conftest import RunningServer, auth
 from tests.support import models
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,9 @@ def test_status_reports_drive_the_deployment_document(server: RunningServer) -> 
     token = server.enroll("reporter-1", group="reporters")
     status, dep = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:reporters"})
     assert status == 201
+    # The deploy call returns before the device's director is signed; it is told once it is.
+    wait_for(lambda: (server.json("GET", "/v1/devices/reporter-1")[1].get("assignment") or None),
+             timeout_s=30, what="the device's assignment to be signed")
     server.stub().ReportStatus(pb.StatusReport(deployment_id=dep["id"], state="idle", event="success",
                                                active_model="grpc-model@1", final=True, outcome="installed"),
                                metadata=auth(token), timeout=10)

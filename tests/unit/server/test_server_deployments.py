@@ -5,10 +5,12 @@ import asyncio
 import pytest
 from tuf.api.dsse import SimpleEnvelope
 
+from fleetcast.server import assigner
 from fleetcast.server.deployments import StatusUpdate
 from fleetcast.server.errors import DeviceNotFound, InvalidRequest, ModelNotFound, TargetEmpty
 from fleetcast.server.fleet import Enrollment
 from fleetcast.server.services import Services
+from fleetcast.server.store import Deployment
 from tests.support import models
 
 
@@ -25,6 +27,13 @@ def _upload(services: Services, seed: int) -> str:
     return services.registry.add_version("digits", staged).version
 
 
+def _deploy(services: Services, **kw: object) -> Deployment:
+    """Creates the deployment and signs its devices' directors, as the server's assigner does."""
+    deployment = services.deployments.create(**kw)  # type: ignore[arg-type]
+    assigner.drain(services.deployments)
+    return deployment
+
+
 def _director_target(services: Services, device_id: str) -> dict | None:
     signed = SimpleEnvelope.from_bytes(services.signer.metadata(f"director/{device_id}", "targets.json")).get_signed()
     [target] = signed.targets.values() or [None]
@@ -35,7 +44,7 @@ def test_deployment_signs_each_device_and_records_it_assigned(services: Services
     _enroll(services, "dev-1")
     _enroll(services, "dev-2", group="field")
     version = _upload(services, 1)
-    d = services.deployments.create(model="digits", version=None, target="group:lab")
+    d = _deploy(services, model="digits", version=None, target="group:lab")
     doc = services.deployments.document(d)
     assert doc["status"] == "active" and doc["version"] == version
     assert [(x["device_id"], x["state"]) for x in doc["devices"]] == [("dev-1", "assigned")]
@@ -52,7 +61,7 @@ def test_watchers_are_told_of_a_new_assignment(services: Services) -> None:
     async def scenario() -> int:
         services.hub.bind(asyncio.get_running_loop())
         with services.hub.watch("dev-1") as watcher:
-            await asyncio.to_thread(services.deployments.create, model="digits", version="1", target="all")
+            await asyncio.to_thread(_deploy, services, model="digits", version="1", target="all")
             notice = await asyncio.wait_for(watcher.next(), 5)
             return notice.director_version
 
@@ -62,23 +71,23 @@ def test_watchers_are_told_of_a_new_assignment(services: Services) -> None:
 def test_targets_that_name_nothing_or_unknown_devices_are_refused(services: Services) -> None:
     _upload(services, 1)
     with pytest.raises(TargetEmpty):
-        services.deployments.create(model="digits", version=None, target="all")
+        _deploy(services, model="digits", version=None, target="all")
     _enroll(services, "dev-1")
     with pytest.raises(DeviceNotFound, match="ghost"):
-        services.deployments.create(model="digits", version=None, target="device:dev-1,ghost")
+        _deploy(services, model="digits", version=None, target="device:dev-1,ghost")
     with pytest.raises(TargetEmpty):
-        services.deployments.create(model="digits", version=None, target="group:nobody")
+        _deploy(services, model="digits", version=None, target="group:nobody")
     with pytest.raises(InvalidRequest, match="target"):
-        services.deployments.create(model="digits", version=None, target="everyone")
+        _deploy(services, model="digits", version=None, target="everyone")
     with pytest.raises(ModelNotFound):
-        services.deployments.create(model="digits", version="7", target="all")
+        _deploy(services, model="digits", version="7", target="all")
 
 
 def test_status_follows_final_reports(services: Services) -> None:
     for d in ("dev-1", "dev-2"):
         _enroll(services, d)
     _upload(services, 1)
-    dep = services.deployments.create(model="digits", version=None, target="all")
+    dep = _deploy(services, model="digits", version=None, target="all")
     services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "download", "success"))
     assert services.deployments.get(dep.deployment_id).status == "active"
     services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", "success",
@@ -96,7 +105,7 @@ def test_status_follows_final_reports(services: Services) -> None:
 def test_a_refusal_reported_after_the_deployment_closed_shows_on_the_device(services: Services) -> None:
     _enroll(services, "dev-1")
     _upload(services, 1)
-    dep = services.deployments.create(model="digits", version=None, target="all")
+    dep = _deploy(services, model="digits", version=None, target="all")
     services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", "success",
                                                             active_model="digits@1", final=True, outcome="installed"))
     assert services.store.device("dev-1").last_error == ""
@@ -112,7 +121,7 @@ def test_a_refusal_reported_after_the_deployment_closed_shows_on_the_device(serv
 def test_a_device_enrolled_later_joins_the_newest_deployment_to_all(services: Services) -> None:
     _enroll(services, "dev-1")
     _upload(services, 1)
-    dep = services.deployments.create(model="digits", version=None, target="all")
+    dep = _deploy(services, model="digits", version=None, target="all")
     services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", "success",
                                                             active_model="digits@1", final=True, outcome="installed"))
     assert services.deployments.get(dep.deployment_id).status == "succeeded"
@@ -129,18 +138,18 @@ def test_a_device_enrolled_later_joins_the_newest_deployment_to_all(services: Se
 def test_a_device_joins_only_deployments_aimed_at_its_group_and_not_cancelled(services: Services) -> None:
     _enroll(services, "dev-1", group="lab")
     _upload(services, 1)
-    services.deployments.create(model="digits", version=None, target="group:lab")
+    _deploy(services, model="digits", version=None, target="group:lab")
     _enroll(services, "dev-field", group="field")
     assert services.deployments.join("dev-field") is None
     assert _director_target(services, "dev-field") is None
 
-    field = services.deployments.create(model="digits", version=None, target="device:dev-1")
+    field = _deploy(services, model="digits", version=None, target="device:dev-1")
     assert field.target == "device:dev-1"
     _enroll(services, "dev-lab", group="lab")
     joined = services.deployments.join("dev-lab")
     assert joined is not None and joined.target == "group:lab"   # device targets are never joined
 
-    cancelled = services.deployments.create(model="digits", version=None, target="all")
+    cancelled = _deploy(services, model="digits", version=None, target="all")
     services.deployments.cancel(cancelled.deployment_id)
     _enroll(services, "dev-new", group="field")
     assert services.deployments.join("dev-new") is None
@@ -151,9 +160,9 @@ def test_cancel_gives_devices_their_previous_assignment_back(services: Services)
     _enroll(services, "dev-2")
     _upload(services, 1)
     _upload(services, 2)
-    first = services.deployments.create(model="digits", version="1", target="device:dev-1")
+    first = _deploy(services, model="digits", version="1", target="device:dev-1")
     services.deployments.apply_status("dev-1", StatusUpdate(first.deployment_id, "idle", final=True, outcome="installed"))
-    second = services.deployments.create(model="digits", version="2", target="all")
+    second = _deploy(services, model="digits", version="2", target="all")
     services.deployments.cancel(second.deployment_id)
     assert services.deployments.get(second.deployment_id).status == "cancelled"
     assert _director_target(services, "dev-1")["version"] == "1"
@@ -164,8 +173,8 @@ def test_cancel_gives_devices_their_previous_assignment_back(services: Services)
 def test_a_newer_deployment_supersedes_an_open_one(services: Services) -> None:
     _enroll(services, "dev-1")
     _upload(services, 1)
-    first = services.deployments.create(model="digits", version=None, target="all")
-    services.deployments.create(model="digits", version=None, target="all")
+    first = _deploy(services, model="digits", version=None, target="all")
+    _deploy(services, model="digits", version=None, target="all")
     [row] = services.store.deployment_devices(first.deployment_id)
     assert row.outcome == "superseded"
     assert services.deployments.get(first.deployment_id).status == "failed"
@@ -188,3 +197,69 @@ def test_reenrolling_after_approval_rotates_the_device_token(services: Services)
         _enroll(services, "dev-3", hw="toaster")
     with pytest.raises(InvalidRequest, match="device id"):
         _enroll(services, "dev/3")
+
+
+def test_a_deploy_returns_before_signing_and_the_assigner_signs_each_device(services: Services) -> None:
+    for d in ("dev-1", "dev-2", "dev-3"):
+        _enroll(services, d)
+    _upload(services, 1)
+    dep = services.deployments.create(model="digits", version=None, target="all")
+    assert services.signer.director_version("dev-1") == 0          # recorded, not yet signed
+    assert [r.device_id for r in services.store.unsigned_rows(limit=10)] == ["dev-1", "dev-2", "dev-3"]
+    assert services.deployments.sign_pending(limit=2) == 2
+    assert assigner.drain(services.deployments) == 1
+    assert services.store.unsigned_rows(limit=10) == []
+    assert all(_director_target(services, d)["deployment_id"] == dep.deployment_id for d in ("dev-1", "dev-2", "dev-3"))
+
+
+def test_cancelling_before_signing_leaves_devices_as_they_were(services: Services) -> None:
+    _enroll(services, "dev-1")
+    _upload(services, 1)
+    _upload(services, 2)
+    first = _deploy(services, model="digits", version="1", target="all")
+    services.deployments.apply_status("dev-1", StatusUpdate(first.deployment_id, "idle", final=True, outcome="installed"))
+    version_before = services.signer.director_version("dev-1")
+    second = services.deployments.create(model="digits", version="2", target="all")
+    services.deployments.cancel(second.deployment_id)
+    assert assigner.drain(services.deployments) == 0
+    assert services.signer.director_version("dev-1") == version_before
+    assert _director_target(services, "dev-1")["version"] == "1"
+
+
+def test_status_counts_follow_each_report_without_reading_the_rows(services: Services) -> None:
+    for d in ("dev-1", "dev-2", "dev-3"):
+        _enroll(services, d)
+    _upload(services, 1)
+    dep = _deploy(services, model="digits", version=None, target="all")
+    counts = services.store.deployment_counts
+    assert counts(dep.deployment_id) == {"": 3}
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", final=True, outcome="installed"))
+    services.deployments.apply_status("dev-1", StatusUpdate(dep.deployment_id, "idle", final=True, outcome="failed"))
+    services.deployments.apply_status("dev-2", StatusUpdate(dep.deployment_id, "idle", final=True, outcome="failed"))
+    assert counts(dep.deployment_id) == {"": 1, "installed": 1, "failed": 1}   # a closed row stays closed
+    assert services.deployments.get(dep.deployment_id).status == "active"
+    services.deployments.apply_status("dev-3", StatusUpdate(dep.deployment_id, "idle", final=True, outcome="installed"))
+    assert services.deployments.get(dep.deployment_id).status == "partial"
+    newer = _deploy(services, model="digits", version=None, target="device:dev-1")
+    assert counts(dep.deployment_id) == {"installed": 2, "failed": 1}          # closed rows are not superseded
+    assert counts(newer.deployment_id) == {"": 1}
+
+
+def test_rows_left_unsigned_by_a_stop_are_signed_after_the_next_start(tmp_path) -> None:
+    from fleetcast.server.config import ServerConfig
+    from fleetcast.server.services import open_services
+
+    config = ServerConfig(data_dir=tmp_path / "data", max_upload_bytes=1024 * 1024)
+    first = open_services(config)
+    try:
+        _enroll(first, "dev-1")
+        _upload(first, 1)
+        dep = first.deployments.create(model="digits", version=None, target="all")
+    finally:
+        first.close()                                   # stopped before the assigner ran
+    second = open_services(config)
+    try:
+        assert assigner.drain(second.deployments) == 1
+        assert _director_target(second, "dev-1")["deployment_id"] == dep.deployment_id
+    finally:
+        second.close()

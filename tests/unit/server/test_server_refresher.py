@@ -4,7 +4,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from fleetcast.server import refresher
+from fleetcast.server import assigner, refresher
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.fleet import Enrollment
 from fleetcast.server.services import open_services
@@ -24,6 +24,7 @@ def test_refresh_resigns_director_timestamps_near_expiry_and_names_those_devices
         staged.write(data)
         services.registry.add_version("digits", staged)
         services.deployments.create(model="digits", version=None, target="device:dev-1")
+        assigner.drain(services.deployments)
         assert refresher.refresh(services) == []  # nothing is due yet
         before = services.store.get_metadata("director/dev-1", "timestamp.json")
         time.sleep(1.2)  # past half of the 2 s timestamp lifetime

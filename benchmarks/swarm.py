@@ -1,0 +1,208 @@
+"""Fleet-scale benchmarks: one real `fleetcast server` process and a simulated fleet.
+
+    .venv/bin/python benchmarks/swarm.py rollout --devices 100 1000 --megabytes 1 --repeat 3
+    .venv/bin/python benchmarks/swarm.py enroll --devices 10000
+    .venv/bin/python benchmarks/swarm.py telemetry --rows 200000 --repeat 3
+    .venv/bin/python benchmarks/swarm.py rollout --devices 1000 --profile /tmp/server.svg
+
+`rollout` enrolls N simulated devices (fleetcast.server.simulator: real gRPC, each
+device verifies both TUF repositories, downloads and hashes the artifact and reports),
+waits until every one watches, deploys one version to all and measures the deploy API
+call, the notice latency after it returned (p50/p99), the time to the last device
+installed, and the server's CPU seconds per device (from /proc, the server process
+only). In the same run N plain HTTP clients fetch the same bytes from a static file
+server: the ratio is the figure to read on a shared machine. `enroll` is the
+enrollment storm (all devices at once, bounded concurrency) with the server's RSS.
+`telemetry` compares the server's batched ingest (TelemetryWriter, many concurrent
+senders) with a plain sqlite-utils `insert_all` of the same rows, and checks after the
+run that nothing was lost or counted twice. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.delivery_bench import plain_http_download_s  # noqa: E402
+from fleetcast.agent.trust import load_trust_root  # noqa: E402
+from fleetcast.server.simulator.cohort import Cohort  # noqa: E402
+from fleetcast.server.simulator.device import DeviceConfig  # noqa: E402
+from fleetcast.server.simulator.swarm import Swarm, SwarmConfig  # noqa: E402
+from tests.support import models  # noqa: E402
+from tests.support.processes import ServerProcess  # noqa: E402
+
+HARDWARE = ("x86-cpu", "arm-cpu", "rk3399", "jetson")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0) -> Swarm:
+    per = max(1, devices // len(HARDWARE))
+    cohorts = [Cohort(name=hw, devices=per + (devices - per * len(HARDWARE) if i == 0 else 0), hardware=hw)
+               for i, hw in enumerate(HARDWARE)]
+    return Swarm(SwarmConfig(
+        grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
+        cohorts=cohorts, devices_per_channel=100, enroll_concurrency=200,
+        device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
+                            telemetry_interval_s=telemetry_interval_s, rpc_timeout_s=600.0),
+    ))
+
+
+def profiler(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    if out is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--output", str(out), "--format",
+                             "speedscope" if out.suffix == ".json" else "flamegraph", "--rate", "50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def one_rollout(server: ServerProcess, swarm: Swarm, version: str, args: argparse.Namespace) -> dict[str, Any]:
+    pid = server.pid
+    cpu0 = cpu_s(pid)
+    with server.client() as fc:
+        start = time.monotonic()
+        deployment_id = await asyncio.to_thread(lambda: fc.deploy("bench", version=version, to="all").id)
+        returned = time.monotonic()
+    if args.until == "noticed":
+        finished = await swarm.wait_noticed(deployment_id, args.timeout_s)
+    else:
+        finished = await swarm.wait_finished(deployment_id, args.timeout_s)
+    cpu = cpu_s(pid) - cpu0
+    s = swarm.summary(deployment_id, since=returned)
+    return {"deploy_call_s": returned - start, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
+            "last_installed_s": (s["last_finished_s"] or 0) + (returned - start), "finished": finished,
+            "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"],
+            "server_cpu_s": cpu, "server_rss_mb": rss_mb(pid)}
+
+
+def rollout(args: argparse.Namespace) -> None:
+    for devices in args.devices:
+        with tempfile.TemporaryDirectory(prefix="fleetcast-swarm-") as tmp:
+            root = Path(tmp)
+            paths = [models.write(models.sized_model(args.megabytes, seed=7 + i), root / f"m{i}.onnx")
+                     for i in range(args.repeat)]
+            server = ServerProcess(root / "server").start()
+            try:
+                with server.client() as fc:
+                    versions = [fc.push_model(p, name="bench").version for p in paths]
+                runs, plains = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
+                                                     lambda: profiler(server.pid, args.profile)))
+            finally:
+                server.stop()
+        for r in runs:
+            print(f"devices={devices} deploy_call_s={r['deploy_call_s']:.3f} notice_p50_s={r['notice_p50_s']:.2f} "
+                  f"notice_p99_s={r['notice_p99_s']:.2f} last_installed_s={r['last_installed_s']:.2f} "
+                  f"server_cpu_ms_per_device={1000 * r['server_cpu_s'] / devices:.1f} rss_mb={r['server_rss_mb']:.0f} "
+                  f"outcomes={r['outcomes']} errors={r['errors']} {r['first_errors'][:1]}")
+        med = {k: statistics.median(r[k] for r in runs) for k in
+               ("deploy_call_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s")}
+        plain = statistics.median(plains) if plains else float("nan")
+        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} runs={len(runs)} "
+              f"deploy_call_s={med['deploy_call_s']:.3f} notice_p50_s={med['notice_p50_s']:.2f} "
+              f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
+              f"plain_http_s={plain:.2f} ratio={med['last_installed_s'] / plain:.2f} "
+              f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f}", flush=True)
+
+
+async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,
+                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float]]:
+    swarm = swarm_for(server, devices)
+    try:
+        enroll_s = await swarm.enroll()
+        swarm.start(telemetry=False)
+        watching = await swarm.wait_watching(args.timeout_s)
+        print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching}", flush=True)
+        runs, plains = [], []
+        spy = start_profile()
+        for version in versions:
+            if devices <= args.plain_max:   # one thread per client: more would measure the backlog
+                plains.append(await asyncio.to_thread(plain_http_download_s, path, devices))
+            runs.append(await one_rollout(server, swarm, version, args))
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+        return runs, plains
+    finally:
+        await swarm.close(grace_s=5)
+
+
+def enroll(args: argparse.Namespace) -> None:
+    for devices in args.devices:
+        with tempfile.TemporaryDirectory(prefix="fleetcast-swarm-") as tmp:
+            server = ServerProcess(Path(tmp) / "server").start()
+            try:
+                rss0 = rss_mb(server.pid)
+                cpu0 = cpu_s(server.pid)
+
+                async def storm() -> tuple[float, dict[str, Any]]:
+                    swarm = swarm_for(server, devices)
+                    try:
+                        return await swarm.enroll(), swarm.summary()
+                    finally:
+                        await swarm.close(grace_s=0)
+                took, summary = asyncio.run(storm())
+                with server.client() as fc:
+                    listed = len(fc.list_devices())
+                print(f"RESULT enroll devices={devices} enrolled={summary['enrolled']} listed={listed} "
+                      f"errors={summary['errors']} seconds={took:.1f} per_s={devices / took:.0f} "
+                      f"server_cpu_ms_per_device={1000 * (cpu_s(server.pid) - cpu0) / devices:.2f} "
+                      f"rss_mb_before={rss0:.0f} rss_mb_after={rss_mb(server.pid):.0f}", flush=True)
+            finally:
+                server.stop()
+
+
+def telemetry(args: argparse.Namespace) -> None:
+    from benchmarks.telemetry_ingest import compare
+    for _ in range(args.repeat):
+        print(compare(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("rollout")
+    r.add_argument("--devices", type=int, nargs="+", default=[100])
+    r.add_argument("--megabytes", type=float, default=1.0)
+    r.add_argument("--repeat", type=int, default=3)
+    r.add_argument("--timeout-s", type=float, default=900.0)
+    r.add_argument("--until", choices=("installed", "noticed"), default="installed",
+                   help="end each run when every device installed (default) or was told")
+    r.add_argument("--plain-max", type=int, default=2000, help="skip the plain HTTP run above this many devices")
+    r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
+    e = sub.add_parser("enroll")
+    e.add_argument("--devices", type=int, nargs="+", default=[10_000])
+    t = sub.add_parser("telemetry")
+    t.add_argument("--rows", type=int, default=200_000)
+    t.add_argument("--senders", type=int, default=500)
+    t.add_argument("--rows-per-batch", type=int, default=4)
+    t.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    {"rollout": rollout, "enroll": enroll, "telemetry": telemetry}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

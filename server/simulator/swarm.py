@@ -1,0 +1,148 @@
+"""Many simulated devices in one process: enroll them, run them, summarise what happened.
+
+Devices share a few gRPC channels (`devices_per_channel`), so ten thousand devices
+need tens of connections, not ten thousand; each device still has its own token,
+watch stream and trusted metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fleetcast.server.simulator.cohort import Cohort
+from fleetcast.server.simulator.device import DeviceConfig, SimulatedDevice, SimulatorError, connect
+from fleetcast.server.simulator.verify import SignatureCache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    grpc_target: str
+    cohorts: Sequence[Cohort]
+    device: DeviceConfig
+    prefix: str = "sim-"
+    devices_per_channel: int = 50
+    enroll_concurrency: int = 100
+    seed: int = 0
+    server_ca: bytes | None = None      # PEM: the server's CA (DATA/server-ca.pem); None: plaintext
+
+
+class Swarm:
+    def __init__(self, config: SwarmConfig) -> None:
+        self.config = config
+        self.cache = SignatureCache()
+        self.channels: list[grpc.aio.Channel] = []
+        self.devices: list[SimulatedDevice] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._telemetry: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        n = 0
+        for cohort in config.cohorts:
+            for device_id in cohort.device_ids(config.prefix):
+                if n % max(1, config.devices_per_channel) == 0:
+                    self.channels.append(connect(config.grpc_target, config.server_ca))
+                self.devices.append(SimulatedDevice(
+                    device_id=device_id, cohort=cohort, config=config.device, channel=self.channels[-1],
+                    cache=self.cache, seed=config.seed * 1_000_003 + n))
+                n += 1
+
+    async def enroll(self) -> float:
+        """Enrolls every device, `enroll_concurrency` at a time; returns the seconds it took."""
+        gate = asyncio.Semaphore(self.config.enroll_concurrency)
+        start = time.perf_counter()
+
+        async def one(device: SimulatedDevice) -> None:
+            async with gate:
+                try:
+                    await device.enroll()
+                except SimulatorError as e:
+                    device.record.errors.append(str(e)[:300])
+        await asyncio.gather(*(one(d) for d in self.devices))
+        return time.perf_counter() - start
+
+    def start(self, *, telemetry: bool = True) -> None:
+        """Starts every enrolled device's watch and update loops (and telemetry)."""
+        for d in self.devices:
+            if d.record.enrolled_at is None:
+                continue
+            self._tasks += [asyncio.create_task(loop, name=d.device_id) for loop in (d.watch(), d.update_loop())]
+            if telemetry:
+                self._telemetry.append(asyncio.create_task(d.telemetry_loop(self._stop), name=d.device_id))
+
+    async def wait_watching(self, timeout_s: float) -> bool:
+        """Until every started device has had its first notice from the watch stream."""
+        return await self._until(lambda: all(d.record.watching_at is not None for d in self.enrolled()), timeout_s)
+
+    async def wait_noticed(self, deployment_id: str, timeout_s: float) -> bool:
+        return await self._until(lambda: all(deployment_id in d.record.notices for d in self.enrolled()), timeout_s)
+
+    async def wait_finished(self, deployment_id: str, timeout_s: float) -> bool:
+        return await self._until(lambda: all(deployment_id in d.record.finished for d in self.enrolled()), timeout_s)
+
+    async def _until(self, done: Any, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def enrolled(self) -> list[SimulatedDevice]:
+        return [d for d in self.devices if d.record.enrolled_at is not None]
+
+    async def close(self, *, grace_s: float = 30.0) -> None:
+        """Lets telemetry in flight finish (up to `grace_s`), then stops every device."""
+        self._stop.set()
+        if self._telemetry:
+            await asyncio.wait(self._telemetry, timeout=grace_s)
+        self._tasks += self._telemetry
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self.channels:
+            await channel.close()
+
+    def summary(self, deployment_id: str = "", *, since: float | None = None) -> dict[str, Any]:
+        """Counts and timings; notice and finish times are seconds after `since` (monotonic)."""
+        records = [d.record for d in self.devices]
+        out: dict[str, Any] = {
+            "devices": len(records),
+            "enrolled": sum(r.enrolled_at is not None for r in records),
+            "errors": sum(len(r.errors) for r in records),
+            "first_errors": [e for r in records for e in r.errors][:5],
+            "retries": sum(r.retries for r in records),
+            "bytes_downloaded": sum(r.bytes_downloaded for r in records),
+            "telemetry_batches": sum(r.telemetry_batches for r in records),
+            "telemetry_inferences": sum(r.telemetry_sent for r in records),
+            "telemetry_errors": sum(r.telemetry_errors for r in records),
+        }
+        if deployment_id:
+            base = since if since is not None else 0.0
+            notices = sorted(r.notices[deployment_id] - base for r in records if deployment_id in r.notices)
+            finished = [r.finished[deployment_id] for r in records if deployment_id in r.finished]
+            outcomes: dict[str, int] = {}
+            for _, outcome in finished:
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            out |= {
+                "noticed": len(notices), "notice_p50_s": _quantile(notices, 0.5), "notice_p99_s": _quantile(notices, 0.99),
+                "outcomes": outcomes,
+                "last_finished_s": max((t - base for t, _ in finished), default=None),
+            }
+        return out
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]

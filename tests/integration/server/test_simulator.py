@@ -1,0 +1,100 @@
+"""The fleet simulator against a real server process: the wire contract end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetcast.agent.trust import load_trust_root
+from fleetcast.server.simulator.cohort import CohortError, parse_cohort
+from fleetcast.server.simulator.device import DeviceConfig
+from fleetcast.server.simulator.swarm import Swarm, SwarmConfig
+from fleetcast.server.store.sqlite import SqliteStore
+from tests.support import models
+from tests.support.deployments import push
+from tests.support.processes import ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path / "server").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _swarm(server: ServerProcess, *cohorts: str, telemetry_interval_s: float = 0.3) -> Swarm:
+    return Swarm(SwarmConfig(
+        grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
+        cohorts=[parse_cohort(c) for c in cohorts], devices_per_channel=8,
+        device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
+                            telemetry_interval_s=telemetry_interval_s, inferences_per_interval=20),
+    ))
+
+
+def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_once(
+        server: ServerProcess, tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(models.to_bytes(models.tiny_classifier(seed=3)))
+    push(server, path, name="digits")
+
+    async def scenario() -> tuple[dict, dict]:
+        swarm = _swarm(server, "name=cpu,devices=24,latency_ms=5", "name=rk,devices=6,hardware=rk3399,fail_rate=1,"
+                       "call_error_rate=0.2,delay_ms=5")
+        try:
+            await swarm.enroll()
+            swarm.start()
+            assert await swarm.wait_watching(30)
+            with server.client() as fc:
+                deployment_id = await asyncio.to_thread(lambda: fc.deploy("digits", version=None, to="all").id)
+            assert await swarm.wait_finished(deployment_id, 60), swarm.summary(deployment_id)
+            await asyncio.sleep(1.5)                   # a few telemetry intervals
+        finally:
+            await swarm.close()
+        return swarm.summary(deployment_id), deployment_id
+
+    summary, deployment_id = asyncio.run(scenario())
+    assert summary["enrolled"] == 30 and summary["errors"] == 0, summary
+    assert summary["outcomes"] == {"installed": 24, "rolled_back": 6}
+    assert summary["retries"] > 0                      # the injected call failures were retried
+    with server.client() as fc:
+        doc = fc.get_deployment(deployment_id).raw
+    assert doc["counts"]["installed"] == 24 and doc["counts"]["rolled_back"] == 6 and doc["status"] == "partial"
+    assert summary["telemetry_inferences"] > 0
+    store = SqliteStore(server.db_path)
+    try:
+        counted = sum(a.inferences for a in store.aggregates())
+    finally:
+        store.close()
+    assert counted == summary["telemetry_inferences"]
+
+
+def test_a_bad_enroll_token_is_an_error_on_every_device(server: ServerProcess) -> None:
+    async def scenario() -> dict:
+        swarm = Swarm(SwarmConfig(
+            grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
+        cohorts=[parse_cohort("name=x,devices=3")],
+            device=DeviceConfig(enroll_token="wrong", trust_root=load_trust_root(server.trust_root)),
+        ))
+        try:
+            await swarm.enroll()
+        finally:
+            await swarm.close()
+        return swarm.summary()
+
+    summary = asyncio.run(scenario())
+    assert summary["enrolled"] == 0 and summary["errors"] == 3
+    assert "UNAUTHENTICATED" in summary["first_errors"][0]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name=a,devices=0", "devices must be"), ("name=a,colour=red", "not known"),
+    ("name=a,error_rate=2", "error_rate"), ("name=a,devices=many", "not a int"), ("name=../x", "cohort name"),
+])
+def test_cohort_descriptions_are_checked_naming_the_field(text: str, words: str) -> None:
+    with pytest.raises(CohortError, match=words):
+        parse_cohort(text)
