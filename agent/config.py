@@ -10,7 +10,6 @@ could read it in the process list; the same holds for the MQTT password.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import re
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetcast.proto.addresses import is_loopback
 from fleetcast.proto import topics
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class AgentConfig:
             raise ConfigError(
                 f"--hardware {self.hardware_class!r} is not one of {', '.join(sorted(HARDWARE_CLASSES))}"
             )
-        if self.insecure_loopback_plaintext and not _is_loopback(self.server.rpartition(":")[0].strip("[]")):
+        if self.insecure_loopback_plaintext and not is_loopback(self.server.rpartition(":")[0].strip("[]")):
             raise ConfigError(f"--insecure-loopback-plaintext is refused for --server {self.server}: plaintext "
                               "is allowed only to a loopback address; drop the flag to use TLS")
         if self.telemetry_via_mqtt and not self.mqtt_url:
@@ -107,15 +107,6 @@ class AgentConfig:
             raise ConfigError("--bridge-port must be 0 (a free port) or 1..65535")
         if self.download_chunk_bytes <= 0 or self.max_artifact_bytes <= 0 or self.intra_op_threads <= 0:
             raise ConfigError("download_chunk_bytes, max_artifact_bytes and intra_op_threads must be positive")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_secret_file(path: Path, *, what: str, flag: str) -> str:

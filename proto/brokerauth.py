@@ -11,12 +11,13 @@ Errors: `BrokerAuthError` (a ValueError) naming the setting to fix.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from fleetcast.proto.addresses import is_loopback
 
 
 class BrokerAuthError(ValueError):
@@ -30,21 +31,12 @@ class BrokerAddress:
     tls: bool
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_url(url: str) -> BrokerAddress:
     parts = urlsplit(url if "://" in url else f"mqtts://{url}")
     if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"} or not parts.hostname:
         raise BrokerAuthError(f"MQTT URL {url!r} is not valid: use mqtts://HOST:8883")
     tls = parts.scheme in {"mqtts", "ssl"}
-    if not tls and not _is_loopback(parts.hostname):
+    if not tls and not is_loopback(parts.hostname):
         raise BrokerAuthError(f"MQTT URL {url!r} is plaintext to a host off loopback: use mqtts://{parts.hostname}:8883")
     return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
 

@@ -5,12 +5,12 @@ Nothing below this module reads the environment; everything is passed down.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fleetcast.proto.addresses import is_loopback
 from fleetcast.server.errors import InvalidRequest
 from fleetcast.server.liveness import LivenessConfig
 from fleetcast.server.signing import SigningConfig
@@ -169,15 +169,6 @@ def load(
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))
     return config
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _with_transport(config: ServerConfig, *, insecure_loopback_plaintext: bool, tls_cert: Path | None,
