@@ -64,6 +64,20 @@ def from_tensor(tensor: local_pb2.Tensor) -> np.ndarray:
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
+def describe_serving(response: local_pb2.StatusResponse, runtime: Runtime) -> local_pb2.StatusResponse:
+    """Fills the Status answer's part about what `runtime` serves (model, slot, tensors)."""
+    current = runtime.current
+    if current is not None:
+        a = current.installed.assignment
+        response.model, response.version, response.variant = a.model, a.version, a.variant
+        response.sha256, response.backend, response.slot = a.sha256, current.key.backend, current.installed.slot
+        for spec in current.session.inputs:
+            response.inputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
+        for spec in current.session.outputs:
+            response.outputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
+    return response
+
+
 class LocalInferenceServicer(local_pb2_grpc.LocalInferenceServicer):
     def __init__(self, runtime: Runtime, status: StatusSource) -> None:
         self.runtime = runtime

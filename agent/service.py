@@ -26,10 +26,10 @@ from fleetcast.agent.control import ControlClient, MqttListener, MqttUplink, Not
 from fleetcast.agent.datadir import DataDir, write_atomic
 from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport, Transport
 from fleetcast.agent.errors import (
-    ActivationError, AgentError, ReenrollmentRefused, ServerUnavailableError, TransientError, VerificationError,
+    ActivationError, ReenrollmentRefused, ServerUnavailableError, TransientError, VerificationError,
 )
 from fleetcast.agent.flow import Event, FlowConfig, Handler, Outcome, Record, Runner, State, StateStore
-from fleetcast.agent.local_api import LocalApi
+from fleetcast.agent.local_api import LocalApi, describe_serving
 from fleetcast.agent.runtime import LoadedModel, Runtime, load_model, smoke_test
 from fleetcast.agent.signed_targets import SignedTargets
 from fleetcast.agent.slots import InstalledModel, Slots, check_file, manifest_digest, other
@@ -284,16 +284,7 @@ class Agent:
         record = self.runner.record
         response = local_pb2.StatusResponse(device_id=self.config.device_id, state=record.state.value,
                                             deployment_id=record.deployment_id, last_error=self.last_error[:2000])
-        current = self.runtime.current
-        if current is not None:
-            a = current.installed.assignment
-            response.model, response.version, response.variant = a.model, a.version, a.variant
-            response.sha256, response.backend, response.slot = a.sha256, current.key.backend, current.installed.slot
-            for spec in current.session.inputs:
-                response.inputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
-            for spec in current.session.outputs:
-                response.outputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
-        return response
+        return describe_serving(response, self.runtime)
 
     # ---- the update flow's handlers -------------------------------------------------
 

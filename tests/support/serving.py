@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetcast.agent.datadir import DataDir
+from fleetcast.agent.local_api import describe_serving
 from fleetcast.agent.runtime import LoadedModel, Runtime, load_model
 from fleetcast.agent.slots import Slots
 from fleetcast.agent.telemetry import Recorder
@@ -34,16 +35,6 @@ def status_of(runtime: Runtime, state: Callable[[], str] = lambda: "idle") -> Ca
     """The agent's Status answer for what `runtime` serves (agent/service.py builds the same)."""
 
     def status() -> local_pb2.StatusResponse:
-        response = local_pb2.StatusResponse(device_id="dev-1", state=state())
-        current = runtime.current
-        if current is not None:
-            a = current.installed.assignment
-            response.model, response.version, response.variant = a.model, a.version, a.variant
-            response.sha256, response.backend, response.slot = a.sha256, current.key.backend, current.installed.slot
-            for spec in current.session.inputs:
-                response.inputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
-            for spec in current.session.outputs:
-                response.outputs.add(name=spec.name, dtype=spec.dtype, shape=[str(d) for d in spec.shape])
-        return response
+        return describe_serving(local_pb2.StatusResponse(device_id="dev-1", state=state()), runtime)
 
     return status
