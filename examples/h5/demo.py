@@ -89,7 +89,7 @@ def main() -> int:
         agent = start("agent", fleetcast(
             "agent", "--server", addresses["grpc"], "--data", str(WORK / "phone"), "--device-id", "phone-h5",
             "--hardware", "phone-android", "--trust-root", str(WORK / "server" / "trust-root.json"),
-            f"--enroll-token={(WORK / 'server' / 'enroll-token').read_text().strip()}", "--trial-s", "1",
+            "--enroll-token-file", str(WORK / "server" / "enroll-token"), "--trial-s", "1",
             "--bridge-allow-origin", origin))
         wait_json(WORK / "phone" / "agent.json", agent, "agent")
         bridge = wait_json(WORK / "phone" / "bridge.json", agent, "agent bridge")
