@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,21 @@ logger = logging.getLogger(__name__)
 class BuildStopped(BaseException):
     """Raised inside a job when the server stops; a BaseException so that the
     pipeline's per-level `except Exception` does not swallow it."""
+
+
+@dataclass(frozen=True)
+class BuiltVariant:
+    """One variant the compression pipeline built: a file to store and its measurements."""
+
+    variant: str
+    format: str
+    path: Path
+    metrics: Mapping[str, Any]
+    # A per-target build's outputs on the golden inputs, computed with the runtime that
+    # runs it (none here can run it through onnxruntime), and their tolerance.
+    golden_outputs: Mapping[str, np.ndarray] | None = None
+    golden_tolerance: tuple[float, float] | None = None
+
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,7 @@ import numpy as np
 from fleetcast.proto import formats
 from fleetcast.server import inspection
 from fleetcast.server.blobs import BlobStore, StagedFile
-from fleetcast.server.builds import BuildJob, Builds, BuildStopped
+from fleetcast.server.builds import BuildJob, Builds, BuildStopped, BuiltVariant
 from fleetcast.server.compress.golden import first_sample as golden_first_sample
 from fleetcast.server.errors import (
     FleetcastError,
@@ -76,20 +76,6 @@ VARIANT_TOLERANCES: Final[Mapping[str, tuple[float, float]]] = {
 }
 DEFAULT_SAMPLE_LIMITS: Final = SampleLimits(max_bytes=256 * 1024**2, max_samples=10_000, keep=10_000)
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BuiltVariant:
-    """One variant the compression pipeline built: a file to store and its measurements."""
-
-    variant: str
-    format: str
-    path: Path
-    metrics: Mapping[str, Any]
-    # A per-target build's outputs on the golden inputs, computed with the runtime that
-    # runs it (none here can run it through onnxruntime), and their tolerance.
-    golden_outputs: Mapping[str, np.ndarray] | None = None
-    golden_tolerance: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -480,9 +466,7 @@ class Registry:
                      if record.golden else ({}, {}))
         built, errors = build_targets(job.model_path, job.source_format, job.targets, feeds, job.work, progress)
         return CompressionResult(
-            built=[*result.built, *(BuiltVariant(variant=b.variant, format=b.format, path=b.path, metrics=b.metrics,
-                                                 golden_outputs=b.outputs, golden_tolerance=b.tolerance)
-                                    for b in built)],
+            built=[*result.built, *built],
             errors={**result.errors, **errors}, notes=result.notes, original_metrics=result.original_metrics)
 
     def _add_variant(self, job: BuildJob, built: BuiltVariant) -> None:

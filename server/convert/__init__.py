@@ -6,7 +6,7 @@
 | `openvino` | onnx, tflite | openvino (IR in one file) | `openvino.convert_model`, in a subprocess |
 | `rknn-<platform>` | onnx | rknn | `rknn-toolkit2` in its own Python environment (`FLEETCAST_RKNN_PYTHON`) |
 
-Each build becomes a variant as a compression level does (`registry.BuiltVariant`):
+Each build becomes a variant as a compression level does (`builds.BuiltVariant`):
 its own signed blob, its own golden file (its outputs on the version's golden inputs,
 computed with the back end devices use) and figures measured here: latency against
 onnxruntime on the original in the same run, and how far its outputs are from the

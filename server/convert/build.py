@@ -17,12 +17,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
+from fleetcast.server.builds import BuiltVariant
 from fleetcast.server.convert.targets import TARGETS, ConversionError
 
 logger = logging.getLogger(__name__)
@@ -30,16 +30,6 @@ logger = logging.getLogger(__name__)
 TOLERANCE: Final = (1e-3, 1e-3)     # (atol, rtol) a float32 conversion must stay within
 RKNN_TOLERANCE: Final = (1e-2, 1e-2)  # Rockchip NPUs compute in FP16
 ORIGINAL_BACKEND: Final = {"onnx": "onnxruntime", "tflite": "litert"}
-
-
-@dataclass(frozen=True)
-class Built:
-    variant: str
-    format: str
-    path: Path
-    metrics: Mapping[str, Any]
-    outputs: Mapping[str, np.ndarray]        # on the golden inputs, named as the original's outputs
-    tolerance: tuple[float, float]           # the golden file's (atol, rtol) for this build
 
 
 def session_for(path: Path, fmt: str) -> Any:
@@ -133,9 +123,9 @@ def simulate(path: Path, fmt: str, source: Path, source_format: str, feeds: Mapp
 
 
 def build_targets(source: Path, source_format: str, targets: Sequence[str], feeds: Mapping[str, np.ndarray],
-                  work: Path, progress: Callable[[str], None]) -> tuple[list[Built], dict[str, str]]:
+                  work: Path, progress: Callable[[str], None]) -> tuple[list[BuiltVariant], dict[str, str]]:
     """Builds each target; returns (the built ones, target -> why it was not built)."""
-    built: list[Built] = []
+    built: list[BuiltVariant] = []
     errors: dict[str, str] = {}
     for name in targets:
         target = TARGETS[name]
@@ -158,6 +148,6 @@ def build_targets(source: Path, source_format: str, targets: Sequence[str], feed
         logger.info("target built target=%s latency_ratio=%s max_abs_diff=%.3g", name,
                     metrics["latency_ratio"], metrics["max_abs_diff"])
         tolerance = RKNN_TOLERANCE if target.format == "rknn" else (1e-4, 1e-3)   # golden: the device vs this run
-        built.append(Built(variant=name, format=target.format, path=path, metrics=metrics, outputs=outputs,
-                           tolerance=tolerance))
+        built.append(BuiltVariant(variant=name, format=target.format, path=path, metrics=metrics,
+                                  golden_outputs=outputs, golden_tolerance=tolerance))
     return built, errors

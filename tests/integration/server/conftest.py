@@ -21,6 +21,7 @@ import pytest
 
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
+from tests.support.broker import Broker
 from tests.support.waiting import log_tail, wait_for
 
 MAX_UPLOAD_BYTES = 200_000
@@ -125,4 +126,13 @@ def launch(workdir: Path, *extra: str) -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with launch(tmp_path_factory.mktemp("server")) as running:
+        yield running
+
+
+@contextmanager
+def launch_with_broker(workdir: Path, broker: Broker, *extra: str) -> Iterator[RunningServer]:
+    """`launch` with `--mqtt` on the test broker's server listener; the broker accepts the
+    certificates of the CAs seeded into the server's data dir."""
+    broker.seed_server_data(workdir / "data")
+    with launch(workdir, "--mqtt", broker.server_url, *extra) as running:
         yield running

@@ -9,7 +9,7 @@ import pytest
 
 from fleetcast.proto import topics
 from fleetcast.proto.v1 import device_pb2 as pb
-from tests.integration.server.conftest import RunningServer, launch
+from tests.integration.server.conftest import RunningServer, launch_with_broker
 from tests.support import models
 from tests.support.broker import Broker
 from tests.support.waiting import wait_for
@@ -19,9 +19,7 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture(scope="module")
 def bridged(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("bridged")
-    mosquitto.seed_server_data(workdir / "data")   # the broker accepts certificates from these CAs
-    with launch(workdir, "--mqtt", mosquitto.server_url) as running:
+    with launch_with_broker(tmp_path_factory.mktemp("bridged"), mosquitto) as running:
         yield running
 
 

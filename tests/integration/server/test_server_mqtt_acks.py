@@ -17,7 +17,7 @@ from fleetcast.proto import telemetry as buckets
 from fleetcast.proto import topics
 from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2 as pb
-from tests.integration.server.conftest import RunningServer, auth, launch
+from tests.integration.server.conftest import RunningServer, auth, launch_with_broker
 from tests.support import models
 from tests.support.broker import Broker
 from tests.support.waiting import wait_for
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture(scope="module")
 def acking(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("acking")
-    mosquitto.seed_server_data(workdir / "data")   # the broker accepts certificates from these CAs
-    with launch(workdir, "--mqtt", mosquitto.server_url) as running:
+    with launch_with_broker(tmp_path_factory.mktemp("acking"), mosquitto) as running:
         wait_for(lambda: "mqtt bridge connected" in running.log.read_text(errors="replace"), timeout_s=30,
                  what="the server's MQTT bridge to connect")
         yield running

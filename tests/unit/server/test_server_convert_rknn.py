@@ -46,5 +46,5 @@ def test_onnx_converts_to_rknn_and_the_simulator_matches_onnxruntime(tmp_path: P
     assert variant.format == "rknn" and variant.path.stat().st_size > 0
     assert variant.metrics["platform"] == "rk3588" and variant.metrics["within_budget"] is True, variant.metrics
     want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    np.testing.assert_allclose(variant.outputs["output"], want, atol=RKNN_TOLERANCE[0], rtol=RKNN_TOLERANCE[1])
-    assert not np.array_equal(variant.outputs["output"], want)   # the simulator computed it (FP16), not a copy
+    np.testing.assert_allclose(variant.golden_outputs["output"], want, atol=RKNN_TOLERANCE[0], rtol=RKNN_TOLERANCE[1])
+    assert not np.array_equal(variant.golden_outputs["output"], want)   # the simulator computed it (FP16), not a copy
