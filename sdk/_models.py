@@ -15,7 +15,7 @@ JsonDoc = Mapping[str, Any]
 # cancelled, superseded); these are the ones that count as failures.
 FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "rolled_back"})
 # Deployment statuses after which nothing changes any more ("active" is the other one).
-FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "partial", "cancelled"})
+FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "partial", "cancelled", "reverted"})
 
 
 @dataclass(frozen=True)

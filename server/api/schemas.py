@@ -81,7 +81,7 @@ RESPONSES: Final[dict[str, Any]] = {
     "DeviceList": _object({"devices": {"type": "array", "items": _ref("Device")}}),
     "Deployment": _object({
         "id": STR, "model": STR, "version": STR, "target": STR,
-        "status": {"enum": ["active", "succeeded", "failed", "partial", "cancelled"]},
+        "status": {"enum": ["active", "succeeded", "failed", "partial", "cancelled", "reverted"]},
         "created_at": NUM, "updated_at": NUM,
         "counts": {"type": "object", "required": ["total", "pending"], "additionalProperties": INT},
         "devices": {"type": "array", "items": _object({
