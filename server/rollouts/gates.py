@@ -30,6 +30,7 @@ from fleetcast.server.errors import InvalidRequest
 Verdict = Literal["pass", "fail", "no_data", "no_control"]
 METRICS: Final = {"serving": ">=", "trial_rollbacks": "<=", "error_rate": "<=",
                   "latency_p50": "<=", "latency_p95": "<=", "latency_p99": "<="}
+QUANTILE_OF: Final = {"latency_p50": 0.50, "latency_p95": 0.95, "latency_p99": 0.99}
 DEFAULT_GATES: Final = ("serving >= 0.9", "trial_rollbacks <= 0.1", "error_rate <= 0.05",
                         "latency_p95 <= 1.5x control")
 MAX_GATES: Final = 16
@@ -79,15 +80,16 @@ def parse_gates(texts: Sequence[str]) -> tuple[Check, ...]:
 
 
 class Figures(Protocol):
-    """What a check reads of one side's windowed telemetry (telemetry_windows.Figures)."""
+    """What a check reads of one side's windowed telemetry (fleetview.Figures)."""
 
     inferences: int
     errors: int
     devices: int
-    error_rate: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
+
+    @property
+    def error_rate(self) -> float | None: ...
+
+    def quantile(self, q: float) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Result:
 def _reading(figures: Figures, metric: str) -> float | None:
     if metric == "error_rate":
         return figures.error_rate
-    return {"latency_p50": figures.p50_ms, "latency_p95": figures.p95_ms, "latency_p99": figures.p99_ms}[metric]
+    return figures.quantile(QUANTILE_OF[metric])
 
 
 def _enough(figures: Figures | None, *, min_inferences: int, min_devices: int) -> bool:
