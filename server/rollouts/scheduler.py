@@ -163,7 +163,8 @@ def _judge(rollouts: Rollouts, r: Rollout, spec: RolloutSpec, stage: RolloutStag
     found = evidence.gather(rollouts.store, r, devices, stage=r.stage, since=since)
     results = gates.evaluate_all(spec.checks(), found, min_inferences=spec.min_inferences,
                                  min_devices=spec.min_devices)
-    decision = gates.decide(results, soak_over=now - since >= spec.soak_s)
+    # A stage left with no device to judge (all of it reached earlier, or held back) has nothing to soak.
+    decision = gates.decide(results, soak_over=now - since >= spec.soak_s or not found)
     documents = [x.document() for x in results]
     snapshot = {"checks": documents}
     judged = dataclasses.replace(stage, results=documents)

@@ -223,7 +223,8 @@ class Rollouts:
                      if d.stage > r.stage and d.state == "planned"]
             changed += [dataclasses.replace(s, state=StageState.PASSED, ended_at=now) for s in stages[r.stage + 1:last]
                         if s.state == StageState.PENDING]
-        return Change(**base, stages=changed, devices=moved, reason=base["reason"] + (" (full)" if full else ""))
+        return Change(**{**base, "reason": base["reason"] + (" (full)" if full else "")}, stages=changed,
+                      devices=moved)
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, rollout_id: str) -> Rollout:
