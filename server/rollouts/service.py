@@ -250,7 +250,9 @@ class Rollouts:
         return {
             "id": r.rollout_id, "model": r.model, "version": r.version, "target": r.target,
             "deployment_id": r.deployment_id, "state": r.state, "stage": r.stage,
-            "final": r.state in FINAL_ROLLOUT_STATES, "healthy": r.state in HEALTHY_ROLLOUT_STATES,
+            "final": r.state in FINAL_ROLLOUT_STATES,
+            # a rollout that held a cohort back completes, but not healthily: that cohort never got it
+            "healthy": r.state in HEALTHY_ROLLOUT_STATES and not any(e.event == "cohort_held" for e in log),
             "spec": dict(r.spec), "created_at": r.created_at, "updated_at": r.updated_at,
             "devices": {"total": len(devices), **totals}, "failures": failures,
             "stages": [{"index": s.index, "size": s.size, "state": s.state, "started_at": s.started_at,
