@@ -137,7 +137,7 @@ def next_rollout(state: RolloutState, event: RolloutEvent) -> RolloutState:
     except KeyError:
         allowed = sorted(e.value for (s, e) in ROLLOUT_TRANSITIONS if s == state)
         raise IllegalTransition(
-            f"a {state.value} rollout cannot {event.value.replace('_', ' ')}"
+            f"the rollout is {state.value} and cannot {event.value.replace('_', ' ')}"
             + (f": it can {', '.join(allowed)}" if allowed else ": it is final")) from None
 
 
@@ -145,4 +145,4 @@ def next_stage(state: StageState, event: StageEvent) -> StageState:
     try:
         return STAGE_TRANSITIONS[(state, event)]
     except KeyError:
-        raise IllegalTransition(f"a {state.value} stage cannot {event.value.replace('_', ' ')}") from None
+        raise IllegalTransition(f"the stage is {state.value} and cannot {event.value.replace('_', ' ')}") from None

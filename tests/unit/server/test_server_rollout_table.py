@@ -93,7 +93,7 @@ def test_no_stage_passes_without_gates_passing_or_the_operator_promoting(events:
 
 
 def test_resuming_a_completed_rollout_is_refused_naming_what_it_can_do() -> None:
-    with pytest.raises(IllegalTransition, match="completed rollout cannot resume: it can undo"):
+    with pytest.raises(IllegalTransition, match="is completed and cannot resume: it can undo"):
         next_rollout(R.COMPLETED, RE.RESUME)
     with pytest.raises(IllegalTransition, match="is final"):
         next_rollout(R.ROLLED_BACK, RE.UNDO)

@@ -6,6 +6,8 @@ import secrets
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server import assigner
@@ -127,7 +129,7 @@ def test_a_good_version_completes_every_stage_and_undo_brings_back_the_previous_
         time.sleep(0.1)
     assert services.rollouts.get(r.rollout_id).state == "completed"
     assert set(_state(services, r.rollout_id).values()) == {"serving"}
-    with pytest.raises(IllegalTransition, match="completed rollout cannot resume"):
+    with pytest.raises(IllegalTransition, match="is completed and cannot resume"):
         services.rollouts.command(r.rollout_id, "resume")
     services.rollouts.command(r.rollout_id, "undo")
     assert services.rollouts.get(r.rollout_id).state == "rolled_back"
@@ -159,3 +161,117 @@ def test_a_second_rollout_of_a_model_waits_for_the_first(services: Services) -> 
     services.rollouts.start(model="digits", version=v2, target="all", spec=spec_from(SPEC))
     with pytest.raises(Conflict, match="let it finish"):
         services.rollouts.start(model="digits", version=v2, target="all", spec=spec_from(SPEC))
+
+
+def test_a_restart_mid_stage_resumes_where_it_was(services: Services) -> None:
+    _, v2 = _fleet_on_v1(services)
+    r = services.rollouts.start(model="digits", version=v2, target="all", spec=spec_from({**SPEC, "soak_s": 60}))
+    _look(services)
+    before = _state(services, r.rollout_id)
+    services.close()
+    from fleetcast.server.services import open_services
+    again = open_services(services.config)
+    try:
+        assert _state(again, r.rollout_id) == before
+        for device_id, state in before.items():
+            if state == "assigned":
+                _install(again, device_id)
+        _look(again)
+        assert again.store.rollout_stages(r.rollout_id)[0].state == "soaking"
+        assert again.rollouts.get(r.rollout_id).state == "running"
+    finally:
+        again.close()
+
+
+def test_devices_marked_before_a_crash_are_assigned_or_reverted_after_it(services: Services) -> None:
+    import dataclasses
+
+    v1, v2 = _fleet_on_v1(services)
+    r = services.rollouts.start(model="digits", version=v2, target="all", spec=spec_from(SPEC))
+    scheduler.step(services.rollouts, r.rollout_id)          # stage 0 starts
+    # The save that marks the wave assigned happened; the process died before the wave was.
+    wave = [d for d in services.store.rollout_devices(r.rollout_id) if d.stage == 0]
+    current = services.rollouts.get(r.rollout_id)
+    services.store.save_rollout(dataclasses.replace(current, revision=current.revision + 1),
+                                devices=services.rollouts.marked(wave, "assigned", "", assigned_at=time.time()))
+    assert services.store.deployment_devices(r.deployment_id) == []
+    _look(services)
+    assert {x.device_id for x in services.store.deployment_devices(r.deployment_id)} == {d.device_id for d in wave}
+    for d in wave:
+        assert services.store.assignment(d.device_id).document["version"] == v2
+    # The same for a revert: marked reverting, never sent.
+    current = services.rollouts.get(r.rollout_id)
+    services.store.save_rollout(dataclasses.replace(current, state="aborted", revision=current.revision + 1),
+                                devices=services.rollouts.marked(wave, "reverting", "aborted"))
+    assert services.rollouts.recover() == len(wave)
+    assert {services.store.assignment(d.device_id).document["version"] for d in wave} == {v1}
+    assert {d.state for d in services.store.rollout_devices(r.rollout_id) if d.stage == 0} == {"reverted"}
+
+
+def test_promote_full_puts_every_remaining_device_in_the_last_stage(services: Services) -> None:
+    _, v2 = _fleet_on_v1(services)
+    r = services.rollouts.start(model="digits", version=v2, target="all",
+                                spec=spec_from({**SPEC, "stages": "1,2,3,100%"}))
+    _look(services)
+    services.rollouts.command(r.rollout_id, "promote", full=True)
+    stages = services.store.rollout_stages(r.rollout_id)
+    assert [s.state for s in stages] == ["passed", "passed", "passed", "pending"]
+    assert {d.stage for d in services.store.rollout_devices(r.rollout_id) if d.state == "planned"} == {3}
+    _look(services)
+    assert services.rollouts.get(r.rollout_id).stage == 3
+    assert set(_state(services, r.rollout_id).values()) == {"assigned"}
+
+
+ACTIONS = ("pause", "resume", "promote", "promote_full", "abort", "undo", "look", "restart", "install", "serve_good",
+           "serve_bad")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=10))
+def test_random_commands_looks_and_restarts_keep_the_tables_promises(services: Services, actions: list[str]) -> None:
+    from fleetcast.server.rollouts.service import Rollouts
+    from fleetcast.server.rollouts.table import ROLLOUT_TRANSITIONS, RolloutEvent
+
+    if services.store.device("x86-0") is None:
+        _fleet_on_v1(services)
+    for old in services.store.rollouts(states=["running", "paused"]):
+        services.rollouts.command(old.rollout_id, "abort")
+    r = services.rollouts.start(model="digits", version="2", target="all",
+                                spec=spec_from({**SPEC, "soak_s": 0.05, "min_inferences": 10}))
+    rollouts = services.rollouts
+    for action in actions:
+        if action == "restart":     # a new process: nothing but what the store holds
+            before = (rollouts.get(r.rollout_id), _state(services, r.rollout_id))
+            rollouts = Rollouts(store=services.store, deployments=services.deployments)
+            rollouts.recover()
+            assert (rollouts.get(r.rollout_id), _state(services, r.rollout_id)) == before
+        elif action == "look":
+            scheduler.tick(rollouts)
+            assigner.drain(services.deployments)
+        elif action == "install":
+            for device_id, state in _state(services, r.rollout_id).items():
+                if state == "assigned" and services.store.assignment(device_id).deployment_id == r.deployment_id:
+                    _install(services, device_id)
+        elif action.startswith("serve"):
+            for device_id in FLEET:
+                on = services.store.assignment(device_id).document["version"]
+                slow = action == "serve_bad" and on == "2" and device_id.startswith("rk")
+                _serve(services, device_id, on, latency_ms=25.0 if slow else 10.0, n=20)
+        else:
+            verb, full = ("promote", True) if action == "promote_full" else (action, False)
+            try:
+                rollouts.command(r.rollout_id, verb, full=full)
+            except IllegalTransition:
+                pass        # refused: nothing changed
+        now = rollouts.get(r.rollout_id)
+        log = services.store.rollout_log(r.rollout_id)
+        for e in log:
+            if e.event in set(RolloutEvent):
+                assert ROLLOUT_TRANSITIONS[(e.from_state, RolloutEvent(e.event))] == e.to_state
+            else:
+                assert e.event in {"start", "cohort_held"} or e.event.startswith("stage_")
+        if any(e.event == "gate_failed" for e in log):
+            assert now.state in {"aborted", "rolled_back"}
+        if now.state == "completed":
+            assert {s.state for s in services.store.rollout_stages(r.rollout_id)} == {"passed"}
+        assert len(services.store.rollout_devices(r.rollout_id)) == len(FLEET)
