@@ -104,14 +104,18 @@ def main() -> None:
     soaks = stages * args.soak_s
     above = r["cpu_s"] - r["idle_rate"] * r["wall_s"]
     for s in doc["stages"]:
-        print(f"stage={s['index']} size={s['size']} state={s['state']} cohorts={s['cohorts']}")
+        install = (s["soak_started_at"] or 0) - (s["started_at"] or 0)
+        judged = (s["ended_at"] or 0) - (s["soak_started_at"] or 0)
+        print(f"stage={s['index']} size={s['size']} state={s['state']} start_to_settled_s={install:.1f} "
+              f"settled_to_passed_s={judged:.1f} cohorts={s['cohorts']}")
     held = [e["reason"] for e in doc["log"] if e["event"] == "cohort_held"]
     on_v2 = {c: sum(1 for d, m in r["active"].items() if d.startswith(f"sim-{c}-") and m == "bench@2")
              for c, _, _ in COHORTS}
     print(f"held={held}\ndevices on version 2 per cohort={on_v2} simulator errors={r['errors']}")
     print(f"RESULT rollout_bench devices={args.devices} stages={args.stages} soak_s={args.soak_s:g} "
           f"state={doc['state']} healthy={doc['healthy']} start_to_end_s={r['wall_s']:.1f} sum_of_soaks_s={soaks:g} "
-          f"ratio={r['wall_s'] / soaks:.3f} server_cpu_s={r['cpu_s']:.1f} telemetry_only_cpu_s_per_s={r['idle_rate']:.3f} "
+          f"ratio={r['wall_s'] / soaks:.3f} server_cpu_s={r['cpu_s']:.1f} "
+          f"telemetry_only_cpu_s_per_s={r['idle_rate']:.3f} "
           f"cpu_ms_per_device_per_stage={1000 * r['cpu_s'] / args.devices / stages:.2f} "
           f"above_telemetry_ms_per_device_per_stage={1000 * above / args.devices / stages:.2f}", flush=True)
 

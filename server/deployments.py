@@ -181,7 +181,8 @@ class Deployments:
         return Deployment(deployment_id=f"dep-{secrets.token_hex(8)}", model=release.model, version=release.version,
                           target=target, status="active", created_at=now, updated_at=now)
 
-    def assign_wave(self, deployment: Deployment, release: ModelVersion, choices: Mapping[str, choice.Choice]) -> None:
+    def assign_wave(self, deployment: Deployment, release: ModelVersion,
+                    choices: Mapping[str, choice.Choice]) -> None:
         """Assigns one wave of devices (device id -> its variant) to `deployment`, recording the
         deployment itself with its first wave; the assigner then signs each director. A
         device's open row in any other deployment closes as superseded."""
@@ -234,7 +235,8 @@ class Deployments:
         if device is None or self.store.assignment(device_id) is not None:
             return None
         targets = {"all"} | ({f"group:{device.group}"} if device.group else set())
-        newest = next((d for d in self.store.deployments() if d.target in targets and d.status not in {"cancelled", "reverted"}), None)
+        newest = next((d for d in self.store.deployments()
+                       if d.target in targets and d.status not in {"cancelled", "reverted"}), None)
         if newest is None:
             return None
         release = self.registry.version(newest.model, newest.version)
@@ -358,6 +360,16 @@ class Deployments:
         self._refresh_status(deployment_id, now)
         logger.info("deployment reverted deployment=%s devices=%d reason=%s", deployment_id, len(reverted), reason)
         return reverted
+
+    def reopen(self, deployment_id: str, device_ids: Sequence[str]) -> None:
+        """Assigns the deployment again to devices whose rows closed (reverted, failed): each
+        row is open again, and the assigner signs it as it signs a new one."""
+        now = self.clock()
+        for device_id in device_ids:
+            self.store.update_deployment_device(deployment_id, device_id, state="assigned", outcome="", reason="",
+                                                at=now)
+        self._refresh_status(deployment_id, now)
+        self.on_created()
 
     def undo(self, deployment_id: str) -> Deployment:
         """`deploy undo`: every device of the deployment back to what it ran before."""

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from fleetcast.server.rollouts import evidence, gates
@@ -113,7 +113,7 @@ def _follow(rollouts: Rollouts, r: Rollout, spec: RolloutSpec, stage: RolloutSta
         if (state, reason) != (d.state, d.reason):
             changed.append(dataclasses.replace(d, state=state, reason=reason, updated_at=now))
     if lost:
-        _assign(rollouts, r, lost)
+        _assign(rollouts, r, lost, recorded=rows.keys())
     wave = _wave(spec, stage, mine, now)
     if changed or wave:
         marked = rollouts.marked(wave, "assigned", "", assigned_at=now)
@@ -121,7 +121,7 @@ def _follow(rollouts: Rollouts, r: Rollout, spec: RolloutSpec, stage: RolloutSta
                                         devices=[*changed, *marked]), actor="scheduler")
         if saved is None:
             return False
-        _assign(rollouts, saved, marked)      # saved first: a crash now leaves them found as `lost`
+        _assign(rollouts, saved, marked, recorded=rows.keys())   # saved first: a crash now leaves them `lost`
         return True
     if all(d.state not in IN_FLIGHT and d.state != "planned" for d in mine):
         soaking = dataclasses.replace(stage, state=next_stage(StageState(stage.state), StageEvent.SETTLED),
@@ -147,13 +147,21 @@ def _wave(spec: RolloutSpec, stage: RolloutStage, mine: Sequence[RolloutDevice],
     return waiting[:max(0, budget)]
 
 
-def _assign(rollouts: Rollouts, r: Rollout, wave: Sequence[RolloutDevice]) -> None:
+def _assign(rollouts: Rollouts, r: Rollout, wave: Sequence[RolloutDevice], *, recorded: Iterable[str]) -> None:
+    """Assigns a wave: new devices join the deployment, ones it had before (sent back, now
+    tried again) have their rows opened again."""
     if not wave:
         return
     d = rollouts.deployments
-    deployment = d.get(r.deployment_id)
-    release = d.registry.version(r.model, r.version)
-    d.assign_wave(deployment, release, choices_for(release, wave, why=f"rollout {r.rollout_id} stage {r.stage}"))
+    had = set(recorded)
+    again = [x.device_id for x in wave if x.device_id in had]
+    if again:
+        d.reopen(r.deployment_id, again)
+    fresh = [x for x in wave if x.device_id not in had]
+    if fresh:
+        release = d.registry.version(r.model, r.version)
+        d.assign_wave(d.get(r.deployment_id), release,
+                      choices_for(release, fresh, why=f"rollout {r.rollout_id} stage {r.stage}"))
 
 
 def _judge(rollouts: Rollouts, r: Rollout, spec: RolloutSpec, stage: RolloutStage,

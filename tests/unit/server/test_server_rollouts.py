@@ -275,3 +275,27 @@ def test_random_commands_looks_and_restarts_keep_the_tables_promises(services: S
         if now.state == "completed":
             assert {s.state for s in services.store.rollout_stages(r.rollout_id)} == {"passed"}
         assert len(services.store.rollout_devices(r.rollout_id)) == len(FLEET)
+
+
+def test_a_failure_that_pauses_reverts_its_cohort_and_resume_tries_the_stage_again(services: Services) -> None:
+    v1, v2 = _fleet_on_v1(services)
+    r = services.rollouts.start(model="digits", version=v2, target="all",
+                                spec=spec_from({**SPEC, "on_fail": "pause"}))
+    _look(services)
+    canaries = [d for d, s in _state(services, r.rollout_id).items() if s == "assigned"]
+    for device_id in canaries:
+        _install(services, device_id)
+    _look(services)
+    for device_id in FLEET:
+        slow = device_id.startswith("rk") and device_id in canaries
+        _serve(services, device_id, v2 if device_id in canaries else v1, latency_ms=20.0 if slow else 10.0)
+    _look(services, 1)
+    assert services.rollouts.get(r.rollout_id).state == "paused"
+    rk = next(d for d in canaries if d.startswith("rk"))
+    assert _state(services, r.rollout_id)[rk] == "reverted"
+    assert services.store.assignment(rk).document["version"] == v1
+    services.rollouts.command(r.rollout_id, "resume")
+    _look(services)
+    assert _state(services, r.rollout_id)[rk] == "assigned"
+    assert services.store.assignment(rk).document["version"] == v2      # the same deployment, signed again
+    assert services.store.deployment_device(r.deployment_id, rk).outcome == ""
