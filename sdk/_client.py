@@ -279,7 +279,7 @@ class Client:
     def plan_rollout(self, model: str, *, version: str | None = None, to: str = "all",
                      options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The dry run: which devices each stage would reach, per cohort."""
-        return self._send(self._http.build_request("POST", "/v1/rollouts/plan",
+        return self._send(self._http.build_request("POST", "/v1/rollout-plans",
                                                    json=_rollout_body(model, version, to, options)))
 
     def get_rollout(self, id: str) -> Rollout:

@@ -75,7 +75,7 @@ ROUTES: Final[tuple[Route, ...]] = (
           "Undo: every device of the deployment goes back to what it ran before"),
     Route("POST", "/v1/rollouts", rh.create_rollout, "operator",
           "Start a staged rollout gated on serving health", body="rollout", reply="created"),
-    Route("POST", "/v1/rollouts/plan", rh.plan_rollout, "operator",
+    Route("POST", "/v1/rollout-plans", rh.plan_rollout, "operator",
           "Dry run: the devices each stage would reach, per cohort", body="rollout"),
     Route("GET", "/v1/rollouts", rh.list_rollouts, "operator", "Rollouts, newest first", query=("state",)),
     Route("GET", "/v1/rollouts/{id}", rh.get_rollout, "operator",

@@ -45,7 +45,7 @@ def bodies(server: RunningServer) -> dict[str, tuple[int, Any]]:
     again = server.json("POST", "/v1/deployments", {"model": "openapi-model", "target": "group:openapi"})[1]["id"]
     out["undo_deployment"] = server.json("POST", f"/v1/deployments/{again}/undo")
     request = {"model": "openapi-model", "target": "group:openapi", "stages": "1,100%", "soak_s": 60}
-    out["plan_rollout"] = server.json("POST", "/v1/rollouts/plan", request)
+    out["plan_rollout"] = server.json("POST", "/v1/rollout-plans", request)
     out["create_rollout"] = server.json("POST", "/v1/rollouts", request)
     rollout = out["create_rollout"][1]["id"]
     for verb in ("pause", "resume", "abort", "undo"):
