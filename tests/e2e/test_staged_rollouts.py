@@ -23,7 +23,7 @@ from tests.support.processes import AgentProcess, ServerProcess
 from tests.support.waiting import wait_for
 
 ROWS = {"rk-0": 256, "rk-1": 256, "x86-0": 1}
-GATE = "latency_p95 <= 1.5x control"
+GATE = "latency_p95 <= 2x control"      # the wide version is >5x slower on 256 rows
 
 
 @contextmanager
@@ -103,7 +103,7 @@ def test_canary_abort_completion_inconclusive_pause_and_undo(
     failed = next(e for e in doc["log"] if e["event"] == "gate_failed")
     soaked = next(e for e in doc["log"] if e["event"] == "stage_settled")
     breach = [c for c in failed["snapshot"]["checks"] if c["verdict"] == "fail"]
-    assert [c["cohort"].split("/")[0] for c in breach] == ["rk3399"] and breach[0]["value"] > 1.5
+    assert [c["cohort"].split("/")[0] for c in breach] == ["rk3399"] and breach[0]["value"] > 2
     # The first look with enough data on both sides decides, well before the 8 s soak ends.
     assert failed["at"] - soaked["at"] < 4.0
     canary_rk = next(c for k, c in doc["stages"][0]["cohorts"].items() if k.startswith("rk3399"))
