@@ -322,12 +322,17 @@ def _rollout_stage(row: sqlite3.Row) -> RolloutStage:
 
 def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], devices: Sequence[RolloutDevice],
                          entries: Sequence[RolloutLogEntry]) -> None:
+    """Upserts the stages and devices and appends the log entries (SQL PostgreSQL runs too)."""
     c.executemany(
-        "INSERT OR REPLACE INTO rollout_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO rollout_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, idx) DO UPDATE SET"
+        " size = excluded.size, state = excluded.state, started_at = excluded.started_at,"
+        " soak_started_at = excluded.soak_started_at, ended_at = excluded.ended_at, results = excluded.results",
         [(x.rollout_id, x.index, x.size, x.state, x.started_at, x.soak_started_at, x.ended_at,
           json.dumps(list(x.results))) for x in stages])
     c.executemany(
-        "INSERT OR REPLACE INTO rollout_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO rollout_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, device_id) DO UPDATE"
+        " SET stage = excluded.stage, cohort = excluded.cohort, variant = excluded.variant, state = excluded.state,"
+        " reason = excluded.reason, assigned_at = excluded.assigned_at, updated_at = excluded.updated_at",
         [(d.rollout_id, d.device_id, d.stage, d.cohort, d.variant, d.state, d.reason, d.assigned_at, d.updated_at)
          for d in devices])
     for e in entries:
