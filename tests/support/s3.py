@@ -10,6 +10,7 @@ presigned GET from the server's own signed reads.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,7 +85,8 @@ class S3Server:
 
     def requests(self) -> list[str]:
         """moto's request log lines ("GET /bucket/key?... HTTP/1.1" 200 ...), oldest first."""
-        return [line for line in self.log_path.read_text(errors="replace").splitlines() if '"' in line]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text(errors="replace"))   # werkzeug's colours
+        return [line for line in text.splitlines() if '"' in line]
 
     def log_tail(self) -> str:
         return log_tail(self.log_path, label="moto_server log")
