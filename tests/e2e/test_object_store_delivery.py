@@ -1,10 +1,14 @@
-"""Blobs in an S3 object store (moto as a real server process): devices download
-straight from presigned URLs, the server's gRPC download stays idle, and an object
-altered in the bucket is refused by the device, which keeps serving what it had."""
+"""Downloads that bypass the server. Blobs in an S3 object store (moto as a real server
+process): devices download straight from presigned URLs, the server's gRPC download
+stays idle, and an object altered in the bucket is refused by the device, which keeps
+serving what it had. A CDN base URL: devices fetch from it, and from the server's gRPC
+download while it is down."""
 
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from tests.support import models
 from tests.support.deployments import deploy, deploy_and_install, push, show, wait_outcomes, wait_serving
 from tests.support.processes import AgentProcess, ServerProcess
 from tests.support.s3 import S3Server
+from tests.support.waiting import free_port, port_accepts, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +81,33 @@ def test_devices_install_from_presigned_urls_and_refuse_an_object_altered_in_the
     assert gets_of(s3_server, bucket, bad_sha)[0] >= 1
     wait_serving(agent, "s3model", version)
     assert models.sha256_of(agent.active_model_path()) == sha
+
+
+def test_devices_download_through_a_cdn_base_url_and_fall_back_to_grpc_when_it_is_down(
+    new_server, new_agent, tmp_path: Path
+) -> None:
+    port = free_port()
+    server: ServerProcess = new_server(extra_args=["--download-base-url", f"http://127.0.0.1:{port}/"])
+    cdn_log = tmp_path / "cdn.log"
+    # The CDN's stand-in: a static file server whose origin is the server's blob directory.
+    with open(cdn_log, "wb") as log:
+        cdn = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                "--directory", str(server.blobs_dir)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: port_accepts("127.0.0.1", port), timeout_s=30, what="the CDN stand-in to listen")
+        agent: AgentProcess = new_agent(server, "dev-cdn")
+        first = models.write(models.tiny_classifier(9), tmp_path / "first.onnx")
+        version = push(server, first, name="cdnmodel").version
+        deploy_and_install(server, [agent], "cdnmodel", version)
+        sha = models.sha256_of(first)
+        assert f"GET /sha256/{sha[:2]}/{sha} " in cdn_log.read_text(), cdn_log.read_text()
+    finally:
+        cdn.terminate()
+        cdn.wait(timeout=10)
+
+    second = models.write(models.tiny_classifier(10), tmp_path / "second.onnx")
+    second_version = push(server, second, name="cdnmodel").version
+    deploy_and_install(server, [agent], "cdnmodel", second_version)
+    wait_serving(agent, "cdnmodel", second_version)
+    assert models.sha256_of(agent.active_model_path()) == models.sha256_of(second)
+    assert "using the gRPC download" in agent.log_path.read_text(), agent.log_tail()
