@@ -110,8 +110,8 @@ class Blobs(Protocol):
         ...
 
 
-def open_blobs(url: str, *, data_blobs_dir: Path) -> Blobs:
-    """The blob store a `--blobs` URL names: "" for DATA/blobs/, `s3://bucket/prefix` for S3.
+def open_blobs(url: str, *, data_blobs_dir: Path, region: str | None = None) -> Blobs:
+    """The blob store `--blobs` names: "" for DATA/blobs/, a directory, or `s3://bucket/prefix`.
 
     S3 endpoint, region and credentials come from the AWS SDK's standard environment
     variables and files (fleetcast.server.s3blobs); the URL never carries secrets.
@@ -122,9 +122,10 @@ def open_blobs(url: str, *, data_blobs_dir: Path) -> Blobs:
         from fleetcast.server.s3blobs import S3Blobs, parse_s3_url
 
         bucket, prefix = parse_s3_url(url)
-        return S3Blobs.connect(bucket=bucket, prefix=prefix, tmp_dir=data_blobs_dir / "tmp")
-    raise InvalidRequest(f"--blobs {url[:80]!r} is not a blob store URL: use s3://BUCKET/PREFIX, "
-                         "or leave it out for blobs under the data directory")
+        return S3Blobs.connect(bucket=bucket, prefix=prefix, tmp_dir=data_blobs_dir / "tmp", region=region)
+    if "://" in url:
+        raise InvalidRequest(f"--blobs {url[:80]!r} is not a blob store: use a directory or s3://BUCKET/PREFIX")
+    return LocalBlobs(Path(url))
 
 
 class StagedFile:

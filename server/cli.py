@@ -50,9 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", metavar="HOST:PORT", help="device gRPC address (default 127.0.0.1:8471; port 0 picks one)")
     p.add_argument("--mqtt", metavar="URL", help="MQTT broker for notifications, e.g. mqtt://127.0.0.1:1883 (default: none)")
     p.add_argument("--public-url", metavar="URL", help="base URL devices use for HTTP downloads")
-    p.add_argument("--blobs", metavar="URL",
-                   help="blob store: s3://BUCKET/PREFIX (endpoint, region and credentials from the AWS_* "
-                        "variables or AWS_SHARED_CREDENTIALS_FILE; default: DATA/blobs/)")
+    p.add_argument("--blobs", metavar="DIR|URL",
+                   help="blob store: a directory or s3://BUCKET/PREFIX (endpoint, region and credentials from the "
+                        "AWS_* variables or AWS_SHARED_CREDENTIALS_FILE; default: DATA/blobs/; env FLEETCAST_BLOBS)")
     p.add_argument("--download-base-url", metavar="URL",
                    help="devices download artifacts from URL/sha256/ab/<sha256> (a CDN in front of the blobs)")
     p.add_argument("--download-url-expires-s", type=int, metavar="S",

@@ -76,12 +76,14 @@ class S3Blobs(Staging):
                                        use_threads=False)
 
     @classmethod
-    def connect(cls, *, bucket: str, prefix: str, tmp_dir: Path, **sizes: int) -> "S3Blobs":
-        """A client from the AWS SDK's standard environment and files (see the module docstring)."""
+    def connect(cls, *, bucket: str, prefix: str, tmp_dir: Path, region: str | None = None,
+                **sizes: int) -> "S3Blobs":
+        """A client from the AWS SDK's standard environment and files (see the module docstring);
+        `region` (AWS_REGION, read by the config) wins over AWS_DEFAULT_REGION and the config file."""
         config = botocore.config.Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 4},
                                         s3={"addressing_style": "path"})
         try:
-            client = boto3.session.Session().client("s3", config=config)
+            client = boto3.session.Session().client("s3", config=config, region_name=region)
         except botocore.exceptions.BotoCoreError as e:
             raise BlobsUnavailable(f"cannot set up the S3 client for s3://{bucket}/{prefix}: {e}; "
                                    "check AWS_REGION and AWS_ENDPOINT_URL") from e

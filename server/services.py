@@ -57,7 +57,7 @@ def open_services(config: ServerConfig) -> Services:
     datadir.prepare(data, allow_shared=config.allow_shared_data_dir)
     store = SqliteStore(config.db_path)
     try:
-        blobs = open_blobs(config.blobs_url, data_blobs_dir=config.blobs_dir)
+        blobs = open_blobs(config.blobs_url, data_blobs_dir=config.blobs_dir, region=config.s3_region)
         swept = blobs.sweep_temp()
         if swept:
             logger.info("temp uploads removed count=%d", swept)

@@ -14,8 +14,12 @@ from fleetcast.server.errors import InvalidRequest
 
 def test_blobs_and_the_download_base_url_come_from_flags_or_the_environment(tmp_path: Path) -> None:
     config = server_config.load(data_dir=tmp_path, environ={
-        "FLEETCAST_BLOBS": "s3://models/fleet", "FLEETCAST_DOWNLOAD_BASE_URL": "https://cdn.example/fleet/"})
+        "FLEETCAST_BLOBS": "s3://models/fleet", "FLEETCAST_DOWNLOAD_BASE_URL": "https://cdn.example/fleet/",
+        "AWS_REGION": "eu-west-3"})
     assert (config.blobs_url, config.download_base_url) == ("s3://models/fleet", "https://cdn.example/fleet")
+    assert config.s3_region == "eu-west-3"
+    assert open_blobs(config.blobs_url, data_blobs_dir=tmp_path / "blobs",
+                      region=config.s3_region).client.meta.region_name == "eu-west-3"   # type: ignore[attr-defined]
     flagged = server_config.load(data_dir=tmp_path, blobs_url="s3://other/p", download_url_expires_s=120,
                                  environ={"FLEETCAST_BLOBS": "s3://models/fleet"})
     assert (flagged.blobs_url, flagged.download_url_expires_s, flagged.download_base_url) == ("s3://other/p", 120, None)
@@ -32,6 +36,14 @@ def test_blobs_and_the_download_base_url_come_from_flags_or_the_environment(tmp_
 def test_bad_blob_settings_are_refused_with_the_flag_named(tmp_path: Path, kwargs: dict, named: str) -> None:
     with pytest.raises(InvalidRequest, match=named):
         server_config.load(data_dir=tmp_path, **kwargs)
+
+
+def test_blobs_may_live_in_a_directory_of_their_own(tmp_path: Path) -> None:
+    blobs = open_blobs(str(tmp_path / "shared"), data_blobs_dir=tmp_path / "data" / "blobs")
+    sha, _ = blobs.put_bytes(b"shared by replicas")
+    assert (tmp_path / "shared" / "sha256" / sha[:2] / sha).read_bytes() == b"shared by replicas"
+    with pytest.raises(InvalidRequest, match="--blobs"):
+        open_blobs("gs://bucket/p", data_blobs_dir=tmp_path / "blobs")
 
 
 def test_a_cdn_url_follows_the_blob_layout_and_local_blobs_have_no_presigned_url(tmp_path: Path) -> None:
