@@ -38,6 +38,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from s3transfer.utils import ChunksizeAdjuster
 
+from fleetcast.proto.addresses import is_loopback
 from fleetcast.server.blobs import SHA256_PATTERN, Staging, StagedFile, blob_key, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, BlobsUnavailable, InvalidRequest
 
@@ -60,6 +61,14 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if ".." in prefix.split("/") or "//" in prefix or len(prefix) > 512:
         raise InvalidRequest(f"--blobs prefix {prefix[:80]!r} must be plain path segments (no '..', no '//')")
     return bucket, prefix
+
+
+def check_endpoint(url: str) -> None:
+    """Refuses a plain-http S3 endpoint off loopback: blobs and presigned URLs travel over TLS."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname or "")):
+        raise InvalidRequest(f"the S3 endpoint {url[:80]!r} is not https; plain http is allowed only on "
+                             "loopback: fix AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
 
 
 class S3Blobs(Staging):
@@ -87,6 +96,7 @@ class S3Blobs(Staging):
         except botocore.exceptions.BotoCoreError as e:
             raise BlobsUnavailable(f"cannot set up the S3 client for s3://{bucket}/{prefix}: {e}; "
                                    "check AWS_REGION and AWS_ENDPOINT_URL") from e
+        check_endpoint(str(client.meta.endpoint_url))
         return cls(client=client, bucket=bucket, prefix=prefix, tmp_dir=tmp_dir, **sizes)
 
     def __str__(self) -> str:

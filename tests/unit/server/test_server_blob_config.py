@@ -10,6 +10,7 @@ from fleetcast.server import config as server_config
 from fleetcast.server.blobs import LocalBlobs, open_blobs
 from fleetcast.server.download_links import locate
 from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.s3blobs import check_endpoint
 
 
 def test_blobs_and_the_download_base_url_come_from_flags_or_the_environment(tmp_path: Path) -> None:
@@ -36,6 +37,17 @@ def test_blobs_and_the_download_base_url_come_from_flags_or_the_environment(tmp_
 def test_bad_blob_settings_are_refused_with_the_flag_named(tmp_path: Path, kwargs: dict, named: str) -> None:
     with pytest.raises(InvalidRequest, match=named):
         server_config.load(data_dir=tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("endpoint, refused", [
+    ("https://s3.storage.example", False), ("http://127.0.0.1:9000", False),
+    ("http://s3.storage.example", True), ("ftp://127.0.0.1", True)])
+def test_an_s3_endpoint_off_loopback_must_be_https(endpoint: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(InvalidRequest, match="not https"):
+            check_endpoint(endpoint)
+    else:
+        check_endpoint(endpoint)
 
 
 def test_blobs_may_live_in_a_directory_of_their_own(tmp_path: Path) -> None:
