@@ -54,10 +54,11 @@ class Transport(Protocol):
 class GrpcTransport:
     """`DeviceService.Download` with the device token."""
 
-    def __init__(self, stub: object, token: str, *, timeout_s: float = 300.0) -> None:
+    def __init__(self, stub: object, token: str, *, timeout_s: float = 300.0, locate_timeout_s: float = 30.0) -> None:
         self._stub = stub
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout_s = timeout_s
+        self._locate_timeout_s = locate_timeout_s
 
     def open(self, sha256: str, offset: int) -> Iterator[bytes]:
         request = device_pb2.DownloadRequest(sha256=sha256, offset=offset)
@@ -76,7 +77,7 @@ class GrpcTransport:
         (also when the server is older and does not know the call, or does not answer)."""
         request = device_pb2.LocateRequest(sha256=sha256)
         try:
-            return str(self._stub.LocateArtifact(request, metadata=self._metadata, timeout=30.0).url)
+            return str(self._stub.LocateArtifact(request, metadata=self._metadata, timeout=self._locate_timeout_s).url)
         except grpc.RpcError as e:
             logger.info("sha256=%s no download URL (%s): using the gRPC download", sha256[:12], e.code().name)
             return ""
