@@ -7,7 +7,7 @@ the failing part(s) and a monitoring system can alert on the right one.
 | part   | usable when                                                          |
 |--------|----------------------------------------------------------------------|
 | store  | a read of the image repository's root metadata answers               |
-| blobs  | the blob directories exist and a probe file can be written there     |
+| blobs  | the blob store answers (directories, or the S3 bucket) and its local staging dir takes a probe file |
 | signer | the online keys are readable and the image timestamp is unexpired    |
 """
 
