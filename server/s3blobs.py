@@ -89,8 +89,9 @@ class S3Blobs(Staging):
                 **sizes: int) -> "S3Blobs":
         """A client from the AWS SDK's standard environment and files (see the module docstring);
         `region` (AWS_REGION, read by the config) wins over AWS_DEFAULT_REGION and the config file."""
-        config = botocore.config.Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 4},
-                                        s3={"addressing_style": "path"})
+        # Addressing style as boto3 decides (virtual-hosted on AWS, path for an IP endpoint), or as
+        # the profile in AWS_CONFIG_FILE says (`s3 = addressing_style = path` for MinIO and the like).
+        config = botocore.config.Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 4})
         try:
             client = boto3.session.Session().client("s3", config=config, region_name=region)
         except botocore.exceptions.BotoCoreError as e:
