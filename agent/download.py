@@ -10,9 +10,10 @@ or a final digest that differs, deletes the part file and raises
 VerificationError; a dropped connection is resumed from the current offset a few
 times within one call before DownloadError (transient) is raised.
 
-Two transports share one small interface, `Transport.open(sha256, offset)`:
-gRPC `Download` with the device token, and HTTP `GET {base}/v1/artifacts/{sha256}`
-with a `Range` header (urllib3).
+Transports share one small interface, `Transport.open(sha256, offset)`: gRPC
+`Download` with the device token, HTTP `GET {base}/v1/artifacts/{sha256}` with a
+`Range` header (urllib3), and `DirectTransport` (agent/direct_download.py): the URL
+the server locates for the artifact (presigned S3 or CDN), falling back to gRPC.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import urllib3
 
 from fleetcast.agent.datadir import fsync_dir
 from fleetcast.agent.errors import DownloadError, VerificationError
+from fleetcast.proto.addresses import is_loopback
 from fleetcast.proto.v1 import device_pb2
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,11 @@ class Transport(Protocol):
 class GrpcTransport:
     """`DeviceService.Download` with the device token."""
 
-    def __init__(self, stub: object, token: str, *, timeout_s: float = 300.0) -> None:
+    def __init__(self, stub: object, token: str, *, timeout_s: float = 300.0, locate_timeout_s: float = 30.0) -> None:
         self._stub = stub
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout_s = timeout_s
+        self._locate_timeout_s = locate_timeout_s
 
     def open(self, sha256: str, offset: int) -> Iterator[bytes]:
         request = device_pb2.DownloadRequest(sha256=sha256, offset=offset)
@@ -69,37 +72,44 @@ class GrpcTransport:
         except grpc.RpcError as e:
             raise DownloadError(f"gRPC download failed: {e.code().name}: {e.details()}") from e
 
+    def locate(self, sha256: str) -> str:
+        """`DeviceService.LocateArtifact`: a URL to GET the artifact from, or "" for none
+        (also when the server is older and does not know the call, or does not answer)."""
+        request = device_pb2.LocateRequest(sha256=sha256)
+        try:
+            return str(self._stub.LocateArtifact(request, metadata=self._metadata, timeout=self._locate_timeout_s).url)
+        except grpc.RpcError as e:
+            logger.info("sha256=%s no download URL (%s): using the gRPC download", sha256[:12], e.code().name)
+            return ""
 
-class HttpTransport:
-    """`GET {base_url}/v1/artifacts/{sha256}` with `Range: bytes=offset-` (urllib3)."""
 
-    def __init__(self, base_url: str, token: str, *, chunk_bytes: int = 256 * 1024,
-                 timeout_s: float = 30.0, ca_file: Path | None = None) -> None:
-        self._base = base_url.rstrip("/")
-        parts = urllib.parse.urlsplit(self._base)
-        # The device token goes only where nobody on the path reads it: over TLS or to
-        # loopback. A plain-HTTP object store gets no token (the bytes are hash-checked).
-        self._token = token if parts.scheme == "https" or parts.hostname in {"127.0.0.1", "::1", "localhost"} else ""
-        self._chunk_bytes = chunk_bytes
+class RangeClient:
+    """`GET url` with `Range: bytes=offset-` over one urllib3 pool, for the HTTP transports."""
+
+    def __init__(self, *, chunk_bytes: int = 256 * 1024, timeout_s: float = 30.0, ca_file: Path | None = None) -> None:
+        self.chunk_bytes = chunk_bytes
         context = ssl.create_default_context()   # the system's CAs, for an object store or CDN ...
         if ca_file is not None and ca_file.exists():
             context.load_verify_locations(cafile=str(ca_file))   # ... and the pinned server CA
         self._pool = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=False, ssl_context=context)
 
-    def open(self, sha256: str, offset: int) -> Iterator[bytes]:
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+    def get(self, url: str, offset: int, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+        """The response, body unread (release it or pass it to `body`); DownloadError if none came."""
+        headers = dict(headers or {})
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
-            response = self._pool.request("GET", f"{self._base}/v1/artifacts/{sha256}",
-                                          headers=headers, preload_content=False)
+            return self._pool.request("GET", url, headers=headers, preload_content=False)
         except urllib3.exceptions.HTTPError as e:
             raise DownloadError(f"HTTP download failed: {e}") from e
+
+    def body(self, response: urllib3.BaseHTTPResponse, offset: int) -> Iterator[bytes]:
+        """The bytes from `offset` of a 200 or 206 answer; DownloadError for any other status."""
         try:
-            skip = self._skip_for(response.status, offset)
+            skip = _skip_for(response.status, offset)
             # read1 hands over whatever arrived, so a cut connection loses no bytes read
-            while data := response.read1(self._chunk_bytes):
+            while data := response.read1(self.chunk_bytes):
                 if skip:
                     cut = min(skip, len(data))
                     data, skip = data[cut:], skip - cut
@@ -110,13 +120,31 @@ class HttpTransport:
         finally:
             response.release_conn()
 
-    @staticmethod
-    def _skip_for(status: int, offset: int) -> int:
-        if status == 206 or (status == 200 and offset == 0):
-            return 0
-        if status == 200:
-            return offset   # the server ignored Range: drop the bytes we already hold
-        raise DownloadError(f"HTTP download answered status {status}")
+
+def _skip_for(status: int, offset: int) -> int:
+    if status == 206 or (status == 200 and offset == 0):
+        return 0
+    if status == 200:
+        return offset   # the server ignored Range: drop the bytes we already hold
+    raise DownloadError(f"HTTP download answered status {status}")
+
+
+class HttpTransport:
+    """`GET {base_url}/v1/artifacts/{sha256}` with `Range: bytes=offset-` (urllib3)."""
+
+    def __init__(self, base_url: str, token: str, *, chunk_bytes: int = 256 * 1024,
+                 timeout_s: float = 30.0, ca_file: Path | None = None) -> None:
+        self._base = base_url.rstrip("/")
+        parts = urllib.parse.urlsplit(self._base)
+        # The device token goes only where nobody on the path reads it: over TLS or to
+        # loopback. A plain-HTTP object store gets no token (the bytes are hash-checked).
+        self._token = token if parts.scheme == "https" or is_loopback(parts.hostname or "") else ""
+        self._client = RangeClient(chunk_bytes=chunk_bytes, timeout_s=timeout_s, ca_file=ca_file)
+
+    def open(self, sha256: str, offset: int) -> Iterator[bytes]:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        response = self._client.get(f"{self._base}/v1/artifacts/{sha256}", offset, headers)
+        yield from self._client.body(response, offset)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fleetcast.agent import backends, slots as slot_files
 from fleetcast.agent.config import AgentConfig
 from fleetcast.agent.control import ControlClient, MqttListener, MqttUplink, Notifier
 from fleetcast.agent.datadir import DataDir, write_atomic
+from fleetcast.agent.direct_download import DirectTransport
 from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport, Transport
 from fleetcast.agent.errors import (
     ActivationError, ReenrollmentRefused, ServerUnavailableError, TransientError, VerificationError,
@@ -123,10 +124,13 @@ class Agent:
 
     def _start_control(self, trust_root) -> None:  # noqa: ANN001 (trust.TrustRoot)
         token = self.client.token
+        grpc_transport = GrpcTransport(self.client.stub, token)
         transport: Transport = (
             HttpTransport(self.config.artifacts_url, token, chunk_bytes=self.config.download_chunk_bytes,
                           ca_file=self.config.server_ca_path)
-            if self.config.artifacts_url else GrpcTransport(self.client.stub, token))
+            if self.config.artifacts_url else
+            DirectTransport(grpc_transport, grpc_transport, chunk_bytes=self.config.download_chunk_bytes,
+                            ca_file=self.config.server_ca_path))
         self.downloader = Downloader(self.data.downloads, transport,
                                      DownloadConfig(max_artifact_bytes=self.config.max_artifact_bytes,
                                                     rate_bps=self.config.download_rate_bps),

@@ -25,6 +25,8 @@ EXAMPLE = """\
 Example:
   fleetcast server --data ./fleet --http 127.0.0.1:8470 --grpc 127.0.0.1:8471
   fleetcast server --data ./fleet --http 127.0.0.1:0 --grpc 127.0.0.1:0 --mqtt mqtt://127.0.0.1:1883 -v
+  AWS_SHARED_CREDENTIALS_FILE=/etc/fleetcast/aws fleetcast server --data ./fleet --blobs s3://models/fleet \
+      --download-base-url https://cdn.example/fleet
 
 One server per data dir: DATA/server.lock is held while it runs, and a second
 server on the same dir or ports exits with a one-line error, touching nothing.
@@ -48,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", metavar="HOST:PORT", help="device gRPC address (default 127.0.0.1:8471; port 0 picks one)")
     p.add_argument("--mqtt", metavar="URL", help="MQTT broker for notifications, e.g. mqtt://127.0.0.1:1883 (default: none)")
     p.add_argument("--public-url", metavar="URL", help="base URL devices use for HTTP downloads")
+    p.add_argument("--blobs", metavar="DIR|URL",
+                   help="blob store: a directory or s3://BUCKET/PREFIX (endpoint, region and credentials from the "
+                        "AWS_* variables or AWS_SHARED_CREDENTIALS_FILE; default: DATA/blobs/; env FLEETCAST_BLOBS)")
+    p.add_argument("--download-base-url", metavar="URL",
+                   help="devices download artifacts from URL/sha256/ab/<sha256> (a CDN in front of the blobs)")
+    p.add_argument("--download-url-expires-s", type=int, metavar="S",
+                   help="lifetime of presigned S3 download URLs handed to devices (default 900)")
     p.add_argument("--max-upload-bytes", type=int, metavar="N", help="largest model upload (default 536870912)")
     p.add_argument("--compress-calibration-samples", type=int, metavar="N",
                    help="calibration samples --compress uses: the first N uploaded (default 128)")
@@ -148,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             device_interval_s=args.device_interval_s, device_offline_after_s=args.device_offline_after_s,
             environ=os.environ,
             insecure_loopback_plaintext=args.insecure_loopback_plaintext, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_names=tuple(args.tls_name),
+            tls_names=tuple(args.tls_name), blobs_url=args.blobs, download_base_url=args.download_base_url,
+            download_url_expires_s=args.download_url_expires_s,
         )
         asyncio.run(serve(config))
     except FleetcastError as e:

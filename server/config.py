@@ -6,6 +6,7 @@ Nothing below this module reads the environment; everything is passed down.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +57,14 @@ class ServerConfig:
     upload_checks: int = 2                       # uploads checked at once; more wait their turn
     max_golden_unpacked_bytes: int = 256 * MiB   # a golden .npz's arrays, unpacked (given or computed)
     orphan_blob_grace_s: float = 3600.0          # unreferenced blobs older than this are removed at start
+    # Where blobs live (fleetcast.server.blobs.open_blobs): "" for DATA/blobs/, a directory, or s3://BUCKET/PREFIX.
+    blobs_url: str = ""
+    # AWS_REGION, which boto3 does not read itself (it reads AWS_DEFAULT_REGION and the config file).
+    s3_region: str | None = None
+    # Devices download artifacts from here when set: BASE/sha256/ab/<sha256> (a CDN in front of the blobs) ...
+    download_base_url: str | None = None
+    # ... else, for an object store, from presigned URLs valid this long.
+    download_url_expires_s: int = 900
     allow_shared_data_dir: bool = False          # start even when others can read the data dir
     # When a device counts as online, late or offline (fleetcast.server.liveness).
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
@@ -112,6 +121,9 @@ def load(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     tls_names: tuple[str, ...] = (),
+    blobs_url: str | None = None,
+    download_base_url: str | None = None,
+    download_url_expires_s: int | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
     env = dict(environ or {})
@@ -166,10 +178,33 @@ def load(
         if not 0 < interval < offline:
             raise InvalidRequest("--device-interval-s must be positive and below --device-offline-after-s")
         config = replace(config, liveness=LivenessConfig(expected_interval_s=interval, offline_after_s=offline))
+    config = _with_downloads(config, blobs_url=blobs_url or env.get("FLEETCAST_BLOBS", ""),
+                             download_base_url=download_base_url or env.get("FLEETCAST_DOWNLOAD_BASE_URL"),
+                             download_url_expires_s=download_url_expires_s, s3_region=env.get("AWS_REGION"))
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))
     return config
+
+
+def _with_downloads(config: ServerConfig, *, blobs_url: str, download_base_url: str | None,
+                    download_url_expires_s: int | None, s3_region: str | None) -> ServerConfig:
+    if "://" in blobs_url and not blobs_url.startswith("s3://"):
+        raise InvalidRequest(f"--blobs {blobs_url[:80]!r} is not a blob store: use a directory or s3://BUCKET/PREFIX")
+    if download_base_url:
+        parts = urllib.parse.urlsplit(download_base_url)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.query:
+            raise InvalidRequest(f"--download-base-url {download_base_url[:80]!r} must be https://HOST/PREFIX "
+                                 "with no credentials or query")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise InvalidRequest(f"--download-base-url {download_base_url[:80]!r} is plain http off loopback; "
+                                 "devices fetch only over https (http is allowed for 127.0.0.1 and localhost)")
+        config = replace(config, download_base_url=download_base_url.rstrip("/"))
+    if download_url_expires_s is not None:
+        if not 60 <= download_url_expires_s <= 7 * 86400:
+            raise InvalidRequest("--download-url-expires-s must be between 60 and 604800 (S3's limit, 7 days)")
+        config = replace(config, download_url_expires_s=download_url_expires_s)
+    return replace(config, blobs_url=blobs_url, s3_region=s3_region or None)
 
 
 def _with_transport(config: ServerConfig, *, insecure_loopback_plaintext: bool, tls_cert: Path | None,

@@ -20,6 +20,7 @@ FleetcastError                 code            HTTP  gRPC
   + TooLarge                   too_large       413   RESOURCE_EXHAUSTED
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
+      + BlobsUnavailable       blobs_unavailable           (the blob store cannot be read or written)
 ```
 
 Domain code raises these with a message that names the problem and what to do.
@@ -128,6 +129,10 @@ class OutOfRange(FleetcastError):
 
 class Unavailable(FleetcastError):
     code = "unavailable"
+
+
+class BlobsUnavailable(Unavailable):
+    code = "blobs_unavailable"
 
 
 HTTP_STATUS: Final[dict[type[FleetcastError], int]] = {

@@ -22,6 +22,7 @@ from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.blobs import check_sha256
 from fleetcast.server.deployments import StatusUpdate
+from fleetcast.server.download_links import locate
 from fleetcast.server.errors import (
     ArtifactNotFound,
     FleetcastError,
@@ -156,14 +157,24 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             raise OutOfRange(f"offset {request.offset} is past the artifact's {artifact.length} bytes")
         end = artifact.length if request.length == 0 else min(artifact.length, request.offset + request.length)
         offset = request.offset
-        with self.s.blobs.open(sha256) as f:
-            f.seek(offset)
+        with await asyncio.to_thread(self.s.blobs.open, sha256, offset) as f:
             while offset < end:
-                data = f.read(min(CHUNK_BYTES, end - offset))
+                data = await asyncio.to_thread(f.read, min(CHUNK_BYTES, end - offset))
                 if not data:
                     break
                 yield pb.Chunk(offset=offset, data=data)
                 offset += len(data)
+
+    @unary
+    async def LocateArtifact(self, request: pb.LocateRequest, context: grpc.aio.ServicerContext) -> pb.ArtifactLocation:
+        await self._device(context)
+        sha256 = check_sha256(request.sha256)
+        if await asyncio.to_thread(self.s.store.artifact, sha256) is None:
+            raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
+        config = self.s.config
+        found = await asyncio.to_thread(locate, self.s.blobs, sha256, base_url=config.download_base_url,
+                                        expires_s=config.download_url_expires_s)
+        return pb.ArtifactLocation(url=found.url, expires_unix_s=found.expires_unix_s)
 
 
 def server_credentials(services: Services) -> grpc.ServerCredentials | None:

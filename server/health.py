@@ -7,7 +7,7 @@ the failing part(s) and a monitoring system can alert on the right one.
 | part   | usable when                                                          |
 |--------|----------------------------------------------------------------------|
 | store  | a read of the image repository's root metadata answers               |
-| blobs  | the blob directories exist and a probe file can be written there     |
+| blobs  | the blob store answers (directories, or the S3 bucket) and its local staging dir takes a probe file |
 | signer | the online keys are readable and the image timestamp is unexpired    |
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from tuf.api.dsse import SimpleEnvelope
 
+from fleetcast.server.errors import BlobsUnavailable
 from fleetcast.server.services import Services
 
 logger = logging.getLogger(__name__)
@@ -71,15 +71,10 @@ def probe_store(s: Services) -> None:
 
 
 def probe_blobs(s: Services) -> None:
-    for folder in (s.blobs.root / "sha256", s.blobs.tmp_dir):
-        if not folder.is_dir():
-            raise PartFailed(f"blob directory {folder} is missing; restore it or restart the server")
     try:
-        with tempfile.NamedTemporaryFile(dir=s.blobs.tmp_dir, prefix="readyz-", suffix=".part") as f:
-            f.write(b"probe")
-            f.flush()
-    except OSError as e:
-        raise PartFailed(f"cannot write blobs under {s.blobs.root} ({e.strerror}); check the disk and permissions") from e
+        s.blobs.check_ready()
+    except BlobsUnavailable as e:
+        raise PartFailed(e.message) from e
 
 
 def probe_signer(s: Services, *, now: Callable[[], datetime.datetime] | None = None) -> None:

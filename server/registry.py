@@ -37,7 +37,7 @@ import numpy as np
 
 from fleetcast.proto import formats
 from fleetcast.server import inspection
-from fleetcast.server.blobs import BlobStore, StagedFile
+from fleetcast.server.blobs import Blobs, StagedFile
 from fleetcast.server.builds import BuildJob, Builds, BuildStopped, BuiltVariant
 from fleetcast.server.compress.golden import first_sample as golden_first_sample
 from fleetcast.server.errors import (
@@ -264,7 +264,7 @@ def golden_bytes(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndar
 
 
 class Registry:
-    def __init__(self, *, store: Store, blobs: BlobStore, signer: Signer, compressor: Compressor | None = None,
+    def __init__(self, *, store: Store, blobs: Blobs, signer: Signer, compressor: Compressor | None = None,
                  calibration_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS,
                  eval_limits: SampleLimits = DEFAULT_SAMPLE_LIMITS,
                  check_limits: CheckLimits = CheckLimits(), upload_workers: int = 2) -> None:
@@ -462,8 +462,7 @@ class Registry:
         from fleetcast.server.convert.build import build_targets
 
         record = self.version(job.model, job.version)
-        feeds, _ = (_read_golden(self.blobs.path(record.golden.sha256), max_unpacked_bytes=self.check_limits.max_output_bytes)
-                     if record.golden else ({}, {}))
+        feeds, _ = self._golden_of(record) if record.golden else ({}, {})
         built, errors = build_targets(job.model_path, job.source_format, job.targets, feeds, job.work, progress)
         return CompressionResult(
             built=[*result.built, *built],
@@ -482,6 +481,11 @@ class Registry:
             variant=built.variant, format=built.format, sha256=sha256, length=length, metrics=built.metrics,
             golden=golden))
 
+    def _golden_of(self, record: ModelVersion) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        assert record.golden is not None
+        with self.blobs.local_file(record.golden.sha256) as path:
+            return _read_golden(path, max_unpacked_bytes=self.check_limits.max_output_bytes)
+
     def _variant_golden(self, record: ModelVersion, built: BuiltVariant) -> Golden | None:
         """This variant's outputs on the version's golden inputs, stored as its own golden file."""
         if record.golden is None:
@@ -490,7 +494,7 @@ class Registry:
 
         from fleetcast.proto import fcpack
 
-        feeds, _ = _read_golden(self.blobs.path(record.golden.sha256), max_unpacked_bytes=self.check_limits.max_output_bytes)
+        feeds, _ = self._golden_of(record)
         if built.golden_outputs is not None:   # a per-target build, run by its own runtime
             sha256, length = self.blobs.put_bytes(golden_bytes(feeds, built.golden_outputs))
             atol, rtol = built.golden_tolerance or (GOLDEN_ATOL, GOLDEN_RTOL)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetcast.server import datadir
-from fleetcast.server.blobs import BlobStore
+from fleetcast.server.blobs import Blobs, open_blobs
 from fleetcast.server.certificates import Certificates, server_names
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.deployments import Deployments
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class Services:
     config: ServerConfig
     store: SqliteStore
-    blobs: BlobStore
+    blobs: Blobs
     signer: Signer
     hub: Hub
     fleet: Fleet
@@ -59,7 +59,7 @@ def open_services(config: ServerConfig) -> Services:
     datadir.prepare(data, allow_shared=config.allow_shared_data_dir)
     store = SqliteStore(config.db_path)
     try:
-        blobs = BlobStore(config.blobs_dir)
+        blobs = open_blobs(config.blobs_url, data_blobs_dir=config.blobs_dir, region=config.s3_region)
         swept = blobs.sweep_temp()
         if swept:
             logger.info("temp uploads removed count=%d", swept)

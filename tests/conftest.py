@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,13 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server as a process on a free loopback port (tests/support/s3.py)."""
+    server = S3Server(tmp_path_factory.mktemp("moto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

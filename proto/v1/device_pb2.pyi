@@ -198,3 +198,17 @@ class Chunk(_message.Message):
     offset: int
     data: bytes
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class LocateRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class ArtifactLocation(_message.Message):
+    __slots__ = ("url", "expires_unix_s")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_unix_s: int
+    def __init__(self, url: _Optional[str] = ..., expires_unix_s: _Optional[int] = ...) -> None: ...

@@ -67,6 +67,11 @@ class DeviceServiceStub:
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.LocateArtifact = channel.unary_unary(
+                '/fleetcast.v1.DeviceService/LocateArtifact',
+                request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.LocateRequest.SerializeToString,
+                response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.ArtifactLocation.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -122,6 +127,16 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LocateArtifact(self, request, context):
+        """Where the device may GET an artifact without this server (a presigned object-store
+        URL or a CDN URL), asked for just before a download and again when the URL answers
+        403 (expired). An empty url: use Download. The URL is never trusted: the signed
+        sha256 and length decide, and a failing URL falls back to Download.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +169,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.DownloadRequest.FromString,
                     response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.Chunk.SerializeToString,
+            ),
+            'LocateArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.LocateArtifact,
+                    request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.LocateRequest.FromString,
+                    response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.ArtifactLocation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +341,33 @@ class DeviceService:
             '/fleetcast.v1.DeviceService/Download',
             fleetcast_dot_proto_dot_v1_dot_device__pb2.DownloadRequest.SerializeToString,
             fleetcast_dot_proto_dot_v1_dot_device__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LocateArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcast.v1.DeviceService/LocateArtifact',
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.LocateRequest.SerializeToString,
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.ArtifactLocation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from fleetcast.server import fleetview
+from fleetcast.server.api.blob_responses import blob_response
 from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
@@ -24,7 +25,6 @@ from fleetcast.server.store import Device
 
 CHUNK_BYTES: Final = 256 * 1024
 MAX_FIELD_BYTES: Final = 256
-BINARY: Final = "application/octet-stream"
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -154,7 +154,7 @@ async def get_version(request: web.Request) -> web.Response:
     return _json({**version_document(v), "devices": devices})
 
 
-async def download_version(request: web.Request) -> web.FileResponse:
+async def download_version(request: web.Request) -> web.StreamResponse:
     s = request.app[SERVICES]
     v = await asyncio.to_thread(s.registry.version, request.match_info["name"], request.match_info["version"])
     name = request.query.get("variant", "original")
@@ -163,7 +163,7 @@ async def download_version(request: web.Request) -> web.FileResponse:
         raise ArtifactNotFound(
             f"{v.model}@{v.version} has no variant {name[:40]!r}; it has {', '.join(x.variant for x in v.variants)}"
         )
-    return web.FileResponse(s.blobs.path(variant.sha256), headers={"Content-Type": BINARY})
+    return await blob_response(request, s.blobs, variant.sha256)
 
 
 # -- devices --------------------------------------------------------------------------
@@ -227,12 +227,12 @@ async def cancel_deployment(request: web.Request) -> web.Response:
 
 # -- device data plane ----------------------------------------------------------------
 
-async def get_artifact(request: web.Request) -> web.FileResponse:
+async def get_artifact(request: web.Request) -> web.StreamResponse:
     s = request.app[SERVICES]
     sha256 = check_sha256(request.match_info["sha256"])
     if await asyncio.to_thread(s.store.artifact, sha256) is None:
         raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
-    return web.FileResponse(s.blobs.path(sha256), headers={"Content-Type": BINARY})
+    return await blob_response(request, s.blobs, sha256)
 
 
 async def _metadata(request: web.Request, repository: str) -> web.Response:

@@ -37,6 +37,7 @@ class _Process:
     label = "process"
 
     def __init__(self, data_dir: Path) -> None:
+        self.env: dict[str, str] = {}   # added to the test runner's environment
         self.data_dir = Path(data_dir)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -72,7 +73,7 @@ class _Process:
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts}: {' '.join(cmd)}\n".encode())
             log.flush()
-            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **self.env)
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
@@ -138,8 +139,10 @@ class ServerProcess(_Process):
 
     label = "server"
 
-    def __init__(self, data_dir: Path, *, mqtt_url: str | None = None, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, data_dir: Path, *, mqtt_url: str | None = None, extra_args: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
         super().__init__(data_dir)
+        self.env = dict(env or {})
         self.mqtt_url = mqtt_url
         self.extra_args = list(extra_args)
         self.http_address = "127.0.0.1:0"

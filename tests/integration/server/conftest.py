@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import ssl
 import subprocess
@@ -98,15 +99,16 @@ def auth(token: str) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def launch(workdir: Path, *extra: str) -> Iterator[RunningServer]:
-    """Runs `fleetcast server` on free loopback ports until the block ends (then SIGTERM)."""
+def launch(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    """Runs `fleetcast server` on free loopback ports until the block ends (then SIGTERM);
+    `env` is added to the environment (the AWS variables of a test S3 server, say)."""
     data = workdir / "data"
     log = workdir / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fleetcast.sdk.console", "server", "--data", str(data), "--http", "127.0.0.1:0",
              "--grpc", "127.0.0.1:0", "--max-upload-bytes", str(MAX_UPLOAD_BYTES), "-v", *extra],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
     try:
         info = wait_for(lambda: json.loads((data / "server.json").read_text()), timeout_s=30,
