@@ -25,6 +25,10 @@ EXAMPLE = """\
 Example:
   fleetcast server --data ./fleet --http 127.0.0.1:8470 --grpc 127.0.0.1:8471
   fleetcast server --data ./fleet --http 127.0.0.1:0 --grpc 127.0.0.1:0 --mqtt mqtt://127.0.0.1:1883 -v
+  fleetcast server --data ./replica-2 --store postgresql://fleetcast@127.0.0.1:5432/fleetcast --blobs /srv/blobs
+
+Replicas (docs/scaling.md) share one --store postgresql://... and one --blobs dir; each
+has its own DATA holding copies of the first one's keys/, tls/ and token files.
 
 One server per data dir: DATA/server.lock is held while it runs, and a second
 server on the same dir or ports exits with a one-line error, touching nothing.
@@ -75,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
                    help="a live device is seen at least this often; unseen longer it is late (default 60)")
     p.add_argument("--device-offline-after-s", type=float, metavar="S",
                    help="a device unseen this long is offline (default 5 x --device-interval-s: 300)")
+    p.add_argument("--store", metavar="URL",
+                   help="where state lives: sqlite:///PATH or postgresql://USER@HOST:PORT/DB, shared by replicas "
+                        "(default: DATA/fleetcast.db; env FLEETCAST_STORE; passwords go in ~/.pgpass)")
+    p.add_argument("--blobs", type=Path, metavar="DIR",
+                   help="artifact blobs directory, shared by replicas (default: DATA/blobs)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return p
 
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             device_interval_s=args.device_interval_s, device_offline_after_s=args.device_offline_after_s,
             environ=os.environ,
             insecure_loopback_plaintext=args.insecure_loopback_plaintext, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_names=tuple(args.tls_name),
+            tls_names=tuple(args.tls_name), store_url=args.store, blobs_dir=args.blobs,
         )
         asyncio.run(serve(config))
     except FleetcastError as e:

@@ -58,6 +58,10 @@ class ServerConfig:
     allow_shared_data_dir: bool = False          # start even when others can read the data dir
     # When a device counts as online, late or offline (fleetcast.server.liveness).
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    # Where state lives (fleetcast.server.store.open): None is DATA/fleetcast.db; replicas
+    # share one postgresql:// store and one blobs dir (ADR 0006).
+    store_url: str | None = None
+    shared_blobs_dir: Path | None = None         # None: DATA/blobs
 
     @property
     def keys_dir(self) -> Path:
@@ -68,8 +72,17 @@ class ServerConfig:
         return self.data_dir / "fleetcast.db"
 
     @property
+    def store(self) -> str:
+        return self.store_url or f"sqlite://{self.db_path.resolve()}"
+
+    @property
+    def shared_store(self) -> bool:
+        """Other server processes may write the same store (PostgreSQL replicas)."""
+        return not self.store.startswith("sqlite:")
+
+    @property
     def blobs_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        return self.shared_blobs_dir or self.data_dir / "blobs"
 
     @property
     def tls_dir(self) -> Path:
@@ -111,6 +124,8 @@ def load(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     tls_names: tuple[str, ...] = (),
+    store_url: str | None = None,
+    blobs_dir: Path | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
     env = dict(environ or {})
@@ -165,6 +180,11 @@ def load(
         if not 0 < interval < offline:
             raise InvalidRequest("--device-interval-s must be positive and below --device-offline-after-s")
         config = replace(config, liveness=LivenessConfig(expected_interval_s=interval, offline_after_s=offline))
+    store_url = store_url or env.get("FLEETCAST_STORE")
+    if store_url:
+        config = replace(config, store_url=store_url)
+    if blobs_dir is not None:
+        config = replace(config, shared_blobs_dir=Path(blobs_dir))
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

@@ -18,6 +18,7 @@ FleetcastError                 code            HTTP  gRPC
   + TooLarge                   too_large       413   RESOURCE_EXHAUSTED
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
+      + StoreUnavailable       store_unavailable           (the database cannot be reached)
 ```
 
 Domain code raises these with a message that names the problem and what to do.
@@ -118,6 +119,10 @@ class OutOfRange(FleetcastError):
 
 class Unavailable(FleetcastError):
     code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
 
 
 HTTP_STATUS: Final[dict[type[FleetcastError], int]] = {

@@ -21,8 +21,9 @@ from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
 from fleetcast.server.samples import SampleLimits
-from fleetcast.server.signing import Signer
-from fleetcast.server.store.sqlite import SqliteStore
+from fleetcast.server.signing import SIGNING_LOCK, Signer
+from fleetcast.server.store import Store
+from fleetcast.server.store.open import open_store
 from fleetcast.server.telemetry import Telemetry
 from fleetcast.server.upload_check import CheckLimits
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Services:
     config: ServerConfig
-    store: SqliteStore
+    store: Store
     blobs: BlobStore
     signer: Signer
     hub: Hub
@@ -55,17 +56,20 @@ def open_services(config: ServerConfig) -> Services:
     """Opens (on first start: creates) the data dir, keys, tokens and trust root."""
     data: Path = config.data_dir
     datadir.prepare(data, allow_shared=config.allow_shared_data_dir)
-    store = SqliteStore(config.db_path)
+    store = open_store(config.store)
     try:
         blobs = BlobStore(config.blobs_dir)
-        swept = blobs.sweep_temp()
+        # Replicas share the blobs dir: what is in its temp dir may be another replica's upload.
+        swept = 0 if config.shared_store else blobs.sweep_temp()
         if swept:
             logger.info("temp uploads removed count=%d", swept)
         orphans = blobs.sweep_orphans(lambda sha256: store.artifact(sha256) is not None,
                                       grace_s=config.orphan_blob_grace_s)
         if orphans:
             logger.warning("blobs no record refers to were removed count=%d (left by a crash mid-upload)", orphans)
-        signer = Signer.open(config.keys_dir, MetadataCache(store), config.signing)
+        cache = MetadataCache(store, changes=store)
+        signer = Signer.open(config.keys_dir, cache, config.signing,
+                             lock=lambda: cache.publishing(store.exclusive(SIGNING_LOCK)))
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
         metrics_token = datadir.ensure_token(data / "metrics-token")
@@ -92,7 +96,8 @@ def open_services(config: ServerConfig) -> Services:
                                  max_output_bytes=config.max_golden_unpacked_bytes),
         upload_workers=config.upload_checks,
     )
-    interrupted = registry.fail_interrupted()
+    # A running job on a shared store may be another replica's: only SQLite's are surely dead.
+    interrupted = 0 if config.shared_store else registry.fail_interrupted()
     if interrupted:
         logger.warning("compression jobs interrupted by the last stop count=%d", interrupted)
     return Services(

@@ -1,11 +1,15 @@
 """The embedded store: one SQLite file, one connection, one lock.
 
+`exclusive` is a flock on the file beside the database (`<db>.lock`), so two stores on
+one file exclude each other as two processes would; every name shares that one lock.
+
 Migrations are an ordered list of named functions; each name is recorded in the
 `migrations` table when applied, and names are never renamed or reused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -266,12 +270,15 @@ class SqliteStore:
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self._lock_path = Path(f"{path}.lock")
+        self._gate = threading.RLock()        # this store's threads queue here, then on the flock
+        self._holder: int | None = None
         with self._lock:
             migrate(self._db)
             # One server per data dir (its lock): a reservation left now is from a crashed upload.
             with conn:
                 conn.execute("DELETE FROM version_reservations")
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".lock"):
             try:
                 os.chmod(f"{path}{suffix}", 0o600)   # the umask must not make the database readable
             except FileNotFoundError:
@@ -293,6 +300,29 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        with self._gate:
+            if self._holder == threading.get_ident():   # re-entered by the holder
+                yield
+                return
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._holder = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._holder = None
+            finally:
+                os.close(fd)   # closing releases the flock
+
+    def announce(self, topic: str, detail: str) -> None:
+        """Nothing to tell: one server process serves a SQLite file."""
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        """Never called: no other server process writes this file."""
 
     def applied_migrations(self) -> list[str]:
         return [r[0] for r in self._all("SELECT name FROM migrations ORDER BY rowid")]
