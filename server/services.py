@@ -20,6 +20,7 @@ from fleetcast.server.liveness import Presence
 from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
+from fleetcast.server.replicas import Relay
 from fleetcast.server.samples import SampleLimits
 from fleetcast.server.signing import SIGNING_LOCK, Signer
 from fleetcast.server.store import Store
@@ -83,6 +84,7 @@ def open_services(config: ServerConfig) -> Services:
         store.close()
         raise
     hub = Hub()
+    Relay(store=store, hub=hub).start()   # deployments signed on other replicas reach our watchers
     registry = Registry(
         store=store, blobs=blobs, signer=signer,
         compressor=pipeline_compressor(calibration_samples=config.compress_calibration_samples,
