@@ -562,6 +562,7 @@ class SqliteStore:
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None:
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # the write lock first: another store must not count this row too
             old = c.execute("SELECT outcome FROM deployment_devices WHERE deployment_id = ? AND device_id = ?",
                             (deployment_id, device_id)).fetchone()
             if old is None:
@@ -586,6 +587,7 @@ class SqliteStore:
         returns the deployments touched. One transaction, counters included."""
         touched: dict[str, int] = {}
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # read and close under the write lock, as one step
             for chunk in _chunks(device_ids, 500):
                 marks = ",".join("?" * len(chunk))
                 rows = c.execute(
