@@ -126,7 +126,7 @@ class Database:
         first = True
         while not self._closed.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True,
+                with psycopg.connect(self._url, autocommit=True, application_name=f"fleetcast-listen-{self.origin}",
                                      connect_timeout=max(1, int(self._connect_timeout_s))) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     ready.set()
