@@ -1,8 +1,8 @@
 """Telemetry: the dedupe table and the per-device aggregates, written in one transaction.
 
 A flush is three statements whatever its size: one INSERT of every batch id (unnest,
-ON CONFLICT DO NOTHING tells the new ones), one pipelined upsert per aggregate key
-that adds to the stored row in SQL (so two replicas ingesting for the same device
+ON CONFLICT DO NOTHING tells the new ones), one upsert of every aggregate key (unnest)
+that adds to the stored rows in SQL (so two replicas ingesting for the same device
 never lose a sum), and one UPDATE of the devices' last_seen.
 """
 
@@ -22,8 +22,12 @@ from fleetcast.server.store import (
 )
 from fleetcast.server.store.postgres.database import Database
 
+# One statement for every key of a flush: columns as arrays (histograms as array literals),
+# unnested in key order so concurrent flushes lock rows in one order.
 _UPSERT = (
-    "INSERT INTO telemetry_aggregates VALUES (%(d)s, %(m)s, %(v)s, %(x)s, %(n)s, %(e)s, %(l)s, %(h)s, %(at)s)"
+    "INSERT INTO telemetry_aggregates SELECT d, m, v, x, n, e, l, h::bigint[], %(at)s FROM unnest("
+    "%(d)s::text[], %(m)s::text[], %(v)s::text[], %(x)s::text[], %(n)s::bigint[], %(e)s::bigint[],"
+    " %(l)s::float8[], %(h)s::text[]) AS u(d, m, v, x, n, e, l, h) ORDER BY d, m, v, x"
     " ON CONFLICT (device_id, model, version, variant) DO UPDATE SET"
     " inferences = LEAST(telemetry_aggregates.inferences + excluded.inferences, %(cap)s),"
     " errors = LEAST(telemetry_aggregates.errors + excluded.errors, %(cap)s),"
@@ -64,14 +68,18 @@ class TelemetryTables(Database):
                     acc[1] += r.errors
                     acc[2] += r.latency_sum_ms
                     buckets.merge(acc[3], r.histogram)
-            # Sorted: concurrent flushes lock aggregate rows in one order. Sums stop at the limits.
-            c.executemany(_UPSERT, [
-                {"d": key[0], "m": key[1], "v": key[2], "x": key[3], "at": at,
-                 "n": saturating_add(acc[0], 0, MAX_AGGREGATE_COUNT), "e": saturating_add(acc[1], 0, MAX_AGGREGATE_COUNT),
-                 "l": saturating_add(acc[2], 0.0, MAX_AGGREGATE_LATENCY_MS),
-                 "h": [saturating_add(n, 0, MAX_AGGREGATE_COUNT) for n in acc[3]],
-                 "cap": MAX_AGGREGATE_COUNT, "lcap": MAX_AGGREGATE_LATENCY_MS}
-                for key, acc in sorted(merged.items())])
+            # Sums stop at the aggregate limits, here and in the upsert.
+            keys = sorted(merged)
+            if keys:
+                c.execute(_UPSERT, {
+                    "d": [k[0] for k in keys], "m": [k[1] for k in keys], "v": [k[2] for k in keys],
+                    "x": [k[3] for k in keys], "at": at,
+                    "n": [saturating_add(merged[k][0], 0, MAX_AGGREGATE_COUNT) for k in keys],
+                    "e": [saturating_add(merged[k][1], 0, MAX_AGGREGATE_COUNT) for k in keys],
+                    "l": [saturating_add(merged[k][2], 0.0, MAX_AGGREGATE_LATENCY_MS) for k in keys],
+                    "h": ["{" + ",".join(str(saturating_add(n, 0, MAX_AGGREGATE_COUNT)) for n in merged[k][3]) + "}"
+                          for k in keys],
+                    "cap": MAX_AGGREGATE_COUNT, "lcap": MAX_AGGREGATE_LATENCY_MS})
             if merged:
                 c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%s)",
                           (at, sorted({key[0] for key in merged})))
