@@ -86,6 +86,20 @@ def create_telemetry(c: psycopg.Cursor) -> None:
               " updated_at double precision NOT NULL, PRIMARY KEY (device_id, model, version, variant))")
 
 
+def create_telemetry_windows(c: psycopg.Cursor) -> None:
+    # Per device per minute and per cohort per minute: see WINDOW_S in fleetcast.server.store.
+    c.execute("CREATE TABLE telemetry_windows (model text COLLATE \"C\" NOT NULL, minute bigint NOT NULL,"
+              " device_id text COLLATE \"C\" NOT NULL, version text COLLATE \"C\" NOT NULL,"
+              " variant text COLLATE \"C\" NOT NULL, backend text COLLATE \"C\" NOT NULL, inferences bigint NOT NULL,"
+              " errors bigint NOT NULL, latency_sum_ms double precision NOT NULL, histogram bigint[] NOT NULL,"
+              " PRIMARY KEY (model, minute, device_id, version, variant, backend))")
+    c.execute("CREATE TABLE telemetry_series (model text COLLATE \"C\" NOT NULL, minute bigint NOT NULL,"
+              " version text COLLATE \"C\" NOT NULL, variant text COLLATE \"C\" NOT NULL,"
+              " hardware_class text COLLATE \"C\" NOT NULL, backend text COLLATE \"C\" NOT NULL,"
+              " inferences bigint NOT NULL, errors bigint NOT NULL, latency_sum_ms double precision NOT NULL,"
+              " histogram bigint[] NOT NULL, PRIMARY KEY (model, minute, version, variant, hardware_class, backend))")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_metadata,
@@ -93,6 +107,7 @@ MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_devices,
     create_deployments,
     create_telemetry,
+    create_telemetry_windows,
 ]
 
 

@@ -1,41 +1,109 @@
-"""Telemetry: the dedupe table and the per-device aggregates, written in one transaction.
+"""Telemetry: the dedupe table, the per-device aggregates and the minute windows, in one transaction.
 
-A flush is three statements whatever its size: one INSERT of every batch id (unnest,
-ON CONFLICT DO NOTHING tells the new ones), one upsert of every aggregate key (unnest)
-that adds to the stored rows in SQL (so two replicas ingesting for the same device
-never lose a sum), and one UPDATE of the devices' last_seen.
+A flush is a fixed number of statements whatever its size: one INSERT of every batch
+id (unnest; ON CONFLICT DO NOTHING tells the new ones), one read of the devices'
+hardware classes, one upsert per table (aggregates, device windows, cohort series:
+every key at once through unnest) that adds to the stored rows in SQL, so two
+replicas ingesting for the same device or cohort never lose a sum, and one UPDATE
+of the devices' last_seen. Keys are sorted, so concurrent flushes lock rows in one order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import psycopg
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
+    WINDOW_S,
     Aggregate,
+    SeriesRow,
     StatsRow,
     TelemetryBatch,
+    WindowRow,
     saturating_add,
 )
 from fleetcast.server.store.postgres.database import Database
 
-# One statement for every key of a flush: columns as arrays (histograms as array literals),
-# unnested in key order so concurrent flushes lock rows in one order.
-_UPSERT = (
-    "INSERT INTO telemetry_aggregates SELECT d, m, v, x, n, e, l, h::bigint[], %(at)s FROM unnest("
-    "%(d)s::text[], %(m)s::text[], %(v)s::text[], %(x)s::text[], %(n)s::bigint[], %(e)s::bigint[],"
-    " %(l)s::float8[], %(h)s::text[]) AS u(d, m, v, x, n, e, l, h) ORDER BY d, m, v, x"
-    " ON CONFLICT (device_id, model, version, variant) DO UPDATE SET"
-    " inferences = LEAST(telemetry_aggregates.inferences + excluded.inferences, %(cap)s),"
-    " errors = LEAST(telemetry_aggregates.errors + excluded.errors, %(cap)s),"
-    " latency_sum_ms = LEAST(telemetry_aggregates.latency_sum_ms + excluded.latency_sum_ms, %(lcap)s),"
-    " histogram = ARRAY(SELECT LEAST(COALESCE(a, 0) + COALESCE(b, 0), %(cap)s) FROM"
-    " unnest(telemetry_aggregates.histogram, excluded.histogram) WITH ORDINALITY AS u(a, b, i) ORDER BY i),"
-    " updated_at = excluded.updated_at"
-)
+# (table, key columns with their array types) for each family of sums.
+AGGREGATES: Final = ("telemetry_aggregates", (("device_id", "text"), ("model", "text"), ("version", "text"),
+                                              ("variant", "text")))
+WINDOWS: Final = ("telemetry_windows", (("model", "text"), ("minute", "bigint"), ("device_id", "text"),
+                                        ("version", "text"), ("variant", "text"), ("backend", "text")))
+SERIES: Final = ("telemetry_series", (("model", "text"), ("minute", "bigint"), ("version", "text"),
+                                      ("variant", "text"), ("hardware_class", "text"), ("backend", "text")))
+
+
+class _Sums:
+    """Counts being summed for one row of a telemetry table before it is written."""
+
+    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
+
+    def __init__(self) -> None:
+        self.inferences = self.errors = 0
+        self.latency_sum_ms = 0.0
+        self.histogram = buckets.empty()
+
+
+def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow | _Sums) -> None:
+    acc = into.get(key)
+    if acc is None:
+        acc = into[key] = _Sums()
+    acc.inferences += r.inferences
+    acc.errors += r.errors
+    acc.latency_sum_ms += r.latency_sum_ms
+    buckets.merge(acc.histogram, r.histogram)
+
+
+def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str], ...]],
+                sums: Mapping[tuple[Any, ...], _Sums], updated_at: float | None = None) -> None:
+    """Adds `sums` to the rows of the family's table in one statement (histograms sent as
+    array literals); stored sums stop at the aggregate limits."""
+    if not sums:
+        return
+    table, key_columns = family
+    keys = sorted(sums)
+    names = [name for name, _ in key_columns]
+    arrays = [f"%({name})s::{kind}[]" for name, kind in key_columns]
+    extra = "" if updated_at is None else ", %(at)s"
+    counted = ("inferences", "errors")
+    sql = (
+        f"INSERT INTO {table} SELECT {', '.join(names)}, n, e, l, h::bigint[]{extra} FROM unnest("
+        f"{', '.join(arrays)}, %(n)s::bigint[], %(e)s::bigint[], %(l)s::float8[], %(h)s::text[])"
+        f" AS u({', '.join(names)}, n, e, l, h) ORDER BY {', '.join(names)}"
+        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET "
+        + ", ".join(f"{col} = LEAST({table}.{col} + excluded.{col}, %(cap)s)" for col in counted)
+        + f", latency_sum_ms = LEAST({table}.latency_sum_ms + excluded.latency_sum_ms, %(lcap)s),"
+        f" histogram = ARRAY(SELECT LEAST(COALESCE(a, 0) + COALESCE(b, 0), %(cap)s) FROM"
+        f" unnest({table}.histogram, excluded.histogram) WITH ORDINALITY AS x(a, b, i) ORDER BY i)"
+        + ("" if updated_at is None else ", updated_at = excluded.updated_at")
+    )
+    params: dict[str, Any] = {name: [k[i] for k in keys] for i, name in enumerate(names)}
+    params |= {
+        "at": updated_at, "cap": MAX_AGGREGATE_COUNT, "lcap": MAX_AGGREGATE_LATENCY_MS,
+        "n": [saturating_add(sums[k].inferences, 0, MAX_AGGREGATE_COUNT) for k in keys],
+        "e": [saturating_add(sums[k].errors, 0, MAX_AGGREGATE_COUNT) for k in keys],
+        "l": [saturating_add(sums[k].latency_sum_ms, 0.0, MAX_AGGREGATE_LATENCY_MS) for k in keys],
+        "h": ["{" + ",".join(str(saturating_add(n, 0, MAX_AGGREGATE_COUNT)) for n in sums[k].histogram) + "}"
+              for k in keys],
+    }
+    c.execute(sql, params)
+
+
+def _minutes(since: float, until: float | None) -> tuple[int, int]:
+    import time
+
+    return int(since // WINDOW_S), int((time.time() if until is None else until) // WINDOW_S)
+
+
+def _window_row(r: Mapping[str, Any]) -> WindowRow:
+    return WindowRow(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
+                     backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
+                     latency_sum_ms=r["latency_sum_ms"], histogram=list(r["histogram"]))
 
 
 class TelemetryTables(Database):
@@ -47,14 +115,16 @@ class TelemetryTables(Database):
         """Counts each batch once, all in one transaction; one flag per batch, True for a
         duplicate (seen before, or earlier in `batches`)."""
         ids = list(dict.fromkeys((b.device_id, b.batch_id) for b in batches))
+        minute = int(at // WINDOW_S)
+        totals: dict[tuple[Any, ...], _Sums] = {}
+        windows: dict[tuple[Any, ...], _Sums] = {}
+        duplicates: list[bool] = []
         with self._tx() as c:
             new = {(r["device_id"], r["batch_id"]) for r in c.execute(
                 "INSERT INTO telemetry_batches (device_id, batch_id, received_at)"
                 " SELECT d, b, %s FROM unnest(%s::text[], %s::text[]) AS u(d, b)"
                 " ON CONFLICT DO NOTHING RETURNING device_id, batch_id",
                 (at, [d for d, _ in ids], [b for _, b in ids])).fetchall()}
-            duplicates: list[bool] = []
-            merged: dict[tuple[str, str, str, str], list[Any]] = {}
             for b in batches:
                 key = (b.device_id, b.batch_id)
                 duplicates.append(key not in new)
@@ -62,27 +132,19 @@ class TelemetryTables(Database):
                     continue
                 new.discard(key)   # the same batch again later in this call is a duplicate
                 for r in b.rows:
-                    acc = merged.setdefault((b.device_id, r.model, r.version, r.variant),
-                                            [0, 0, 0.0, buckets.empty()])
-                    acc[0] += r.inferences
-                    acc[1] += r.errors
-                    acc[2] += r.latency_sum_ms
-                    buckets.merge(acc[3], r.histogram)
-            # Sums stop at the aggregate limits, here and in the upsert.
-            keys = sorted(merged)
-            if keys:
-                c.execute(_UPSERT, {
-                    "d": [k[0] for k in keys], "m": [k[1] for k in keys], "v": [k[2] for k in keys],
-                    "x": [k[3] for k in keys], "at": at,
-                    "n": [saturating_add(merged[k][0], 0, MAX_AGGREGATE_COUNT) for k in keys],
-                    "e": [saturating_add(merged[k][1], 0, MAX_AGGREGATE_COUNT) for k in keys],
-                    "l": [saturating_add(merged[k][2], 0.0, MAX_AGGREGATE_LATENCY_MS) for k in keys],
-                    "h": ["{" + ",".join(str(saturating_add(n, 0, MAX_AGGREGATE_COUNT)) for n in merged[k][3]) + "}"
-                          for k in keys],
-                    "cap": MAX_AGGREGATE_COUNT, "lcap": MAX_AGGREGATE_LATENCY_MS})
-            if merged:
-                c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%s)",
-                          (at, sorted({key[0] for key in merged})))
+                    _add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
+            device_ids = sorted({key[0] for key in totals})
+            hardware = {r["device_id"]: r["hardware_class"] for r in c.execute(
+                "SELECT device_id, hardware_class FROM devices WHERE device_id = ANY(%s)", (device_ids,)).fetchall()}
+            series: dict[tuple[Any, ...], _Sums] = {}
+            for (model, m, device_id, version, variant, backend), sums in windows.items():
+                _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+            _merge_into(c, AGGREGATES, totals, at)
+            _merge_into(c, WINDOWS, windows)
+            _merge_into(c, SERIES, series)
+            if device_ids:
+                c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%s)", (at, device_ids))
         return duplicates
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
@@ -98,3 +160,30 @@ class TelemetryTables(Database):
                       histogram=list(r["histogram"]))
             for r in rows
         ]
+
+    def window_rows(self, model: str, *, since: float, until: float | None = None,
+                    device_ids: Sequence[str] | None = None) -> list[WindowRow]:
+        first, last = _minutes(since, until)
+        sql = "SELECT * FROM telemetry_windows WHERE model = %s AND minute BETWEEN %s AND %s"
+        params: tuple[Any, ...] = (model, first, last)
+        if device_ids is not None:
+            sql += " AND device_id = ANY(%s)"
+            params += (list(device_ids),)
+        return [_window_row(r) for r in self._all(sql + " ORDER BY minute, device_id", params)]
+
+    def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]:
+        first, last = _minutes(since, until)
+        return [
+            SeriesRow(model=r["model"], version=r["version"], variant=r["variant"], hardware_class=r["hardware_class"],
+                      backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
+                      latency_sum_ms=r["latency_sum_ms"], histogram=list(r["histogram"]))
+            for r in self._all("SELECT * FROM telemetry_series WHERE model = %s AND minute BETWEEN %s AND %s"
+                               " ORDER BY minute", (model, first, last))
+        ]
+
+    def prune_windows(self, *, devices_before: float, series_before: float) -> int:
+        with self._tx() as c:
+            c.execute("DELETE FROM telemetry_windows WHERE minute < %s", (int(devices_before // WINDOW_S),))
+            n = c.rowcount
+            c.execute("DELETE FROM telemetry_series WHERE minute < %s", (int(series_before // WINDOW_S),))
+            return n + c.rowcount

@@ -77,6 +77,10 @@ def test_two_stores_ingesting_the_same_batches_count_each_once(open_store: OpenS
     assert sum(a.inferences for a in aggregates) == sum(b.rows[0].inferences for b in batches)
     assert sum(sum(a.histogram) for a in aggregates) == sum(b.rows[0].inferences for b in batches)
     assert sum(a.errors for a in aggregates) == 200
+    windows = stores[1].window_rows("digits", since=0.0, until=60.0)
+    series = stores[1].series_rows("digits", since=0.0, until=60.0)
+    assert sum(w.inferences for w in windows) == sum(s.inferences for s in series) == \
+        sum(b.rows[0].inferences for b in batches)
 
 
 def test_concurrent_batches_share_transactions_and_resends_count_once(store) -> None:
