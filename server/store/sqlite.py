@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
+from fleetcast.server.store import rows as records
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
@@ -47,6 +48,7 @@ from fleetcast.server.store import (
     WINDOW_S,
     saturating_add,
 )
+from fleetcast.server.store.rows import Sums, add
 
 logger = logging.getLogger(__name__)
 
@@ -226,21 +228,6 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-def _device(row: sqlite3.Row) -> Device:
-    return Device(
-        device_id=row["device_id"], token_sha256=row["token_sha256"], hardware_class=row["hardware_class"],
-        backends=tuple(json.loads(row["backends"])), group=row["grp"], labels=json.loads(row["labels"]),
-        agent_version=row["agent_version"], enrolled_at=row["enrolled_at"], last_seen=row["last_seen"],
-        active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
-        last_error=row["last_error"], last_error_at=row["last_error_at"],
-    )
-
-
-def _enroll_token(row: sqlite3.Row) -> EnrollToken:
-    return EnrollToken(token_sha256=row["token_sha256"], name=row["name"], group=row["grp"],
-                       created_at=row["created_at"], expires_at=row["expires_at"], uses_left=row["uses_left"])
-
-
 def _count(c: sqlite3.Connection, deployment_id: str, outcome: str, delta: int) -> None:
     c.execute(
         "INSERT INTO deployment_counts VALUES (?, ?, ?)"
@@ -270,38 +257,7 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[i:i + size]
 
 
-def _deployment(row: sqlite3.Row) -> Deployment:
-    return Deployment(**{k: row[k] for k in row.keys()})
-
-
-def _deployment_device(row: sqlite3.Row) -> DeploymentDevice:
-    values = {k: row[k] for k in row.keys()}
-    values["previous"] = json.loads(values["previous"]) if values["previous"] else None
-    return DeploymentDevice(**values)
-
-
-class _Sums:
-    """Counts being summed for one row of a telemetry table before it is written."""
-
-    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
-
-    def __init__(self) -> None:
-        self.inferences = self.errors = 0
-        self.latency_sum_ms = 0.0
-        self.histogram = buckets.empty()
-
-
-def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow | _Sums) -> None:
-    acc = into.get(key)
-    if acc is None:
-        acc = into[key] = _Sums()
-    acc.inferences += r.inferences
-    acc.errors += r.errors
-    acc.latency_sum_ms += r.latency_sum_ms
-    buckets.merge(acc.histogram, r.histogram)
-
-
-def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], _Sums],
+def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], Sums],
                 updated_at: float | None = None) -> None:
     """Adds `sums` to the rows of `table` with those keys (read, add, replace: one read
     per 200 keys). Stored sums stay exact and finite: they stop at the aggregate limits."""
@@ -325,16 +281,6 @@ def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], s
           json.dumps([saturating_add(n, 0, MAX_AGGREGATE_COUNT) for n in acc.histogram]), *extra)
          for key, acc in sums.items()],
     )
-
-
-def _minutes(since: float, until: float | None) -> tuple[int, int]:
-    return int(since // WINDOW_S), int((time.time() if until is None else until) // WINDOW_S)
-
-
-def _window_row(r: sqlite3.Row) -> WindowRow:
-    return WindowRow(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
-                     backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
-                     latency_sum_ms=r["latency_sum_ms"], histogram=json.loads(r["histogram"]))
 
 
 class SqliteStore:
@@ -539,16 +485,16 @@ class SqliteStore:
 
     def device(self, device_id: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE device_id = ?", (device_id,))
-        return _device(row) if row else None
+        return records.device(row) if row else None
 
     def device_by_token(self, token_sha256: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE token_sha256 = ?", (token_sha256,))
-        return _device(row) if row else None
+        return records.device(row) if row else None
 
     def devices(self, *, group: str | None = None) -> list[Device]:
         if group is None:
-            return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
-        return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
+            return [records.device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
+        return [records.device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
 
     def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]:
         """Every device's (or a group's) planning profile, in device id order."""
@@ -597,10 +543,10 @@ class SqliteStore:
                 "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE token_sha256 = ?"
                 " AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)"
                 " RETURNING *", (token_sha256, at)).fetchone()
-        return _enroll_token(row) if row else None
+        return records.enroll_token(row) if row else None
 
     def enroll_tokens(self) -> list[EnrollToken]:
-        return [_enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]
+        return [records.enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]
 
     # -- deployments --------------------------------------------------------------------
     def add_deployment(self, deployment: Deployment, devices: Sequence[DeploymentDevice]) -> None:
@@ -618,23 +564,23 @@ class SqliteStore:
 
     def deployment(self, deployment_id: str) -> Deployment | None:
         row = self._one("SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,))
-        return _deployment(row) if row else None
+        return records.deployment(row) if row else None
 
     def deployments(self, *, limit: int = 200) -> list[Deployment]:
         rows = self._all("SELECT * FROM deployments ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
-        return [_deployment(r) for r in rows]
+        return [records.deployment(r) for r in rows]
 
     def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
         rows = self._all(
             "SELECT * FROM deployment_devices WHERE deployment_id = ? ORDER BY device_id", (deployment_id,)
         )
-        return [_deployment_device(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def deployment_device(self, deployment_id: str, device_id: str) -> DeploymentDevice | None:
         row = self._one(
             "SELECT * FROM deployment_devices WHERE deployment_id = ? AND device_id = ?", (deployment_id, device_id)
         )
-        return _deployment_device(row) if row else None
+        return records.deployment_device(row) if row else None
 
     def update_deployment_device(
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
@@ -693,7 +639,7 @@ class SqliteStore:
             " AND (a.deployment_id IS NULL OR a.deployment_id != dd.deployment_id)"
             " ORDER BY d.created_at, dd.rowid LIMIT ?", (limit,),
         )
-        return [_deployment_device(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def assignments_of(self, device_ids: Sequence[str]) -> dict[str, Assignment]:
         found: dict[str, Assignment] = {}
@@ -706,7 +652,7 @@ class SqliteStore:
 
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
-        return [_deployment_device(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def set_deployment_status(self, deployment_id: str, status: str, at: float) -> None:
         with self._tx() as c:
@@ -753,8 +699,8 @@ class SqliteStore:
         flush reads and writes each aggregate and window once however many batches touch it."""
         duplicates: list[bool] = []
         minute = int(at // WINDOW_S)
-        totals: dict[tuple[Any, ...], _Sums] = {}
-        windows: dict[tuple[Any, ...], _Sums] = {}
+        totals: dict[tuple[Any, ...], Sums] = {}
+        windows: dict[tuple[Any, ...], Sums] = {}
         with self._tx() as c:
             for b in batches:
                 cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
@@ -762,15 +708,15 @@ class SqliteStore:
                 if cur.rowcount == 0:
                     continue
                 for r in b.rows:
-                    _add(totals, (b.device_id, r.model, r.version, r.variant), r)
-                    _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
+                    add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
             device_ids = list({key[0] for key in totals})
             hardware = {d: hw for chunk in _chunks(device_ids, 500) for d, hw in c.execute(
                 f"SELECT device_id, hardware_class FROM devices WHERE device_id IN ({','.join('?' * len(chunk))})",
                 chunk)}
-            series: dict[tuple[Any, ...], _Sums] = {}
+            series: dict[tuple[Any, ...], Sums] = {}
             for (model, m, device_id, version, variant, backend), sums in windows.items():
-                _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+                add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
             _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
             _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
                         windows)
@@ -781,22 +727,20 @@ class SqliteStore:
 
     def window_rows(self, model: str, *, since: float, until: float | None = None,
                     device_ids: Sequence[str] | None = None) -> list[WindowRow]:
-        first, last = _minutes(since, until)
+        first, last = records.minutes(since, until)
         sql = "SELECT * FROM telemetry_windows WHERE model = ? AND minute BETWEEN ? AND ?"
         if device_ids is None:
-            return [_window_row(r) for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
+            return [records.window_row(r, json.loads(r["histogram"])) for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
         rows: list[WindowRow] = []
         for chunk in _chunks(list(device_ids), 500):
-            rows += [_window_row(r) for r in self._all(
+            rows += [records.window_row(r, json.loads(r["histogram"])) for r in self._all(
                 sql + f" AND device_id IN ({','.join('?' * len(chunk))})", (model, first, last, *chunk))]
         return sorted(rows, key=lambda w: (w.minute, w.device_id))
 
     def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]:
-        first, last = _minutes(since, until)
+        first, last = records.minutes(since, until)
         return [
-            SeriesRow(model=r["model"], version=r["version"], variant=r["variant"], hardware_class=r["hardware_class"],
-                      backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
-                      latency_sum_ms=r["latency_sum_ms"], histogram=json.loads(r["histogram"]))
+            records.series_row(r, json.loads(r["histogram"]))
             for r in self._all("SELECT * FROM telemetry_series WHERE model = ? AND minute BETWEEN ? AND ?"
                                " ORDER BY minute", (model, first, last))
         ]

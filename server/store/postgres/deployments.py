@@ -14,20 +14,11 @@ from typing import Any
 import psycopg
 
 from fleetcast.server.store import Assignment, Deployment, DeploymentDevice
+from fleetcast.server.store import rows as records
 from fleetcast.server.store.postgres.database import Database
 
-_DEPLOYMENT_COLUMNS = "deployment_id, model, version, target, status, created_at, updated_at"
+_DEPLOYMENT_COLUMNS = "deployment_id, model, version, target, status, created_at, updated_at"  # not `position`
 _ROW_COLUMNS = "deployment_id, device_id, variant, sha256, state, outcome, reason, updated_at, previous"
-
-
-def _deployment(row: Mapping[str, Any]) -> Deployment:
-    return Deployment(**{k: row[k] for k in _DEPLOYMENT_COLUMNS.split(", ")})
-
-
-def _row(row: Mapping[str, Any]) -> DeploymentDevice:
-    values = {k: row[k] for k in _ROW_COLUMNS.split(", ")}
-    values["previous"] = json.loads(values["previous"]) if values["previous"] else None
-    return DeploymentDevice(**values)
 
 
 def _count(c: psycopg.Cursor[Any], deltas: Mapping[tuple[str, str], int]) -> None:
@@ -63,21 +54,21 @@ class DeploymentTables(Database):
 
     def deployment(self, deployment_id: str) -> Deployment | None:
         row = self._one("SELECT * FROM deployments WHERE deployment_id = %s", (deployment_id,))
-        return _deployment(row) if row else None
+        return records.deployment(row) if row else None
 
     def deployments(self, *, limit: int = 200) -> list[Deployment]:
         rows = self._all("SELECT * FROM deployments ORDER BY created_at DESC, position DESC LIMIT %s", (limit,))
-        return [_deployment(r) for r in rows]
+        return [records.deployment(r) for r in rows]
 
     def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE deployment_id = %s ORDER BY device_id",
                          (deployment_id,))
-        return [_row(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def deployment_device(self, deployment_id: str, device_id: str) -> DeploymentDevice | None:
         row = self._one("SELECT * FROM deployment_devices WHERE deployment_id = %s AND device_id = %s",
                         (deployment_id, device_id))
-        return _row(row) if row else None
+        return records.deployment_device(row) if row else None
 
     def update_deployment_device(
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
@@ -124,7 +115,7 @@ class DeploymentTables(Database):
             " WHERE dd.outcome = '' AND d.status = 'active'"
             " AND (a.deployment_id IS NULL OR a.deployment_id != dd.deployment_id)"
             " ORDER BY d.created_at, dd.position LIMIT %s", (limit,))
-        return [_row(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def assignments_of(self, device_ids: Sequence[str]) -> dict[str, Assignment]:
         rows = self._all("SELECT * FROM assignments WHERE device_id = ANY(%s)", (list(device_ids),))
@@ -134,7 +125,7 @@ class DeploymentTables(Database):
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = %s AND outcome = '' ORDER BY position",
                          (device_id,))
-        return [_row(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def set_deployment_status(self, deployment_id: str, status: str, at: float) -> None:
         with self._tx() as c:

@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
 
 from fleetcast.server.store import Device, DeviceIdentity, DeviceProfile, EnrollToken
+from fleetcast.server.store import rows as records
 from fleetcast.server.store.postgres.database import Database
-
-
-def _device(row: Mapping[str, Any]) -> Device:
-    return Device(
-        device_id=row["device_id"], token_sha256=row["token_sha256"], hardware_class=row["hardware_class"],
-        backends=tuple(json.loads(row["backends"])), group=row["grp"], labels=json.loads(row["labels"]),
-        agent_version=row["agent_version"], enrolled_at=row["enrolled_at"], last_seen=row["last_seen"],
-        active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
-        last_error=row["last_error"], last_error_at=row["last_error_at"],
-    )
-
-
-def _enroll_token(row: Mapping[str, Any]) -> EnrollToken:
-    return EnrollToken(token_sha256=row["token_sha256"], name=row["name"], group=row["grp"],
-                       created_at=row["created_at"], expires_at=row["expires_at"], uses_left=row["uses_left"])
 
 
 class DeviceTables(Database):
@@ -42,16 +26,16 @@ class DeviceTables(Database):
 
     def device(self, device_id: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE device_id = %s", (device_id,))
-        return _device(row) if row else None
+        return records.device(row) if row else None
 
     def device_by_token(self, token_sha256: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE token_sha256 = %s", (token_sha256,))
-        return _device(row) if row else None
+        return records.device(row) if row else None
 
     def devices(self, *, group: str | None = None) -> list[Device]:
         if group is None:
-            return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
-        return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = %s ORDER BY device_id", (group,))]
+            return [records.device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
+        return [records.device(r) for r in self._all("SELECT * FROM devices WHERE grp = %s ORDER BY device_id", (group,))]
 
     def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]:
         sql = "SELECT device_id, hardware_class, backends, grp FROM devices"
@@ -98,7 +82,7 @@ class DeviceTables(Database):
             "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE token_sha256 = %s"
             " AND (expires_at IS NULL OR expires_at > %s) AND (uses_left IS NULL OR uses_left > 0)"
             " RETURNING *", (token_sha256, at))
-        return _enroll_token(row) if row else None
+        return records.enroll_token(row) if row else None
 
     def enroll_tokens(self) -> list[EnrollToken]:
-        return [_enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]
+        return [records.enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]

@@ -15,7 +15,6 @@ from typing import Any, Final
 
 import psycopg
 
-from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
@@ -27,6 +26,8 @@ from fleetcast.server.store import (
     WindowRow,
     saturating_add,
 )
+from fleetcast.server.store import rows as records
+from fleetcast.server.store.rows import Sums, add
 from fleetcast.server.store.postgres.database import Database
 
 # (table, key columns with their array types) for each family of sums.
@@ -38,29 +39,8 @@ SERIES: Final = ("telemetry_series", (("model", "text"), ("minute", "bigint"), (
                                       ("variant", "text"), ("hardware_class", "text"), ("backend", "text")))
 
 
-class _Sums:
-    """Counts being summed for one row of a telemetry table before it is written."""
-
-    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
-
-    def __init__(self) -> None:
-        self.inferences = self.errors = 0
-        self.latency_sum_ms = 0.0
-        self.histogram = buckets.empty()
-
-
-def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow | _Sums) -> None:
-    acc = into.get(key)
-    if acc is None:
-        acc = into[key] = _Sums()
-    acc.inferences += r.inferences
-    acc.errors += r.errors
-    acc.latency_sum_ms += r.latency_sum_ms
-    buckets.merge(acc.histogram, r.histogram)
-
-
 def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str], ...]],
-                sums: Mapping[tuple[Any, ...], _Sums], updated_at: float | None = None) -> None:
+                sums: Mapping[tuple[Any, ...], Sums], updated_at: float | None = None) -> None:
     """Adds `sums` to the rows of the family's table in one statement (histograms sent as
     array literals); stored sums stop at the aggregate limits."""
     if not sums:
@@ -94,18 +74,6 @@ def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str]
     c.execute(sql, params)
 
 
-def _minutes(since: float, until: float | None) -> tuple[int, int]:
-    import time
-
-    return int(since // WINDOW_S), int((time.time() if until is None else until) // WINDOW_S)
-
-
-def _window_row(r: Mapping[str, Any]) -> WindowRow:
-    return WindowRow(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
-                     backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
-                     latency_sum_ms=r["latency_sum_ms"], histogram=list(r["histogram"]))
-
-
 class TelemetryTables(Database):
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:
         """Counts a batch once: returns True (duplicate) when (device, batch) was seen before."""
@@ -116,8 +84,8 @@ class TelemetryTables(Database):
         duplicate (seen before, or earlier in `batches`)."""
         ids = list(dict.fromkeys((b.device_id, b.batch_id) for b in batches))
         minute = int(at // WINDOW_S)
-        totals: dict[tuple[Any, ...], _Sums] = {}
-        windows: dict[tuple[Any, ...], _Sums] = {}
+        totals: dict[tuple[Any, ...], Sums] = {}
+        windows: dict[tuple[Any, ...], Sums] = {}
         duplicates: list[bool] = []
         with self._tx() as c:
             new = {(r["device_id"], r["batch_id"]) for r in c.execute(
@@ -132,14 +100,14 @@ class TelemetryTables(Database):
                     continue
                 new.discard(key)   # the same batch again later in this call is a duplicate
                 for r in b.rows:
-                    _add(totals, (b.device_id, r.model, r.version, r.variant), r)
-                    _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
+                    add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
             device_ids = sorted({key[0] for key in totals})
             hardware = {r["device_id"]: r["hardware_class"] for r in c.execute(
                 "SELECT device_id, hardware_class FROM devices WHERE device_id = ANY(%s)", (device_ids,)).fetchall()}
-            series: dict[tuple[Any, ...], _Sums] = {}
+            series: dict[tuple[Any, ...], Sums] = {}
             for (model, m, device_id, version, variant, backend), sums in windows.items():
-                _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+                add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
             _merge_into(c, AGGREGATES, totals, at)
             _merge_into(c, WINDOWS, windows)
             _merge_into(c, SERIES, series)
@@ -163,20 +131,18 @@ class TelemetryTables(Database):
 
     def window_rows(self, model: str, *, since: float, until: float | None = None,
                     device_ids: Sequence[str] | None = None) -> list[WindowRow]:
-        first, last = _minutes(since, until)
+        first, last = records.minutes(since, until)
         sql = "SELECT * FROM telemetry_windows WHERE model = %s AND minute BETWEEN %s AND %s"
         params: tuple[Any, ...] = (model, first, last)
         if device_ids is not None:
             sql += " AND device_id = ANY(%s)"
             params += (list(device_ids),)
-        return [_window_row(r) for r in self._all(sql + " ORDER BY minute, device_id", params)]
+        return [records.window_row(r, list(r["histogram"])) for r in self._all(sql + " ORDER BY minute, device_id", params)]
 
     def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]:
-        first, last = _minutes(since, until)
+        first, last = records.minutes(since, until)
         return [
-            SeriesRow(model=r["model"], version=r["version"], variant=r["variant"], hardware_class=r["hardware_class"],
-                      backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
-                      latency_sum_ms=r["latency_sum_ms"], histogram=list(r["histogram"]))
+            records.series_row(r, list(r["histogram"]))
             for r in self._all("SELECT * FROM telemetry_series WHERE model = %s AND minute BETWEEN %s AND %s"
                                " ORDER BY minute", (model, first, last))
         ]
