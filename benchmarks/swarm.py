@@ -178,7 +178,8 @@ def enroll(args: argparse.Namespace) -> None:
 def telemetry(args: argparse.Namespace) -> None:
     from benchmarks.telemetry_ingest import compare
     for _ in range(args.repeat):
-        print(compare(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch), flush=True)
+        print(compare(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch, store_url=args.store),
+              flush=True)
 
 
 def main() -> None:
@@ -200,6 +201,8 @@ def main() -> None:
     t.add_argument("--senders", type=int, default=500)
     t.add_argument("--rows-per-batch", type=int, default=4)
     t.add_argument("--repeat", type=int, default=3)
+    t.add_argument("--store", metavar="URL", help="postgresql://USER@HOST:PORT/DB: ingest into a fresh database "
+                   "made (and dropped) on that server; default a fresh SQLite file")
     args = p.parse_args()
     {"rollout": rollout, "enroll": enroll, "telemetry": telemetry}[args.command](args)
 

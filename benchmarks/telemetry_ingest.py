@@ -1,6 +1,11 @@
 """Telemetry ingest throughput: the server's group commit against a plain insert_all.
 
     .venv/bin/python benchmarks/swarm.py telemetry --rows 200000 --senders 500 --repeat 3
+    .venv/bin/python benchmarks/swarm.py telemetry --store postgresql://postgres@127.0.0.1:5432/postgres
+
+With `--store` naming a PostgreSQL server (its database is only used to create and
+drop one fresh database per run), the store is a `PostgresStore` and the plain
+baseline is a COPY of the same rows into one table of that database.
 
 `senders` concurrent devices each send batches of `rows_per_batch` stats rows through
 `TelemetryWriter.submit` (what the gRPC handler awaits) into a fresh SQLite store; in
@@ -13,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.ingest import TelemetryWriter
-from fleetcast.server.store import StatsRow
-from fleetcast.server.store.sqlite import SqliteStore
+from fleetcast.server.store import StatsRow, Store
+from fleetcast.server.store.open import open_store
 from fleetcast.server.telemetry import Batch
 
 
@@ -41,43 +50,87 @@ def _batches(rows: int, senders: int, rows_per_batch: int) -> list[list[Batch]]:
     return per_sender
 
 
-def compare(*, rows: int, senders: int, rows_per_batch: int) -> str:
+@contextmanager
+def _postgres_database(server_url: str) -> Iterator[str]:
+    import psycopg
+
+    name = f"fleetcast_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _plain_sqlite(root: Path, flat: list[tuple[str, StatsRow]]) -> float:
+    plain = sqlite_utils.Database(root / "plain.db")
+    plain.execute("PRAGMA journal_mode=WAL")
+    plain.execute("PRAGMA synchronous=NORMAL")
+    start = time.perf_counter()
+    plain["stats"].insert_all(
+        ({"device_id": d, "model": r.model, "version": r.version, "variant": r.variant, "inferences": r.inferences,
+          "errors": r.errors, "latency_sum_ms": r.latency_sum_ms, "histogram": list(r.histogram)} for d, r in flat),
+        batch_size=1000)
+    took = time.perf_counter() - start
+    plain.close()
+    return took
+
+
+def _plain_postgres(url: str, flat: list[tuple[str, StatsRow]]) -> float:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE stats (device_id text, model text, version text, variant text, inferences bigint,"
+                     " errors bigint, latency_sum_ms double precision, histogram bigint[])")
+        conn.commit()
+        start = time.perf_counter()
+        with conn.cursor() as c, c.copy("COPY stats FROM STDIN") as copy:
+            for d, r in flat:
+                copy.write_row((d, r.model, r.version, r.variant, r.inferences, r.errors, r.latency_sum_ms,
+                                list(r.histogram)))
+        conn.commit()
+        return time.perf_counter() - start
+
+
+def _ingest(store: Store, work: list[list[Batch]]) -> tuple[float, int, int]:
+    writer = TelemetryWriter(store=store)
+
+    async def send_all() -> float:
+        async def sender(batches: list[Batch]) -> None:
+            for b in batches:
+                assert await writer.submit(b.device_id, b) is False
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sender(b) for b in work))
+        took = time.perf_counter() - t0
+        resent = [b for batches in work for b in batches[::10]]
+        flags = await asyncio.gather(*(writer.submit(b.device_id, b) for b in resent))
+        assert all(flags), "a resent batch was counted again"
+        return took
+    try:
+        ours_s = asyncio.run(send_all())
+        counted = sum(a.inferences for a in store.aggregates())
+    finally:
+        store.close()
+    return ours_s, counted, writer.flushes
+
+
+def compare(*, rows: int, senders: int, rows_per_batch: int, store_url: str | None = None) -> str:
     work = _batches(rows, senders, rows_per_batch)
     flat = [(b.device_id, r) for batches in work for b in batches for r in b.stats]
-    with tempfile.TemporaryDirectory(prefix="fleetcast-ingest-") as tmp:
-        root = Path(tmp)
-        plain = sqlite_utils.Database(root / "plain.db")
-        plain.execute("PRAGMA journal_mode=WAL")
-        plain.execute("PRAGMA synchronous=NORMAL")
-        start = time.perf_counter()
-        plain["stats"].insert_all(
-            ({"device_id": d, "model": r.model, "version": r.version, "variant": r.variant, "inferences": r.inferences,
-              "errors": r.errors, "latency_sum_ms": r.latency_sum_ms, "histogram": list(r.histogram)} for d, r in flat),
-            batch_size=1000)
-        plain_s = time.perf_counter() - start
-        plain.close()
-
-        store = SqliteStore(root / "fleetcast.db")
-        writer = TelemetryWriter(store=store)
-
-        async def send_all() -> float:
-            async def sender(batches: list[Batch]) -> None:
-                for b in batches:
-                    assert await writer.submit(b.device_id, b) is False
-            t0 = time.perf_counter()
-            await asyncio.gather(*(sender(b) for b in work))
-            took = time.perf_counter() - t0
-            resent = [b for batches in work for b in batches[::10]]
-            flags = await asyncio.gather(*(writer.submit(b.device_id, b) for b in resent))
-            assert all(flags), "a resent batch was counted again"
-            return took
-        try:
-            ours_s = asyncio.run(send_all())
-            counted = sum(a.inferences for a in store.aggregates())
-        finally:
-            store.close()
+    if store_url and not store_url.startswith("sqlite:"):
+        with _postgres_database(store_url) as url:
+            plain_s = _plain_postgres(url, flat)
+            ours_s, counted, flushes = _ingest(open_store(url), work)
+        kind, baseline = "postgresql", "copy"
+    else:
+        with tempfile.TemporaryDirectory(prefix="fleetcast-ingest-") as tmp:
+            plain_s = _plain_sqlite(Path(tmp), flat)
+            ours_s, counted, flushes = _ingest(open_store(f"sqlite://{Path(tmp) / 'fleetcast.db'}"), work)
+        kind, baseline = "sqlite", "insert_all"
     expected = sum(r.inferences for _, r in flat)
     assert counted == expected, f"aggregates count {counted} inferences, sent {expected}"
-    return (f"RESULT telemetry rows={len(flat)} senders={senders} rows_per_batch={rows_per_batch} "
-            f"ingest_rows_per_s={len(flat) / ours_s:.0f} insert_all_rows_per_s={len(flat) / plain_s:.0f} "
-            f"ratio={plain_s / ours_s:.2f} flushes={writer.flushes} counted_exactly_once=True")
+    return (f"RESULT telemetry store={kind} rows={len(flat)} senders={senders} rows_per_batch={rows_per_batch} "
+            f"ingest_rows_per_s={len(flat) / ours_s:.0f} {baseline}_rows_per_s={len(flat) / plain_s:.0f} "
+            f"ratio={plain_s / ours_s:.2f} flushes={flushes} counted_exactly_once=True")

@@ -27,6 +27,10 @@ Example:
   fleetcast server --data ./fleet --http 127.0.0.1:0 --grpc 127.0.0.1:0 --mqtt mqtt://127.0.0.1:1883 -v
   AWS_SHARED_CREDENTIALS_FILE=/etc/fleetcast/aws fleetcast server --data ./fleet --blobs s3://models/fleet \
       --download-base-url https://cdn.example/fleet
+  fleetcast server --data ./replica-2 --store postgresql://fleetcast@127.0.0.1:5432/fleetcast --blobs /srv/blobs
+
+Replicas (docs/scaling.md) share one --store postgresql://... and one --blobs (a directory or s3://...); each
+has its own DATA holding copies of the first one's keys/, tls/ and token files.
 
 One server per data dir: DATA/server.lock is held while it runs, and a second
 server on the same dir or ports exits with a one-line error, touching nothing.
@@ -51,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", metavar="URL", help="MQTT broker for notifications, e.g. mqtt://127.0.0.1:1883 (default: none)")
     p.add_argument("--public-url", metavar="URL", help="base URL devices use for HTTP downloads")
     p.add_argument("--blobs", metavar="DIR|URL",
-                   help="blob store: a directory or s3://BUCKET/PREFIX (endpoint, region and credentials from the "
+                   help="blob store: a directory (replicas share one) or s3://BUCKET/PREFIX (endpoint, region and credentials from the "
                         "AWS_* variables or AWS_SHARED_CREDENTIALS_FILE; default: DATA/blobs/; env FLEETCAST_BLOBS)")
     p.add_argument("--download-base-url", metavar="URL",
                    help="devices download artifacts from URL/sha256/ab/<sha256> (a CDN in front of the blobs)")
@@ -84,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a live device is seen at least this often; unseen longer it is late (default 60)")
     p.add_argument("--device-offline-after-s", type=float, metavar="S",
                    help="a device unseen this long is offline (default 5 x --device-interval-s: 300)")
+    p.add_argument("--store", metavar="URL",
+                   help="where state lives: sqlite:///PATH or postgresql://USER@HOST:PORT/DB, shared by replicas "
+                        "(default: DATA/fleetcast.db; env FLEETCAST_STORE; passwords go in ~/.pgpass)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     return p
 
@@ -157,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             device_interval_s=args.device_interval_s, device_offline_after_s=args.device_offline_after_s,
             environ=os.environ,
             insecure_loopback_plaintext=args.insecure_loopback_plaintext, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_names=tuple(args.tls_name), blobs_url=args.blobs, download_base_url=args.download_base_url,
+            tls_names=tuple(args.tls_name), store_url=args.store, blobs_url=args.blobs,
+            download_base_url=args.download_base_url,
             download_url_expires_s=args.download_url_expires_s,
         )
         asyncio.run(serve(config))

@@ -68,6 +68,9 @@ class ServerConfig:
     allow_shared_data_dir: bool = False          # start even when others can read the data dir
     # When a device counts as online, late or offline (fleetcast.server.liveness).
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    # Where state lives (fleetcast.server.store.open): None is DATA/fleetcast.db; replicas
+    # share one postgresql:// store and one blob store, `blobs_url` (ADR 0006).
+    store_url: str | None = None
 
     @property
     def keys_dir(self) -> Path:
@@ -76,6 +79,15 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "fleetcast.db"
+
+    @property
+    def store(self) -> str:
+        return self.store_url or f"sqlite://{self.db_path.resolve()}"
+
+    @property
+    def shared_store(self) -> bool:
+        """Other server processes may write the same store (PostgreSQL replicas)."""
+        return not self.store.startswith("sqlite:")
 
     @property
     def blobs_dir(self) -> Path:
@@ -124,6 +136,7 @@ def load(
     blobs_url: str | None = None,
     download_base_url: str | None = None,
     download_url_expires_s: int | None = None,
+    store_url: str | None = None,
 ) -> ServerConfig:
     """Builds the config from command-line values, falling back to FLEETCAST_* variables."""
     env = dict(environ or {})
@@ -181,6 +194,9 @@ def load(
     config = _with_downloads(config, blobs_url=blobs_url or env.get("FLEETCAST_BLOBS", ""),
                              download_base_url=download_base_url or env.get("FLEETCAST_DOWNLOAD_BASE_URL"),
                              download_url_expires_s=download_url_expires_s, s3_region=env.get("AWS_REGION"))
+    store_url = store_url or env.get("FLEETCAST_STORE")
+    if store_url:
+        config = replace(config, store_url=store_url)
     public_url = public_url or env.get("FLEETCAST_PUBLIC_URL")
     if public_url:
         config = replace(config, public_url=public_url.rstrip("/"))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -115,8 +114,6 @@ class Deployments:
         self.hub = hub
         self.clock = clock
         self._why: dict[tuple[str, str], str] = {}   # (deployment, device) -> why, until assigned
-        # Signing a row and closing it (cancel) must not interleave within this process.
-        self._signing = threading.Lock()
         self.on_created: Callable[[], None] = lambda: None    # the assigner's wake-up
 
     # -- create -------------------------------------------------------------------------
@@ -220,10 +217,14 @@ class Deployments:
             release = releases.get(row.deployment_id)
             if release is None:
                 release = releases[row.deployment_id] = self.registry.version(deployment.model, deployment.version)
-            with self._signing:
+            # Signing a row and closing it (cancel) never interleave, on any replica.
+            with self.signer.locked():
                 current = self.store.deployment_device(row.deployment_id, row.device_id)
                 if current is None or current.outcome:
                     continue    # cancelled or superseded since it was read
+                signed = self.store.assignment(row.device_id)
+                if signed is not None and signed.deployment_id == row.deployment_id:
+                    continue    # another replica signed it since it was read
                 self._assign(row.device_id, _planned(row.deployment_id, release, row.variant))
         return len(rows)
 
@@ -326,7 +327,7 @@ class Deployments:
         for row in self.store.deployment_devices(deployment_id):
             if row.outcome:
                 continue
-            with self._signing:
+            with self.signer.locked():
                 self.store.update_deployment_device(deployment_id, row.device_id, state=row.state,
                                                     outcome="cancelled", reason="cancelled by the operator", at=now)
                 current = self.store.assignment(row.device_id)
@@ -348,7 +349,7 @@ class Deployments:
         for row in self.store.deployment_devices(deployment_id):
             if (wanted is not None and row.device_id not in wanted) or row.outcome in {"superseded", "reverted"}:
                 continue
-            with self._signing:
+            with self.signer.locked():
                 current = self.store.assignment(row.device_id)
                 if current is not None and current.deployment_id != deployment_id:
                     continue    # a newer deployment owns this device now

@@ -21,6 +21,7 @@ FleetcastError                 code            HTTP  gRPC
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
       + BlobsUnavailable       blobs_unavailable           (the blob store cannot be read or written)
+      + StoreUnavailable       store_unavailable           (the database cannot be reached)
 ```
 
 Domain code raises these with a message that names the problem and what to do.
@@ -133,6 +134,8 @@ class Unavailable(FleetcastError):
 
 class BlobsUnavailable(Unavailable):
     code = "blobs_unavailable"
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
 
 
 HTTP_STATUS: Final[dict[type[FleetcastError], int]] = {

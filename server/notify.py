@@ -86,6 +86,11 @@ class Hub:
                 sink.device_notice(device_id, notice)
             except Exception:
                 logger.exception("notice sink failed device_id=%s", device_id)
+        self.tell_watchers(device_id, notice)
+
+    def tell_watchers(self, device_id: str, notice: AssignmentNotice) -> None:
+        """Thread-safe: tells this process's open streams only (a notice another replica
+        already published to the sinks)."""
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._offer, device_id, notice)
 

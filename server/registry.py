@@ -1,6 +1,6 @@
 """Model registry: checked uploads, golden input/output pairs, versions and variants.
 
-An upload arrives as a staged temp file in the blob store (`BlobStore.stage_stream`,
+An upload arrives as a staged temp file in the blob store (`Blobs.stage_stream`,
 bounded and hashed while streaming). `Registry.add_version` checks that it is ONNX
 that onnxruntime can load, builds or checks the golden pair, and only then stores
 the blobs, signs both artifacts into the image repository and records the version.

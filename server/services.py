@@ -21,9 +21,11 @@ from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
 from fleetcast.server.rollouts.service import Rollouts
+from fleetcast.server.replicas import Relay
 from fleetcast.server.samples import SampleLimits
-from fleetcast.server.signing import Signer
-from fleetcast.server.store.sqlite import SqliteStore
+from fleetcast.server.signing import SIGNING_LOCK, Signer
+from fleetcast.server.store import Store
+from fleetcast.server.store.open import open_store
 from fleetcast.server.telemetry import Telemetry
 from fleetcast.server.upload_check import CheckLimits
 
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Services:
     config: ServerConfig
-    store: SqliteStore
+    store: Store
     blobs: Blobs
     signer: Signer
     hub: Hub
@@ -57,17 +59,20 @@ def open_services(config: ServerConfig) -> Services:
     """Opens (on first start: creates) the data dir, keys, tokens and trust root."""
     data: Path = config.data_dir
     datadir.prepare(data, allow_shared=config.allow_shared_data_dir)
-    store = SqliteStore(config.db_path)
+    store = open_store(config.store)
     try:
         blobs = open_blobs(config.blobs_url, data_blobs_dir=config.blobs_dir, region=config.s3_region)
-        swept = blobs.sweep_temp()
+        # Replicas share the blob store: what is in its temp area may be another replica's upload.
+        swept = 0 if config.shared_store else blobs.sweep_temp()
         if swept:
             logger.info("temp uploads removed count=%d", swept)
         orphans = blobs.sweep_orphans(lambda sha256: store.artifact(sha256) is not None,
                                       grace_s=config.orphan_blob_grace_s)
         if orphans:
             logger.warning("blobs no record refers to were removed count=%d (left by a crash mid-upload)", orphans)
-        signer = Signer.open(config.keys_dir, MetadataCache(store), config.signing)
+        cache = MetadataCache(store, changes=store)
+        signer = Signer.open(config.keys_dir, cache, config.signing,
+                             lock=lambda: cache.publishing(store.exclusive(SIGNING_LOCK)))
         operator_token = datadir.ensure_token(data / "operator-token")
         enroll_token = datadir.ensure_token(data / "enroll-token")
         metrics_token = datadir.ensure_token(data / "metrics-token")
@@ -81,6 +86,7 @@ def open_services(config: ServerConfig) -> Services:
         store.close()
         raise
     hub = Hub()
+    Relay(store=store, hub=hub).start()   # deployments signed on other replicas reach our watchers
     registry = Registry(
         store=store, blobs=blobs, signer=signer,
         compressor=pipeline_compressor(calibration_samples=config.compress_calibration_samples,
@@ -94,7 +100,8 @@ def open_services(config: ServerConfig) -> Services:
                                  max_output_bytes=config.max_golden_unpacked_bytes),
         upload_workers=config.upload_checks,
     )
-    interrupted = registry.fail_interrupted()
+    # A running job on a shared store may be another replica's: only SQLite's are surely dead.
+    interrupted = 0 if config.shared_store else registry.fail_interrupted()
     if interrupted:
         logger.warning("compression jobs interrupted by the last stop count=%d", interrupted)
     deployments = Deployments(store=store, signer=signer, registry=registry, hub=hub)

@@ -35,6 +35,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -59,6 +60,7 @@ TRUST_ROOT_FORMAT: Final = 1
 METADATA_NAME: Final = re.compile(r"^(?:(\d{1,10})\.)?(root|timestamp|snapshot|targets)\.json$")
 SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
 _ONLINE_ROLES: Final = (Targets.type, Snapshot.type, Timestamp.type)
+SIGNING_LOCK: Final = "signing"   # the store lock every publish (and every assignment) holds
 
 Clock = Callable[[], datetime.datetime]
 S = TypeVar("S", bound=Signed)
@@ -130,7 +132,10 @@ def artifact_path(sha256: str) -> str:
 class Signer:
     """Signs and serves the image repository and every device's director repository.
 
-    Thread-safe within one process: every publish holds one lock.
+    Every publish reads the current versions, signs the next ones and writes them while
+    holding `lock()`: on a server, the store's `exclusive(SIGNING_LOCK)`, which keeps
+    replicas sharing a database from publishing two contents under one versioned name.
+    The default lock serves one process (tests, tools). It must be re-entrant.
     """
 
     def __init__(
@@ -140,12 +145,13 @@ class Signer:
         config: SigningConfig,
         keys: Mapping[str, CryptoSigner],
         clock: Clock,
+        lock: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._store = store
         self._config = config
         self._keys = dict(keys)
         self._clock = clock
-        self._lock = threading.RLock()
+        self._lock = lock or _process_lock()
 
     @classmethod
     def open(
@@ -155,6 +161,7 @@ class Signer:
         config: SigningConfig = SigningConfig(),
         *,
         clock: Clock | None = None,
+        lock: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> "Signer":
         """Loads the keys (creating them and the root metadata on first start)."""
         keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -166,9 +173,13 @@ class Signer:
                 keys[f"{kind}-{use}"] = _load_or_create_key(
                     keys_dir / f"{kind}-{use}.pem", must_exist=has_root
                 )
-        signer = cls(store=store, config=config, keys=keys, clock=clock or _utc_now)
+        signer = cls(store=store, config=config, keys=keys, clock=clock or _utc_now, lock=lock)
         signer._ensure_roots()
         return signer
+
+    def locked(self) -> AbstractContextManager[Any]:
+        """The signing lock, for a caller whose check and publish must be one step."""
+        return self._lock()
 
     # -- reading -------------------------------------------------------------
 
@@ -232,7 +243,7 @@ class Signer:
         _check_length(target.length, "artifact")
         custom = _fleetcast_custom(target.custom)
         path = artifact_path(target.sha256)
-        with self._lock:
+        with self._lock():
             targets = self._current(IMAGE)[2]
             old = targets.targets.get(path)
             if old is not None and old.length != target.length:
@@ -253,7 +264,7 @@ class Signer:
         device_id = _check_device(device_id)
         repo = f"{DIRECTOR}/{device_id}"
         target = None if assignment is None else _director_target(device_id, assignment)
-        with self._lock:
+        with self._lock():
             fresh = self._store.get_metadata(repo, "timestamp.json") is None
             targets = Targets(version=1) if fresh else self._current(repo)[2]
             targets.targets = {} if target is None else {target.path: target}
@@ -272,7 +283,7 @@ class Signer:
         """A first read of a director never assigned: created empty, unless an assignment
         was signed since the caller looked (checked again under the lock)."""
         repo = f"{DIRECTOR}/{device_id}"
-        with self._lock:
+        with self._lock():
             stamp = self._store.get_metadata(repo, "timestamp.json")
             if stamp is None:
                 self.assign(device_id, None)
@@ -282,7 +293,7 @@ class Signer:
     def refresh_timestamps(self) -> int:
         """Re-signs every role within half its lifetime of expiry; returns repositories renewed."""
         renewed = 0
-        with self._lock:
+        with self._lock():
             for kind in (IMAGE, DIRECTOR):
                 self._renew_root_if_due(kind)
             for repo in [IMAGE, *(f"{DIRECTOR}/{d}" for d in self._devices())]:
@@ -295,7 +306,7 @@ class Signer:
     # -- internals -----------------------------------------------------------
 
     def _ensure_roots(self) -> None:
-        with self._lock:
+        with self._lock():
             for kind in (IMAGE, DIRECTOR):
                 data = self._store.get_metadata(kind, "1.root.json")
                 if data is None:
@@ -452,6 +463,11 @@ class Signer:
     def _due(self, signed: Signed, lifetime_s: float) -> bool:
         remaining_s = (signed.expires - self._clock()).total_seconds()
         return remaining_s < lifetime_s / 2
+
+
+def _process_lock() -> Callable[[], AbstractContextManager[Any]]:
+    lock = threading.RLock()
+    return lambda: lock
 
 
 def _utc_now() -> datetime.datetime:

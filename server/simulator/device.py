@@ -88,6 +88,11 @@ def connect(target: str, server_ca: bytes | None) -> grpc.aio.Channel:
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+    scheme, _, addresses = target.partition(":")
+    if scheme in ("ipv4", "ipv6") and "," in addresses:
+        # Several replicas (ipv4:A,B, tried in order): the certificate names the host, not the list.
+        host = addresses.split(",")[0].rpartition(":")[0].strip("[]")
+        options.append(("grpc.default_authority", host))
     if server_ca is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(server_ca), options=options)

@@ -1,13 +1,20 @@
-"""The server's state, behind one protocol so a PostgreSQL store can fill it later.
+"""The server's state, behind one protocol that two stores fill.
 
 `Store` lists everything the domain asks of storage; the records below are what
-crosses that line. `sqlite.SqliteStore` is the embedded default. A store also fills
-the signing module's `MetadataStore` protocol (get_metadata / put_metadata).
+crosses that line. `sqlite.SqliteStore` is the embedded default (one server process);
+`postgres.PostgresStore` is shared by several server replicas (ADR 0006).
+`fleetcast.server.store.open.open_store(url)` builds either. A store also fills the
+signing module's `MetadataStore` protocol (get_metadata / put_metadata).
+
+Concurrency goes through the store, never through a lock in one process: single
+statements with row locks or ON CONFLICT, transactions, and `exclusive(name)` for
+the few steps that read, compute and write (signing metadata versions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -293,6 +300,17 @@ class Store(Protocol):
     def put_metadata(self, repository: str, name: str, data: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+    # Coordination between every store instance on one database (every replica):
+    # `exclusive(name)` holds a lock named `name` for the block, re-entrant in one thread.
+    # `announce(topic, detail)` tells the listeners `subscribe` registered on *other*
+    # store instances, in commit order; put_metadata announces ("metadata",
+    # "REPOSITORY\nNAME") itself, in its own transaction. A listener is called from a
+    # store thread; topic "" means notices may have been missed: assume anything changed.
+    # SQLite serves one process, so it has no other instances to tell.
+    def exclusive(self, name: str) -> AbstractContextManager[None]: ...
+    def announce(self, topic: str, detail: str) -> None: ...
+    def subscribe(self, listener: Callable[[str, str], None]) -> None: ...
 
     # models
     def add_artifact(self, artifact: Artifact) -> None: ...

@@ -1,11 +1,15 @@
 """The embedded store: one SQLite file, one connection, one lock.
 
+`exclusive` is a flock on the file beside the database (`<db>.lock`), so two stores on
+one file exclude each other as two processes would; every name shares that one lock.
+
 Migrations are an ordered list of named functions; each name is recorded in the
 `migrations` table when applied, and names are never renamed or reused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,6 +25,7 @@ from typing import Any, Final, TypeVar
 import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
+from fleetcast.server.store import rows as records
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
@@ -47,6 +52,7 @@ from fleetcast.server.store import (
     WINDOW_S,
     saturating_add,
 )
+from fleetcast.server.store.rows import Sums, add
 
 logger = logging.getLogger(__name__)
 
@@ -253,21 +259,6 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-def _device(row: sqlite3.Row) -> Device:
-    return Device(
-        device_id=row["device_id"], token_sha256=row["token_sha256"], hardware_class=row["hardware_class"],
-        backends=tuple(json.loads(row["backends"])), group=row["grp"], labels=json.loads(row["labels"]),
-        agent_version=row["agent_version"], enrolled_at=row["enrolled_at"], last_seen=row["last_seen"],
-        active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
-        last_error=row["last_error"], last_error_at=row["last_error_at"],
-    )
-
-
-def _enroll_token(row: sqlite3.Row) -> EnrollToken:
-    return EnrollToken(token_sha256=row["token_sha256"], name=row["name"], group=row["grp"],
-                       created_at=row["created_at"], expires_at=row["expires_at"], uses_left=row["uses_left"])
-
-
 def _count(c: sqlite3.Connection, deployment_id: str, outcome: str, delta: int) -> None:
     c.execute(
         "INSERT INTO deployment_counts VALUES (?, ?, ?)"
@@ -295,16 +286,6 @@ def _insert_deployment_devices(c: sqlite3.Connection, devices: Sequence[Deployme
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _deployment(row: sqlite3.Row) -> Deployment:
-    return Deployment(**{k: row[k] for k in row.keys()})
-
-
-def _deployment_device(row: sqlite3.Row) -> DeploymentDevice:
-    values = {k: row[k] for k in row.keys()}
-    values["previous"] = json.loads(values["previous"]) if values["previous"] else None
-    return DeploymentDevice(**values)
 
 
 def _rollout(row: sqlite3.Row) -> Rollout:
@@ -343,28 +324,7 @@ def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], 
              e.rollout_id))
 
 
-class _Sums:
-    """Counts being summed for one row of a telemetry table before it is written."""
-
-    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
-
-    def __init__(self) -> None:
-        self.inferences = self.errors = 0
-        self.latency_sum_ms = 0.0
-        self.histogram = buckets.empty()
-
-
-def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow | _Sums) -> None:
-    acc = into.get(key)
-    if acc is None:
-        acc = into[key] = _Sums()
-    acc.inferences += r.inferences
-    acc.errors += r.errors
-    acc.latency_sum_ms += r.latency_sum_ms
-    buckets.merge(acc.histogram, r.histogram)
-
-
-def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], _Sums],
+def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], Sums],
                 updated_at: float | None = None) -> None:
     """Adds `sums` to the rows of `table` with those keys (read, add, replace: one read
     per 200 keys). Stored sums stay exact and finite: they stop at the aggregate limits."""
@@ -390,16 +350,6 @@ def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], s
     )
 
 
-def _minutes(since: float, until: float | None) -> tuple[int, int]:
-    return int(since // WINDOW_S), int((time.time() if until is None else until) // WINDOW_S)
-
-
-def _window_row(r: sqlite3.Row) -> WindowRow:
-    return WindowRow(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
-                     backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
-                     latency_sum_ms=r["latency_sum_ms"], histogram=json.loads(r["histogram"]))
-
-
 class SqliteStore:
     """`Store` on one SQLite file. Safe to call from several threads (one lock)."""
 
@@ -411,12 +361,15 @@ class SqliteStore:
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self._lock_path = Path(f"{path}.lock")
+        self._gate = threading.RLock()        # this store's threads queue here, then on the flock
+        self._holder: int | None = None
         with self._lock:
             migrate(self._db)
             # One server per data dir (its lock): a reservation left now is from a crashed upload.
             with conn:
                 conn.execute("DELETE FROM version_reservations")
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".lock"):
             try:
                 os.chmod(f"{path}{suffix}", 0o600)   # the umask must not make the database readable
             except FileNotFoundError:
@@ -438,6 +391,29 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        with self._gate:
+            if self._holder == threading.get_ident():   # re-entered by the holder
+                yield
+                return
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._holder = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._holder = None
+            finally:
+                os.close(fd)   # closing releases the flock
+
+    def announce(self, topic: str, detail: str) -> None:
+        """Nothing to tell: one server process serves a SQLite file."""
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        """Never called: no other server process writes this file."""
 
     def applied_migrations(self) -> list[str]:
         return [r[0] for r in self._all("SELECT name FROM migrations ORDER BY rowid")]
@@ -576,16 +552,16 @@ class SqliteStore:
 
     def device(self, device_id: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE device_id = ?", (device_id,))
-        return _device(row) if row else None
+        return records.device(row) if row else None
 
     def device_by_token(self, token_sha256: str) -> Device | None:
         row = self._one("SELECT * FROM devices WHERE token_sha256 = ?", (token_sha256,))
-        return _device(row) if row else None
+        return records.device(row) if row else None
 
     def devices(self, *, group: str | None = None) -> list[Device]:
         if group is None:
-            return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
-        return [_device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
+            return [records.device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
+        return [records.device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
 
     def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]:
         """Every device's (or a group's) planning profile, in device id order."""
@@ -634,10 +610,10 @@ class SqliteStore:
                 "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE token_sha256 = ?"
                 " AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)"
                 " RETURNING *", (token_sha256, at)).fetchone()
-        return _enroll_token(row) if row else None
+        return records.enroll_token(row) if row else None
 
     def enroll_tokens(self) -> list[EnrollToken]:
-        return [_enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]
+        return [records.enroll_token(r) for r in self._all("SELECT * FROM enroll_tokens ORDER BY created_at")]
 
     # -- deployments --------------------------------------------------------------------
     def add_deployment(self, deployment: Deployment, devices: Sequence[DeploymentDevice]) -> None:
@@ -655,28 +631,29 @@ class SqliteStore:
 
     def deployment(self, deployment_id: str) -> Deployment | None:
         row = self._one("SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,))
-        return _deployment(row) if row else None
+        return records.deployment(row) if row else None
 
     def deployments(self, *, limit: int = 200) -> list[Deployment]:
         rows = self._all("SELECT * FROM deployments ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
-        return [_deployment(r) for r in rows]
+        return [records.deployment(r) for r in rows]
 
     def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
         rows = self._all(
             "SELECT * FROM deployment_devices WHERE deployment_id = ? ORDER BY device_id", (deployment_id,)
         )
-        return [_deployment_device(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def deployment_device(self, deployment_id: str, device_id: str) -> DeploymentDevice | None:
         row = self._one(
             "SELECT * FROM deployment_devices WHERE deployment_id = ? AND device_id = ?", (deployment_id, device_id)
         )
-        return _deployment_device(row) if row else None
+        return records.deployment_device(row) if row else None
 
     def update_deployment_device(
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None:
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # the write lock first: another store must not count this row too
             old = c.execute("SELECT outcome FROM deployment_devices WHERE deployment_id = ? AND device_id = ?",
                             (deployment_id, device_id)).fetchone()
             if old is None:
@@ -701,6 +678,7 @@ class SqliteStore:
         returns the deployments touched. One transaction, counters included."""
         touched: dict[str, int] = {}
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # read and close under the write lock, as one step
             for chunk in _chunks(device_ids, 500):
                 marks = ",".join("?" * len(chunk))
                 rows = c.execute(
@@ -728,7 +706,7 @@ class SqliteStore:
             " AND (a.deployment_id IS NULL OR a.deployment_id != dd.deployment_id)"
             " ORDER BY d.created_at, dd.rowid LIMIT ?", (limit,),
         )
-        return [_deployment_device(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def assignments_of(self, device_ids: Sequence[str]) -> dict[str, Assignment]:
         found: dict[str, Assignment] = {}
@@ -741,7 +719,7 @@ class SqliteStore:
 
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
-        return [_deployment_device(r) for r in rows]
+        return [records.deployment_device(r) for r in rows]
 
     def set_deployment_status(self, deployment_id: str, status: str, at: float) -> None:
         with self._tx() as c:
@@ -838,8 +816,8 @@ class SqliteStore:
         flush reads and writes each aggregate and window once however many batches touch it."""
         duplicates: list[bool] = []
         minute = int(at // WINDOW_S)
-        totals: dict[tuple[Any, ...], _Sums] = {}
-        windows: dict[tuple[Any, ...], _Sums] = {}
+        totals: dict[tuple[Any, ...], Sums] = {}
+        windows: dict[tuple[Any, ...], Sums] = {}
         with self._tx() as c:
             for b in batches:
                 cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
@@ -847,15 +825,15 @@ class SqliteStore:
                 if cur.rowcount == 0:
                     continue
                 for r in b.rows:
-                    _add(totals, (b.device_id, r.model, r.version, r.variant), r)
-                    _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
+                    add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
             device_ids = list({key[0] for key in totals})
             hardware = {d: hw for chunk in _chunks(device_ids, 500) for d, hw in c.execute(
                 f"SELECT device_id, hardware_class FROM devices WHERE device_id IN ({','.join('?' * len(chunk))})",
                 chunk)}
-            series: dict[tuple[Any, ...], _Sums] = {}
+            series: dict[tuple[Any, ...], Sums] = {}
             for (model, m, device_id, version, variant, backend), sums in windows.items():
-                _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+                add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
             _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
             _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
                         windows)
@@ -866,22 +844,20 @@ class SqliteStore:
 
     def window_rows(self, model: str, *, since: float, until: float | None = None,
                     device_ids: Sequence[str] | None = None) -> list[WindowRow]:
-        first, last = _minutes(since, until)
+        first, last = records.minutes(since, until)
         sql = "SELECT * FROM telemetry_windows WHERE model = ? AND minute BETWEEN ? AND ?"
         if device_ids is None:
-            return [_window_row(r) for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
+            return [records.window_row(r, json.loads(r["histogram"])) for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
         rows: list[WindowRow] = []
         for chunk in _chunks(list(device_ids), 500):
-            rows += [_window_row(r) for r in self._all(
+            rows += [records.window_row(r, json.loads(r["histogram"])) for r in self._all(
                 sql + f" AND device_id IN ({','.join('?' * len(chunk))})", (model, first, last, *chunk))]
         return sorted(rows, key=lambda w: (w.minute, w.device_id))
 
     def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]:
-        first, last = _minutes(since, until)
+        first, last = records.minutes(since, until)
         return [
-            SeriesRow(model=r["model"], version=r["version"], variant=r["variant"], hardware_class=r["hardware_class"],
-                      backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
-                      latency_sum_ms=r["latency_sum_ms"], histogram=json.loads(r["histogram"]))
+            records.series_row(r, json.loads(r["histogram"]))
             for r in self._all("SELECT * FROM telemetry_series WHERE model = ? AND minute BETWEEN ? AND ?"
                                " ORDER BY minute", (model, first, last))
         ]

@@ -1,0 +1,96 @@
+"""What a stored row becomes, and the sums a telemetry flush adds up: shared by both stores.
+
+Both stores keep the same column names, and JSON documents (backends, labels, a
+deployment row's previous assignment) as text, so one function per record reads a
+row of either (`sqlite3.Row` or psycopg's dict rows). Histograms are the exception
+(JSON text in SQLite, bigint[] in PostgreSQL): callers decode them first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fleetcast.proto import telemetry as buckets
+from fleetcast.server.store import (
+    WINDOW_S,
+    Deployment,
+    DeploymentDevice,
+    Device,
+    EnrollToken,
+    SeriesRow,
+    StatsRow,
+    WindowRow,
+)
+
+Row = Mapping[str, Any]
+
+
+def device(row: Row) -> Device:
+    return Device(
+        device_id=row["device_id"], token_sha256=row["token_sha256"], hardware_class=row["hardware_class"],
+        backends=tuple(json.loads(row["backends"])), group=row["grp"], labels=json.loads(row["labels"]),
+        agent_version=row["agent_version"], enrolled_at=row["enrolled_at"], last_seen=row["last_seen"],
+        active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
+        last_error=row["last_error"], last_error_at=row["last_error_at"],
+    )
+
+
+def enroll_token(row: Row) -> EnrollToken:
+    return EnrollToken(token_sha256=row["token_sha256"], name=row["name"], group=row["grp"],
+                       created_at=row["created_at"], expires_at=row["expires_at"], uses_left=row["uses_left"])
+
+
+def deployment(row: Row) -> Deployment:
+    return Deployment(deployment_id=row["deployment_id"], model=row["model"], version=row["version"],
+                      target=row["target"], status=row["status"], created_at=row["created_at"],
+                      updated_at=row["updated_at"])
+
+
+def deployment_device(row: Row) -> DeploymentDevice:
+    return DeploymentDevice(
+        deployment_id=row["deployment_id"], device_id=row["device_id"], variant=row["variant"], sha256=row["sha256"],
+        state=row["state"], outcome=row["outcome"], reason=row["reason"], updated_at=row["updated_at"],
+        previous=json.loads(row["previous"]) if row["previous"] else None,
+    )
+
+
+def window_row(row: Row, histogram: Sequence[int]) -> WindowRow:
+    return WindowRow(device_id=row["device_id"], model=row["model"], version=row["version"], variant=row["variant"],
+                     backend=row["backend"], minute=row["minute"], inferences=row["inferences"],
+                     errors=row["errors"], latency_sum_ms=row["latency_sum_ms"], histogram=histogram)
+
+
+def series_row(row: Row, histogram: Sequence[int]) -> SeriesRow:
+    return SeriesRow(model=row["model"], version=row["version"], variant=row["variant"],
+                     hardware_class=row["hardware_class"], backend=row["backend"], minute=row["minute"],
+                     inferences=row["inferences"], errors=row["errors"], latency_sum_ms=row["latency_sum_ms"],
+                     histogram=histogram)
+
+
+def minutes(since: float, until: float | None) -> tuple[int, int]:
+    """The first and last window of [since, until] (None: now)."""
+    return int(since // WINDOW_S), int((time.time() if until is None else until) // WINDOW_S)
+
+
+class Sums:
+    """Counts being summed for one row of a telemetry table before it is written."""
+
+    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
+
+    def __init__(self) -> None:
+        self.inferences = self.errors = 0
+        self.latency_sum_ms = 0.0
+        self.histogram = buckets.empty()
+
+
+def add(into: dict[tuple[Any, ...], Sums], key: tuple[Any, ...], r: StatsRow | Sums) -> None:
+    acc = into.get(key)
+    if acc is None:
+        acc = into[key] = Sums()
+    acc.inferences += r.inferences
+    acc.errors += r.errors
+    acc.latency_sum_ms += r.latency_sum_ms
+    buckets.merge(acc.histogram, r.histogram)
