@@ -148,7 +148,9 @@ class Deployments:
             raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
         return found
 
-    def create(self, *, model: str, version: str | None, target: str) -> Deployment:
+    def create(self, *, model: str, version: str | None, target: str, wake: bool = True) -> Deployment:
+        """Records the deployment and one unsigned row per device; `wake` tells the assigner
+        at once (the REST handler passes False and wakes it once its answer is written)."""
         release = self.registry.version(model, version)
         devices = self._profiles(target)
         now = self.clock()
@@ -175,26 +177,29 @@ class Deployments:
             self._refresh_status(deployment_id, now)
         logger.info("deployment created deployment=%s model=%s version=%s devices=%d",
                     deployment.deployment_id, release.model, release.version, len(rows))
-        self.on_created()
+        if wake:
+            self.on_created()
         return deployment
 
-    def sign_pending(self, *, limit: int = 256) -> int:
-        """Signs the director of up to `limit` devices whose assignment is not signed yet,
-        telling each at once; returns how many were signed (0: nothing left)."""
+    def sign_pending(self, *, limit: int = 10_000) -> int:
+        """Signs the director entries of up to `limit` devices whose assignment is not signed
+        yet, in one publish, then tells each; returns how many rows were read (0: none left)."""
         rows = self.store.unsigned_rows(limit=limit)
-        releases: dict[str, ModelVersion] = {}
+        releases: dict[str, ModelVersion | None] = {}
         for row in rows:
-            deployment = self.store.deployment(row.deployment_id)
-            if deployment is None:
-                continue
-            release = releases.get(row.deployment_id)
-            if release is None:
-                release = releases[row.deployment_id] = self.registry.version(deployment.model, deployment.version)
-            with self._signing:
+            if row.deployment_id not in releases:
+                deployment = self.store.deployment(row.deployment_id)
+                releases[row.deployment_id] = None if deployment is None else \
+                    self.registry.version(deployment.model, deployment.version)
+        with self._signing:
+            planned: dict[str, DirectorAssignment] = {}
+            for row in rows:
+                release = releases[row.deployment_id]
                 current = self.store.deployment_device(row.deployment_id, row.device_id)
-                if current is None or current.outcome:
+                if release is None or current is None or current.outcome:
                     continue    # cancelled or superseded since it was read
-                self._assign(row.device_id, _planned(row.deployment_id, release, row.variant))
+                planned[row.device_id] = _planned(row.deployment_id, release, row.variant)
+            self._assign_many(planned)
         return len(rows)
 
     def join(self, device_id: str) -> Deployment | None:
@@ -250,12 +255,18 @@ class Deployments:
         return choose
 
     def _assign(self, device_id: str, a: DirectorAssignment | None) -> None:
-        version = self.signer.assign(device_id, a)
-        why = self._why.pop((a.deployment_id, device_id), "") if a is not None else ""
-        self.store.set_assignment(
-            device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a, why))
-        )
-        self.hub.publish(device_id, AssignmentNotice(director_version=version, deployment_id=a.deployment_id if a else ""))
+        self._assign_many({device_id: a})
+
+    def _assign_many(self, assignments: Mapping[str, DirectorAssignment | None]) -> None:
+        """Signs the devices' director entries in one publish, records them, tells each."""
+        versions = self.signer.assign_many(assignments)
+        for device_id, a in assignments.items():
+            why = self._why.pop((a.deployment_id, device_id), "") if a is not None else ""
+            self.store.set_assignment(
+                device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a, why))
+            )
+            self.hub.publish(device_id, AssignmentNotice(director_version=versions[device_id],
+                                                         deployment_id=a.deployment_id if a else ""))
 
 
     # -- reports ------------------------------------------------------------------------

@@ -198,11 +198,11 @@ class Fleet:
 
 
 def read_metadata(signer: signing.Signer, *, repository: str, name: str, device_id: str) -> bytes:
-    """Signed metadata for one device: the shared image repository or its own director."""
+    """Signed metadata for one device: the image repository or the director (both shared
+    by the fleet; the device's own entry is `devices/<device_id>` in its director bin)."""
     if repository not in {"image", "director"}:
         raise InvalidRequest(f"repository {repository[:40]!r} is not valid: use 'image' or 'director'")
-    repo = "image" if repository == "image" else f"director/{device_id}"
     try:
-        return signer.metadata(repo, name)
+        return signer.metadata(repository, name)
     except signing.MetadataNotFound as e:
         raise MetadataNotFound(str(e)) from e

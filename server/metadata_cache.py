@@ -18,7 +18,7 @@ from typing import Final
 
 from fleetcast.server.signing import MetadataStore
 
-VERSIONED: Final = re.compile(r"^\d{1,10}\.(root|snapshot|targets)\.json$")
+VERSIONED: Final = re.compile(r"^\d{1,10}\.(root|snapshot|targets|bin-[0-9a-f]{2})\.json$")
 
 
 class MetadataCache:
