@@ -71,6 +71,20 @@ def test_watch_sends_the_current_notice_then_one_after_a_deployment(server: Runn
     assert status == 200 and body == fetch(name)
 
 
+def test_a_device_reads_only_its_own_director_bin(server: RunningServer, release: dict) -> None:
+    token = server.enroll("bin-reader-1", group="bin-readers")
+    own = device_bin("bin-reader-1")
+    other = next(f"bin-{i:02x}" for i in range(256) if f"bin-{i:02x}" != own)
+    with pytest.raises(grpc.RpcError) as refused:
+        server.stub().FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name=f"1.{other}.json"),
+                                    metadata=auth(token), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "reads only its own" in refused.value.details()
+    status, _, _ = server.request("GET", f"/v1/repository/director/1.{other}.json", token=token)
+    assert status == 404
+    assert server.stub().FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name=f"1.{own}.json"),
+                                       metadata=auth(token), timeout=10).data
+
+
 def test_a_device_enrolling_after_a_group_deployment_is_told_of_it_at_once(
     server: RunningServer, release: dict
 ) -> None:
