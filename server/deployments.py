@@ -184,21 +184,21 @@ class Deployments:
     def sign_pending(self, *, limit: int = 10_000) -> int:
         """Signs the director entries of up to `limit` devices whose assignment is not signed
         yet, in one publish, then tells each; returns how many rows were read (0: none left)."""
-        rows = self.store.unsigned_rows(limit=limit)
-        releases: dict[str, ModelVersion | None] = {}
-        for row in rows:
-            if row.deployment_id not in releases:
-                deployment = self.store.deployment(row.deployment_id)
-                releases[row.deployment_id] = None if deployment is None else \
-                    self.registry.version(deployment.model, deployment.version)
+        # Read under the lock that cancelling takes too, so no row read here closes before
+        # it is signed by a cancel; a row superseded meanwhile is signed and then replaced.
         with self._signing:
+            rows = self.store.unsigned_rows(limit=limit)
+            plans: dict[tuple[str, str], DirectorAssignment] = {}   # one per deployment and variant
             planned: dict[str, DirectorAssignment] = {}
             for row in rows:
-                release = releases[row.deployment_id]
-                current = self.store.deployment_device(row.deployment_id, row.device_id)
-                if release is None or current is None or current.outcome:
-                    continue    # cancelled or superseded since it was read
-                planned[row.device_id] = _planned(row.deployment_id, release, row.variant)
+                key = (row.deployment_id, row.variant)
+                if key not in plans:
+                    deployment = self.store.deployment(row.deployment_id)
+                    if deployment is None:
+                        continue
+                    release = self.registry.version(deployment.model, deployment.version)
+                    plans[key] = _planned(row.deployment_id, release, row.variant)
+                planned[row.device_id] = plans[key]
             self._assign_many(planned)
         return len(rows)
 
@@ -260,11 +260,19 @@ class Deployments:
     def _assign_many(self, assignments: Mapping[str, DirectorAssignment | None]) -> None:
         """Signs the devices' director entries in one publish, records them, tells each."""
         versions = self.signer.assign_many(assignments)
+        documents: dict[int, dict[str, Any]] = {}    # shared assignments: one document each
+        kept = []
         for device_id, a in assignments.items():
-            why = self._why.pop((a.deployment_id, device_id), "") if a is not None else ""
-            self.store.set_assignment(
-                device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a, why))
-            )
+            if a is None:
+                self.store.set_assignment(device_id, None)
+                continue
+            base = documents.get(id(a))
+            if base is None:
+                base = documents[id(a)] = assignment_document(a)
+            why = self._why.pop((a.deployment_id, device_id), "")
+            kept.append(Assignment(device_id, a.deployment_id, {**base, "why": why} if why else base))
+        self.store.set_assignments(kept)
+        for device_id, a in assignments.items():
             self.hub.publish(device_id, AssignmentNotice(director_version=versions[device_id],
                                                          deployment_id=a.deployment_id if a else ""))
 

@@ -278,16 +278,23 @@ class Signer:
         """Replaces the director entries of many devices in one publish (each bin they fall
         in, the snapshot and the timestamp signed once); returns each device's bin version."""
         entries = {}
+        fields: dict[int, dict[str, Any]] = {}   # an assignment shared by many devices: checked once
         for device_id, a in assignments.items():
             device_id = _check_device(device_id)
-            entries[device_id] = None if a is None else _director_target(device_id, a)
+            if a is None:
+                entries[device_id] = None
+                continue
+            if id(a) not in fields:
+                fields[id(a)] = _director_fields(a)
+            entries[device_id] = _device_target(device_id, a, fields[id(a)])
         if not entries:
             return {}
+        roles = {device_id: device_bin(device_id) for device_id in entries}
         with self._lock:
             _, snapshot = self._current_snapshot(DIRECTOR)
             bins: dict[str, Targets] = {}
             for device_id, target in entries.items():
-                role = device_bin(device_id)
+                role = roles[device_id]
                 if role not in bins:
                     bins[role] = self._load(DIRECTOR, f"{snapshot.meta[f'{role}.json'].version}.{role}.json", Targets)
                 if target is None:
@@ -296,7 +303,7 @@ class Signer:
                     bins[role].targets[target.path] = target
             self._publish_director(bins)
             logger.info("director signed devices=%d bins=%d", len(entries), len(bins))
-            return {device_id: bins[device_bin(device_id)].version for device_id in entries}
+            return {device_id: bins[roles[device_id]].version for device_id in entries}
 
     def refresh_timestamps(self) -> int:
         """Re-signs every role within half its lifetime of expiry; returns repositories renewed."""
@@ -536,7 +543,15 @@ def _fleetcast_custom(custom: Mapping[str, Any]) -> dict[str, Any]:
     return {"fleetcast": fields}
 
 
-def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
+def _device_target(device_id: str, a: DirectorAssignment, fields: Mapping[str, Any]) -> TargetFile:
+    """The device's entry: `fields` (checked by `_director_fields`) with its device id."""
+    custom = {"fleetcast": {**fields, "device_id": device_id}}
+    return TargetFile(a.length, {"sha256": a.sha256}, device_target_path(device_id),
+                      unrecognized_fields={"custom": custom})
+
+
+def _director_fields(a: DirectorAssignment) -> dict[str, Any]:
+    """The assignment's signed fields but the device id, checked and as plain JSON values."""
     _check_sha256(a.sha256, "assignment")
     _check_length(a.length, "assignment")
     golden = None
@@ -552,7 +567,6 @@ def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
         }
     fields = {
         "deployment_id": str(a.deployment_id),
-        "device_id": device_id,
         "model": str(a.model),
         "version": str(a.version),
         "variant": str(a.variant),
@@ -564,8 +578,7 @@ def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
         fields = json.loads(json.dumps(fields, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise InvalidAssignmentError(f"assignment fields are not JSON: {e}") from e
-    path = device_target_path(device_id)
-    return TargetFile(a.length, {"sha256": a.sha256}, path, unrecognized_fields={"custom": {"fleetcast": fields}})
+    return fields
 
 
 def _check_device(device_id: str) -> str:

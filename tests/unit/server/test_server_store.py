@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetcast.proto import telemetry as buckets
-from fleetcast.server.store import Device, Golden, ModelVersion, StatsRow, Variant
+from fleetcast.server.store import Assignment, Device, Golden, ModelVersion, StatsRow, Variant
 from fleetcast.server.store.sqlite import MIGRATIONS, SqliteStore
 
 
@@ -75,3 +75,16 @@ def test_telemetry_batch_is_counted_once(tmp_path: Path) -> None:
     [agg] = store.aggregates(device_id="dev-1")
     assert (agg.inferences, agg.errors, agg.histogram[3]) == (5, 1, 5)
     store.close()
+
+
+def test_set_assignments_writes_many_in_one_go_and_replaces_older_ones(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite")
+    store.set_assignment("dev-0", Assignment("dev-0", "dep-old", {"model": "m", "version": "1"}))
+    store.set_assignments([Assignment(f"dev-{i}", "dep-new", {"model": "m", "version": "2", "i": i})
+                           for i in range(300)])
+
+    found = store.assignments_of([f"dev-{i}" for i in range(301)])
+    assert len(found) == 300 and found["dev-0"].deployment_id == "dep-new"
+    assert found["dev-299"].document == {"model": "m", "version": "2", "i": 299}
+    store.set_assignment("dev-1", None)
+    assert store.assignment("dev-1") is None and store.assignment("dev-2") is not None
