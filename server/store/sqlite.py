@@ -318,9 +318,25 @@ def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], s
         f"INSERT OR REPLACE INTO {table} VALUES ({placeholders})",
         [(*key, saturating_add(acc.inferences, 0, MAX_AGGREGATE_COUNT), saturating_add(acc.errors, 0, MAX_AGGREGATE_COUNT),
           saturating_add(acc.latency_sum_ms, 0.0, MAX_AGGREGATE_LATENCY_MS),
-          json.dumps([saturating_add(n, 0, MAX_AGGREGATE_COUNT) for n in acc.histogram]), *extra)
+          json.dumps(_capped(acc.histogram)), *extra)
          for key, acc in sums.items()],
     )
+
+
+def _stored_batches(c: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (device, batch id) pairs are stored already: one read per 200, not one insert per batch."""
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(list(dict.fromkeys(keys)), 200):
+        values = ",".join("(?, ?)" for _ in chunk)
+        found.update((d, b) for d, b in c.execute(
+            f"SELECT device_id, batch_id FROM telemetry_batches WHERE (device_id, batch_id) IN (VALUES {values})",
+            [x for key in chunk for x in key]))
+    return found
+
+
+def _capped(histogram: list[int]) -> list[int]:
+    return histogram if max(histogram, default=0) <= MAX_AGGREGATE_COUNT else \
+        [min(n, MAX_AGGREGATE_COUNT) for n in histogram]
 
 
 def _minutes(since: float, until: float | None) -> tuple[int, int]:
@@ -730,14 +746,19 @@ class SqliteStore:
         totals: dict[tuple[Any, ...], _Sums] = {}
         windows: dict[tuple[Any, ...], _Sums] = {}
         with self._tx() as c:
+            seen = _stored_batches(c, [(b.device_id, b.batch_id) for b in batches])
+            fresh = []
             for b in batches:
-                cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
-                duplicates.append(cur.rowcount == 0)
-                if cur.rowcount == 0:
+                key = (b.device_id, b.batch_id)
+                duplicates.append(key in seen)
+                if key in seen:
                     continue
+                seen.add(key)   # the same batch twice in one flush counts once too
+                fresh.append((b.device_id, b.batch_id, at))
                 for r in b.rows:
                     _add(totals, (b.device_id, r.model, r.version, r.variant), r)
                     _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
+            c.executemany("INSERT INTO telemetry_batches VALUES (?, ?, ?)", fresh)
             device_ids = list({key[0] for key in totals})
             hardware = {d: hw for chunk in _chunks(device_ids, 500) for d, hw in c.execute(
                 f"SELECT device_id, hardware_class FROM devices WHERE device_id IN ({','.join('?' * len(chunk))})",
