@@ -162,6 +162,7 @@ class Signer:
         self._keys = dict(keys)
         self._clock = clock
         self._lock = threading.RLock()
+        self._snapshots: dict[str, tuple[bytes, Snapshot]] = {}
 
     @classmethod
     def open(
@@ -476,7 +477,13 @@ class Signer:
 
     def _current_snapshot(self, repo: str) -> tuple[Timestamp, Snapshot]:
         timestamp = self._load(repo, "timestamp.json", Timestamp)
-        return timestamp, self._load(repo, f"{timestamp.snapshot_meta.version}.snapshot.json", Snapshot)
+        data = self._get(repo, f"{timestamp.snapshot_meta.version}.snapshot.json")
+        # The director's snapshot lists 257 roles and is read per watch and per notice:
+        # parsed once per version (never mutated by callers: publishes copy its meta).
+        parsed = self._snapshots.get(repo)
+        if parsed is None or parsed[0] != data:
+            parsed = self._snapshots[repo] = (data, _parse(data, Snapshot))
+        return timestamp, parsed[1]
 
     def _latest_root_version(self, kind: str) -> int:
         version = 1
