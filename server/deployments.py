@@ -236,8 +236,9 @@ class Deployments:
         """The variant choice for one release, reading the fleet's telemetry and the pins
         once and deciding once per device profile (hardware class, back ends, group), so
         planning a deployment costs one read however large the fleet."""
-        devices = {d.device_id: d for d in self.store.devices()}
-        aggregates = self.store.aggregates()
+        aggregates = [a for a in self.store.aggregates() if (a.model, a.version) == (release.model, release.version)]
+        # Who served it, by hardware class: the profiles only, and only when it was served.
+        devices = {p.device_id: p for p in self.store.device_profiles()} if aggregates else {}
         pins = self.store.pins(release.model)
         measured: dict[str, dict[str, float]] = {}
         decided: dict[tuple[str, tuple[str, ...], str], choice.Choice] = {}
