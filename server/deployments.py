@@ -273,9 +273,9 @@ class Deployments:
             why = self._why.pop((a.deployment_id, device_id), "")
             kept.append(Assignment(device_id, a.deployment_id, {**base, "why": why} if why else base))
         self.store.set_assignments(kept)
-        for device_id, a in assignments.items():
-            self.hub.publish(device_id, AssignmentNotice(director_version=versions[device_id],
-                                                         deployment_id=a.deployment_id if a else ""))
+        self.hub.publish_many([(device_id, AssignmentNotice(director_version=versions[device_id],
+                                                            deployment_id=a.deployment_id if a else ""))
+                               for device_id, a in assignments.items()])
 
 
     # -- reports ------------------------------------------------------------------------
