@@ -281,20 +281,22 @@ class _Sums:
 
     __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
 
-    def __init__(self) -> None:
+    def __init__(self, histogram: list[int]) -> None:
         self.inferences = self.errors = 0
         self.latency_sum_ms = 0.0
-        self.histogram = buckets.empty()
+        self.histogram = histogram
 
 
 def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow | _Sums) -> None:
     acc = into.get(key)
-    if acc is None:
-        acc = into[key] = _Sums()
+    if acc is None:    # the first row of a key is copied, not added to zeros (most keys of a flush)
+        acc = into[key] = _Sums(buckets.merge(buckets.empty(), r.histogram) if len(r.histogram) != buckets.BUCKETS
+                                else list(map(int, r.histogram)))
+    else:
+        buckets.merge(acc.histogram, r.histogram)
     acc.inferences += r.inferences
     acc.errors += r.errors
     acc.latency_sum_ms += r.latency_sum_ms
-    buckets.merge(acc.histogram, r.histogram)
 
 
 def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], _Sums],
@@ -318,7 +320,7 @@ def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], s
         f"INSERT OR REPLACE INTO {table} VALUES ({placeholders})",
         [(*key, saturating_add(acc.inferences, 0, MAX_AGGREGATE_COUNT), saturating_add(acc.errors, 0, MAX_AGGREGATE_COUNT),
           saturating_add(acc.latency_sum_ms, 0.0, MAX_AGGREGATE_LATENCY_MS),
-          json.dumps(_capped(acc.histogram)), *extra)
+          _histogram_json(_capped(acc.histogram)), *extra)
          for key, acc in sums.items()],
     )
 
@@ -332,6 +334,11 @@ def _stored_batches(c: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> s
             f"SELECT device_id, batch_id FROM telemetry_batches WHERE (device_id, batch_id) IN (VALUES {values})",
             [x for key in chunk for x in key]))
     return found
+
+
+def _histogram_json(histogram: list[int]) -> str:
+    """The JSON array of the counts (what json.dumps writes, at a third of its cost)."""
+    return "[" + ",".join(map(str, histogram)) + "]"
 
 
 def _capped(histogram: list[int]) -> list[int]:
