@@ -11,7 +11,6 @@ ngclient needs to end its walk over newer root versions; every other failure is 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -21,12 +20,12 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthM
 from tuf.ngclient import FetcherInterface
 
 from fleetcast.agent.credentials import credential_refused
+from fleetcast.proto.assignment import METADATA_NAME
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 MAX_METADATA_BYTES: Final = 16 * 1024**2
-METADATA_NAME: Final = re.compile(r"^(?:\d{1,10}\.)?(?:root|timestamp|snapshot|targets)\.json$")
 REPOSITORIES: Final = {
     "fleetcast-image": device_pb2.REPOSITORY_IMAGE,
     "fleetcast-director": device_pb2.REPOSITORY_DIRECTOR,

@@ -8,9 +8,11 @@ configuration, and returns a `VerifiedAssignment` only when:
 
 - every metadata file is validly signed, unexpired, and not older than what this
   agent trusted before (the last trusted metadata is kept in `state_dir`);
-- the director lists at most one target, meant for this device;
-- the image repository has the same path with the same length and sha256, and the
-  same for the golden file if there is one.
+- the director (one repository the fleet shares, ADR 0008) has an entry for this
+  device, the target `devices/<device id>` in the hash bin its path falls in, whose
+  fields name this device (no entry: nothing is assigned);
+- the image repository has `artifacts/<sha256>` with the entry's length and sha256,
+  and the same for the golden file if there is one.
 
 `VerifiedAssignment` is the only type the update flow accepts, and only this module
 makes one (`check()`, or `from_saved()` for the agent's own state file).
@@ -46,7 +48,7 @@ from tuf.ngclient.config import EnvelopeType
 
 from fleetcast.agent.fetchers import GrpcMetadataFetcher  # re-exported for the agent
 from fleetcast.agent.errors import ServerUnavailableError, TrustRootError, VerificationError
-from fleetcast.proto.assignment import GoldenRef
+from fleetcast.proto.assignment import GoldenRef, device_target_path
 from fleetcast.proto.topics import TopicError, check_device_id
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ FIELD_TEXT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 MAX_INPUTS: Final = 64
 MAX_RANK: Final = 16
 
+DIRECTOR_DIR: Final = "fleet-director"   # the shared director's trusted metadata (ADR 0008)
 _SEAL: Final = object()
 
 
@@ -222,31 +225,28 @@ class Verifier:
 
     def check(self) -> VerifiedAssignment | None:
         """The verified assignment, or None when the director assigns nothing."""
-        director = self._updater("director", DIRECTOR_URL, self._root.director_root)
+        director = self._updater(DIRECTOR_DIR, DIRECTOR_URL, self._root.director_root)
         with _tuf_errors("director"):
             director.refresh()
-            targets = self._director_targets(director)
-        if not targets:
+            entry = self._director_entry(director)
+        if entry is None:
             logger.debug("no assignment device_id=%s", self._device_id)
             return None
-        if len(targets) != 1:
-            raise VerificationError(f"director lists {len(targets)} targets; expected at most one")
-        target, version = targets[0]
+        target, version = entry
         fields = _custom_fields(_fleetcast_custom(target), self._device_id)
         sha256 = _sha256(target.hashes.get("sha256"), "director target sha256")
-        if target.path != f"artifacts/{sha256}":
-            raise VerificationError(f"director target path {target.path!r:.90} is not artifacts/<sha256>")
+        path = f"artifacts/{sha256}"
         _length(target.length, "director target length", self._config.max_artifact_bytes)
 
         image = self._updater("image", IMAGE_URL, self._root.image_root)
         with _tuf_errors("image"):
             image.refresh()
-            _require_same(image.get_targetinfo(target.path), target.path, target.length, sha256, "model")
+            _require_same(image.get_targetinfo(path), path, target.length, sha256, "model")
             golden = fields["golden"]
             if golden is not None:
                 _require_same(image.get_targetinfo(golden.path), golden.path, golden.length,
                               golden.sha256, "golden")
-        assignment = _make(fields, target.path, sha256, target.length, version)
+        assignment = _make(fields, path, sha256, target.length, version)
         logger.info(
             "assignment verified device_id=%s deployment=%s model=%s version=%s director_version=%d",
             self._device_id, assignment.deployment_id, assignment.model, assignment.version, version,
@@ -261,20 +261,25 @@ class Verifier:
             return Updater(str(metadata_dir), url, fetcher=self._fetcher,
                            config=self._updater_config, bootstrap=root)
 
-    def _director_targets(self, director: Updater) -> list[tuple[TargetFile, int]]:
-        # ngclient has no public "list targets": read the targets file it just
-        # verified and persisted, then confirm each entry through get_targetinfo,
-        # which answers only from the verified set.
-        data = (self._state_dir / "director" / "targets.json").read_bytes()
-        listed: Targets = SimpleEnvelope.from_bytes(data).get_signed()
-        if not isinstance(listed, Targets):
-            raise VerificationError("director targets metadata is not a targets role")
-        found = []
-        for path, target in listed.targets.items():
-            if director.get_targetinfo(path) != target:
-                raise VerificationError(f"director target {path!r:.90} changed during the check")
-            found.append((target, listed.version))
-        return found
+    def _director_entry(self, director: Updater) -> tuple[TargetFile, int] | None:
+        """This device's entry and the version of the bin that signed it, or None."""
+        path = device_target_path(self._device_id)
+        # get_targetinfo walks the verified delegation to the device's bin (fetching and
+        # checking it against the snapshot); None means the signed bin has no entry.
+        target = director.get_targetinfo(path)
+        if target is None:
+            return None
+        # ngclient does not say which role answered: read the bin it just verified and
+        # persisted, and confirm it holds the same entry.
+        top: Targets = _read_signed(self._state_dir / DIRECTOR_DIR / "targets.json")
+        succinct = top.delegations.succinct_roles if top.delegations is not None else None
+        if succinct is None:
+            raise VerificationError("director targets metadata does not delegate to hash bins")
+        role = succinct.get_role_for_target(path)
+        listed: Targets = _read_signed(self._state_dir / DIRECTOR_DIR / f"{role}.json")
+        if listed.targets.get(path) != target:
+            raise VerificationError(f"director entry {path!r:.90} changed during the check")
+        return target, listed.version
 
 
 @contextmanager
@@ -313,6 +318,13 @@ def _check_self_signed(data: bytes, what: str, fix: str) -> None:
         raise TrustRootError(f"{what} is not signed by its own root keys ({e}): {fix}") from e
     except tuf_errors.RepositoryError as e:
         raise TrustRootError(f"{what} is not a TUF root envelope ({e or e.__cause__}): {fix}") from e
+
+
+def _read_signed(path: Path) -> Targets:
+    signed = SimpleEnvelope.from_bytes(path.read_bytes()).get_signed()
+    if not isinstance(signed, Targets):
+        raise VerificationError(f"director metadata {path.name} is not a targets role")
+    return signed
 
 
 def _require_same(found: TargetFile | None, path: str, length: int, sha256: str, what: str) -> None:

@@ -87,13 +87,14 @@ async def one_rollout(server: ServerProcess, swarm: Swarm, version: str, args: a
         start = time.monotonic()
         deployment_id = await asyncio.to_thread(lambda: fc.deploy("bench", version=version, to="all").id)
         returned = time.monotonic()
+        call_cpu = cpu_s(pid) - cpu0
     if args.until == "noticed":
         finished = await swarm.wait_noticed(deployment_id, args.timeout_s)
     else:
         finished = await swarm.wait_finished(deployment_id, args.timeout_s)
     cpu = cpu_s(pid) - cpu0
     s = swarm.summary(deployment_id, since=returned)
-    return {"deploy_call_s": returned - start, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
+    return {"deploy_call_s": returned - start, "deploy_call_cpu_s": call_cpu, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
             "last_installed_s": (s["last_finished_s"] or 0) + (returned - start), "finished": finished,
             "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"],
             "server_cpu_s": cpu, "server_rss_mb": rss_mb(pid)}
@@ -114,15 +115,17 @@ def rollout(args: argparse.Namespace) -> None:
             finally:
                 server.stop()
         for r in runs:
-            print(f"devices={devices} deploy_call_s={r['deploy_call_s']:.3f} notice_p50_s={r['notice_p50_s']:.2f} "
+            print(f"devices={devices} deploy_call_s={r['deploy_call_s']:.3f} "
+              f"deploy_call_server_cpu_s={r['deploy_call_cpu_s']:.3f} notice_p50_s={r['notice_p50_s']:.2f} "
                   f"notice_p99_s={r['notice_p99_s']:.2f} last_installed_s={r['last_installed_s']:.2f} "
                   f"server_cpu_ms_per_device={1000 * r['server_cpu_s'] / devices:.1f} rss_mb={r['server_rss_mb']:.0f} "
                   f"outcomes={r['outcomes']} errors={r['errors']} {r['first_errors'][:1]}")
         med = {k: statistics.median(r[k] for r in runs) for k in
-               ("deploy_call_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s")}
+               ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s")}
         plain = statistics.median(plains) if plains else float("nan")
         print(f"RESULT rollout devices={devices} model_mb={args.megabytes} runs={len(runs)} "
-              f"deploy_call_s={med['deploy_call_s']:.3f} notice_p50_s={med['notice_p50_s']:.2f} "
+              f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
+              f"notice_p50_s={med['notice_p50_s']:.2f} "
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
               f"plain_http_s={plain:.2f} ratio={med['last_installed_s'] / plain:.2f} "
               f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f}", flush=True)

@@ -1,9 +1,9 @@
 """Signs the directors of new deployments in the background and tells each device.
 
 `Deployments.create` only records the deployment; this loop signs the devices'
-director metadata a batch at a time (`Deployments.sign_pending`), so a deploy to ten
-thousand devices returns at once and each device hears of its assignment as soon as
-its own metadata is signed. It wakes when a deployment is created and also looks
+director entries a batch at a time (`Deployments.sign_pending`: one publish of the
+shared director's bins per batch, ADR 0008), so a deploy to ten thousand devices
+returns at once and each device hears of its assignment as soon as it is signed. It wakes when a deployment is created and also looks
 every `period_s`, so rows left unsigned by a stop are signed after the next start.
 """
 
@@ -16,7 +16,7 @@ from fleetcast.server.deployments import Deployments
 
 logger = logging.getLogger(__name__)
 
-BATCH_DEVICES = 256
+BATCH_DEVICES = 10_000   # one director publish signs a whole batch (every bin at most once)
 
 
 def drain(deployments: Deployments) -> int:
@@ -27,7 +27,7 @@ def drain(deployments: Deployments) -> int:
     return total
 
 
-async def run(deployments: Deployments, *, period_s: float = 5.0, settle_s: float = 0.25) -> None:
+async def run(deployments: Deployments, *, period_s: float = 5.0, settle_s: float = 0.05) -> None:
     """Signs pending rows whenever woken (and every `period_s`). After a wake-up it waits
     `settle_s` first, so the deploy call that woke it answers before signing takes the CPU."""
     loop = asyncio.get_running_loop()

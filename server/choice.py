@@ -35,8 +35,8 @@ class Choice:
     why: str
 
 
-def class_latency(aggregates: Iterable[Aggregate], devices: Mapping[str, Device], *, model: str, version: str,
-                  hardware_class: str) -> dict[str, float]:
+def class_latency(aggregates: Iterable[Aggregate], devices: Mapping[str, Device | DeviceProfile], *, model: str,
+                  version: str, hardware_class: str) -> dict[str, float]:
     """variant -> mean ms over every device of `hardware_class` that served it."""
     sums: dict[str, tuple[float, int]] = {}
     for a in aggregates:

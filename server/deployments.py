@@ -164,10 +164,12 @@ class Deployments:
         return TargetPlan(release=release, target=target, devices=tuple(devices),
                           choices={d.device_id: choose(d) for d in devices})
 
-    def create(self, *, model: str, version: str | None, target: str) -> Deployment:
+    def create(self, *, model: str, version: str | None, target: str, wake: bool = True) -> Deployment:
+        """Records the deployment and one unsigned row per device; `wake` tells the assigner
+        at once (the REST handler passes False and wakes it once its answer is written)."""
         planned = self.plan(model=model, version=version, target=target)
         deployment = self.new_deployment(planned.release, target=target)
-        self.assign_wave(deployment, planned.release, planned.choices)
+        self.assign_wave(deployment, planned.release, planned.choices, wake=wake)
         logger.info("deployment created deployment=%s model=%s version=%s devices=%d",
                     deployment.deployment_id, planned.release.model, planned.release.version, len(planned.devices))
         return deployment
@@ -179,7 +181,7 @@ class Deployments:
                           target=target, status="active", created_at=now, updated_at=now)
 
     def assign_wave(self, deployment: Deployment, release: ModelVersion,
-                    choices: Mapping[str, choice.Choice]) -> None:
+                    choices: Mapping[str, choice.Choice], *, wake: bool = True) -> None:
         """Assigns one wave of devices (device id -> its variant) to `deployment`, recording the
         deployment itself with its first wave; the assigner then signs each director. A
         device's open row in any other deployment closes as superseded."""
@@ -203,29 +205,29 @@ class Deployments:
             self._refresh_status(deployment.deployment_id, now)
         for deployment_id in touched:
             self._refresh_status(deployment_id, now)
-        self.on_created()
+        if wake:
+            self.on_created()
 
-    def sign_pending(self, *, limit: int = 256) -> int:
-        """Signs the director of up to `limit` devices whose assignment is not signed yet,
-        telling each at once; returns how many were signed (0: nothing left)."""
-        rows = self.store.unsigned_rows(limit=limit)
-        releases: dict[str, ModelVersion] = {}
-        for row in rows:
-            deployment = self.store.deployment(row.deployment_id)
-            if deployment is None:
-                continue
-            release = releases.get(row.deployment_id)
-            if release is None:
-                release = releases[row.deployment_id] = self.registry.version(deployment.model, deployment.version)
-            # Signing a row and closing it (cancel) never interleave, on any replica.
-            with self.signer.locked():
-                current = self.store.deployment_device(row.deployment_id, row.device_id)
-                if current is None or current.outcome:
-                    continue    # cancelled or superseded since it was read
-                signed = self.store.assignment(row.device_id)
-                if signed is not None and signed.deployment_id == row.deployment_id:
-                    continue    # another replica signed it since it was read
-                self._assign(row.device_id, _planned(row.deployment_id, release, row.variant))
+    def sign_pending(self, *, limit: int = 10_000) -> int:
+        """Signs the director entries of up to `limit` devices whose assignment is not signed
+        yet, in one publish, then tells each; returns how many rows were read (0: none left)."""
+        # Read under the lock that cancelling takes too (on every replica: the store's lock),
+        # so no row read here closes before it is signed by a cancel, and no other replica
+        # signs it meanwhile; a row superseded meanwhile is signed and then replaced.
+        with self.signer.locked():
+            rows = self.store.unsigned_rows(limit=limit)
+            plans: dict[tuple[str, str], DirectorAssignment] = {}   # one per deployment and variant
+            planned: dict[str, DirectorAssignment] = {}
+            for row in rows:
+                key = (row.deployment_id, row.variant)
+                if key not in plans:
+                    deployment = self.store.deployment(row.deployment_id)
+                    if deployment is None:
+                        continue
+                    release = self.registry.version(deployment.model, deployment.version)
+                    plans[key] = _planned(row.deployment_id, release, row.variant)
+                planned[row.device_id] = plans[key]
+            self._assign_many(planned)
         return len(rows)
 
     def join(self, device_id: str) -> Deployment | None:
@@ -263,8 +265,9 @@ class Deployments:
         """The variant choice for one release, reading the fleet's telemetry and the pins
         once and deciding once per device profile (hardware class, back ends, group), so
         planning a deployment costs one read however large the fleet."""
-        devices = {d.device_id: d for d in self.store.devices()}
-        aggregates = self.store.aggregates()
+        aggregates = [a for a in self.store.aggregates() if (a.model, a.version) == (release.model, release.version)]
+        # Who served it, by hardware class: the profiles only, and only when it was served.
+        devices = {p.device_id: p for p in self.store.device_profiles()} if aggregates else {}
         pins = self.store.pins(release.model)
         measured: dict[str, dict[str, float]] = {}
         decided: dict[tuple[str, tuple[str, ...], str], choice.Choice] = {}
@@ -282,12 +285,26 @@ class Deployments:
         return choose
 
     def _assign(self, device_id: str, a: DirectorAssignment | None) -> None:
-        version = self.signer.assign(device_id, a)
-        why = self._why.pop((a.deployment_id, device_id), "") if a is not None else ""
-        self.store.set_assignment(
-            device_id, None if a is None else Assignment(device_id, a.deployment_id, assignment_document(a, why))
-        )
-        self.hub.publish(device_id, AssignmentNotice(director_version=version, deployment_id=a.deployment_id if a else ""))
+        self._assign_many({device_id: a})
+
+    def _assign_many(self, assignments: Mapping[str, DirectorAssignment | None]) -> None:
+        """Signs the devices' director entries in one publish, records them, tells each."""
+        versions = self.signer.assign_many(assignments)
+        documents: dict[int, dict[str, Any]] = {}    # shared assignments: one document each
+        kept = []
+        for device_id, a in assignments.items():
+            if a is None:
+                self.store.set_assignment(device_id, None)
+                continue
+            base = documents.get(id(a))
+            if base is None:
+                base = documents[id(a)] = assignment_document(a)
+            why = self._why.pop((a.deployment_id, device_id), "")
+            kept.append(Assignment(device_id, a.deployment_id, {**base, "why": why} if why else base))
+        self.store.set_assignments(kept)
+        self.hub.publish_many([(device_id, AssignmentNotice(director_version=versions[device_id],
+                                                            deployment_id=a.deployment_id if a else ""))
+                               for device_id, a in assignments.items()])
 
 
     # -- reports ------------------------------------------------------------------------

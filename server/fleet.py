@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from fleetcast.proto import identity
+from fleetcast.proto.assignment import METADATA_NAME
 from fleetcast.proto.topics import DEVICE_ID_PATTERN, TopicError, check_device_id
 from fleetcast.server import signing
 from fleetcast.server.certificates import Certificates
@@ -198,11 +199,17 @@ class Fleet:
 
 
 def read_metadata(signer: signing.Signer, *, repository: str, name: str, device_id: str) -> bytes:
-    """Signed metadata for one device: the shared image repository or its own director."""
+    """Signed metadata for one device: the image repository or the director (both shared
+    by the fleet). Of the director's hash bins a device reads only the one holding its own
+    entry (`devices/<device_id>`), so it learns the assignments of its bin's neighbours at
+    most, never the fleet's (ADR 0008)."""
     if repository not in {"image", "director"}:
         raise InvalidRequest(f"repository {repository[:40]!r} is not valid: use 'image' or 'director'")
-    repo = "image" if repository == "image" else f"director/{device_id}"
+    match = METADATA_NAME.fullmatch(name)
+    role = match.group(2) if match else ""
+    if repository == "director" and role.startswith(signing.BIN_PREFIX) and role != signing.device_bin(device_id):
+        raise MetadataNotFound(f"{name[:40]} is not the director bin of device {device_id}: a device reads only its own")
     try:
-        return signer.metadata(repo, name)
+        return signer.metadata(repository, name)
     except signing.MetadataNotFound as e:
         raise MetadataNotFound(str(e)) from e

@@ -6,8 +6,8 @@ published (every publish takes the next version under the store's signing lock),
 such an entry is never stale, on this server or on a replica sharing the database.
 
 Given `changes` (the store, which announces every metadata write to the other store
-instances: PostgreSQL LISTEN/NOTIFY), the names that change in place (`timestamp.json`,
-the device index) are cached too, and dropped when a notice says another replica
+instances: PostgreSQL LISTEN/NOTIFY), the names that change in place (`timestamp.json`)
+are cached too, and dropped when a notice says another replica
 wrote them; a notice gap (topic "") drops them all. A read that raced a write or a
 notice is not kept (a generation counter), so a stale copy never outlives its notice.
 Inside `publishing(...)` the signer reads them from the store: what it signs next is
@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol
 
 from fleetcast.server.signing import MetadataStore
 
-VERSIONED: Final = re.compile(r"^\d{1,10}\.(root|snapshot|targets)\.json$")
+VERSIONED: Final = re.compile(r"^\d{1,10}\.(root|snapshot|targets|bin-[0-9a-f]{2})\.json$")
 
 
 class Changes(Protocol):

@@ -18,7 +18,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -81,12 +81,18 @@ class Hub:
 
     def publish(self, device_id: str, notice: AssignmentNotice) -> None:
         """Thread-safe: tells the device's open streams and every sink."""
+        self.publish_many([(device_id, notice)])
+
+    def publish_many(self, notices: Sequence[tuple[str, AssignmentNotice]]) -> None:
+        """Thread-safe: `publish` for many devices, waking the event loop once, not per device."""
         for sink in list(self._sinks):
-            try:
-                sink.device_notice(device_id, notice)
-            except Exception:
-                logger.exception("notice sink failed device_id=%s", device_id)
-        self.tell_watchers(device_id, notice)
+            for device_id, notice in notices:
+                try:
+                    sink.device_notice(device_id, notice)
+                except Exception:
+                    logger.exception("notice sink failed device_id=%s", device_id)
+        if notices and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._offer_all, list(notices))
 
     def tell_watchers(self, device_id: str, notice: AssignmentNotice) -> None:
         """Thread-safe: tells this process's open streams only (a notice another replica
@@ -104,6 +110,10 @@ class Hub:
     def _offer(self, device_id: str, notice: AssignmentNotice | None) -> None:
         for watcher in list(self._watchers.get(device_id, ())):
             watcher.offer(notice)
+
+    def _offer_all(self, notices: Sequence[tuple[str, AssignmentNotice]]) -> None:
+        for device_id, notice in notices:
+            self._offer(device_id, notice)
 
     @contextmanager
     def watch(self, device_id: str) -> Iterator[Watcher]:

@@ -1,7 +1,7 @@
 """Keeps signed metadata fresh: re-signs timestamps before they expire, tells devices.
 
-Devices whose director `timestamp.json` changed get a notice, so an agent that
-watches does not wait for its own poll to see the new expiry.
+When the director's `timestamp.json` (shared by the fleet) changed, every device gets
+a notice, so an agent that watches does not wait for its own poll to see the new expiry.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from fleetcast.server.services import Services
+from fleetcast.server.signing import DIRECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -21,18 +22,14 @@ def period_s(services: Services) -> float:
 
 def refresh(services: Services) -> list[str]:
     """Re-signs what is due; returns the devices told to look again."""
-    devices = [d.device_id for d in services.store.devices()]
-
-    def stamps() -> dict[str, bytes | None]:
-        return {d: services.store.get_metadata(f"director/{d}", "timestamp.json") for d in devices}
-
-    before = stamps()
+    before = services.store.get_metadata(DIRECTOR, "timestamp.json")
     services.signer.refresh_timestamps()
-    changed = [d for d, stamp in stamps().items() if stamp != before[d]]
+    if services.store.get_metadata(DIRECTOR, "timestamp.json") == before:
+        return []
+    changed = [d.device_id for d in services.store.devices()]
     for device_id in changed:
         services.hub.publish(device_id, services.deployments.current_notice(device_id))
-    if changed:
-        logger.info("director timestamps refreshed devices=%d", len(changed))
+    logger.info("director timestamp refreshed devices=%d", len(changed))
     return changed
 
 

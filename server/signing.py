@@ -9,10 +9,15 @@ Store layout (`MetadataStore`, repository -> name -> bytes):
 | repository          | names                                                           |
 |---------------------|-----------------------------------------------------------------|
 | `image`             | `N.root.json`, `N.targets.json`, `N.snapshot.json`, `timestamp.json` |
-| `director`          | `N.root.json` (the one director root every device shares), `devices-XX.json` (index shards) |
-| `director/<device>` | `N.targets.json`, `N.snapshot.json`, `timestamp.json`           |
+| `director`          | `N.root.json`, `N.targets.json` (delegates to the bins), `N.bin-XX.json` (256 hash bins of `devices/<device id>` entries), `N.snapshot.json`, `timestamp.json` |
+| `director/<device>` | retired (one repository per device, signed per device per deploy): no longer written |
 
-Every publish writes the new versioned targets and snapshot before the new
+The director is one repository the whole fleet shares (ADR 0008): each device's
+assignment is the target `devices/<device id>` in the hash bin its path falls in
+(TUF succinct hash delegation), so a deploy to ten thousand devices re-signs the 256
+bins, the snapshot and the timestamp once instead of three files per device.
+
+Every publish writes the new versioned targets (and bins) and snapshot before the new
 `timestamp.json`, so a client never sees a timestamp that points at something missing.
 Old versions stay in the store; only `timestamp.json` is overwritten.
 
@@ -44,20 +49,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.dsse import SimpleEnvelope
-from tuf.api.metadata import MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import (
+    Delegations,
+    MetaFile,
+    Root,
+    Signed,
+    Snapshot,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 
 from fleetcast.agent.datadir import write_atomic  # the shared atomic-write primitive
-from fleetcast.proto.assignment import GoldenRef
+from fleetcast.proto.assignment import METADATA_NAME, GoldenRef, device_target_path
 from fleetcast.proto.topics import TopicError, check_device_id
 
 logger = logging.getLogger(__name__)
 
 IMAGE: Final = "image"
 DIRECTOR: Final = "director"
-DEVICE_INDEX: Final = "devices.json"  # retired: the whole index in one file; still read, no longer written
-INDEX_SHARDS: Final = 256
+# Retired names, still in older stores, no longer written or read: `director/devices.json`
+# and `director/devices-XX.json` (the index of per-device director repositories).
 TRUST_ROOT_FORMAT: Final = 1
-METADATA_NAME: Final = re.compile(r"^(?:(\d{1,10})\.)?(root|timestamp|snapshot|targets)\.json$")
+BIN_PREFIX: Final = "bin"
+BIN_BITS: Final = 8          # 256 bins: about 40 devices per bin at 10,000 devices
 SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
 _ONLINE_ROLES: Final = (Targets.type, Snapshot.type, Timestamp.type)
 SIGNING_LOCK: Final = "signing"   # the store lock every publish (and every assignment) holds
@@ -152,6 +168,7 @@ class Signer:
         self._keys = dict(keys)
         self._clock = clock
         self._lock = lock or _process_lock()
+        self._snapshots: dict[str, tuple[bytes, Snapshot]] = {}
 
     @classmethod
     def open(
@@ -195,28 +212,27 @@ class Signer:
     def metadata(self, repository: str, name: str) -> bytes:
         """Signed metadata exactly as stored; raises MetadataNotFound.
 
-        A device's director repository that was never assigned is created empty on
-        its first read, so an enrolled device always finds a timestamp.
+        `repository` is `image` or `director` (the director every device shares; a
+        device that is assigned nothing finds no entry for itself in its signed bin).
         """
         match = METADATA_NAME.fullmatch(name)
         if match is None:
             raise MetadataNotFound(
                 f"metadata name {name[:80]!r} is not valid: ask for N.root.json, "
-                "timestamp.json, N.snapshot.json or N.targets.json"
+                "timestamp.json, N.snapshot.json, N.targets.json or N.bin-XX.json"
             )
         repo = self._check_repository(repository)
         version, role = match.group(1), match.group(2)
         if role == Root.type:
-            home = IMAGE if repo == IMAGE else DIRECTOR
-            number = int(version) if version else self._latest_root_version(home)
-            return self._get(home, f"{number}.root.json")
+            number = int(version) if version else self._latest_root_version(repo)
+            return self._get(repo, f"{number}.root.json")
         if version:
             if role == Timestamp.type:
                 raise MetadataNotFound(f"{repository} keeps only the current timestamp.json")
             return self._get(repo, f"{int(version)}.{role}.json")
+        if role.startswith(BIN_PREFIX):
+            raise MetadataNotFound(f"ask for a bin by its version (N.{role}.json, as the snapshot lists it)")
         stamp = self._store.get_metadata(repo, "timestamp.json")   # read once: it is the hot path
-        if stamp is None and repo != IMAGE:
-            stamp = self._create_empty_director(repo.removeprefix(DIRECTOR + "/"))
         if stamp is None:
             raise MetadataNotFound(f"{repo} has no timestamp.json")
         if role == Timestamp.type:
@@ -229,11 +245,18 @@ class Signer:
         return self._get(repo, f"{snapshot.meta['targets.json'].version}.targets.json")
 
     def director_version(self, device_id: str) -> int:
-        """The device's director targets version; 0 while it has no director repository."""
-        repo = f"{DIRECTOR}/{_check_device(device_id)}"
-        if self._store.get_metadata(repo, "timestamp.json") is None:
-            return 0
-        return self._current(repo)[2].version
+        """The version of the director bin holding the device's entry (what a notice carries)."""
+        role = device_bin(_check_device(device_id))
+        snapshot = self._current_snapshot(DIRECTOR)[1]
+        return snapshot.meta[f"{role}.json"].version
+
+    def director_entry(self, device_id: str) -> TargetFile | None:
+        """The device's signed director entry as its bin holds it now (None: nothing assigned)."""
+        device_id = _check_device(device_id)
+        role = device_bin(device_id)
+        snapshot = self._current_snapshot(DIRECTOR)[1]
+        bin_ = self._load(DIRECTOR, f"{snapshot.meta[f'{role}.json'].version}.{role}.json", Targets)
+        return bin_.targets.get(device_target_path(device_id))
 
     # -- publishing ----------------------------------------------------------
 
@@ -260,35 +283,39 @@ class Signer:
             logger.info("image target signed path=%s version=%d", path, targets.version)
 
     def assign(self, device_id: str, assignment: DirectorAssignment | None) -> int:
-        """Replaces the device's director target (None clears it); returns the new version."""
-        device_id = _check_device(device_id)
-        repo = f"{DIRECTOR}/{device_id}"
-        target = None if assignment is None else _director_target(device_id, assignment)
-        with self._lock():
-            fresh = self._store.get_metadata(repo, "timestamp.json") is None
-            targets = Targets(version=1) if fresh else self._current(repo)[2]
-            targets.targets = {} if target is None else {target.path: target}
-            if fresh:
-                self._index_device(device_id)
-                self._publish_snapshot(repo, targets, 0, 0)
-            else:
-                self._publish(repo, targets)
-            logger.info(
-                "director signed device_id=%s version=%d deployment=%s",
-                device_id, targets.version, assignment.deployment_id if assignment else "",
-            )
-            return targets.version
+        """Replaces the device's director entry (None clears it); returns its bin's new version."""
+        return self.assign_many({device_id: assignment})[device_id]
 
-    def _create_empty_director(self, device_id: str) -> bytes | None:
-        """A first read of a director never assigned: created empty, unless an assignment
-        was signed since the caller looked (checked again under the lock)."""
-        repo = f"{DIRECTOR}/{device_id}"
+    def assign_many(self, assignments: Mapping[str, DirectorAssignment | None]) -> dict[str, int]:
+        """Replaces the director entries of many devices in one publish (each bin they fall
+        in, the snapshot and the timestamp signed once); returns each device's bin version."""
+        entries = {}
+        fields: dict[int, dict[str, Any]] = {}   # an assignment shared by many devices: checked once
+        for device_id, a in assignments.items():
+            device_id = _check_device(device_id)
+            if a is None:
+                entries[device_id] = None
+                continue
+            if id(a) not in fields:
+                fields[id(a)] = _director_fields(a)
+            entries[device_id] = _device_target(device_id, a, fields[id(a)])
+        if not entries:
+            return {}
+        roles = {device_id: device_bin(device_id) for device_id in entries}
         with self._lock():
-            stamp = self._store.get_metadata(repo, "timestamp.json")
-            if stamp is None:
-                self.assign(device_id, None)
-                stamp = self._store.get_metadata(repo, "timestamp.json")
-        return stamp
+            _, snapshot = self._current_snapshot(DIRECTOR)
+            bins: dict[str, Targets] = {}
+            for device_id, target in entries.items():
+                role = roles[device_id]
+                if role not in bins:
+                    bins[role] = self._load(DIRECTOR, f"{snapshot.meta[f'{role}.json'].version}.{role}.json", Targets)
+                if target is None:
+                    bins[role].targets.pop(device_target_path(device_id), None)
+                else:
+                    bins[role].targets[target.path] = target
+            self._publish_director(bins)
+            logger.info("director signed devices=%d bins=%d", len(entries), len(bins))
+            return {device_id: bins[roles[device_id]].version for device_id in entries}
 
     def refresh_timestamps(self) -> int:
         """Re-signs every role within half its lifetime of expiry; returns repositories renewed."""
@@ -296,7 +323,7 @@ class Signer:
         with self._lock():
             for kind in (IMAGE, DIRECTOR):
                 self._renew_root_if_due(kind)
-            for repo in [IMAGE, *(f"{DIRECTOR}/{d}" for d in self._devices())]:
+            for repo in (IMAGE, DIRECTOR):
                 if self._renew_if_due(repo):
                     renewed += 1
         if renewed:
@@ -315,6 +342,18 @@ class Signer:
                 self._check_keys_match(kind, _parse(data, Root))
             if self._store.get_metadata(IMAGE, "timestamp.json") is None:
                 self._publish_snapshot(IMAGE, Targets(version=1), 0, 0)
+            if self._store.get_metadata(DIRECTOR, "timestamp.json") is None:
+                self._create_director()
+
+    def _create_director(self) -> None:
+        """The shared director: top-level targets delegating every `devices/<id>` path to
+        its hash bin (all bins signed empty), then the snapshot and timestamp."""
+        key = self._keys[f"{DIRECTOR}-online"].public_key
+        top = Targets(version=1, delegations=Delegations(
+            keys={key.keyid: key},
+            succinct_roles=SuccinctRoles([key.keyid], 1, BIN_BITS, BIN_PREFIX)))
+        bins = {role: Targets(version=1) for role in top.delegations.succinct_roles.get_roles()}
+        self._publish_director(bins, top=top, fresh=True)
 
     def _write_root(self, kind: str, root: Root) -> None:
         root.expires = self._expiry(self._config.root_expiry_s)
@@ -347,6 +386,8 @@ class Signer:
             self._write_root(kind, root)
 
     def _renew_if_due(self, repo: str) -> bool:
+        if repo == DIRECTOR:
+            return self._renew_director_if_due()
         timestamp, snapshot, targets = self._current(repo)
         if self._due(targets, self._config.targets_expiry_s):
             self._publish(repo, targets, snapshot.version, timestamp.version)
@@ -358,6 +399,46 @@ class Signer:
         else:
             return False
         return True
+
+    def _renew_director_if_due(self) -> bool:
+        timestamp, snapshot = self._current_snapshot(DIRECTOR)
+        roles = [name.removesuffix(".json") for name in snapshot.meta]
+        due = {role: signed for role in roles if self._due(
+            signed := self._load(DIRECTOR, f"{snapshot.meta[f'{role}.json'].version}.{role}.json", Targets),
+            self._config.targets_expiry_s)}
+        top = due.pop(Targets.type, None)
+        if top is not None or due or self._due(snapshot, self._config.snapshot_expiry_s):
+            self._publish_director(due, top=top)
+        elif self._due(timestamp, self._config.timestamp_expiry_s):
+            snapshot_data = self._get(DIRECTOR, f"{snapshot.version}.snapshot.json")
+            self._publish_timestamp(DIRECTOR, snapshot.version, snapshot_data, timestamp.version)
+        else:
+            return False
+        return True
+
+    def _publish_director(self, bins: Mapping[str, Targets], *, top: Targets | None = None,
+                          fresh: bool = False) -> None:
+        """Signs the changed bins (and top-level targets) at their next versions (`fresh`:
+        at the versions given), then one snapshot listing every role's version, length and
+        sha256, then the timestamp."""
+        if fresh:
+            meta: dict[str, MetaFile] = {}
+            snapshot_version = timestamp_version = 0
+        else:
+            timestamp, snapshot = self._current_snapshot(DIRECTOR)
+            meta = dict(snapshot.meta)
+            snapshot_version, timestamp_version = snapshot.version, timestamp.version
+        for role, signed in [*bins.items(), *([(Targets.type, top)] if top is not None else [])]:
+            signed.version += 0 if fresh else 1
+            signed.expires = self._expiry(self._config.targets_expiry_s)
+            data = self._sign(signed, f"{DIRECTOR}-online")
+            self._store.put_metadata(DIRECTOR, f"{signed.version}.{role}.json", data)
+            meta[f"{role}.json"] = _meta_file(signed.version, data)
+        snapshot = Snapshot(version=snapshot_version + 1, expires=self._expiry(self._config.snapshot_expiry_s),
+                            meta=meta)
+        snapshot_data = self._sign(snapshot, f"{DIRECTOR}-online")
+        self._store.put_metadata(DIRECTOR, f"{snapshot.version}.snapshot.json", snapshot_data)
+        self._publish_timestamp(DIRECTOR, snapshot.version, snapshot_data, timestamp_version)
 
     def _publish(
         self,
@@ -401,10 +482,19 @@ class Signer:
         self._store.put_metadata(repo, "timestamp.json", self._sign(timestamp, f"{kind}-online"))
 
     def _current(self, repo: str) -> tuple[Timestamp, Snapshot, Targets]:
-        timestamp = self._load(repo, "timestamp.json", Timestamp)
-        snapshot = self._load(repo, f"{timestamp.snapshot_meta.version}.snapshot.json", Snapshot)
+        timestamp, snapshot = self._current_snapshot(repo)
         targets_version = snapshot.meta["targets.json"].version
         return timestamp, snapshot, self._load(repo, f"{targets_version}.targets.json", Targets)
+
+    def _current_snapshot(self, repo: str) -> tuple[Timestamp, Snapshot]:
+        timestamp = self._load(repo, "timestamp.json", Timestamp)
+        data = self._get(repo, f"{timestamp.snapshot_meta.version}.snapshot.json")
+        # The director's snapshot lists 257 roles and is read per watch and per notice:
+        # parsed once per version (never mutated by callers: publishes copy its meta).
+        parsed = self._snapshots.get(repo)
+        if parsed is None or parsed[0] != data:
+            parsed = self._snapshots[repo] = (data, _parse(data, Snapshot))
+        return timestamp, parsed[1]
 
     def _latest_root_version(self, kind: str) -> int:
         version = 1
@@ -412,36 +502,10 @@ class Signer:
             version += 1
         return version
 
-    def _devices(self) -> list[str]:
-        devices: set[str] = set()
-        for name in (DEVICE_INDEX, *(_index_shard(f"{i:02x}") for i in range(INDEX_SHARDS))):
-            data = self._store.get_metadata(DIRECTOR, name)
-            if data is not None:
-                devices.update(json.loads(data))
-        return sorted(devices)
-
-    def _index_device(self, device_id: str) -> None:
-        # One shard of the index per first byte of the id's sha256, so adding a device
-        # rewrites 1/256 of the index, not all of it.
-        shard = _index_shard(hashlib.sha256(device_id.encode()).hexdigest()[:2])
-        data = self._store.get_metadata(DIRECTOR, shard)
-        devices = set() if data is None else set(json.loads(data))
-        if device_id not in devices:
-            devices.add(device_id)
-            self._store.put_metadata(DIRECTOR, shard, json.dumps(sorted(devices)).encode())
-
     def _check_repository(self, repository: str) -> str:
-        if repository == IMAGE:
-            return IMAGE
-        prefix, slash, device_id = repository.partition("/")
-        if prefix != DIRECTOR or not slash:
-            raise MetadataNotFound(
-                f"repository {repository[:80]!r} is not valid: use 'image' or 'director/<device id>'"
-            )
-        try:
-            return f"{DIRECTOR}/{check_device_id(device_id)}"
-        except TopicError as e:
-            raise MetadataNotFound(str(e)) from e
+        if repository in (IMAGE, DIRECTOR):
+            return repository
+        raise MetadataNotFound(f"repository {repository[:80]!r} is not valid: use 'image' or 'director'")
 
     def _get(self, repo: str, name: str) -> bytes:
         data = self._store.get_metadata(repo, name)
@@ -481,8 +545,12 @@ def _parse(data: bytes, role: type[S]) -> S:
     return signed
 
 
-def _index_shard(prefix: str) -> str:
-    return f"devices-{prefix}.json"
+_BINS: Final = SuccinctRoles([], 1, BIN_BITS, BIN_PREFIX)
+
+
+def device_bin(device_id: str) -> str:
+    """The director hash bin (delegated role) that lists `devices/<device_id>`."""
+    return _BINS.get_role_for_target(device_target_path(device_id))
 
 
 def _meta_file(version: int, data: bytes) -> MetaFile:
@@ -498,7 +566,15 @@ def _fleetcast_custom(custom: Mapping[str, Any]) -> dict[str, Any]:
     return {"fleetcast": fields}
 
 
-def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
+def _device_target(device_id: str, a: DirectorAssignment, fields: Mapping[str, Any]) -> TargetFile:
+    """The device's entry: `fields` (checked by `_director_fields`) with its device id."""
+    custom = {"fleetcast": {**fields, "device_id": device_id}}
+    return TargetFile(a.length, {"sha256": a.sha256}, device_target_path(device_id),
+                      unrecognized_fields={"custom": custom})
+
+
+def _director_fields(a: DirectorAssignment) -> dict[str, Any]:
+    """The assignment's signed fields but the device id, checked and as plain JSON values."""
     _check_sha256(a.sha256, "assignment")
     _check_length(a.length, "assignment")
     golden = None
@@ -514,7 +590,6 @@ def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
         }
     fields = {
         "deployment_id": str(a.deployment_id),
-        "device_id": device_id,
         "model": str(a.model),
         "version": str(a.version),
         "variant": str(a.variant),
@@ -526,8 +601,7 @@ def _director_target(device_id: str, a: DirectorAssignment) -> TargetFile:
         fields = json.loads(json.dumps(fields, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise InvalidAssignmentError(f"assignment fields are not JSON: {e}") from e
-    path = artifact_path(a.sha256)
-    return TargetFile(a.length, {"sha256": a.sha256}, path, unrecognized_fields={"custom": {"fleetcast": fields}})
+    return fields
 
 
 def _check_device(device_id: str) -> str:

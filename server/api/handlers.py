@@ -197,8 +197,16 @@ async def create_deployment(request: web.Request) -> web.Response:
     if not isinstance(model, str) or not isinstance(target, str) or not (version is None or isinstance(version, str)):
         raise InvalidRequest('"model" and "target" must be strings, "version" a string or absent')
     d = request.app[SERVICES].deployments
-    deployment = await asyncio.to_thread(d.create, model=model, version=version or None, target=target)
-    return _json(await asyncio.to_thread(d.document, deployment), status=201)
+    deployment = await asyncio.to_thread(d.create, model=model, version=version or None, target=target, wake=False)
+    try:
+        response = _json(await asyncio.to_thread(d.document, deployment), status=201)
+        # Written before the assigner wakes: signing and the devices it tells would
+        # otherwise compete with this answer for the CPU.
+        await response.prepare(request)
+        await response.write_eof()
+    finally:
+        d.on_created()
+    return response
 
 
 async def list_deployments(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ change to device identity (key pairs, mutual TLS) changes those two functions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import datetime
 import hashlib
 import logging
@@ -30,7 +31,6 @@ from fleetcast.server.simulator.verify import (
     SignatureCache,
     VerificationError,
     agree,
-    only_target,
     parse_root,
 )
 
@@ -172,8 +172,9 @@ class SimulatedDevice:
     # -- the update check -------------------------------------------------------------------
     async def check(self) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
-        director = await self.director.refresh(lambda n: self._fetch(pb.REPOSITORY_DIRECTOR, n), now)
-        target = only_target(director, self.device_id)
+        fetch_director = functools.partial(self._fetch, pb.REPOSITORY_DIRECTOR)
+        await self.director.refresh(fetch_director, now)
+        target = await self.director.entry(fetch_director, self.device_id, now)
         if target is None or target.hashes.get("sha256") == self.installed_sha256:
             return
         fields = target.unrecognized_fields["custom"]["fleetcast"]

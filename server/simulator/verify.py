@@ -4,7 +4,9 @@ A `RepositoryView` holds what one device last trusted of one repository and move
 forward: root rotation, then `timestamp.json`, the snapshot and the targets it names,
 each validly signed by the keys of the trusted root (DSSE, over the exact payload
 bytes), unexpired, never older than before, and matching the length and sha256 its
-parent lists. The checks are the agent's (python-tuf ngclient) in miniature; a
+parent lists; for the director (one repository the fleet shares, ADR 0008), also the
+hash bin holding the device's entry, signed by the keys its targets delegate to and
+matching the snapshot. The checks are the agent's (python-tuf ngclient) in miniature; a
 `SignatureCache` shared by the swarm lets identical bytes (the image repository every
 device reads) be verified once per process instead of once per device.
 """
@@ -21,6 +23,8 @@ from typing import Final, TypeVar
 from tuf.api import exceptions as tuf_errors
 from tuf.api.dsse import SimpleEnvelope
 from tuf.api.metadata import MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
+
+from fleetcast.proto.assignment import device_target_path
 
 MAX_METADATA_BYTES: Final = 8 * 1024**2
 MAX_ROOT_ROTATIONS: Final = 32
@@ -40,7 +44,8 @@ class SignatureCache:
         self._entries: OrderedDict[tuple[str, str, str], Signed] = OrderedDict()
         self._max = max_entries
 
-    def verified(self, root: Root, role: str, data: bytes, kind: type[S]) -> S:
+    def verified(self, root: Root | Targets, role: str, data: bytes, kind: type[S]) -> S:
+        """`root` is the delegator: the root, or the targets that delegate to a bin."""
         if len(data) > MAX_METADATA_BYTES:
             raise VerificationError(f"{role} metadata is {len(data)} bytes, over {MAX_METADATA_BYTES}")
         key = (root_id(root), role, hashlib.sha256(data).hexdigest())
@@ -57,11 +62,12 @@ class SignatureCache:
         return found
 
 
-def root_id(root: Root) -> str:
-    return f"{root.version}:" + ",".join(sorted(root.keys))
+def root_id(root: Root | Targets) -> str:
+    keys = root.keys if isinstance(root, Root) else (root.delegations.keys if root.delegations else {})
+    return f"{root.type}:{root.version}:" + ",".join(sorted(keys))
 
 
-def _verify(root: Root, role: str, data: bytes, kind: type[S]) -> S:
+def _verify(root: Root | Targets, role: str, data: bytes, kind: type[S]) -> S:
     try:
         envelope = SimpleEnvelope.from_bytes(data)
         root.verify_delegate(role, envelope.pae(), envelope.signatures)
@@ -96,6 +102,7 @@ class RepositoryView:
     timestamp: Timestamp | None = None
     snapshot: Snapshot | None = None
     targets: Targets | None = None
+    bins: dict[str, Targets] | None = None
 
     async def refresh(self, fetch: Fetch, now: datetime.datetime) -> Targets:
         await self._rotate_root(fetch)
@@ -131,8 +138,36 @@ class RepositoryView:
             new = _verify(new, Root.type, data, Root)                    # and by the new ones
             if new.version != self.root.version + 1:
                 raise VerificationError(f"{self.name} root {new.version} was served as {self.root.version + 1}")
-            self.root, self.timestamp, self.snapshot, self.targets = new, None, None, None
+            self.root, self.timestamp, self.snapshot, self.targets, self.bins = new, None, None, None, None
         raise VerificationError(f"{self.name} offers more than {MAX_ROOT_ROTATIONS} root rotations at once")
+
+    async def entry(self, fetch: Fetch, device_id: str, now: datetime.datetime) -> TargetFile | None:
+        """After `refresh`: the device's director entry from its bin, or None (nothing assigned)."""
+        delegations = self.targets.delegations if self.targets is not None else None
+        if self.snapshot is None or delegations is None or delegations.succinct_roles is None:
+            raise VerificationError(f"{self.name} targets do not delegate to hash bins")
+        path = device_target_path(device_id)
+        role = delegations.succinct_roles.get_role_for_target(path)
+        meta = self.snapshot.meta.get(f"{role}.json")
+        if meta is None:
+            raise VerificationError(f"{self.name} snapshot does not list the delegated {role}")
+        bins = self.bins if self.bins is not None else {}
+        old = bins.get(role)
+        if old is not None and meta.version < old.version:
+            raise VerificationError(f"{self.name} snapshot names an older {role} (rollback refused)")
+        if old is None or old.version != meta.version:
+            data = await self._need(fetch, f"{meta.version}.{role}.json")
+            try:
+                meta.verify_length_and_hashes(data)
+            except tuf_errors.LengthOrHashMismatchError as e:
+                raise VerificationError(f"{self.name} {role} does not match what the snapshot lists: {e}") from e
+            signed = self.cache.verified(self.targets, role, data, Targets)
+            if signed.version != meta.version:
+                raise VerificationError(f"{self.name} {role} is version {signed.version}, expected {meta.version}")
+            bins[role] = old = signed
+            self.bins = bins
+        self._unexpired(old, now)
+        return device_entry(old, device_id)
 
     async def _need(self, fetch: Fetch, name: str) -> bytes:
         data = await fetch(name)
@@ -160,13 +195,11 @@ class RepositoryView:
             raise VerificationError(f"{self.name} {signed.type} metadata expired at {signed.expires}")
 
 
-def only_target(targets: Targets, device_id: str) -> TargetFile | None:
-    """The director's single target for this device, or None when nothing is assigned."""
-    if len(targets.targets) > 1:
-        raise VerificationError(f"director lists {len(targets.targets)} targets; a device runs one")
-    if not targets.targets:
+def device_entry(bin_: Targets, device_id: str) -> TargetFile | None:
+    """The device's entry in its director bin, or None when nothing is assigned."""
+    target = bin_.targets.get(device_target_path(device_id))
+    if target is None:
         return None
-    [target] = targets.targets.values()
     fields = (target.unrecognized_fields.get("custom") or {}).get("fleetcast") or {}
     if fields.get("device_id") != device_id:
         raise VerificationError(f"director target is meant for {str(fields.get('device_id'))[:80]!r}, not {device_id}")
@@ -174,6 +207,7 @@ def only_target(targets: Targets, device_id: str) -> TargetFile | None:
 
 
 def agree(director: TargetFile, image: Targets) -> None:
-    found = image.targets.get(director.path)
+    path = f"artifacts/{director.hashes.get('sha256')}"
+    found = image.targets.get(path)
     if found is None or found.length != director.length or found.hashes != director.hashes:
-        raise VerificationError(f"image repository does not vouch for {director.path} with that length and sha256")
+        raise VerificationError(f"image repository does not vouch for {path} with that length and sha256")

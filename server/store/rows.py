@@ -80,17 +80,19 @@ class Sums:
 
     __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
 
-    def __init__(self) -> None:
+    def __init__(self, histogram: list[int] | None = None) -> None:
         self.inferences = self.errors = 0
         self.latency_sum_ms = 0.0
-        self.histogram = buckets.empty()
+        self.histogram = buckets.empty() if histogram is None else histogram
 
 
 def add(into: dict[tuple[Any, ...], Sums], key: tuple[Any, ...], r: StatsRow | Sums) -> None:
     acc = into.get(key)
-    if acc is None:
-        acc = into[key] = Sums()
+    if acc is None:    # the first row of a key is copied, not added to zeros (most keys of a flush)
+        acc = into[key] = Sums(buckets.merge(buckets.empty(), r.histogram) if len(r.histogram) != buckets.BUCKETS
+                               else list(map(int, r.histogram)))
+    else:
+        buckets.merge(acc.histogram, r.histogram)
     acc.inferences += r.inferences
     acc.errors += r.errors
     acc.latency_sum_ms += r.latency_sum_ms
-    buckets.merge(acc.histogram, r.histogram)

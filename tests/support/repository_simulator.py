@@ -28,7 +28,7 @@ class RepositorySimulator(FetcherInterface):
         self.offline = False
 
     def repository(self, scheme: str) -> str:
-        return "image" if scheme == "fleetcast-image" else f"director/{self.device_id}"
+        return "image" if scheme == "fleetcast-image" else "director"
 
     def serve(self, repository: str, name: str, data: bytes) -> None:
         """Serves `data` for (repository, name) instead of what the signer holds."""

@@ -20,6 +20,7 @@ from fleetcast.server.signing import (
     Signer,
     SigningConfig,
     SigningError,
+    device_bin,
 )
 from tests.support.metadata_store import MemoryMetadataStore
 
@@ -81,16 +82,22 @@ def test_trust_root_holds_the_exact_stored_root_envelopes(tmp_path: Path) -> Non
 
     assert doc["fleetcast_trust_root"] == 1
     assert base64.b64decode(doc["image_root"]) == signer.metadata("image", "1.root.json")
-    assert base64.b64decode(doc["director_root"]) == signer.metadata("director/dev-1", "1.root.json")
+    assert base64.b64decode(doc["director_root"]) == signer.metadata("director", "1.root.json")
     root = signed(base64.b64decode(doc["director_root"]))
     assert isinstance(root, Root) and root.consistent_snapshot
 
 
-def test_every_device_director_shares_one_root(tmp_path: Path) -> None:
+def test_the_director_delegates_device_entries_to_hash_bins_with_its_online_key(tmp_path: Path) -> None:
     signer = Signer.open(tmp_path / "keys", MemoryMetadataStore(), SigningConfig())
 
-    assert signer.metadata("director/a", "1.root.json") == signer.metadata("director/b", "1.root.json")
-    assert signer.metadata("director/a", "1.root.json") != signer.metadata("image", "1.root.json")
+    top = signed(signer.metadata("director", "1.targets.json"))
+    assert isinstance(top, Targets) and top.targets == {}
+    succinct = top.delegations.succinct_roles
+    assert succinct is not None and succinct.number_of_bins == 256 and succinct.keyids == list(top.delegations.keys)
+    assert succinct.get_role_for_target("devices/dev-1") == device_bin("dev-1")
+    snapshot = signed(signer.metadata("director", "1.snapshot.json"))
+    assert sorted(snapshot.meta) == sorted(["targets.json", *(f"{r}.json" for r in succinct.get_roles())])
+    assert signer.metadata("director", "1.root.json") != signer.metadata("image", "1.root.json")
 
 
 def test_missing_keys_with_existing_metadata_is_refused(tmp_path: Path) -> None:
@@ -122,7 +129,9 @@ def test_keys_from_another_server_are_refused(tmp_path: Path) -> None:
         ("image", "mirrors.json"),
         ("image", "1.timestamp.json"),
         ("image", "99.targets.json"),
-        ("director", "timestamp.json"),
+        ("director", "bin-00.json"),
+        ("director", "1.bin-0g.json"),
+        ("director/dev-1", "timestamp.json"),
         ("director/../image", "timestamp.json"),
         ("director/a/b", "timestamp.json"),
         ("images", "timestamp.json"),
@@ -144,9 +153,9 @@ def test_each_publish_writes_versioned_files_before_the_timestamp(tmp_path: Path
     signer.assign("dev-1", assignment())
 
     image = [name for repo, name in store.writes if repo == "image"]
-    director = [name for repo, name in store.writes if repo == "director/dev-1"]
+    director = [name for repo, name in store.writes if repo == "director"]
     assert image == ["2.targets.json", "2.snapshot.json", "timestamp.json"]
-    assert director == ["1.targets.json", "1.snapshot.json", "timestamp.json"]
+    assert director == [f"2.{device_bin('dev-1')}.json", "2.snapshot.json", "timestamp.json"]
 
 
 def test_add_artifact_keeps_an_identical_target_without_a_new_version(tmp_path: Path) -> None:
@@ -169,18 +178,36 @@ def test_add_artifact_refuses_a_second_length_for_one_hash(tmp_path: Path) -> No
         signer.add_artifact(ArtifactTarget(SHA_A, 11, {}))
 
 
-def test_assign_returns_increasing_director_versions_and_none_clears(tmp_path: Path) -> None:
+def test_assign_returns_increasing_bin_versions_and_none_clears(tmp_path: Path) -> None:
     signer = Signer.open(tmp_path / "keys", MemoryMetadataStore(), SigningConfig())
-    assert signer.director_version("dev-1") == 0
+    assert signer.director_version("dev-1") == 1 and signer.director_entry("dev-1") is None
+    role = device_bin("dev-1")
 
-    assert signer.assign("dev-1", assignment()) == 1
-    assert signer.assign("dev-1", None) == 2
-    assert signer.director_version("dev-1") == 2
-    targets = signed(signer.metadata("director/dev-1", "2.targets.json"))
-    assert isinstance(targets, Targets) and targets.targets == {}
-    first = signed(signer.metadata("director/dev-1", "1.targets.json"))
-    assert isinstance(first, Targets)
-    assert first.targets[f"artifacts/{SHA_A}"].custom["fleetcast"]["device_id"] == "dev-1"
+    assert signer.assign("dev-1", assignment()) == 2
+    assert signer.assign("dev-1", None) == 3
+    assert signer.director_version("dev-1") == 3
+    cleared = signed(signer.metadata("director", f"3.{role}.json"))
+    assert isinstance(cleared, Targets) and cleared.targets == {}
+    first = signed(signer.metadata("director", f"2.{role}.json"))
+    assert isinstance(first, Targets) and list(first.targets) == ["devices/dev-1"]
+    assert first.targets["devices/dev-1"].custom["fleetcast"]["device_id"] == "dev-1"
+    assert first.targets["devices/dev-1"].hashes == {"sha256": SHA_A}
+
+
+def test_assign_many_signs_each_touched_bin_once_in_one_publish(tmp_path: Path) -> None:
+    store = RecordingStore()
+    signer = Signer.open(tmp_path / "keys", store, SigningConfig())
+    devices = [f"dev-{i}" for i in range(1000)]
+    store.writes.clear()
+
+    versions = signer.assign_many({d: assignment() for d in devices})
+
+    bins = {device_bin(d) for d in devices}
+    names = [name for _, name in store.writes]
+    assert sorted(names[:-2]) == sorted(f"2.{b}.json" for b in bins)   # one new version per bin
+    assert names[-2:] == ["2.snapshot.json", "timestamp.json"]
+    assert set(versions.values()) == {2}
+    assert all(signer.director_entry(d).custom["fleetcast"]["device_id"] == d for d in devices[::97])
 
 
 def test_assign_refuses_bad_device_ids_and_hashes(tmp_path: Path) -> None:
@@ -192,13 +219,13 @@ def test_assign_refuses_bad_device_ids_and_hashes(tmp_path: Path) -> None:
         signer.assign("dev-1", assignment(sha256="ABC"))
 
 
-def test_first_read_of_an_unassigned_director_creates_it_empty(tmp_path: Path) -> None:
+def test_an_unassigned_device_reads_a_signed_director_without_its_entry(tmp_path: Path) -> None:
     signer = Signer.open(tmp_path / "keys", MemoryMetadataStore(), SigningConfig())
 
-    timestamp = signed(signer.metadata("director/dev-9", "timestamp.json"))
+    timestamp = signed(signer.metadata("director", "timestamp.json"))
 
     assert isinstance(timestamp, Timestamp) and timestamp.version == 1
-    assert signer.director_version("dev-9") == 1
+    assert signer.director_entry("dev-9") is None
 
 
 def test_refresh_re_signs_only_timestamps_within_half_their_lifetime(tmp_path: Path) -> None:
@@ -210,11 +237,12 @@ def test_refresh_re_signs_only_timestamps_within_half_their_lifetime(tmp_path: P
 
     clock.advance(60)
     assert signer.refresh_timestamps() == 2
-    timestamp = signed(signer.metadata("director/dev-1", "timestamp.json"))
-    assert isinstance(timestamp, Timestamp) and timestamp.version == 2
-    assert timestamp.snapshot_meta.version == 1
+    timestamp = signed(signer.metadata("director", "timestamp.json"))
+    assert isinstance(timestamp, Timestamp) and timestamp.version == 3
+    assert timestamp.snapshot_meta.version == 2
     assert signer.refresh_timestamps() == 0
 
     clock.advance(6000)
     assert signer.refresh_timestamps() == 2
-    assert signer.director_version("dev-1") == 2
+    assert signer.director_version("dev-1") == 3     # every bin re-signed before its expiry
+    assert signer.director_entry("dev-1") is not None

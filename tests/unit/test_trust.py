@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.dsse import Envelope
+from tuf.api.dsse import SimpleEnvelope
+from tuf.api.metadata import TargetFile
 
 from fleetcast.agent.errors import ServerUnavailableError, TrustRootError, VerificationError
 from fleetcast.agent.trust import (
@@ -24,9 +26,12 @@ from fleetcast.agent.trust import (
     TrustRoot,
     VerifiedAssignment,
     Verifier,
+    _custom_fields,
+    _fleetcast_custom,
     load_trust_root,
     parse_trust_root,
 )
+from fleetcast.agent.trust import DIRECTOR_DIR
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
 from fleetcast.server.signing import (
     ArtifactTarget,
@@ -35,6 +40,7 @@ from fleetcast.server.signing import (
     MetadataNotFound,
     Signer,
     SigningConfig,
+    device_bin,
 )
 from tests.support.metadata_store import MemoryMetadataStore
 from tests.support.repository_simulator import RepositorySimulator
@@ -149,16 +155,42 @@ def test_golden_file_missing_from_the_image_repository_is_refused(fleet: Fleet) 
         fleet.verifier().check()
 
 
-def test_an_assignment_for_another_device_is_refused(fleet: Fleet) -> None:
+def test_an_assignment_for_another_device_is_not_taken(fleet: Fleet) -> None:
     fleet.signer.assign(DEVICE, assignment())
 
+    assert fleet.verifier(device_id="dev-2").check() is None
+    fleet.signer.assign("dev-2", assignment(deployment_id="dep-2"))
+    theirs, mine = fleet.verifier(device_id="dev-2").check(), fleet.verifier().check()
+    assert theirs is not None and (theirs.device_id, theirs.deployment_id) == ("dev-2", "dep-2")
+    assert mine is not None and (mine.device_id, mine.deployment_id) == (DEVICE, "dep-1")
+
+
+def test_an_entry_for_this_device_naming_another_device_is_refused() -> None:
+    target = TargetFile(100, {"sha256": MODEL_SHA}, "devices/dev-2", unrecognized_fields={
+        "custom": {"fleetcast": {"device_id": DEVICE}}})
+
     with pytest.raises(VerificationError, match="not this device 'dev-2'"):
-        fleet.verifier(device_id="dev-2").check()
+        _custom_fields(_fleetcast_custom(target), "dev-2")
+
+
+def current_name(fleet: Fleet, role: str) -> str:
+    """The director file a device reads now for `role`: timestamp, snapshot or its bin."""
+    if role == "timestamp":
+        return "timestamp.json"
+    snapshot_version = _signed(fleet.signer.metadata("director", "timestamp.json")).snapshot_meta.version
+    if role == "snapshot":
+        return f"{snapshot_version}.snapshot.json"
+    snapshot = _signed(fleet.signer.metadata("director", f"{snapshot_version}.snapshot.json"))
+    return f"{snapshot.meta[device_bin(DEVICE) + '.json'].version}.{device_bin(DEVICE)}.json"
+
+
+def _signed(data: bytes):
+    return SimpleEnvelope.from_bytes(data).get_signed()
 
 
 def test_a_tampered_timestamp_payload_fails_as_a_bad_signature(fleet: Fleet) -> None:
     fleet.signer.assign(DEVICE, assignment())
-    repo = f"director/{DEVICE}"
+    repo = "director"
     fleet.simulator.serve(repo, "timestamp.json", rewrite_payload(
         fleet.signer.metadata(repo, "timestamp.json"), version=99))
 
@@ -166,9 +198,10 @@ def test_a_tampered_timestamp_payload_fails_as_a_bad_signature(fleet: Fleet) -> 
         fleet.verifier().check()
 
 
-def test_a_tampered_targets_payload_fails_its_signed_hash(fleet: Fleet) -> None:
+def test_a_tampered_bin_payload_fails_its_signed_hash(fleet: Fleet) -> None:
     version = fleet.signer.assign(DEVICE, assignment())
-    repo, name = f"director/{DEVICE}", f"{version}.targets.json"
+    repo, name = "director", f"{version}.{device_bin(DEVICE)}.json"
+    assert name == current_name(fleet, "bin")
     fleet.simulator.serve(repo, name, flip_payload_byte(fleet.signer.metadata(repo, name), index=40, mask=1))
 
     with pytest.raises(VerificationError, match="signed hash"):
@@ -192,7 +225,7 @@ def flip_payload_byte(data: bytes, *, index: int, mask: int) -> bytes:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    role=st.sampled_from(["timestamp.json", "1.snapshot.json", "1.targets.json"]),
+    role=st.sampled_from(["timestamp", "snapshot", "bin"]),
     index=st.integers(min_value=0, max_value=10_000),
     mask=st.integers(min_value=1, max_value=255),
 )
@@ -200,9 +233,9 @@ def test_any_changed_payload_byte_never_verifies(role: str, index: int, mask: in
     with tempfile.TemporaryDirectory() as tmp:
         fleet = make_fleet(Path(tmp))
         fleet.signer.assign(DEVICE, assignment())
-        repo = f"director/{DEVICE}"
-        fleet.simulator.serve(repo, role, flip_payload_byte(
-            fleet.signer.metadata(repo, role), index=index, mask=mask))
+        repo, name = "director", current_name(fleet, role)
+        fleet.simulator.serve(repo, name, flip_payload_byte(
+            fleet.signer.metadata(repo, name), index=index, mask=mask))
 
         with pytest.raises(VerificationError):
             fleet.verifier().check()
@@ -231,7 +264,7 @@ class Clock:
 
 
 def test_older_director_metadata_is_refused_after_a_restart(fleet: Fleet) -> None:
-    repo = f"director/{DEVICE}"
+    repo = "director"
     fleet.signer.assign(DEVICE, assignment(deployment_id="dep-old"))
     old_timestamp = fleet.signer.metadata(repo, "timestamp.json")
     fleet.signer.assign(DEVICE, assignment(deployment_id="dep-new"))
@@ -294,7 +327,7 @@ class MetadataServicer(device_pb2_grpc.DeviceServiceServicer):
                       ) -> device_pb2.MetadataResponse:
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {self.TOKEN}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad device token")
-        repo = "image" if request.repository == device_pb2.REPOSITORY_IMAGE else f"director/{DEVICE}"
+        repo = "image" if request.repository == device_pb2.REPOSITORY_IMAGE else "director"
         try:
             return device_pb2.MetadataResponse(data=self.signer.metadata(repo, request.name))
         except MetadataNotFound as e:
@@ -339,6 +372,6 @@ def test_a_renewed_root_is_followed_from_the_configured_one(tmp_path: Path) -> N
     verified = fleet.verifier().check()
 
     assert verified is not None
-    assert (fleet.state_dir / "director" / "root_history" / "2.root.json").read_bytes() == \
-        fleet.signer.metadata(f"director/{DEVICE}", "2.root.json")
+    assert (fleet.state_dir / DIRECTOR_DIR / "root_history" / "2.root.json").read_bytes() == \
+        fleet.signer.metadata("director", "2.root.json")
     assert (fleet.state_dir / "image" / "root_history" / "2.root.json").exists()

@@ -139,10 +139,14 @@ class DeploymentTables(Database):
         return Assignment(device_id=device_id, deployment_id=row["deployment_id"], document=json.loads(row["document"]))
 
     def set_assignment(self, device_id: str, assignment: Assignment | None) -> None:
+        if assignment is not None:
+            self.set_assignments([assignment])
+            return
         with self._tx() as c:
-            if assignment is None:
-                c.execute("DELETE FROM assignments WHERE device_id = %s", (device_id,))
-            else:
-                c.execute("INSERT INTO assignments VALUES (%s, %s, %s) ON CONFLICT (device_id) DO UPDATE SET"
+            c.execute("DELETE FROM assignments WHERE device_id = %s", (device_id,))
+
+    def set_assignments(self, assignments: Sequence[Assignment]) -> None:
+        with self._tx() as c:
+            c.executemany("INSERT INTO assignments VALUES (%s, %s, %s) ON CONFLICT (device_id) DO UPDATE SET"
                           " deployment_id = excluded.deployment_id, document = excluded.document",
-                          (device_id, assignment.deployment_id, json.dumps(dict(assignment.document))))
+                          [(a.device_id, a.deployment_id, json.dumps(dict(a.document))) for a in assignments])

@@ -9,6 +9,7 @@ from tuf.api.dsse import SimpleEnvelope
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.proto.v1 import device_pb2 as pb
+from fleetcast.server.signing import device_bin
 from tests.integration.server.conftest import RunningServer, auth
 from tests.support import models
 from tests.support.waiting import wait_for
@@ -56,13 +57,32 @@ def test_watch_sends_the_current_notice_then_one_after_a_deployment(server: Runn
     assert second.deployment_id == doc["id"] and second.director_version > first.director_version
     stream.cancel()
 
-    director = server.stub().FetchMetadata(
-        pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name="targets.json"), metadata=auth(token), timeout=10
-    ).data
-    [target] = SimpleEnvelope.from_bytes(director).get_signed().targets.values()
-    assert target.hashes["sha256"] == release["sha256"]
-    status, _, body = server.request("GET", "/v1/repository/director/targets.json", token=token)
-    assert status == 200 and body == director
+    def fetch(name: str) -> bytes:
+        return server.stub().FetchMetadata(
+            pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name=name), metadata=auth(token), timeout=10).data
+
+    snapshot = SimpleEnvelope.from_bytes(fetch("snapshot.json")).get_signed()
+    role = device_bin("watcher-1")
+    name = f"{snapshot.meta[role + '.json'].version}.{role}.json"
+    entries = SimpleEnvelope.from_bytes(fetch(name)).get_signed().targets
+    assert entries["devices/watcher-1"].hashes["sha256"] == release["sha256"]
+    assert second.director_version == snapshot.meta[role + ".json"].version
+    status, _, body = server.request("GET", f"/v1/repository/director/{name}", token=token)
+    assert status == 200 and body == fetch(name)
+
+
+def test_a_device_reads_only_its_own_director_bin(server: RunningServer, release: dict) -> None:
+    token = server.enroll("bin-reader-1", group="bin-readers")
+    own = device_bin("bin-reader-1")
+    other = next(f"bin-{i:02x}" for i in range(256) if f"bin-{i:02x}" != own)
+    with pytest.raises(grpc.RpcError) as refused:
+        server.stub().FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name=f"1.{other}.json"),
+                                    metadata=auth(token), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "reads only its own" in refused.value.details()
+    status, _, _ = server.request("GET", f"/v1/repository/director/1.{other}.json", token=token)
+    assert status == 404
+    assert server.stub().FetchMetadata(pb.MetadataRequest(repository=pb.REPOSITORY_DIRECTOR, name=f"1.{own}.json"),
+                                       metadata=auth(token), timeout=10).data
 
 
 def test_a_device_enrolling_after_a_group_deployment_is_told_of_it_at_once(

@@ -100,3 +100,15 @@ def test_an_enroll_token_is_used_exactly_as_often_as_allowed_across_stores(open_
     assert stores[1].use_enroll_token("e" * 64, 10.0) is None
     assert stores[1].use_enroll_token("x" * 64, 1.0) is None
     assert [t.name for t in stores[1].enroll_tokens()] == ["et-hhhh", "et-eeee"]
+
+
+def test_set_assignments_writes_many_in_one_go_and_replaces_older_ones(store: Store) -> None:
+    store.set_assignment("dev-0", Assignment("dev-0", "dep-old", {"model": "m", "version": "1"}))
+    store.set_assignments([Assignment(f"dev-{i}", "dep-new", {"model": "m", "version": "2", "i": i})
+                           for i in range(300)])
+
+    found = store.assignments_of([f"dev-{i}" for i in range(301)])
+    assert len(found) == 300 and found["dev-0"].deployment_id == "dep-new"
+    assert found["dev-299"].document == {"model": "m", "version": "2", "i": 299}
+    store.set_assignment("dev-1", None)
+    assert store.assignment("dev-1") is None and store.assignment("dev-2") is not None

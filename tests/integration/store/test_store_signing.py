@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
-from tuf.api.dsse import SimpleEnvelope
 
 from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.signing import SIGNING_LOCK, DirectorAssignment, Signer
@@ -29,15 +28,17 @@ def _assignment(deployment_id: str) -> DirectorAssignment:
                               format="onnx", sha256=SHA, length=10)
 
 
-def _deployment_in(targets: bytes) -> str:
-    [target] = SimpleEnvelope.from_bytes(targets).get_signed().targets.values()
-    return target.unrecognized_fields["custom"]["fleetcast"]["deployment_id"]
+def _deployment_of(signer: Signer, device_id: str) -> str:
+    """The deployment the device's entry in its director bin names, read through `signer`'s store."""
+    entry = signer.director_entry(device_id)
+    assert entry is not None, f"no director entry for {device_id}"
+    return entry.unrecognized_fields["custom"]["fleetcast"]["deployment_id"]
 
 
 def test_two_stores_signing_one_device_take_every_version_once(open_store: OpenStore, tmp_path: Path) -> None:
     stores = [open_store(), open_store()]
     signers = [_replica(store, tmp_path / "keys")[0] for store in stores]
-    signers[0].assign("dev-1", _assignment("dep-0"))
+    first = signers[0].assign("dev-1", _assignment("dep-0"))
     start = threading.Barrier(8)
 
     def assign(i: int) -> list[int]:
@@ -46,12 +47,14 @@ def test_two_stores_signing_one_device_take_every_version_once(open_store: OpenS
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         versions = sorted(v for got in pool.map(assign, range(8)) for v in got)
-    assert versions == list(range(2, 42))                       # 40 publishes, 40 distinct versions
+    # 40 publishes of the device's bin, 40 distinct versions after the first
+    assert versions == list(range(first + 1, first + 41))
+    last = {}
     for store in stores:   # what each database connection holds (SQLite's caches hear of no other store)
         signer = Signer.open(tmp_path / "keys", store)
-        assert signer.director_version("dev-1") == 41
-        assert _deployment_in(signer.metadata("director/dev-1", "targets.json")) == \
-            _deployment_in(signer.metadata("director/dev-1", "41.targets.json"))
+        assert signer.director_version("dev-1") == first + 40
+        last[id(store)] = _deployment_of(signer, "dev-1")
+    assert len(set(last.values())) == 1 and next(iter(last.values())).startswith("dep-")
 
 
 def _settled(writer: Store, reader: Store) -> None:
@@ -68,15 +71,15 @@ def test_a_replica_cache_serves_timestamps_from_memory_until_another_replica_wri
     (first, _), (second, cache) = _replica(writer, tmp_path / "keys"), _replica(reader, tmp_path / "keys")
     first.assign("dev-1", _assignment("dep-1"))
     _settled(writer, reader)
-    assert _deployment_in(second.metadata("director/dev-1", "targets.json")) == "dep-1"
+    assert _deployment_of(second, "dev-1") == "dep-1"
     hits = cache.hits
     for _ in range(5):
-        second.metadata("director/dev-1", "timestamp.json")
+        second.metadata("director", "timestamp.json")
     assert cache.hits == hits + 5                                # from memory, not the database
     first.assign("dev-1", _assignment("dep-2"))
-    wait_for(lambda: _deployment_in(second.metadata("director/dev-1", "targets.json")) == "dep-2" or None,
+    wait_for(lambda: _deployment_of(second, "dev-1") == "dep-2" or None,
              timeout_s=10, what="the second replica to see dep-2")
-    assert second.metadata("director/dev-1", "timestamp.json") == first.metadata("director/dev-1", "timestamp.json")
+    assert second.metadata("director", "timestamp.json") == first.metadata("director", "timestamp.json")
 
 
 def test_a_cache_whose_notices_were_cut_drops_what_it_may_have_missed(
@@ -84,11 +87,11 @@ def test_a_cache_whose_notices_were_cut_drops_what_it_may_have_missed(
     writer, reader = open_replica_store(), open_replica_store()
     (first, _), (second, _) = _replica(writer, tmp_path / "keys"), _replica(reader, tmp_path / "keys")
     first.assign("dev-1", _assignment("dep-1"))
-    assert _deployment_in(second.metadata("director/dev-1", "targets.json")) == "dep-1"
+    assert _deployment_of(second, "dev-1") == "dep-1"
     with psycopg.connect(reader._url, autocommit=True) as admin:   # cut the reader's LISTEN connection
         killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                                (f"fleetcast-listen-{reader.origin}",)).fetchall()
     assert killed == [(True,)]
     first.assign("dev-1", _assignment("dep-2"))                  # while nobody listens for the reader
-    wait_for(lambda: _deployment_in(second.metadata("director/dev-1", "targets.json")) == "dep-2" or None,
+    wait_for(lambda: _deployment_of(second, "dev-1") == "dep-2" or None,
              timeout_s=10, what="the reader to drop its copy after reconnecting")

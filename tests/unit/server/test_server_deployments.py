@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tuf.api.dsse import SimpleEnvelope
 
 from fleetcast.server import assigner
 from fleetcast.server.deployments import StatusUpdate
@@ -35,8 +34,7 @@ def _deploy(services: Services, **kw: object) -> Deployment:
 
 
 def _director_target(services: Services, device_id: str) -> dict | None:
-    signed = SimpleEnvelope.from_bytes(services.signer.metadata(f"director/{device_id}", "targets.json")).get_signed()
-    [target] = signed.targets.values() or [None]
+    target = services.signer.director_entry(device_id)
     return None if target is None else target.unrecognized_fields["custom"]["fleetcast"]
 
 
@@ -49,7 +47,7 @@ def test_deployment_signs_each_device_and_records_it_assigned(services: Services
     assert doc["status"] == "active" and doc["version"] == version
     assert [(x["device_id"], x["state"]) for x in doc["devices"]] == [("dev-1", "assigned")]
     assert _director_target(services, "dev-1")["deployment_id"] == d.deployment_id
-    assert services.signer.director_version("dev-2") == 0
+    assert services.signer.director_entry("dev-2") is None
     notice = services.deployments.current_notice("dev-1")
     assert notice.deployment_id == d.deployment_id and notice.director_version >= 1
 
@@ -204,7 +202,7 @@ def test_a_deploy_returns_before_signing_and_the_assigner_signs_each_device(serv
         _enroll(services, d)
     _upload(services, 1)
     dep = services.deployments.create(model="digits", version=None, target="all")
-    assert services.signer.director_version("dev-1") == 0          # recorded, not yet signed
+    assert services.signer.director_entry("dev-1") is None          # recorded, not yet signed
     assert [r.device_id for r in services.store.unsigned_rows(limit=10)] == ["dev-1", "dev-2", "dev-3"]
     assert services.deployments.sign_pending(limit=2) == 2
     assert assigner.drain(services.deployments) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuf.api.dsse import SimpleEnvelope
 
 from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.signing import DirectorAssignment, Signer
@@ -28,9 +27,8 @@ def _assignment(deployment_id: str) -> DirectorAssignment:
                               format="onnx", sha256=SHA, length=10)
 
 
-def _targets_deployment(data: bytes) -> str:
-    [target] = SimpleEnvelope.from_bytes(data).get_signed().targets.values()
-    return target.unrecognized_fields["custom"]["fleetcast"]["deployment_id"]
+def _entry_deployment(signer: Signer, device_id: str) -> str:
+    return signer.director_entry(device_id).unrecognized_fields["custom"]["fleetcast"]["deployment_id"]
 
 
 def test_versioned_metadata_is_served_from_memory_and_timestamps_from_the_store(tmp_path: Path) -> None:
@@ -39,9 +37,9 @@ def test_versioned_metadata_is_served_from_memory_and_timestamps_from_the_store(
     signer.assign("dev-1", _assignment("dep-1"))
     store.reads.clear()
     for _ in range(3):
-        signer.metadata("director/dev-1", "1.snapshot.json")
-        signer.metadata("director/dev-1", "timestamp.json")
-    assert store.reads.count("1.snapshot.json") == 0          # written through, never read back
+        signer.metadata("director", "2.snapshot.json")
+        signer.metadata("director", "timestamp.json")
+    assert store.reads.count("2.snapshot.json") == 0          # written through, never read back
     assert store.reads.count("timestamp.json") == 3
 
 
@@ -50,10 +48,10 @@ def test_a_replica_sees_a_publish_made_by_another_at_once(tmp_path: Path) -> Non
     first = Signer.open(tmp_path / "keys", MetadataCache(shared))
     second = Signer.open(tmp_path / "keys", MetadataCache(shared))
     first.assign("dev-1", _assignment("dep-1"))
-    assert _targets_deployment(second.metadata("director/dev-1", "targets.json")) == "dep-1"
+    assert _entry_deployment(second, "dev-1") == "dep-1"
     first.assign("dev-1", _assignment("dep-2"))
-    assert second.metadata("director/dev-1", "timestamp.json") == first.metadata("director/dev-1", "timestamp.json")
-    assert _targets_deployment(second.metadata("director/dev-1", "targets.json")) == "dep-2"
+    assert second.metadata("director", "timestamp.json") == first.metadata("director", "timestamp.json")
+    assert _entry_deployment(second, "dev-1") == "dep-2"
 
 
 def test_the_cache_stays_within_its_byte_bound_and_drops_the_oldest(tmp_path: Path) -> None:

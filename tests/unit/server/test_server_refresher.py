@@ -12,7 +12,7 @@ from fleetcast.server.signing import SigningConfig
 from tests.support import models
 
 
-def test_refresh_resigns_director_timestamps_near_expiry_and_names_those_devices(tmp_path: Path) -> None:
+def test_refresh_resigns_the_director_timestamp_near_expiry_and_tells_every_device(tmp_path: Path) -> None:
     config = ServerConfig(data_dir=tmp_path / "data", signing=replace(SigningConfig(), timestamp_expiry_s=2.0))
     services = open_services(config)
     try:
@@ -26,10 +26,10 @@ def test_refresh_resigns_director_timestamps_near_expiry_and_names_those_devices
         services.deployments.create(model="digits", version=None, target="device:dev-1")
         assigner.drain(services.deployments)
         assert refresher.refresh(services) == []  # nothing is due yet
-        before = services.store.get_metadata("director/dev-1", "timestamp.json")
+        before = services.store.get_metadata("director", "timestamp.json")
         time.sleep(1.2)  # past half of the 2 s timestamp lifetime
-        assert refresher.refresh(services) == ["dev-1"]
-        assert services.store.get_metadata("director/dev-1", "timestamp.json") != before
+        assert sorted(refresher.refresh(services)) == ["dev-1", "dev-2"]
+        assert services.store.get_metadata("director", "timestamp.json") != before
         assert refresher.period_s(services) == 0.5
     finally:
         services.close()
