@@ -23,7 +23,14 @@ from fleetcast.server.compress.clock import SearchClock
 from fleetcast.server.compress.errors import LevelError
 from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_pair_ms
 from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights
-from fleetcast.server.compress.quantize import Activations, Int8Quantizer, Method, int8_weights_only, weighted_layers
+from fleetcast.server.compress.quantize import (
+    Activations,
+    Int8Quantizer,
+    Method,
+    check_finite_weights,
+    int8_weights_only,
+    weighted_layers,
+)
 from fleetcast.server.compress.samples import SampleSet
 from fleetcast.server.compress.sensitivity import choose_float_layers, choose_per_layer
 from fleetcast.server.compress.weight_sharing import ENTRY_STEPS
@@ -63,6 +70,7 @@ class BuildContext:
     quantizer: Int8Quantizer | None = None
     activations: Activations | None = None
     activation_ms: dict[str, float] = field(default_factory=dict)
+    int8_failure: str | None = None  # why the whole model did not quantize: fastest is not tried again
 
     def floor(self) -> float:
         """The searches accept a choice when its validation score minus its confidence
@@ -80,6 +88,7 @@ class BuildContext:
             raise LevelError("this level needs calibration samples and none were given; "
                              "pass --calibration DIR (.npz or .npy files, one sample each)")
         if self.quantizer is None:
+            check_finite_weights(self.base)
             self.quantizer = Int8Quantizer(self.base_path, self.calibration, self.workdir)
         return self.quantizer
 
@@ -92,10 +101,16 @@ class BuildContext:
         in INT8 with uint8 and with int8 activations, timed in alternating rounds at one
         thread. uint8 (fast with VNNI) is kept unless int8 is faster by more than the
         timing tolerance, or int8 cannot be built."""
+        if self.int8_failure is not None:
+            raise LevelError(self.int8_failure)
         if self.activations is None:
             method = Method(self.methods[0])
             progress(f"timing uint8 and int8 activations ({method})")
-            uint8 = self.int8().quantize(method, activations=Activations.UINT8)
+            try:
+                uint8 = self.int8().quantize(method, activations=Activations.UINT8)
+            except LevelError as error:
+                self.int8_failure = str(error)
+                raise
             try:
                 int8 = self.int8().quantize(method, activations=Activations.INT8)
             except LevelError as error:
