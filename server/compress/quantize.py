@@ -117,10 +117,12 @@ def check_finite_weights(model: onnx.ModelProto) -> None:
 class Int8Quantizer:
     """Quantizes one float model (a file) many times with different float layers."""
 
-    def __init__(self, model_path: Path, calibration: SampleSet, workdir: Path) -> None:
+    def __init__(self, model_path: Path, calibration: SampleSet, workdir: Path, *,
+                 always_float: tuple[str, ...] = ()) -> None:
         self.model_path = Path(model_path)
         self.calibration = calibration
         self.workdir = Path(workdir)
+        self.always_float = always_float  # nodes never quantized (layout.py's SpaceToDepth)
         self.count = 0
 
     def quantize(self, method: Method, *, keep_float: tuple[str, ...] = (),
@@ -141,7 +143,7 @@ class Int8Quantizer:
                     self.model_path, output, FeedReader(self.calibration.feeds),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=ORT_ACTIVATIONS[activations], weight_type=QuantType.QInt8,
-                    nodes_to_exclude=list(keep_float), calibrate_method=ORT_METHODS[method],
+                    nodes_to_exclude=[*self.always_float, *keep_float], calibrate_method=ORT_METHODS[method],
                     extra_options=extra_options,
                     calibration_cache_path=self.workdir / f"calibration-{method}.json",
                 )
