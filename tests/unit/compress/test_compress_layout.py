@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 
 from fleetcast.server.compress.layout import SPACE_TO_DEPTH, space_to_depth
-from fleetcast.server.compress.measure import open_session
+from fleetcast.server.compress.measure import Evaluator, open_session
+from fleetcast.server.compress.quantize import Activations, Int8Quantizer, Method
+from fleetcast.server.compress.recipes import BuildContext
+from fleetcast.server.compress.samples import input_specs, load_samples
 
 from tests.unit.compress.builders import strided_stem_model
 
@@ -50,3 +55,27 @@ def test_convolutions_it_cannot_rewrite_exactly_are_left_alone(changes: dict) ->
     rewritten, convolutions = space_to_depth(model)
     assert convolutions == ()
     assert rewritten == model
+
+
+def test_a_build_that_keeps_a_rewritten_convolution_float_quantizes_the_plain_model(
+        tmp_path: Path, image_dir) -> None:
+    model = strided_stem_model()
+    plain_path, rewritten_path = tmp_path / "plain.onnx", tmp_path / "rewritten.onnx"
+    rewritten, convolutions = space_to_depth(model)
+    onnx.save(model, str(plain_path))
+    onnx.save(rewritten, str(rewritten_path))
+    samples = load_samples(image_dir("cal", 4, shape=(1, 3, 16, 16)), input_specs(model), role="calibration")
+    context = BuildContext(base=model, base_path=plain_path, workdir=tmp_path, calibration=samples,
+                           evaluator=Evaluator(model.SerializeToString(), samples, threads=1), budget_pp=1.0,
+                           methods=("minmax",))
+    plain = context.int8()
+    (tmp_path / "rewritten").mkdir()
+    context.plain_quantizer, context.quantizer = plain, Int8Quantizer(
+        rewritten_path, samples, tmp_path / "rewritten", always_float=("stem" + SPACE_TO_DEPTH,))
+    context.rewritten_convolutions, context.activations = convolutions, Activations.UINT8
+    assert context.int8_for(("stem",)) is plain
+    assert context.int8_for(("conv",)) is context.quantizer and context.int8_for(()) is context.quantizer
+    assert context.int8_fields(Method.MINMAX, ("stem",))["space_to_depth"] == []
+    assert context.int8_fields(Method.MINMAX, ("conv",))["space_to_depth"] == ["stem"]
+    kept_float = onnx.load_from_string(context.int8_for(("stem",)).quantize(Method.MINMAX, keep_float=("stem",)))
+    assert "SpaceToDepth" not in {node.op_type for node in kept_float.graph.node}
