@@ -616,6 +616,7 @@ def pipeline_compressor(*, calibration_samples: int = 128, eval_samples: int = 2
     """The `compress` hook: runs fleetcast.server.compress.pipeline, imported only when used."""
 
     def run(job: BuildJob, progress: Progress) -> CompressionResult:
+        from fleetcast.server.compress.errors import AllLevelsFailedError
         from fleetcast.server.compress.measure import LatencyConfig
         from fleetcast.server.compress.pipeline import CompressConfig, compress
 
@@ -624,7 +625,10 @@ def pipeline_compressor(*, calibration_samples: int = 128, eval_samples: int = 2
             max_calibration_samples=calibration_samples, max_eval_samples=eval_samples,
             latency=dataclasses.replace(LatencyConfig(), min_duration_s=latency_s),
         )
-        report = compress(job.model_path, job.work / "out", config, progress)
+        try:
+            report = compress(job.model_path, job.work / "out", config, progress)
+        except AllLevelsFailedError as e:  # normal here: each level's error is recorded below
+            report = e.report
         built: list[BuiltVariant] = []
         errors: dict[str, str] = {}
         for level in report.levels:

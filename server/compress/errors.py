@@ -11,6 +11,7 @@ CompressError                  anything the pipeline raises on purpose
   |   NothingToBuildError      no requested level can be built from what was given
   + LevelError                 one level could not be built; the others go on
   |   NormalizationError       a transform changed the model's outputs
+  + AllLevelsFailedError       every requested level failed to build; nothing is written (exit 1)
 PackageError (ValueError)      fcpack bytes that do not decode: the wire format's own
                                error, defined in fleetcast.proto.fcpack, re-exported here
 ```
@@ -19,11 +20,13 @@ Every message names the problem and what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fleetcast.proto.fcpack import PackageError
 
 __all__ = ["CompressError", "InputError", "ModelFormatError", "UnsupportedModelError", "SampleError",
            "OutputDirError", "MetricError", "NothingToBuildError", "LevelError", "NormalizationError",
-           "PackageError"]
+           "AllLevelsFailedError", "PackageError"]
 
 
 class CompressError(Exception):
@@ -65,3 +68,11 @@ class LevelError(CompressError):
 class NormalizationError(LevelError):
     """A graph transform changed the model's outputs beyond tolerance."""
 
+
+class AllLevelsFailedError(CompressError):
+    """Every requested level failed to build, so the run wrote nothing. `report` is the
+    run's `pipeline.CompressionReport`: each level's `error` says why it failed."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report

@@ -146,6 +146,18 @@ def measure_latency_pair_ms(reference: bytes | str, candidate: bytes | str, feed
     return statistics.median(timings[0]) * 1000.0, statistics.median(timings[1]) * 1000.0
 
 
+def measure_latency_ratio(reference: bytes | str, candidate: bytes | str, feed: Feed, *, threads: int,
+                          config: LatencyConfig, repeats: int = 3) -> tuple[float, float, float]:
+    """(median reference ms, median candidate ms, median of the repeats' candidate /
+    reference ratios) over `repeats` alternating pairs (`measure_latency_pair_ms`): for
+    choices between builds a few percent apart, where one pair on a loaded machine is
+    as likely to be wrong as right."""
+    pairs = [measure_latency_pair_ms(reference, candidate, feed, threads=threads, config=config)
+             for _ in range(repeats)]
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(b / a for a, b in pairs))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Judge:
     """How builds are scored: by the outputs' own figures (`fidelity`), by continuous

@@ -7,6 +7,8 @@ Writes `<level>.onnx` (or `smallest.fcpack`) per level and `report.json`, `repor
 sibling staging directory and renamed into place at the end, so a failed run leaves
 nothing in `out_dir`. Raises InputError (see `errors`) for unusable input; a level
 that cannot be built is reported with its `error` and the others are still built.
+When no level could be built the run has failed: AllLevelsFailedError carries the
+report, and nothing is written.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import onnxruntime as ort
 
 from fleetcast.server.compress import package
 from fleetcast.server.compress.clock import DEFAULT_TIME_LIMIT_S, SearchClock
-from fleetcast.server.compress.errors import LevelError, NothingToBuildError, OutputDirError
+from fleetcast.server.compress.errors import AllLevelsFailedError, LevelError, NothingToBuildError, OutputDirError
 from fleetcast.server.compress.levels import ALL_LEVELS, NEEDS_CALIBRATION, parse_levels
 from fleetcast.server.compress.measure import (
     Evaluator,
@@ -151,12 +153,15 @@ def compress(model_path: Path, out_dir: Path, config: CompressConfig,
                 role="calibration")
     if metric is not None and (evaluation is None or evaluation.labels is None):
         say("note: --metric is given without an evaluation directory with labels.npy: it receives labels=None")
+    created = missing_parents(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="fleetcast-compress-") as workdir:
             report = build_all(model, model_path, calibration, evaluation, config, staging, out_dir,
                                Path(workdir), say, metric)
+        if not report.built():
+            raise AllLevelsFailedError(failure_message(report.levels, out_dir), report)
         from fleetcast.server.compress.report import write_reports
 
         say("writing report")
@@ -164,8 +169,32 @@ def compress(model_path: Path, out_dir: Path, config: CompressConfig,
         publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_empty(created)
         raise
     return report
+
+
+def failure_message(levels: list[LevelResult], out_dir: Path) -> str:
+    """One line for a run that built nothing: each reason once, with the levels it stopped."""
+    levels_by_reason: dict[str, list[str]] = {}
+    for level in levels:
+        levels_by_reason.setdefault(level.error or "not built", []).append(level.level)
+    reasons = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in levels_by_reason.items())
+    return f"none of the requested levels could be built, so nothing was written to {out_dir} ({reasons})"
+
+
+def missing_parents(out_dir: Path) -> list[Path]:
+    """The directories above `out_dir` that do not exist yet, deepest first."""
+    return [parent for parent in out_dir.absolute().parents if not parent.exists()]
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """Remove the directories a failed run created, deepest first, while they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def check_out_dir(out_dir: Path) -> None:

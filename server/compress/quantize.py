@@ -98,13 +98,31 @@ def weighted_layers(model: onnx.ModelProto) -> list[str]:
             if node.op_type in WEIGHTED_OP_TYPES and any(name in initializers for name in node.input[1:2])]
 
 
+FLOAT_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+
+
+def check_finite_weights(model: onnx.ModelProto) -> None:
+    """Raise LevelError naming the float initializers that hold inf or NaN (attention
+    masks filled with -inf are the usual case): the quantizer cannot scale them, and
+    fails on them with a numpy error that names neither the tensor nor the fix."""
+    bad = [tensor.name for tensor in model.graph.initializer if tensor.data_type in FLOAT_TYPES
+           and not np.isfinite(onnx.numpy_helper.to_array(tensor)).all()]
+    if bad:
+        raise LevelError(f"initializer(s) {', '.join(repr(name) for name in bad[:5])} hold infinite or NaN "
+                         "values, which INT8 has no scale for; give them finite values in the export (a large "
+                         "negative number such as -1e4 where a mask uses -inf), or build a float level "
+                         "(lossless, fp16)")
+
+
 class Int8Quantizer:
     """Quantizes one float model (a file) many times with different float layers."""
 
-    def __init__(self, model_path: Path, calibration: SampleSet, workdir: Path) -> None:
+    def __init__(self, model_path: Path, calibration: SampleSet, workdir: Path, *,
+                 always_float: tuple[str, ...] = ()) -> None:
         self.model_path = Path(model_path)
         self.calibration = calibration
         self.workdir = Path(workdir)
+        self.always_float = always_float  # nodes never quantized (layout.py's SpaceToDepth)
         self.count = 0
 
     def quantize(self, method: Method, *, keep_float: tuple[str, ...] = (),
@@ -125,7 +143,7 @@ class Int8Quantizer:
                     self.model_path, output, FeedReader(self.calibration.feeds),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=ORT_ACTIVATIONS[activations], weight_type=QuantType.QInt8,
-                    nodes_to_exclude=list(keep_float), calibrate_method=ORT_METHODS[method],
+                    nodes_to_exclude=[*self.always_float, *keep_float], calibrate_method=ORT_METHODS[method],
                     extra_options=extra_options,
                     calibration_cache_path=self.workdir / f"calibration-{method}.json",
                 )

@@ -20,10 +20,25 @@ from onnx import numpy_helper
 
 from fleetcast.server.compress import compensate, package
 from fleetcast.server.compress.clock import SearchClock
-from fleetcast.server.compress.errors import LevelError
-from fleetcast.server.compress.measure import Evaluator, LatencyConfig, Quality, measure_latency_pair_ms
+from fleetcast.server.compress.errors import LevelError, NormalizationError
+from fleetcast.server.compress.layout import SPACE_TO_DEPTH, space_to_depth
+from fleetcast.server.compress.measure import (
+    Evaluator,
+    LatencyConfig,
+    Quality,
+    measure_latency_pair_ms,
+    measure_latency_ratio,
+)
+from fleetcast.server.compress.normalize import assert_unchanged, outputs_of
 from fleetcast.server.compress.prune import SPARSITY_STEPS, prunable_weights
-from fleetcast.server.compress.quantize import Activations, Int8Quantizer, Method, int8_weights_only, weighted_layers
+from fleetcast.server.compress.quantize import (
+    Activations,
+    Int8Quantizer,
+    Method,
+    check_finite_weights,
+    int8_weights_only,
+    weighted_layers,
+)
 from fleetcast.server.compress.samples import SampleSet
 from fleetcast.server.compress.sensitivity import choose_float_layers, choose_per_layer
 from fleetcast.server.compress.weight_sharing import ENTRY_STEPS
@@ -47,8 +62,8 @@ class Build:
 
 @dataclass
 class BuildContext:
-    """What every builder may use; the INT8 activation type and calibration method
-    choices are shared by balanced and fastest."""
+    """What every builder may use; the INT8 activation type, layout (space-to-depth)
+    and calibration method choices are shared by balanced and fastest."""
 
     base: onnx.ModelProto            # normalized, graph-optimized FP32
     base_path: Path
@@ -63,6 +78,10 @@ class BuildContext:
     quantizer: Int8Quantizer | None = None
     activations: Activations | None = None
     activation_ms: dict[str, float] = field(default_factory=dict)
+    int8_failure: str | None = None  # why the whole model did not quantize: fastest is not tried again
+    rewritten_convolutions: tuple[str, ...] = ()   # given space-to-depth (layout.py) in the INT8 levels
+    plain_quantizer: Int8Quantizer | None = None    # of the model without it, once `quantizer` has it
+    layout_ms: dict[str, float] = field(default_factory=dict)
 
     def floor(self) -> float:
         """The searches accept a choice when its validation score minus its confidence
@@ -80,8 +99,17 @@ class BuildContext:
             raise LevelError("this level needs calibration samples and none were given; "
                              "pass --calibration DIR (.npz or .npy files, one sample each)")
         if self.quantizer is None:
+            check_finite_weights(self.base)
             self.quantizer = Int8Quantizer(self.base_path, self.calibration, self.workdir)
         return self.quantizer
+
+    def int8_for(self, keep_float: tuple[str, ...]) -> Int8Quantizer:
+        """The quantizer of a build that keeps `keep_float` float: space-to-depth pays
+        only in INT8 (in float it ran slower), so such a build of a rewritten
+        convolution quantizes the model without the rewrite."""
+        if self.plain_quantizer is not None and set(keep_float) & set(self.rewritten_convolutions):
+            return self.plain_quantizer
+        return self.int8()
 
     def latency_feed(self) -> dict[str, np.ndarray]:
         """One batch-1 sample for timing builds against each other."""
@@ -91,28 +119,75 @@ class BuildContext:
         """The activation type onnxruntime runs faster on this machine: the whole model
         in INT8 with uint8 and with int8 activations, timed in alternating rounds at one
         thread. uint8 (fast with VNNI) is kept unless int8 is faster by more than the
-        timing tolerance, or int8 cannot be built."""
+        timing tolerance, or int8 cannot be built. Then, in that type, whether narrow
+        strided convolutions get space-to-depth (`choose_layout`)."""
+        if self.int8_failure is not None:
+            raise LevelError(self.int8_failure)
         if self.activations is None:
             method = Method(self.methods[0])
             progress(f"timing uint8 and int8 activations ({method})")
-            uint8 = self.int8().quantize(method, activations=Activations.UINT8)
+            try:
+                uint8 = self.int8().quantize(method, activations=Activations.UINT8)
+            except LevelError as error:
+                self.int8_failure = str(error)
+                raise
             try:
                 int8 = self.int8().quantize(method, activations=Activations.INT8)
             except LevelError as error:
                 logger.info("int8 activations not built, keeping uint8: %s", error)
                 self.activations = Activations.UINT8
+                self.choose_layout(method, uint8, progress)
                 return self.activations
             uint8_ms, int8_ms = measure_latency_pair_ms(uint8, int8, self.latency_feed(), threads=1,
                                                         config=self.latency)
             self.activation_ms = {"uint8": uint8_ms, "int8": int8_ms}
             self.activations = Activations.INT8 if int8_ms * SLOWER_TOLERANCE < uint8_ms else Activations.UINT8
             logger.info("activations uint8=%.3fms int8=%.3fms: %s", uint8_ms, int8_ms, self.activations)
+            self.choose_layout(method, int8 if self.activations is Activations.INT8 else uint8, progress)
         return self.activations
 
-    def int8_fields(self, method: Method) -> dict[str, object]:
+    def choose_layout(self, method: Method, plain: bytes, progress: Progress) -> None:
+        """Quantize the model with its narrow stride-2 convolutions rewritten as
+        space-to-depth (`layout.py`) and time it against `plain`, the same model as it
+        was, in alternating rounds at one thread, three times (`measure_latency_ratio`);
+        the levels quantize the rewritten model from then on only when the median ratio
+        is below 1 by more than the timing tolerance."""
+        rewritten, convolutions = space_to_depth(self.base)
+        if not convolutions:
+            return
+        progress(f"timing INT8 with {len(convolutions)} strided convolution(s) as space-to-depth")
+        probe = (self.latency_feed(),)
+        try:
+            assert_unchanged(outputs_of(self.base, probe), rewritten, probe, step="space-to-depth")
+        except NormalizationError as error:
+            logger.warning("space-to-depth not used: %s", error)
+            return
+        path = self.workdir / "base-space-to-depth.onnx"
+        onnx.save(rewritten, str(path))
+        workdir = self.workdir / "space-to-depth"   # its own calibration cache: the model has other tensors
+        workdir.mkdir(exist_ok=True)
+        candidate = Int8Quantizer(path, self.int8().calibration, workdir,
+                                  always_float=tuple(f"{name}{SPACE_TO_DEPTH}" for name in convolutions))
+        try:
+            candidate_bytes = candidate.quantize(method, activations=self.activations or Activations.UINT8)
+        except LevelError as error:
+            logger.info("space-to-depth model not quantized, keeping the plain one: %s", error)
+            return
+        plain_ms, rewritten_ms, ratio = measure_latency_ratio(plain, candidate_bytes, self.latency_feed(),
+                                                              threads=1, config=self.latency)
+        self.layout_ms = {"plain": plain_ms, "space_to_depth": rewritten_ms, "ratio": ratio}
+        logger.info("layout plain=%.3fms space_to_depth=%.3fms ratio=%.3f", plain_ms, rewritten_ms, ratio)
+        if ratio * SLOWER_TOLERANCE < 1.0:
+            self.plain_quantizer, self.quantizer = self.int8(), candidate
+            self.rewritten_convolutions = convolutions
+
+    def int8_fields(self, method: Method, keep_float: tuple[str, ...] = ()) -> dict[str, object]:
         """What the recipe of an INT8 level records of the shared choices."""
+        rewritten = [] if self.int8_for(keep_float) is self.plain_quantizer else list(self.rewritten_convolutions)
         return {"activation_type": str(self.activations), "calibration_method": str(method),
                 "activation_latency_ms": {k: round(v, 6) for k, v in self.activation_ms.items()},
+                "space_to_depth": rewritten,
+                "layout_latency_ms": {k: round(v, 6) for k, v in self.layout_ms.items()},
                 "method_scores": {k: round(v, 3) for k, v in self.method_scores.items()}}
 
     def best_method(self, progress: Progress) -> Method:
@@ -175,8 +250,8 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     def quantized(keep_float: tuple[str, ...]) -> bytes:
         if keep_float not in latest:
             latest.clear()  # the search usually ends on its latest build: keep only that one
-            latest[keep_float] = context.int8().quantize(method, keep_float=keep_float,
-                                                         activations=context.fast_activations(progress))
+            latest[keep_float] = context.int8_for(keep_float).quantize(
+                method, keep_float=keep_float, activations=context.fast_activations(progress))
         return latest[keep_float]
 
     def score_of(keep_float: tuple[str, ...]) -> float:
@@ -187,7 +262,7 @@ def build_balanced(context: BuildContext, progress: Progress) -> Build:
     float32_weights = int8_weights_slower(context, quantized(choice.keep_float), choice.keep_float, progress)
     chosen = int8_weights_only(quantized(choice.keep_float), () if float32_weights else choice.keep_float)
     quality = context.evaluator.evaluate(chosen)
-    recipe = {**context.int8_fields(method), "float_layers": list(choice.keep_float),
+    recipe = {**context.int8_fields(method, choice.keep_float), "float_layers": list(choice.keep_float),
               "quantized_layers": len(layers) - len(choice.keep_float),
               "float_layer_weights": "float32" if float32_weights else "int8",
               "budget_met": quality.guarded_score >= context.floor(), "time_limit_reached": choice.timed_out,

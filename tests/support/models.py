@@ -78,6 +78,23 @@ def nondeterministic_model(n_in: int = 16, n_out: int = 4) -> onnx.ModelProto:
     return _model(graph, "nondeterministic")
 
 
+def masked_classifier(n_in: int = 16, n_out: int = 4) -> onnx.ModelProto:
+    """A classifier whose last class is masked out by adding a constant -inf before the
+    softmax, as attention exports do: it runs in float, and INT8 has no scale for -inf."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+    mask = np.zeros((1, n_out), np.float32)
+    mask[0, -1] = -np.inf
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["logits"], name="fc"),
+        helper.make_node("Add", ["logits", "mask"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["output"], name="softmax", axis=1),
+    ]
+    x, y = _io(n_in, n_out)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(mask, "mask")]
+    return _model(helper.make_graph(nodes, "masked", [x], [y], initializer=inits), "masked_classifier")
+
+
 def to_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
 

@@ -58,3 +58,33 @@ def write_images(directory: Path, count: int, *, seed: int = 1, shape=(1, 3, 8, 
     for index in range(count):
         np.save(directory / f"{index:03d}.npy", rng.standard_normal(shape).astype(np.float32))
     return directory
+
+
+def strided_stem_model(*, size: int = 16, kernel: int = 7, pads: tuple[int, int, int, int] = (3, 3, 3, 3),
+                       channels: int = 3, group: int = 1, strides: tuple[int, int] = (2, 2),
+                       free_size: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """Conv (stride 2 over `channels`, an RGB stem by default) -> Relu -> MaxPool -> Conv -> GlobalAveragePool
+    -> Flatten -> Gemm, input "image" [N, channels, size, size] (or [N, channels, H, W] with `free_size`)."""
+    rng = np.random.default_rng(seed)
+    tensors = {"stem.w": rng.standard_normal((8, channels // group, kernel, kernel)) * 0.2,
+               "stem.b": rng.standard_normal(8) * 0.1, "conv.w": rng.standard_normal((8, 8, 3, 3)) * 0.2,
+               "fc.w": rng.standard_normal((4, 8)) * 0.5, "fc.b": np.zeros(4)}
+    nodes = [
+        helper.make_node("Conv", ["image", "stem.w", "stem.b"], ["s"], name="stem", strides=list(strides),
+                         pads=list(pads), group=group),
+        helper.make_node("Relu", ["s"], ["r"], name="stem_relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p", "conv.w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    dims = ["N", channels, "H", "W"] if free_size else ["N", channels, size, size]
+    graph = helper.make_graph(nodes, "strided_stem", [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
+    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fleetcast.sdk.console import main as fleetcast
 
+from tests.support import models
 from tests.unit.compress.builders import DIGITS, ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,19 +43,23 @@ def compress(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> 
     return code, capsys.readouterr().err
 
 
-def test_a_calibration_file_instead_of_a_directory_is_named_as_such(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("role", ["--calibration", "--eval"])
+def test_a_sample_file_instead_of_a_directory_is_named_as_such(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], role: str) -> None:
     one = next(p for p in (DIGITS / "calibration").iterdir())
     code, err = compress(tmp_path, capsys, str(DIGITS / "digits.onnx"), "--out", str(tmp_path / "out"),
-                         "--calibration", str(one))
+                         role, str(one))
     assert code == 2 and "is a file, not a directory" in only_message(err)
     assert not (tmp_path / "out").exists()
 
 
-def test_an_eval_path_that_does_not_exist_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("role", ["--calibration", "--eval"])
+def test_a_sample_path_that_does_not_exist_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    role: str) -> None:
     code, err = compress(tmp_path, capsys, str(DIGITS / "digits.onnx"), "--out", str(tmp_path / "out"),
-                         "--eval", str(tmp_path / "missing"))
-    assert code == 2 and "does not exist" in only_message(err)
+                         role, str(tmp_path / "missing"))
+    message = only_message(err)
+    assert code == 2 and "does not exist" in message and str(tmp_path / "missing") in message
     assert not (tmp_path / "out").exists()
 
 
@@ -140,3 +146,42 @@ def test_an_evaluation_sample_the_searches_would_see_first_is_named_before_any_w
                          "--eval", str(samples))
     assert code == 2 and "evaluation sample a.npy" in only_message(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples", "valid.onnx"]
+
+
+def test_when_every_requested_level_fails_to_build_the_run_exits_1_with_one_message_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An attention-style mask of -inf runs in float, but INT8 has no scale for it.
+    model = models.write(models.masked_classifier(), tmp_path / "masked.onnx")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for index in range(4):
+        np.save(samples / f"{index}.npy", models.sample_input(seed=index))
+    code = fleetcast(["compress", str(model), "--out", str(tmp_path / "new" / "variants"),
+                      "--levels", "balanced,fastest", "--calibration", str(samples), "--json"])
+    captured = capsys.readouterr()
+    message = only_message(captured.err)
+    assert code == 1
+    assert "none of the requested levels could be built, so nothing was written" in message
+    assert "balanced, fastest: initializer(s) 'mask' hold infinite or NaN values" in message
+    assert "-1e4" in message and "(lossless, fp16)" in message
+    assert "[2/2] fastest: timing" not in captured.err        # the failure is not measured twice
+    assert captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masked.onnx", "samples"]   # not even new/
+
+
+def test_a_held_out_half_too_small_for_the_budget_is_noted_with_the_count_needed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 39 labelled samples and a 10-point budget (20 needed): the 20 searched resolve it, the 19 held out do not.
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    for path in sorted((DIGITS / "eval").glob("0*.npy"))[:39]:
+        (evaluation / path.name).write_bytes(path.read_bytes())
+    np.save(evaluation / "labels.npy", np.load(DIGITS / "eval" / "labels.npy")[:39])
+    code = fleetcast(["compress", str(DIGITS / "digits.onnx"), "--out", str(tmp_path / "out"), "--levels", "lossless",
+                      "--eval", str(evaluation), "--budget", "10", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    note = ("note: too few evaluation samples to resolve a 10 point budget: one held-out sample moves a figure by "
+            "5.26 points; give at least 20 evaluation samples")
+    assert note in captured.err.splitlines()
+    assert note.removeprefix("note: ") in json.loads(captured.out)["notes"]

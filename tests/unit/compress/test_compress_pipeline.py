@@ -13,7 +13,7 @@ from fleetcast.server.compress.measure import open_session
 from fleetcast.server.compress.pipeline import CompressConfig, CompressionReport, compress
 from fleetcast.server.compress.recipes import SLOWER_TOLERANCE
 
-from tests.unit.compress.builders import DIGITS, FAST_LATENCY
+from tests.unit.compress.builders import DIGITS, FAST_LATENCY, strided_stem_model
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -152,6 +152,23 @@ def test_conv_model_is_quantized_with_calibration_from_an_old_opset_export(
     assert fastest.error is None
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(fastest.path)).graph.node}
     assert fastest.cosine > 0.9
+
+
+def test_int8_levels_use_space_to_depth_only_when_the_rewritten_model_is_timed_faster(
+        tmp_path: Path, image_dir) -> None:
+    path = tmp_path / "stem.onnx"
+    onnx.save(strided_stem_model(), str(path))                       # a 7x7 stride-2 stem over 3 channels
+    config = CompressConfig(levels=("balanced", "fastest"), calibration_dir=image_dir("cal", 8, shape=(1, 3, 16, 16)),
+                            latency=FAST_LATENCY, calibration_methods=("minmax",))
+    report = compress(path, tmp_path / "out", config)
+    for result in report.levels:
+        timings = result.recipe["layout_latency_ms"]
+        faster = timings["ratio"] * SLOWER_TOLERANCE < 1.0
+        in_int8 = "stem" not in result.recipe["float_layers"]   # in float the plain form is kept
+        assert result.recipe["space_to_depth"] == (["stem"] if faster and in_int8 else [])
+        ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+        assert ("SpaceToDepth" in ops) == bool(result.recipe["space_to_depth"]) and "QuantizeLinear" in ops
+        assert result.cosine > 0.9
 
 
 def test_mismatched_calibration_leaves_nothing_behind(tmp_path: Path, conv_model_file, image_dir) -> None:

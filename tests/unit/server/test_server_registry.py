@@ -144,3 +144,15 @@ def test_samples_without_compress_are_refused(services: Services, model_bytes: b
     with pytest.raises(InvalidRequest, match="only with 'compress'"):
         services.registry.add_version("m", _stage(services, model_bytes),
                                       calibration=_stage(services, _npz(input=np.zeros((2, 16), np.float32))))
+
+
+def test_levels_that_all_fail_to_build_are_recorded_with_their_reasons(services: Services) -> None:
+    data = models.to_bytes(models.masked_classifier())   # a -inf mask: INT8 cannot be built
+    calibration = _stage(services, _npz(input=models.sample_input(rows=4)))
+    first = services.registry.add_version("m", _stage(services, data), compress=("fastest",), calibration=calibration)
+    v = services.registry.version("m", first.version)
+    assert v.compression["status"] == "done"
+    [level] = v.compression["levels"]
+    assert level["level"] == "fastest" and "'mask' hold infinite or NaN values" in level["error"]
+    assert [x.variant for x in v.variants] == ["original"]
+    assert list(services.blobs.tmp_dir.iterdir()) == []
