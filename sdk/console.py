@@ -19,6 +19,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "deploy": ("fleetcast.sdk.cli", "deploy a model version and follow a deployment"),
     "device": ("fleetcast.sdk.cli", "list, show and re-provision enrolled devices"),
     "enroll-token": ("fleetcast.sdk.cli", "make and list enrollment tokens"),
+    "token": ("fleetcast.server.viewertokens", "make, list and revoke read-only dashboard viewer tokens"),
     "compress": ("fleetcast.server.compress.cli", "build measured variants of a model"),
     "broker-files": ("fleetcast.server.brokerfiles", "write the TLS files the shipped Mosquitto config reads"),
     "simulate": ("fleetcast.server.simulator.cli", "run a simulated fleet against a server"),

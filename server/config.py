@@ -21,6 +21,23 @@ MiB = 1024**2
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The web dashboard's bounds (fleetcast.server.web)."""
+
+    session_ttl_s: float = 12 * 3600.0        # a login lasts this long
+    max_sessions: int = 10_000                # the oldest session is dropped past this
+    login_failures: int = 5                   # failed logins per address within login_window_s ...
+    login_window_s: float = 60.0              # ... before further attempts get 429
+    login_failure_delay_s: float = 0.5        # every failed login answers this much later
+    page_size: int = 50                       # device table rows per page (default)
+    max_page_size: int = 500
+    max_csv_rows: int = 100_000               # one CSV export
+    max_event_subscribers: int = 64           # open server-sent event streams; more get 503
+    event_poll_s: float = 1.0                 # how often the event source looks for changes
+    event_heartbeat_s: float = 15.0           # a comment line keeps idle streams open through proxies
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
     http_host: str = "127.0.0.1"
@@ -58,6 +75,7 @@ class ServerConfig:
     allow_shared_data_dir: bool = False          # start even when others can read the data dir
     # When a device counts as online, late or offline (fleetcast.server.liveness).
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def keys_dir(self) -> Path:

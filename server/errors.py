@@ -9,6 +9,7 @@ FleetcastError                 code            HTTP  gRPC
   |   + TargetEmpty            target_empty    422   FAILED_PRECONDITION
   |   + DataDirShared          data_dir_shared 400   INVALID_ARGUMENT  (start-up only)
   + Unauthenticated            unauthenticated 401   UNAUTHENTICATED
+  + Forbidden                  forbidden       403   PERMISSION_DENIED  (a viewer's change; a refused CSRF token)
   + NotFound                   not_found       404   NOT_FOUND
   |   ModelNotFound, DeviceNotFound, DeploymentNotFound, ArtifactNotFound, MetadataNotFound
   + Conflict                   conflict        409   ALREADY_EXISTS
@@ -16,6 +17,7 @@ FleetcastError                 code            HTTP  gRPC
   |   + AlreadyEnrolled        already_enrolled
   |   + DataDirInUse           data_dir_in_use             (start-up only: another server holds the lock)
   + TooLarge                   too_large       413   RESOURCE_EXHAUSTED
+  + TooManyRequests            too_many_requests 429 RESOURCE_EXHAUSTED (failed logins from one address)
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
 ```
@@ -68,6 +70,10 @@ class Unauthenticated(FleetcastError):
     code = "unauthenticated"
 
 
+class Forbidden(FleetcastError):
+    code = "forbidden"
+
+
 class NotFound(FleetcastError):
     code = "not_found"
 
@@ -112,6 +118,10 @@ class TooLarge(FleetcastError):
     code = "too_large"
 
 
+class TooManyRequests(FleetcastError):
+    code = "too_many_requests"
+
+
 class OutOfRange(FleetcastError):
     code = "out_of_range"
 
@@ -127,9 +137,11 @@ HTTP_STATUS: Final[dict[type[FleetcastError], int]] = {
     GoldenMismatch: 422,
     TargetEmpty: 422,
     Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    TooManyRequests: 429,
     OutOfRange: 416,
     Unavailable: 503,
 }
@@ -139,9 +151,11 @@ GRPC_CODE: Final[dict[type[FleetcastError], str]] = {
     InvalidRequest: "INVALID_ARGUMENT",
     TargetEmpty: "FAILED_PRECONDITION",
     Unauthenticated: "UNAUTHENTICATED",
+    Forbidden: "PERMISSION_DENIED",
     NotFound: "NOT_FOUND",
     Conflict: "ALREADY_EXISTS",
     TooLarge: "RESOURCE_EXHAUSTED",
+    TooManyRequests: "RESOURCE_EXHAUSTED",
     OutOfRange: "OUT_OF_RANGE",
     Unavailable: "UNAVAILABLE",
 }

@@ -86,6 +86,45 @@ class Device:
     last_error_at: float | None = None
 
 
+DEVICE_SORTS: Final = ("id", "last_seen", "hardware_class", "group", "active_model", "state", "enrolled_at")
+
+
+@dataclass(frozen=True)
+class DeviceQuery:
+    """One page of the device table: filters (all optional, combined with AND), order, window.
+
+    Liveness is given as last-seen bounds so a store can filter in SQL: `seen_since`
+    keeps devices seen at or after it, `unseen_since` those never seen or seen before it.
+    """
+
+    text: str = ""             # part of the device id (case-insensitive)
+    hardware_class: str = ""
+    group: str = ""
+    active_model: str = ""     # "model@version" exactly, or "model" for any of its versions
+    seen_since: float | None = None
+    unseen_since: float | None = None
+    sort: str = "id"           # one of DEVICE_SORTS; ties broken by id
+    descending: bool = False
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    devices: Sequence[Device]
+    total: int                 # devices matching the filters, over all pages
+
+
+@dataclass(frozen=True)
+class DeviceTally:
+    """How many devices share a hardware class, an active model and a liveness state."""
+
+    hardware_class: str
+    active_model: str          # "" when nothing is active yet
+    liveness: str              # online | late | offline
+    devices: int
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     """What planning a deployment reads of a device (the variant choice's inputs), without
@@ -219,6 +258,12 @@ class Store(Protocol):
     def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
                       error: str = "") -> None: ...
     def touch_device(self, device_id: str, at: float) -> None: ...
+    def touch_devices(self, device_ids: Sequence[str], at: float) -> None: ...  # one write for many
+    # the device table, paged and filtered by the store (SQL: WHERE, ORDER BY, LIMIT/OFFSET, COUNT)
+    def find_devices(self, query: DeviceQuery) -> DevicePage: ...
+    # devices counted by (hardware class, active model, liveness): online when last_seen >=
+    # online_since, late when >= late_since, else (or never seen) offline; GROUP BY in SQL
+    def device_tally(self, *, online_since: float, late_since: float) -> list[DeviceTally]: ...
 
     # device identity (ADR 0005)
     def device_identity(self, device_id: str) -> DeviceIdentity | None: ...
@@ -239,6 +284,8 @@ class Store(Protocol):
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None: ...
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]: ...
+    # one device's rows over all deployments, newest first: its slot history
+    def device_deployments(self, device_id: str, *, limit: int = 50) -> list[DeploymentDevice]: ...
     # devices per outcome ('' = pending), kept up to date with every row change
     def deployment_counts(self, deployment_id: str) -> dict[str, int]: ...
     def close_open_rows(self, device_ids: Sequence[str], *, outcome: str, reason: str, at: float,

@@ -31,7 +31,10 @@ from fleetcast.server.store import (
     DeploymentDevice,
     Device,
     DeviceIdentity,
+    DevicePage,
     DeviceProfile,
+    DeviceQuery,
+    DeviceTally,
     EnrollToken,
     Golden,
     ModelVersion,
@@ -169,6 +172,13 @@ def add_deployment_counts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX deployment_devices_open ON deployment_devices (outcome, deployment_id)")
 
 
+def add_device_table_indexes(db: sqlite_utils.Database) -> None:
+    # The dashboard's device table sorts and filters 10,000s of devices in SQL.
+    db.execute("CREATE INDEX devices_last_seen ON devices (last_seen)")
+    db.execute("CREATE INDEX devices_hardware ON devices (hardware_class, device_id)")
+    db.execute("CREATE INDEX devices_active_model ON devices (active_model, device_id)")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -182,6 +192,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_version_reservations,
     create_variant_pins,
     add_deployment_counts,
+    add_device_table_indexes,
 ]
 
 
@@ -209,6 +220,43 @@ def _device(row: sqlite3.Row) -> Device:
         active_model=row["active_model"], state=row["state"], deployment_id=row["deployment_id"],
         last_error=row["last_error"], last_error_at=row["last_error_at"],
     )
+
+
+# DeviceQuery.sort -> column: a fixed table, so no name from a request reaches the SQL.
+DEVICE_SORT_COLUMNS: Final = {"id": "device_id", "last_seen": "last_seen", "hardware_class": "hardware_class",
+                              "group": "grp", "active_model": "active_model", "state": "state",
+                              "enrolled_at": "enrolled_at"}
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause of a device query and its parameters (plain SQL PostgreSQL runs too)."""
+    terms: list[str] = []
+    params: list[Any] = []
+    if q.text:
+        terms.append("LOWER(device_id) LIKE ? ESCAPE '\\'")
+        params.append(_like(q.text.lower()))
+    for column, value in (("hardware_class", q.hardware_class), ("grp", q.group)):
+        if value:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    if q.active_model:
+        if "@" in q.active_model:
+            terms.append("active_model = ?")
+            params.append(q.active_model)
+        else:
+            terms.append("active_model LIKE ? ESCAPE '\\'")
+            params.append(_like(q.active_model + "@")[1:])
+    if q.seen_since is not None:
+        terms.append("last_seen >= ?")
+        params.append(q.seen_since)
+    if q.unseen_since is not None:
+        terms.append("(last_seen IS NULL OR last_seen < ?)")
+        params.append(q.unseen_since)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
 def _enroll_token(row: sqlite3.Row) -> EnrollToken:
@@ -464,6 +512,31 @@ class SqliteStore:
         with self._tx() as c:
             c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
 
+    def touch_devices(self, device_ids: Sequence[str], at: float) -> None:
+        with self._tx() as c:
+            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
+
+    def find_devices(self, query: DeviceQuery) -> DevicePage:
+        where, params = _device_filter(query)
+        column = DEVICE_SORT_COLUMNS[query.sort]
+        direction = "DESC" if query.descending else "ASC"
+        order = f"{column} {direction}" if column == "device_id" else f"{column} {direction}, device_id {direction}"
+        if query.sort == "last_seen":   # never seen sorts as the oldest
+            order = f"last_seen IS NULL {'ASC' if query.descending else 'DESC'}, {order}"
+        with self._lock:
+            total = self._conn.execute(f"SELECT COUNT(*) FROM devices{where}", params).fetchone()[0]
+            rows = self._conn.execute(f"SELECT * FROM devices{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                                      [*params, query.limit, query.offset]).fetchall()
+        return DevicePage(devices=[_device(r) for r in rows], total=total)
+
+    def device_tally(self, *, online_since: float, late_since: float) -> list[DeviceTally]:
+        rows = self._all(
+            "SELECT hardware_class, active_model, CASE WHEN last_seen >= ? THEN 'online'"
+            " WHEN last_seen >= ? THEN 'late' ELSE 'offline' END AS live, COUNT(*) AS n"
+            " FROM devices GROUP BY hardware_class, active_model, live ORDER BY hardware_class, active_model, live",
+            (online_since, late_since))
+        return [DeviceTally(r[0], r[1], r[2], r[3]) for r in rows]
+
     # -- device identity ----------------------------------------------------------------
     def device_identity(self, device_id: str) -> DeviceIdentity | None:
         row = self._one("SELECT * FROM device_identities WHERE device_id = ?", (device_id,))
@@ -593,6 +666,11 @@ class SqliteStore:
                 found[row["device_id"]] = Assignment(device_id=row["device_id"], deployment_id=row["deployment_id"],
                                                      document=json.loads(row["document"]))
         return found
+
+    def device_deployments(self, device_id: str, *, limit: int = 50) -> list[DeploymentDevice]:
+        rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? ORDER BY updated_at DESC LIMIT ?",
+                         (device_id, limit))
+        return [_deployment_device(r) for r in rows]
 
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
