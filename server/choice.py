@@ -114,8 +114,10 @@ def check_pin_scope(scope: str) -> str:
 def assigned_devices(store: Store, model: str, version: str) -> list[dict[str, str]]:
     """The devices whose current assignment is `model@version`: the variant each got and why."""
     rows = []
-    for d in store.devices():
-        a = store.assignment(d.device_id)
+    profiles = store.device_profiles()
+    assignments = store.assignments_of([d.device_id for d in profiles])   # one read, not one per device
+    for d in profiles:
+        a = assignments.get(d.device_id)
         doc = a.document if a else {}
         if doc.get("model") == model and doc.get("version") == version:
             rows.append({"device_id": d.device_id, "hardware_class": d.hardware_class,

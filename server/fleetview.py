@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from fleetcast.server.store import Aggregate, Device
 INTERPOLATION: Final = ("linear within the fixed latency buckets of fleetcast.proto.telemetry "
                         "(as Prometheus histogram_quantile); the open last bucket reports its lower bound")
 QUANTILES: Final = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
+C = TypeVar("C", bound="Counted")
 
 
 def quantile(counts: Sequence[int], q: float) -> float | None:
@@ -49,14 +50,32 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
     return buckets.LATENCY_BOUNDS_MS[-1]
 
 
+class Counted(Protocol):
+    """A telemetry row of any table: cumulative aggregates, per-device or per-cohort windows."""
+
+    inferences: int
+    errors: int
+    latency_sum_ms: float
+    histogram: Sequence[int]
+
+
 @dataclass(frozen=True)
-class Series:
-    """Counts and a histogram for one key (any grouping), merged from per-device aggregates."""
+class Figures:
+    """Counts and a histogram for one key (any grouping), merged from telemetry rows;
+    `devices` counts the distinct devices behind them (0 for rows without a device)."""
 
     inferences: int = 0
     errors: int = 0
     latency_sum_ms: float = 0.0
     histogram: tuple[int, ...] = tuple(buckets.empty())
+    devices: int = 0
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.inferences if self.inferences else None
+
+    def quantile(self, q: float) -> float | None:
+        return quantile(self.histogram, q)
 
     def figures(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,17 +86,18 @@ class Series:
         return out
 
 
-def merge(aggregates: Iterable[Aggregate], key: Callable[[Aggregate], Any]) -> dict[Any, Series]:
-    """Sums aggregates by `key(aggregate)` (bucket counts added element-wise, exactly: int64)."""
-    groups: dict[Any, list[Aggregate]] = {}
-    for a in aggregates:
+def merge(rows: Iterable[C], key: Callable[[C], Any]) -> dict[Any, Figures]:
+    """Sums rows by `key(row)` (bucket counts added element-wise, exactly: int64)."""
+    groups: dict[Any, list[C]] = {}
+    for a in rows:
         groups.setdefault(key(a), []).append(a)
-    out: dict[Any, Series] = {}
+    out: dict[Any, Figures] = {}
     for k, items in groups.items():
         histograms = np.asarray([a.histogram for a in items], dtype=np.int64).reshape(len(items), buckets.BUCKETS)
-        out[k] = Series(inferences=sum(a.inferences for a in items), errors=sum(a.errors for a in items),
-                        latency_sum_ms=math.fsum(a.latency_sum_ms for a in items),
-                        histogram=tuple(int(x) for x in histograms.sum(axis=0)))
+        out[k] = Figures(inferences=sum(a.inferences for a in items), errors=sum(a.errors for a in items),
+                         latency_sum_ms=math.fsum(a.latency_sum_ms for a in items),
+                         histogram=tuple(int(x) for x in histograms.sum(axis=0)),
+                         devices=len({d for a in items if (d := getattr(a, "device_id", ""))}))
     return out
 
 

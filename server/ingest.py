@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleetcast.server.store import Store, TelemetryBatch
+from fleetcast.server.store import DEVICE_WINDOW_RETENTION_S, SERIES_RETENTION_S, Store, TelemetryBatch
 from fleetcast.server.telemetry import Batch, check_batch
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 class IngestConfig:
     max_batches: int = 1024        # batches per transaction
     max_rows: int = 50_000         # stats rows per transaction
+    prune_every_s: float = 600.0   # how often windows past their retention are dropped
 
 
 class TelemetryWriter:
@@ -37,6 +38,7 @@ class TelemetryWriter:
         self._queue: list[tuple[TelemetryBatch, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.flushes = 0
+        self._pruned_at = 0.0
 
     async def submit(self, device_id: str, batch: Batch) -> bool:
         """Stores the batch with others; True when it was a duplicate. Raises InvalidRequest."""
@@ -67,3 +69,23 @@ class TelemetryWriter:
             for (_, future), duplicate in zip(group, duplicates):
                 if not future.done():
                     future.set_result(duplicate)
+            await self._prune_if_due()
+
+    async def _prune_if_due(self) -> None:
+        now = self.clock()
+        if now - self._pruned_at < self.config.prune_every_s:
+            return
+        self._pruned_at = now
+        try:
+            dropped = await asyncio.to_thread(self.store.prune_windows, devices_before=now - DEVICE_WINDOW_RETENTION_S,
+                                              series_before=now - SERIES_RETENTION_S)
+        except Exception:   # retention is housekeeping: the next flush tries again
+            logger.exception("telemetry window prune failed")
+            self._pruned_at = 0.0
+            return
+        logger.debug("telemetry windows pruned rows=%d", dropped)
+
+    async def drain(self) -> None:
+        """Returns once every queued batch is stored and housekeeping is done (shutdown, tests)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)

@@ -107,7 +107,7 @@ class FleetCollector(Collector):
                 progress.add_metric((d.deployment_id, d.model, d.version, outcome), n)
         yield progress
 
-    def _inference(self, merged: dict[tuple[str, ...], fleetview.Series]) -> Iterator[Metric]:
+    def _inference(self, merged: dict[tuple[str, ...], fleetview.Figures]) -> Iterator[Metric]:
         duration = HistogramMetricFamily(
             "fleetcast_inference_duration_seconds",
             "On-device inference latency, merged over devices from the shared fixed buckets",

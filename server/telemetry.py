@@ -49,7 +49,8 @@ class Batch:
             batch_id=m.batch_id, device_id=m.device_id,
             stats=tuple(
                 StatsRow(model=s.model, version=s.version, variant=s.variant, inferences=s.inferences,
-                         errors=s.errors, latency_sum_ms=s.latency_sum_ms, histogram=tuple(s.latency.counts))
+                         errors=s.errors, latency_sum_ms=s.latency_sum_ms, histogram=tuple(s.latency.counts),
+                         backend=s.backend)
                 for s in m.stats
             ),
         )
@@ -63,7 +64,7 @@ def check_batch(batch: Batch, device_id: str) -> Batch:
     if len(batch.stats) > MAX_STATS:
         raise InvalidRequest(f"telemetry batch has {len(batch.stats)} stats entries, at most {MAX_STATS}")
     for s in batch.stats:
-        if not s.model or any(len(x) > MAX_NAME_CHARS for x in (s.model, s.version, s.variant)):
+        if not s.model or any(len(x) > MAX_NAME_CHARS for x in (s.model, s.version, s.variant, s.backend)):
             raise InvalidRequest(f"telemetry stats need a model name and names up to {MAX_NAME_CHARS} characters")
         if len(s.histogram) != buckets.BUCKETS:
             raise InvalidRequest(

@@ -202,6 +202,7 @@ class StatsRow:
     errors: int
     latency_sum_ms: float
     histogram: Sequence[int]
+    backend: str = ""   # the back end that served (ModelStats.backend); "" when not reported
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,48 @@ class Aggregate:
     model: str
     version: str
     variant: str
+    inferences: int
+    errors: int
+    latency_sum_ms: float
+    histogram: Sequence[int]
+
+
+# Telemetry over time: each stored batch is also added to the window of the minute the
+# server stored it (arrival time, never the device's clock), once per device (kept
+# DEVICE_WINDOW_RETENTION_S: what rollout gates and a device's page read) and once per
+# cohort without the device (kept SERIES_RETENTION_S: the fleet's plots over a day).
+WINDOW_S: Final = 60
+DEVICE_WINDOW_RETENTION_S: Final = 6 * 3600
+SERIES_RETENTION_S: Final = 8 * 86400
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """One device's serving of one model variant in one window (`minute` = arrival // 60)."""
+
+    device_id: str
+    model: str
+    version: str
+    variant: str
+    backend: str
+    minute: int
+    inferences: int
+    errors: int
+    latency_sum_ms: float
+    histogram: Sequence[int]
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """The fleet's serving of one model variant on one hardware class and back end in one
+    window: the per-device windows summed, kept longer."""
+
+    model: str
+    version: str
+    variant: str
+    hardware_class: str
+    backend: str
+    minute: int
     inferences: int
     errors: int
     latency_sum_ms: float
@@ -304,3 +347,10 @@ class Store(Protocol):
     # many batches in one transaction; one flag per batch, True for a duplicate
     def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]: ...
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]: ...
+    # windows with since <= minute * WINDOW_S <= until (None: now), one row per window;
+    # `device_ids` narrows to those devices (None: all)
+    def window_rows(self, model: str, *, since: float, until: float | None = None,
+                    device_ids: Sequence[str] | None = None) -> list[WindowRow]: ...
+    def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]: ...
+    # drops device windows older than `devices_before` and series older than `series_before`
+    def prune_windows(self, *, devices_before: float, series_before: float) -> int: ...

@@ -39,8 +39,11 @@ from fleetcast.server.store import (
     Golden,
     ModelVersion,
     StatsRow,
+    SeriesRow,
     TelemetryBatch,
     Variant,
+    WindowRow,
+    WINDOW_S,
     saturating_add,
 )
 
@@ -179,6 +182,23 @@ def add_device_table_indexes(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX devices_active_model ON devices (active_model, device_id)")
 
 
+def create_telemetry_windows(db: sqlite_utils.Database) -> None:
+    # Per device per minute (rollout gates, a device's page) and per cohort per minute
+    # (the fleet's plots): see WINDOW_S in fleetcast.server.store.
+    db.execute(
+        "CREATE TABLE telemetry_windows (model TEXT NOT NULL, minute INTEGER NOT NULL, device_id TEXT NOT NULL,"
+        " version TEXT NOT NULL, variant TEXT NOT NULL, backend TEXT NOT NULL, inferences INTEGER NOT NULL,"
+        " errors INTEGER NOT NULL, latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL,"
+        " PRIMARY KEY (model, minute, device_id, version, variant, backend))"
+    )
+    db.execute(
+        "CREATE TABLE telemetry_series (model TEXT NOT NULL, minute INTEGER NOT NULL, version TEXT NOT NULL,"
+        " variant TEXT NOT NULL, hardware_class TEXT NOT NULL, backend TEXT NOT NULL,"
+        " inferences INTEGER NOT NULL, errors INTEGER NOT NULL, latency_sum_ms REAL NOT NULL,"
+        " histogram TEXT NOT NULL, PRIMARY KEY (model, minute, version, variant, hardware_class, backend))"
+    )
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -192,6 +212,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_version_reservations,
     create_variant_pins,
     add_deployment_counts,
+    create_telemetry_windows,
     add_device_table_indexes,
 ]
 
@@ -301,6 +322,63 @@ def _deployment_device(row: sqlite3.Row) -> DeploymentDevice:
     values = {k: row[k] for k in row.keys()}
     values["previous"] = json.loads(values["previous"]) if values["previous"] else None
     return DeploymentDevice(**values)
+
+
+class _Sums:
+    """Counts being summed for one row of a telemetry table before it is written."""
+
+    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
+
+    def __init__(self) -> None:
+        self.inferences = self.errors = 0
+        self.latency_sum_ms = 0.0
+        self.histogram = buckets.empty()
+
+
+def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow | _Sums) -> None:
+    acc = into.get(key)
+    if acc is None:
+        acc = into[key] = _Sums()
+    acc.inferences += r.inferences
+    acc.errors += r.errors
+    acc.latency_sum_ms += r.latency_sum_ms
+    buckets.merge(acc.histogram, r.histogram)
+
+
+def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], _Sums],
+                updated_at: float | None = None) -> None:
+    """Adds `sums` to the rows of `table` with those keys (read, add, replace: one read
+    per 200 keys). Stored sums stay exact and finite: they stop at the aggregate limits."""
+    keys = list(sums)
+    columns = ", ".join(key_columns)
+    for chunk in _chunks(keys, 200):
+        values = ",".join(f"({', '.join('?' * len(key_columns))})" for _ in chunk)
+        for old in c.execute(f"SELECT {columns}, inferences, errors, latency_sum_ms, histogram FROM {table}"
+                             f" WHERE ({columns}) IN (VALUES {values})", [x for key in chunk for x in key]):
+            acc = sums[tuple(old[:len(key_columns)])]
+            acc.inferences += old["inferences"]
+            acc.errors += old["errors"]
+            acc.latency_sum_ms += old["latency_sum_ms"]
+            buckets.merge(acc.histogram, json.loads(old["histogram"]))
+    extra = () if updated_at is None else (updated_at,)
+    placeholders = ", ".join("?" * (len(key_columns) + 4 + len(extra)))
+    c.executemany(
+        f"INSERT OR REPLACE INTO {table} VALUES ({placeholders})",
+        [(*key, saturating_add(acc.inferences, 0, MAX_AGGREGATE_COUNT), saturating_add(acc.errors, 0, MAX_AGGREGATE_COUNT),
+          saturating_add(acc.latency_sum_ms, 0.0, MAX_AGGREGATE_LATENCY_MS),
+          json.dumps([saturating_add(n, 0, MAX_AGGREGATE_COUNT) for n in acc.histogram]), *extra)
+         for key, acc in sums.items()],
+    )
+
+
+def _minutes(since: float, until: float | None) -> tuple[int, int]:
+    return int(since // WINDOW_S), int((time.time() if until is None else until) // WINDOW_S)
+
+
+def _window_row(r: sqlite3.Row) -> WindowRow:
+    return WindowRow(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
+                     backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
+                     latency_sum_ms=r["latency_sum_ms"], histogram=json.loads(r["histogram"]))
 
 
 class SqliteStore:
@@ -716,11 +794,13 @@ class SqliteStore:
         return self.ingest_telemetry_many([TelemetryBatch(device_id, batch_id, rows)], at)[0]
 
     def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]:
-        """Counts each batch once, all in one transaction: the dedupe rows and the
-        aggregate updates commit together. Rows are summed per key first, so a flush
-        reads and writes each aggregate once however many batches touch it."""
+        """Counts each batch once, all in one transaction: the dedupe rows, the aggregate
+        updates and the windows commit together. Rows are summed per key first, so a
+        flush reads and writes each aggregate and window once however many batches touch it."""
         duplicates: list[bool] = []
-        merged: dict[tuple[str, str, str, str], list[Any]] = {}
+        minute = int(at // WINDOW_S)
+        totals: dict[tuple[Any, ...], _Sums] = {}
+        windows: dict[tuple[Any, ...], _Sums] = {}
         with self._tx() as c:
             for b in batches:
                 cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
@@ -728,39 +808,50 @@ class SqliteStore:
                 if cur.rowcount == 0:
                     continue
                 for r in b.rows:
-                    key = (b.device_id, r.model, r.version, r.variant)
-                    acc = merged.get(key)
-                    if acc is None:
-                        merged[key] = [r.inferences, r.errors, r.latency_sum_ms, list(r.histogram)]
-                    else:
-                        acc[0] += r.inferences
-                        acc[1] += r.errors
-                        acc[2] += r.latency_sum_ms
-                        buckets.merge(acc[3], r.histogram)
-            keys = list(merged)
-            for chunk in _chunks(keys, 200):
-                values = ",".join("(?, ?, ?, ?)" for _ in chunk)
-                for old in c.execute(
-                    "SELECT device_id, model, version, variant, inferences, errors, latency_sum_ms, histogram"
-                    f" FROM telemetry_aggregates WHERE (device_id, model, version, variant) IN (VALUES {values})",
-                    [x for key in chunk for x in key],
-                ):
-                    acc = merged[(old[0], old[1], old[2], old[3])]
-                    acc[0] += old[4]
-                    acc[1] += old[5]
-                    acc[2] += old[6]
-                    buckets.merge(acc[3], json.loads(old[7]))
-            # Stored sums stay exact and finite: they stop growing at the aggregate limits.
-            c.executemany(
-                "INSERT OR REPLACE INTO telemetry_aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*key, saturating_add(acc[0], 0, MAX_AGGREGATE_COUNT), saturating_add(acc[1], 0, MAX_AGGREGATE_COUNT),
-                  saturating_add(acc[2], 0.0, MAX_AGGREGATE_LATENCY_MS),
-                  json.dumps([saturating_add(n, 0, MAX_AGGREGATE_COUNT) for n in acc[3]]), at)
-                 for key, acc in merged.items()],
-            )
-            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?",
-                          [(at, d) for d in {key[0] for key in keys}])
+                    _add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
+            device_ids = list({key[0] for key in totals})
+            hardware = {d: hw for chunk in _chunks(device_ids, 500) for d, hw in c.execute(
+                f"SELECT device_id, hardware_class FROM devices WHERE device_id IN ({','.join('?' * len(chunk))})",
+                chunk)}
+            series: dict[tuple[Any, ...], _Sums] = {}
+            for (model, m, device_id, version, variant, backend), sums in windows.items():
+                _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+            _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
+            _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
+                        windows)
+            _merge_into(c, "telemetry_series", ("model", "minute", "version", "variant", "hardware_class", "backend"),
+                        series)
+            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
         return duplicates
+
+    def window_rows(self, model: str, *, since: float, until: float | None = None,
+                    device_ids: Sequence[str] | None = None) -> list[WindowRow]:
+        first, last = _minutes(since, until)
+        sql = "SELECT * FROM telemetry_windows WHERE model = ? AND minute BETWEEN ? AND ?"
+        if device_ids is None:
+            return [_window_row(r) for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
+        rows: list[WindowRow] = []
+        for chunk in _chunks(list(device_ids), 500):
+            rows += [_window_row(r) for r in self._all(
+                sql + f" AND device_id IN ({','.join('?' * len(chunk))})", (model, first, last, *chunk))]
+        return sorted(rows, key=lambda w: (w.minute, w.device_id))
+
+    def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]:
+        first, last = _minutes(since, until)
+        return [
+            SeriesRow(model=r["model"], version=r["version"], variant=r["variant"], hardware_class=r["hardware_class"],
+                      backend=r["backend"], minute=r["minute"], inferences=r["inferences"], errors=r["errors"],
+                      latency_sum_ms=r["latency_sum_ms"], histogram=json.loads(r["histogram"]))
+            for r in self._all("SELECT * FROM telemetry_series WHERE model = ? AND minute BETWEEN ? AND ?"
+                               " ORDER BY minute", (model, first, last))
+        ]
+
+    def prune_windows(self, *, devices_before: float, series_before: float) -> int:
+        with self._tx() as c:
+            n = c.execute("DELETE FROM telemetry_windows WHERE minute < ?", (int(devices_before // WINDOW_S),)).rowcount
+            return n + c.execute("DELETE FROM telemetry_series WHERE minute < ?",
+                                 (int(series_before // WINDOW_S),)).rowcount
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"
