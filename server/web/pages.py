@@ -222,7 +222,8 @@ async def devices_csv(request: web.Request) -> web.StreamResponse:
 
 
 async def device(request: web.Request) -> web.StreamResponse:
-    return _page(request, "device.html", **await _view(request, views.device_page, request.match_info["id"]))
+    return _page(request, "device.html", **await _view(request, views.device_page, request.match_info["id"],
+                                                       window=request.query.get("window", "1h")))
 
 
 async def models(request: web.Request) -> web.StreamResponse:
@@ -230,7 +231,8 @@ async def models(request: web.Request) -> web.StreamResponse:
 
 
 async def model(request: web.Request) -> web.StreamResponse:
-    return _page(request, "model.html", **await _view(request, views.model_page, request.match_info["name"]))
+    return _page(request, "model.html", **await _view(request, views.model_page, request.match_info["name"],
+                                                      window=request.query.get("window", "1h")))
 
 
 async def deployments(request: web.Request) -> web.StreamResponse:

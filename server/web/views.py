@@ -11,11 +11,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final
 
-from fleetcast.server import documents, liveness
+from fleetcast.server import documents, liveness, telemetry_windows
+from fleetcast.server.errors import InvalidRequest
+from fleetcast.server.fleetview import QUANTILES
 from fleetcast.server.services import Services
 from fleetcast.server.store import DeploymentDevice, DeviceTally
 from fleetcast.server.web.devicefilter import DeviceFilter
 
+COLORS: Final = ("#1f5fbf", "#17813a", "#b26a00", "#8e3bb7", "#b3261e", "#0f8a8a", "#5d6773")
 RECENT_DEPLOYMENTS: Final = 10
 DEPLOYMENT_PAGE_ROWS: Final = 100
 HISTORY_ROWS: Final = 20
@@ -70,9 +73,44 @@ def _history_row(r: DeploymentDevice) -> dict[str, Any]:
     return {**documents.deployment_device(r), "deployment_id": r.deployment_id}
 
 
-def device_page(s: Services, device_id: str, *, now: float) -> dict[str, Any]:
+def check_window(window: str) -> str:
+    if window not in telemetry_windows.WINDOWS:
+        raise InvalidRequest(f"'window' must be one of {', '.join(telemetry_windows.WINDOWS)}")
+    return window
+
+
+def _plot(by: dict[Any, list[telemetry_windows.Point]], *, quantiles: Sequence[tuple[str, float]],
+          label: Any) -> dict[str, Any]:
+    """uPlot's columns: shared times, one line per (key, quantile); null where a step had no data."""
+    xs = sorted({p.at for points in by.values() for p in points})
+    lines = []
+    for i, (k, points) in enumerate(sorted(by.items())):
+        at = {p.at: p.figures for p in points}
+        for j, (name, q) in enumerate(quantiles):
+            lines.append({"label": f"{label(k)} {name[:3]}", "color": COLORS[(i * len(quantiles) + j) % len(COLORS)],
+                          "values": [at[x].quantile(q) if x in at else None for x in xs]})
+    return {"kind": "latency", "x": xs, "series": lines}
+
+
+def latency(rows: Sequence[Any], *, window: str, key: Any, label: Any) -> dict[str, Any]:
+    """A window's figures by `key` (a table) and their p50/p95/p99 over time (a plot)."""
+    _, step_s = telemetry_windows.WINDOWS[window]
+    table = [{"key": k, "label": label(k), **f.figures(), "devices": f.devices}
+             for k, f in sorted(telemetry_windows.figures(rows, key=key).items())]
+    series = telemetry_windows.series(rows, step_s=step_s, key=key)
+    return {"window": window, "windows": list(telemetry_windows.WINDOWS), "step_s": step_s, "table": table,
+            "plot": _plot(series, quantiles=QUANTILES, label=label), "percentiles": telemetry_windows.INTERPOLATION}
+
+
+def device_page(s: Services, device_id: str, *, window: str, now: float) -> dict[str, Any]:
     d = s.fleet.device(device_id)
-    return {"device": documents.device(s.store, d, now=now, config=s.config.liveness),
+    doc = documents.device(s.store, d, now=now, config=s.config.liveness)
+    span_s, _ = telemetry_windows.WINDOWS[check_window(window)]
+    model = (d.active_model.partition("@")[0] or (doc["telemetry"][-1]["model"] if doc["telemetry"] else ""))
+    rows = s.store.window_rows(model, since=now - span_s, device_ids=[d.device_id]) if model else []
+    return {"device": doc, "latency_model": model,
+            "latency": latency(rows, window=window, key=lambda r: (r.version, r.variant),
+                               label=lambda k: f"v{k[0]} {k[1]}"),
             "history": [_history_row(r) for r in s.store.device_deployments(d.device_id, limit=HISTORY_ROWS)],
             "as_of": now}
 
@@ -81,13 +119,18 @@ def models_page(s: Services, *, now: float) -> dict[str, Any]:
     return {**documents.model_list(s.store.models()), "as_of": now}
 
 
-def model_page(s: Services, name: str, *, now: float) -> dict[str, Any]:
+def model_page(s: Services, name: str, *, window: str, now: float) -> dict[str, Any]:
     versions = s.registry.versions(name)
+    span_s, _ = telemetry_windows.WINDOWS[check_window(window)]
+    rows = s.store.series_rows(name, since=now - span_s)
     serving = Counter[str]()
     for t in _tally(s, now):
         if t.active_model.partition("@")[0] == name:
             serving[t.active_model.partition("@")[2]] += t.devices
     return {"model": documents.model(name, versions), "serving": dict(serving), "pins": s.store.pins(name),
+            "by_version": latency(rows, window=window, key=lambda r: r.version, label=lambda k: f"v{k}"),
+            "by_hardware": latency(rows, window=window, key=lambda r: (r.version, r.hardware_class, r.backend),
+                                   label=lambda k: f"v{k[0]} {k[1]} {k[2]}".strip()),
             "as_of": now}
 
 
