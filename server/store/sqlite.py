@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import numpy as np
 import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
@@ -36,6 +38,7 @@ from fleetcast.server.store import (
     DeviceQuery,
     DeviceTally,
     EnrollToken,
+    FleetAggregate,
     Golden,
     ModelVersion,
     StatsRow,
@@ -852,6 +855,28 @@ class SqliteStore:
             n = c.execute("DELETE FROM telemetry_windows WHERE minute < ?", (int(devices_before // WINDOW_S),)).rowcount
             return n + c.execute("DELETE FROM telemetry_series WHERE minute < ?",
                                  (int(series_before // WINDOW_S),)).rowcount
+
+    def fleet_aggregates(self) -> list[FleetAggregate]:
+        rows = self._all(
+            "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, 'unknown'), a.inferences, a.errors,"
+            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
+            " ON d.device_id = a.device_id ORDER BY 1, 2, 3, 4")
+        if not rows:
+            return []
+        # One JSON decode for every histogram, one vectorised sum per group.
+        histograms = np.asarray(json.loads("[" + ",".join(r[7] for r in rows) + "]"), dtype=np.int64)
+        out: list[FleetAggregate] = []
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i < len(rows) and tuple(rows[i][:4]) == tuple(rows[start][:4]):
+                continue
+            group = rows[start:i]
+            out.append(FleetAggregate(
+                *rows[start][:4], inferences=sum(r[4] for r in group), errors=sum(r[5] for r in group),
+                latency_sum_ms=math.fsum(r[6] for r in group),
+                histogram=tuple(int(x) for x in histograms[start:i].sum(axis=0))))
+            start = i
+        return out
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"

@@ -80,7 +80,7 @@ def check_window(window: str) -> str:
 
 
 def _plot(by: dict[Any, list[telemetry_windows.Point]], *, quantiles: Sequence[tuple[str, float]],
-          label: Any) -> dict[str, Any]:
+          label: Any, since: float, until: float) -> dict[str, Any]:
     """uPlot's columns: shared times, one line per (key, quantile); null where a step had no data."""
     xs = sorted({p.at for points in by.values() for p in points})
     lines = []
@@ -89,17 +89,17 @@ def _plot(by: dict[Any, list[telemetry_windows.Point]], *, quantiles: Sequence[t
         for j, (name, q) in enumerate(quantiles):
             lines.append({"label": f"{label(k)} {name[:3]}", "color": COLORS[(i * len(quantiles) + j) % len(COLORS)],
                           "values": [at[x].quantile(q) if x in at else None for x in xs]})
-    return {"kind": "latency", "x": xs, "series": lines}
+    return {"kind": "latency", "x": xs, "series": lines, "range": [since, until]}
 
 
-def latency(rows: Sequence[Any], *, window: str, key: Any, label: Any) -> dict[str, Any]:
+def latency(rows: Sequence[Any], *, window: str, key: Any, label: Any, now: float) -> dict[str, Any]:
     """A window's figures by `key` (a table) and their p50/p95/p99 over time (a plot)."""
-    _, step_s = telemetry_windows.WINDOWS[window]
+    span_s, step_s = telemetry_windows.WINDOWS[window]
     table = [{"key": k, "label": label(k), **f.figures(), "devices": f.devices}
              for k, f in sorted(telemetry_windows.figures(rows, key=key).items())]
     series = telemetry_windows.series(rows, step_s=step_s, key=key)
     return {"window": window, "windows": list(telemetry_windows.WINDOWS), "step_s": step_s, "table": table,
-            "plot": _plot(series, quantiles=QUANTILES, label=label), "percentiles": telemetry_windows.INTERPOLATION}
+            "plot": _plot(series, quantiles=QUANTILES, label=label, since=now - span_s, until=now), "percentiles": telemetry_windows.INTERPOLATION}
 
 
 def device_page(s: Services, device_id: str, *, window: str, now: float) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def device_page(s: Services, device_id: str, *, window: str, now: float) -> dict
     rows = s.store.window_rows(model, since=now - span_s, device_ids=[d.device_id]) if model else []
     return {"device": doc, "latency_model": model,
             "latency": latency(rows, window=window, key=lambda r: (r.version, r.variant),
-                               label=lambda k: f"v{k[0]} {k[1]}"),
+                               label=lambda k: f"v{k[0]} {k[1]}", now=now),
             "history": [_history_row(r) for r in s.store.device_deployments(d.device_id, limit=HISTORY_ROWS)],
             "as_of": now}
 
@@ -128,9 +128,9 @@ def model_page(s: Services, name: str, *, window: str, now: float) -> dict[str, 
         if t.active_model.partition("@")[0] == name:
             serving[t.active_model.partition("@")[2]] += t.devices
     return {"model": documents.model(name, versions), "serving": dict(serving), "pins": s.store.pins(name),
-            "by_version": latency(rows, window=window, key=lambda r: r.version, label=lambda k: f"v{k}"),
+            "by_version": latency(rows, window=window, key=lambda r: r.version, label=lambda k: f"v{k}", now=now),
             "by_hardware": latency(rows, window=window, key=lambda r: (r.version, r.hardware_class, r.backend),
-                                   label=lambda k: f"v{k[0]} {k[1]} {k[2]}".strip()),
+                                   label=lambda k: f"v{k[0]} {k[1]} {k[2]}".strip(), now=now),
             "as_of": now}
 
 

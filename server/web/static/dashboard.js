@@ -21,7 +21,7 @@
   function latencyPlot(el, spec) {
     var series = [{}].concat(spec.series.map(function (s) { return { label: s.label, stroke: s.color, width: 2 }; }));
     return new uPlot({ width: Math.max(320, el.clientWidth || 600), height: 240, series: series,
-      axes: [{}, { label: "ms" }] }, [spec.x].concat(spec.series.map(function (s) { return s.values; })), el);
+      scales: { x: { time: true, range: spec.range } }, axes: [{}, { label: "ms" }] }, [spec.x].concat(spec.series.map(function (s) { return s.values; })), el);
   }
 
   function drawPlots(root) {

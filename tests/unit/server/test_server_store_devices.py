@@ -108,3 +108,32 @@ def test_touching_many_devices_stamps_each_of_them_and_no_other(tmp_path: Path) 
     assert [store.device(i).last_seen for i in ids] == [NOW + 5] * 6
     assert store.device(devices[7].device_id).last_seen == devices[7].last_seen
     store.close()
+
+
+def test_fleet_aggregates_are_the_device_aggregates_merged_by_hardware_class(tmp_path: Path) -> None:
+    from fleetcast.proto import telemetry as buckets
+    from fleetcast.server import fleetview
+    from fleetcast.server.store import StatsRow
+
+    store = SqliteStore(tmp_path / "f.db")
+    devices = _fleet(store, n=12)
+    for i, d in enumerate(devices):
+        rows = []
+        for version in ("1", "2")[: 1 + i % 2]:
+            counts = buckets.empty()
+            counts[(i * 3) % buckets.BUCKETS] += 5 + i
+            counts[(i * 7 + 1) % buckets.BUCKETS] += 2
+            rows.append(StatsRow("digits", version, "original", sum(counts), i % 3, 1.5 * i, tuple(counts)))
+        store.ingest_telemetry(d.device_id, "b1", rows, NOW)
+    store.ingest_telemetry("gone-device", "b1", [StatsRow("digits", "1", "original", 1, 0, 2.0,
+                                                          tuple(1 if b == 0 else 0 for b in range(buckets.BUCKETS)))], NOW)
+    hardware = {d.device_id: d.hardware_class for d in devices}
+    expected = fleetview.merge(store.aggregates(),
+                               lambda a: (a.model, a.version, a.variant, hardware.get(a.device_id, "unknown")))
+    got = {(t.model, t.version, t.variant, t.hardware_class): t for t in store.fleet_aggregates()}
+    assert set(got) == set(expected) and ("digits", "1", "original", "unknown") in got
+    for key, f in expected.items():
+        t = got[key]
+        assert (t.inferences, t.errors, tuple(t.histogram)) == (f.inferences, f.errors, f.histogram)
+        assert t.latency_sum_ms == f.latency_sum_ms
+    store.close()
