@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -19,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import numpy as np
 import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
@@ -202,6 +200,24 @@ def create_telemetry_windows(db: sqlite_utils.Database) -> None:
     )
 
 
+def create_telemetry_fleet(db: sqlite_utils.Database) -> None:
+    # The cumulative aggregates summed per hardware class, kept at ingest in the same
+    # transaction (what /metrics exports, read in a few rows however large the fleet);
+    # filled here from the aggregates already stored.
+    db.execute(
+        "CREATE TABLE telemetry_fleet (model TEXT NOT NULL, version TEXT NOT NULL, variant TEXT NOT NULL,"
+        " hardware_class TEXT NOT NULL, inferences INTEGER NOT NULL, errors INTEGER NOT NULL,"
+        " latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL, PRIMARY KEY (model, version, variant, hardware_class))"
+    )
+    sums: dict[tuple[Any, ...], _Sums] = {}
+    for row in db.execute(
+            "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, 'unknown'), a.inferences, a.errors,"
+            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
+            " ON d.device_id = a.device_id").fetchall():
+        _add(sums, tuple(row[:4]), StatsRow("", "", "", row[4], row[5], row[6], json.loads(row[7])))
+    _merge_into(db.conn, "telemetry_fleet", FLEET_KEY, sums)
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -217,6 +233,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     add_deployment_counts,
     create_telemetry_windows,
     add_device_table_indexes,
+    create_telemetry_fleet,
 ]
 
 
@@ -346,6 +363,10 @@ def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow |
     acc.errors += r.errors
     acc.latency_sum_ms += r.latency_sum_ms
     buckets.merge(acc.histogram, r.histogram)
+
+
+FLEET_KEY: Final = ("model", "version", "variant", "hardware_class")
+UNKNOWN_HARDWARE: Final = "unknown"   # telemetry of a device that is not (or no longer) enrolled
 
 
 def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], _Sums],
@@ -820,11 +841,15 @@ class SqliteStore:
             series: dict[tuple[Any, ...], _Sums] = {}
             for (model, m, device_id, version, variant, backend), sums in windows.items():
                 _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+            fleet: dict[tuple[Any, ...], _Sums] = {}
+            for (device_id, model, version, variant), sums in totals.items():   # before totals take the stored sums
+                _add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE)), sums)
             _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
             _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
                         windows)
             _merge_into(c, "telemetry_series", ("model", "minute", "version", "variant", "hardware_class", "backend"),
                         series)
+            _merge_into(c, "telemetry_fleet", FLEET_KEY, fleet)
             c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
         return duplicates
 
@@ -857,26 +882,9 @@ class SqliteStore:
                                  (int(series_before // WINDOW_S),)).rowcount
 
     def fleet_aggregates(self) -> list[FleetAggregate]:
-        rows = self._all(
-            "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, 'unknown'), a.inferences, a.errors,"
-            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
-            " ON d.device_id = a.device_id ORDER BY 1, 2, 3, 4")
-        if not rows:
-            return []
-        # One JSON decode for every histogram, one vectorised sum per group.
-        histograms = np.asarray(json.loads("[" + ",".join(r[7] for r in rows) + "]"), dtype=np.int64)
-        out: list[FleetAggregate] = []
-        start = 0
-        for i in range(1, len(rows) + 1):
-            if i < len(rows) and tuple(rows[i][:4]) == tuple(rows[start][:4]):
-                continue
-            group = rows[start:i]
-            out.append(FleetAggregate(
-                *rows[start][:4], inferences=sum(r[4] for r in group), errors=sum(r[5] for r in group),
-                latency_sum_ms=math.fsum(r[6] for r in group),
-                histogram=tuple(int(x) for x in histograms[start:i].sum(axis=0))))
-            start = i
-        return out
+        return [FleetAggregate(model=r[0], version=r[1], variant=r[2], hardware_class=r[3], inferences=r[4],
+                               errors=r[5], latency_sum_ms=r[6], histogram=json.loads(r[7]))
+                for r in self._all("SELECT * FROM telemetry_fleet ORDER BY model, version, variant, hardware_class")]
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"

@@ -137,3 +137,11 @@ def test_fleet_aggregates_are_the_device_aggregates_merged_by_hardware_class(tmp
         assert (t.inferences, t.errors, tuple(t.histogram)) == (f.inferences, f.errors, f.histogram)
         assert t.latency_sum_ms == f.latency_sum_ms
     store.close()
+    # A data dir from before the rollup gets it filled from the stored aggregates.
+    import sqlite3
+    with sqlite3.connect(tmp_path / "f.db") as c:
+        c.execute("DROP TABLE telemetry_fleet")
+        c.execute("DELETE FROM migrations WHERE name = 'create_telemetry_fleet'")
+    reopened = SqliteStore(tmp_path / "f.db")
+    assert {(t.model, t.version, t.variant, t.hardware_class): t for t in reopened.fleet_aggregates()} == got
+    reopened.close()
