@@ -33,7 +33,7 @@ import numpy as np
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.services import open_services
-from fleetcast.server.store import Device, StatsRow
+from fleetcast.server.store import Device, StatsRow, TelemetryBatch
 
 HARDWARE = ("x86-cpu", "rk3399", "jetson", "phone-android")
 
@@ -43,6 +43,7 @@ def seed(data: Path, devices: int) -> None:
     services = open_services(ServerConfig(data_dir=data))
     try:
         now = time.time()
+        batches = []
         for i in range(devices):
             device_id = f"bench-{i:05d}"
             services.store.put_device(Device(
@@ -55,8 +56,13 @@ def seed(data: Path, devices: int) -> None:
                 for b, n in zip(*np.unique(rng.integers(20, 40, size=200), return_counts=True)):
                     counts[int(b)] = int(n)
                 rows.append(StatsRow("digits", version, "original", 200, int(rng.integers(0, 3)), 300.0,
-                                     tuple(counts)))
-            services.store.ingest_telemetry(device_id, "seed", rows, now)
+                                     tuple(counts), backend="onnxruntime"))
+            batches.append(TelemetryBatch(device_id, "seed", rows))
+            if len(batches) == 500:   # as the server's group commit writes them
+                services.store.ingest_telemetry_many(batches, now)
+                batches = []
+        if batches:
+            services.store.ingest_telemetry_many(batches, now)
     finally:
         services.close()
 
