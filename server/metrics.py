@@ -10,8 +10,8 @@ fleet's size). Series, all in base units:
 | fleetcast_devices_serving                               | gauge     | model, version                             |
 | fleetcast_deployments                                   | gauge     | status                                     |
 | fleetcast_deployment_devices                            | gauge     | deployment_id, model, version, outcome     |
-| fleetcast_inference_duration_seconds (_bucket/_count/_sum) | histogram | model, version, variant, hardware_class |
-| fleetcast_inferences_total, fleetcast_inference_errors_total | counter | model, version, variant, hardware_class |
+| fleetcast_inference_duration_seconds (_bucket/_count/_sum) | histogram | model, version, variant, hardware_class, backend |
+| fleetcast_inferences_total, fleetcast_inference_errors_total | counter | model, version, variant, hardware_class, backend |
 | fleetcast_http_requests_total                           | counter   | method, route, status                      |
 | fleetcast_http_request_duration_seconds                 | histogram | method, route                              |
 | process_*, python_gc_*, python_info                     | (prometheus-client's own collectors)           |
@@ -42,7 +42,7 @@ from fleetcast.server import liveness
 from fleetcast.server.store import DeviceTally, FleetAggregate, Store
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-INFERENCE_LABELS: Final = ("model", "version", "variant", "hardware_class")
+INFERENCE_LABELS: Final = ("model", "version", "variant", "hardware_class", "backend")
 BOUNDS_S: Final = tuple(b / 1000.0 for b in buckets.LATENCY_BOUNDS_MS)
 HTTP_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ACTIVE_DEPLOYMENT_LIMIT: Final = 200
@@ -119,7 +119,7 @@ class FleetCollector(Collector):
         inferences = CounterMetricFamily("fleetcast_inferences", "Inferences devices counted", labels=INFERENCE_LABELS)
         errors = CounterMetricFamily("fleetcast_inference_errors", "Inferences that failed", labels=INFERENCE_LABELS)
         for t in totals:
-            key = (t.model, t.version, t.variant, t.hardware_class)
+            key = (t.model, t.version, t.variant, t.hardware_class, t.backend)
             cumulative, running = [], 0
             for bound, count in zip((*BOUNDS_S, float("inf")), t.histogram, strict=True):
                 running += count

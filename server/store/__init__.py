@@ -270,13 +270,14 @@ class SeriesRow:
 
 @dataclass(frozen=True)
 class FleetAggregate:
-    """The cumulative figures of every device of one hardware class for one model variant,
-    summed (bucket counts added): what /metrics exports, with no device id in it."""
+    """The cumulative figures of every device of one hardware class for one model variant
+    on one back end, summed (bucket counts added): what /metrics exports, no device id in it."""
 
     model: str
     version: str
     variant: str
     hardware_class: str       # "unknown" for telemetry of a device no longer enrolled
+    backend: str              # the back end that served ("" when not reported)
     inferences: int
     errors: int
     latency_sum_ms: float
@@ -362,7 +363,7 @@ class Store(Protocol):
     # many batches in one transaction; one flag per batch, True for a duplicate
     def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]: ...
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]: ...
-    # the aggregates summed per (model, version, variant, hardware class), in that order
+    # the aggregates summed per (model, version, variant, hardware class, back end), in that order
     def fleet_aggregates(self) -> list[FleetAggregate]: ...
     # windows with since <= minute * WINDOW_S <= until (None: now), one row per window;
     # `device_ids` narrows to those devices (None: all)

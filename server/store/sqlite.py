@@ -203,18 +203,19 @@ def create_telemetry_windows(db: sqlite_utils.Database) -> None:
 def create_telemetry_fleet(db: sqlite_utils.Database) -> None:
     # The cumulative aggregates summed per hardware class, kept at ingest in the same
     # transaction (what /metrics exports, read in a few rows however large the fleet);
-    # filled here from the aggregates already stored.
+    # filled here from the aggregates already stored, whose back end was not recorded ("").
     db.execute(
         "CREATE TABLE telemetry_fleet (model TEXT NOT NULL, version TEXT NOT NULL, variant TEXT NOT NULL,"
-        " hardware_class TEXT NOT NULL, inferences INTEGER NOT NULL, errors INTEGER NOT NULL,"
-        " latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL, PRIMARY KEY (model, version, variant, hardware_class))"
+        " hardware_class TEXT NOT NULL, backend TEXT NOT NULL, inferences INTEGER NOT NULL, errors INTEGER NOT NULL,"
+        " latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL,"
+        " PRIMARY KEY (model, version, variant, hardware_class, backend))"
     )
     sums: dict[tuple[Any, ...], _Sums] = {}
     for row in db.execute(
             "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, 'unknown'), a.inferences, a.errors,"
             " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
             " ON d.device_id = a.device_id").fetchall():
-        _add(sums, tuple(row[:4]), StatsRow("", "", "", row[4], row[5], row[6], json.loads(row[7])))
+        _add(sums, (*row[:4], ""), StatsRow("", "", "", row[4], row[5], row[6], json.loads(row[7])))
     _merge_into(db.conn, "telemetry_fleet", FLEET_KEY, sums)
 
 
@@ -365,7 +366,7 @@ def _add(into: dict[tuple[Any, ...], _Sums], key: tuple[Any, ...], r: StatsRow |
     buckets.merge(acc.histogram, r.histogram)
 
 
-FLEET_KEY: Final = ("model", "version", "variant", "hardware_class")
+FLEET_KEY: Final = ("model", "version", "variant", "hardware_class", "backend")
 UNKNOWN_HARDWARE: Final = "unknown"   # telemetry of a device that is not (or no longer) enrolled
 
 
@@ -825,6 +826,7 @@ class SqliteStore:
         minute = int(at // WINDOW_S)
         totals: dict[tuple[Any, ...], _Sums] = {}
         windows: dict[tuple[Any, ...], _Sums] = {}
+        by_backend: dict[tuple[Any, ...], _Sums] = {}
         with self._tx() as c:
             for b in batches:
                 cur = c.execute("INSERT OR IGNORE INTO telemetry_batches VALUES (?, ?, ?)", (b.device_id, b.batch_id, at))
@@ -833,6 +835,7 @@ class SqliteStore:
                     continue
                 for r in b.rows:
                     _add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    _add(by_backend, (b.device_id, r.model, r.version, r.variant, r.backend), r)
                     _add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
             device_ids = list({key[0] for key in totals})
             hardware = {d: hw for chunk in _chunks(device_ids, 500) for d, hw in c.execute(
@@ -842,8 +845,8 @@ class SqliteStore:
             for (model, m, device_id, version, variant, backend), sums in windows.items():
                 _add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
             fleet: dict[tuple[Any, ...], _Sums] = {}
-            for (device_id, model, version, variant), sums in totals.items():   # before totals take the stored sums
-                _add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE)), sums)
+            for (device_id, model, version, variant, backend), sums in by_backend.items():
+                _add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE), backend), sums)
             _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
             _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
                         windows)
@@ -882,9 +885,11 @@ class SqliteStore:
                                  (int(series_before // WINDOW_S),)).rowcount
 
     def fleet_aggregates(self) -> list[FleetAggregate]:
-        return [FleetAggregate(model=r[0], version=r[1], variant=r[2], hardware_class=r[3], inferences=r[4],
-                               errors=r[5], latency_sum_ms=r[6], histogram=json.loads(r[7]))
-                for r in self._all("SELECT * FROM telemetry_fleet ORDER BY model, version, variant, hardware_class")]
+        return [FleetAggregate(model=r[0], version=r[1], variant=r[2], hardware_class=r[3], backend=r[4],
+                               inferences=r[5], errors=r[6], latency_sum_ms=r[7], histogram=json.loads(r[8]))
+                for r in self._all("SELECT model, version, variant, hardware_class, backend, inferences, errors,"
+                                   " latency_sum_ms, histogram FROM telemetry_fleet"
+                                   " ORDER BY model, version, variant, hardware_class, backend")]
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"

@@ -123,25 +123,31 @@ def test_fleet_aggregates_are_the_device_aggregates_merged_by_hardware_class(tmp
             counts = buckets.empty()
             counts[(i * 3) % buckets.BUCKETS] += 5 + i
             counts[(i * 7 + 1) % buckets.BUCKETS] += 2
-            rows.append(StatsRow("digits", version, "original", sum(counts), i % 3, 1.5 * i, tuple(counts)))
+            rows.append(StatsRow("digits", version, "original", sum(counts), i % 3, 1.5 * i, tuple(counts),
+                                 backend="onnxruntime"))
         store.ingest_telemetry(d.device_id, "b1", rows, NOW)
     store.ingest_telemetry("gone-device", "b1", [StatsRow("digits", "1", "original", 1, 0, 2.0,
                                                           tuple(1 if b == 0 else 0 for b in range(buckets.BUCKETS)))], NOW)
     hardware = {d.device_id: d.hardware_class for d in devices}
-    expected = fleetview.merge(store.aggregates(),
-                               lambda a: (a.model, a.version, a.variant, hardware.get(a.device_id, "unknown")))
-    got = {(t.model, t.version, t.variant, t.hardware_class): t for t in store.fleet_aggregates()}
-    assert set(got) == set(expected) and ("digits", "1", "original", "unknown") in got
+    expected = fleetview.merge(store.aggregates(), lambda a: (
+        a.model, a.version, a.variant, hardware.get(a.device_id, "unknown"),
+        "" if a.device_id == "gone-device" else "onnxruntime"))
+    got = {(t.model, t.version, t.variant, t.hardware_class, t.backend): t for t in store.fleet_aggregates()}
+    assert set(got) == set(expected) and ("digits", "1", "original", "unknown", "") in got
     for key, f in expected.items():
         t = got[key]
         assert (t.inferences, t.errors, tuple(t.histogram)) == (f.inferences, f.errors, f.histogram)
         assert t.latency_sum_ms == f.latency_sum_ms
     store.close()
-    # A data dir from before the rollup gets it filled from the stored aggregates.
+    # A data dir from before the rollup gets it filled from the stored aggregates (which
+    # never recorded a back end).
     import sqlite3
     with sqlite3.connect(tmp_path / "f.db") as c:
         c.execute("DROP TABLE telemetry_fleet")
         c.execute("DELETE FROM migrations WHERE name = 'create_telemetry_fleet'")
     reopened = SqliteStore(tmp_path / "f.db")
-    assert {(t.model, t.version, t.variant, t.hardware_class): t for t in reopened.fleet_aggregates()} == got
+    backfilled = {(t.model, t.version, t.variant, t.hardware_class): t for t in reopened.fleet_aggregates()}
+    assert {t.backend for t in backfilled.values()} == {""}
+    assert {k: (t.inferences, t.errors, tuple(t.histogram)) for k, t in backfilled.items()} == \
+        {k[:4]: (t.inferences, t.errors, tuple(t.histogram)) for k, t in got.items()}
     reopened.close()
