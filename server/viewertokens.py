@@ -12,7 +12,6 @@ logs in with the `operator` role.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import hmac
 import json
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fleetcast.server import datadir
+from fleetcast.server.enrolltokens import hash_token
 from fleetcast.server.errors import InvalidRequest
 
 FILE_NAME: Final = "viewer-tokens.json"
@@ -39,10 +39,6 @@ class ViewerToken:
     name: str
     sha256: str
     created_at: float
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _path(data_dir: Path) -> Path:
@@ -83,7 +79,7 @@ def create(data_dir: Path, name: str, *, now: float) -> str:
     if len(tokens) >= MAX_TOKENS:
         raise InvalidRequest(f"{MAX_TOKENS} viewer tokens exist; revoke some first")
     token = "fcv-" + secrets.token_hex(32)
-    _save(data_dir, [*tokens, ViewerToken(name=name, sha256=_hash(token), created_at=now)])
+    _save(data_dir, [*tokens, ViewerToken(name=name, sha256=hash_token(token), created_at=now)])
     return token
 
 
@@ -118,7 +114,7 @@ class ViewerTokens:
             return self._hashes
 
     def accepts(self, token: str) -> bool:
-        digest = _hash(token[:512])
+        digest = hash_token(token[:512])
         return any(hmac.compare_digest(digest, h) for h in self._current())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import secrets
 import time
@@ -205,8 +206,7 @@ async def devices_csv(request: web.Request) -> web.StreamResponse:
     config = dash.services.config.liveness
     while sent < dash.config.max_csv_rows:
         limit = min(CSV_CHUNK_ROWS, dash.config.max_csv_rows - sent)
-        query = f.store_query(now=now, config=config)
-        query = type(query)(**{**query.__dict__, "limit": limit, "offset": sent})
+        query = dataclasses.replace(f.store_query(now=now, config=config), limit=limit, offset=sent)
         page = await asyncio.to_thread(dash.services.store.find_devices, query)
         for d in page.devices:
             row = documents.device_row(d, now=now, config=config)
