@@ -77,8 +77,8 @@ def _secure(request: web.Request) -> bool:
 
 
 def _error_page(request: web.Request, e: FleetcastError) -> web.Response:
-    return html(_dashboard(request).env, "error.html", _context(request, error=e, status=http_status(e)),
-                status=http_status(e))
+    """The error as a page, or as the live section a refresh asked for (it says what went wrong in place)."""
+    return _page(request, "error.html", status=http_status(e), error=e, status_code=http_status(e))
 
 
 def guarded(handler: Handler, access: str) -> Handler:
@@ -88,7 +88,10 @@ def guarded(handler: Handler, access: str) -> Handler:
                 session = _dashboard(request).sessions.get(request.cookies.get(COOKIE))
                 if session is None:
                     if request.method == "GET":
-                        return _redirect("/ui/login?next=" + quote(_next(request.path_qs), safe="/"))
+                        login = "/ui/login?next=" + quote(_next(request.path_qs), safe="/")
+                        if request.headers.get("HX-Request") == "true":   # a live refresh: the whole page goes
+                            return web.Response(status=204, headers={"HX-Redirect": login})
+                        return _redirect(login)
                     raise Unauthenticated("log in first: your session ended or was never opened")
                 request[SESSION] = session
                 if request.method != "GET":
