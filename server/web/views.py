@@ -52,10 +52,27 @@ def recent_deployments(s: Services, *, limit: int = RECENT_DEPLOYMENTS) -> list[
     return [documents.deployment_summary(s.store, d) for d in s.store.deployments(limit=limit)]
 
 
+OVERVIEW_MODELS: Final = 10
+OVERVIEW_WINDOW: Final = "1h"
+
+
+def fleet_latency(s: Services, models: Sequence[str], *, now: float) -> list[dict[str, Any]]:
+    """Each model's last hour by (version, hardware class), from the fleet's telemetry windows."""
+    span_s, _ = telemetry_windows.WINDOWS[OVERVIEW_WINDOW]
+    out = []
+    for name in models[:OVERVIEW_MODELS]:
+        rows = s.store.series_rows(name, since=now - span_s)
+        figures = telemetry_windows.figures(rows, key=lambda r: (r.version, r.hardware_class))
+        out += [{"model": name, "version": v, "hardware_class": hw, **f.figures()}
+                for (v, hw), f in sorted(figures.items())]
+    return out
+
+
 def overview(s: Services, *, now: float) -> dict[str, Any]:
-    return {"fleet": fleet_summary(s, now=now), "deployments": recent_deployments(s),
-            "models": documents.model_list(s.store.models())["models"], "as_of": now,
-            "liveness_config": s.config.liveness}
+    models = documents.model_list(s.store.models())["models"]
+    return {"fleet": fleet_summary(s, now=now), "deployments": recent_deployments(s), "models": models,
+            "latency": fleet_latency(s, [m["name"] for m in models], now=now), "latency_window": OVERVIEW_WINDOW,
+            "percentiles": telemetry_windows.INTERPOLATION, "as_of": now}
 
 
 def device_table(s: Services, f: DeviceFilter, *, now: float) -> dict[str, Any]:

@@ -285,6 +285,10 @@ def test_the_model_page_gives_latency_by_hardware_class_from_the_shared_buckets(
     assert page.locator("[data-serving='1']").inner_text() == str(FLEET_SIZE)
     page.wait_for_selector(".plot .uplot")
     dash.shot(page, "model")
+    page.goto(dash.server.http + "/ui/")                                # the overview's table: the same sums
+    overview = {r.get_attribute("data-key").split()[1]: int(r.locator("td[data-col=inferences]").inner_text())
+                for r in page.locator("#latency-by-hardware tbody tr[data-key]").all()}
+    assert overview == api
     dash.assert_clean(page)
 
 
