@@ -1,7 +1,8 @@
 """Latency histogram layout shared by the agent (which counts) and the server (which sums).
 
 Buckets are fixed so histograms from any device and any window add up by plain
-element-wise sums; percentiles are read back from the summed counts.
+element-wise sums; percentiles are read back from the summed counts
+(`fleetcast.server.fleetview.quantile`, interpolated within a bucket).
 """
 
 from __future__ import annotations
@@ -35,19 +36,3 @@ def merge(into: list[int], counts: Sequence[int]) -> list[int]:
     into[:] = map(operator.add, into, map(int, counts))   # element-wise in C: the ingest hot path
     return into
 
-
-def percentile(counts: Sequence[int], q: float) -> float | None:
-    """The q-quantile (0 < q <= 1) as the upper bound of its bucket, None when empty.
-
-    The open last bucket reports twice the last bound, marked as an over-estimate.
-    """
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, c in enumerate(counts):
-        seen += c
-        if seen >= rank and c:
-            return LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else LATENCY_BOUNDS_MS[-1] * 2
-    return LATENCY_BOUNDS_MS[-1] * 2

@@ -28,6 +28,7 @@ from fleetcast.sdk._errors import (
     IntegrityError,
     InvalidRequestError,
     NotFoundError,
+    RolloutTimeoutError,
     ServerError,
     TransportError,
 )
@@ -38,6 +39,7 @@ from fleetcast.sdk._models import (
     Model,
     ModelSummary,
     ModelVersion,
+    Rollout,
     Variant,
     VersionStats,
 )
@@ -72,6 +74,8 @@ __all__ = [
     "ModelSummary",
     "ModelVersion",
     "NotFoundError",
+    "Rollout",
+    "RolloutTimeoutError",
     "ServerError",
     "TransportError",
     "Variant",

@@ -14,7 +14,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -28,10 +28,11 @@ from fleetcast.sdk._errors import (
     ConfigError,
     DeploymentTimeoutError,
     IntegrityError,
+    RolloutTimeoutError,
     TransportError,
     api_error,
 )
-from fleetcast.sdk._models import Deployment, Device, Model, ModelSummary, ModelVersion, Variant
+from fleetcast.sdk._models import Deployment, Device, Model, ModelSummary, ModelVersion, Rollout, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +262,59 @@ class Client:
                 )
             time.sleep(poll_s)
 
+    def undo_deployment(self, id: str) -> Deployment:
+        """Every device of the deployment goes back to the version it ran before."""
+        request = self._http.build_request("POST", f"/v1/deployments/{_seg(id)}/undo")
+        return Deployment.from_json(self._send(request))
+
+    # rollouts
+
+    def start_rollout(self, model: str, *, version: str | None = None, to: str = "all",
+                      options: Mapping[str, Any] | None = None) -> Rollout:
+        """Start a staged rollout. `options` are the REST body's (stages, soak_s, gates,
+        min_inferences, on_inconclusive, on_fail, hold_back, device_timeout_s, ...)."""
+        return Rollout.from_json(self._send(self._http.build_request(
+            "POST", "/v1/rollouts", json=_rollout_body(model, version, to, options))))
+
+    def plan_rollout(self, model: str, *, version: str | None = None, to: str = "all",
+                     options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The dry run: which devices each stage would reach, per cohort."""
+        return self._send(self._http.build_request("POST", "/v1/rollout-plans",
+                                                   json=_rollout_body(model, version, to, options)))
+
+    def get_rollout(self, id: str) -> Rollout:
+        return Rollout.from_json(self._get(f"/v1/rollouts/{_seg(id)}"))
+
+    def list_rollouts(self, *, state: str | None = None) -> list[Rollout]:
+        doc = self._get("/v1/rollouts" + (f"?state={_seg(state)}" if state else ""))
+        return [Rollout.from_json(r) for r in doc.get("rollouts", ())]
+
+    def rollout_command(self, id: str, verb: str, *, full: bool = False) -> Rollout:
+        """pause | resume | promote (full: every remaining device at once) | abort | undo."""
+        if verb not in {"pause", "resume", "promote", "abort", "undo"}:
+            raise ValueError(f"rollout verb {verb!r}: use pause, resume, promote, abort or undo")
+        url = f"/v1/rollouts/{_seg(id)}/{verb}" + ("?full=1" if full else "")
+        return Rollout.from_json(self._send(self._http.build_request("POST", url)))
+
+    def wait_rollout(self, id: str, *, timeout_s: float, poll_s: float = 1.0,
+                     on_update: Callable[[Rollout], None] | None = None) -> Rollout:
+        """Poll until the rollout ends (completed, aborted or rolled back); `on_update` sees
+        each change. Raises `RolloutTimeoutError` (carrying the last state) after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        last: Rollout | None = None
+        while True:
+            current = self.get_rollout(id)
+            if on_update is not None and (last is None or current.raw != last.raw):
+                on_update(current)
+            last = current
+            if current.finished:
+                return current
+            if time.monotonic() + poll_s > deadline:
+                raise RolloutTimeoutError(
+                    f"rollout {id} is still {current.state} (stage {current.stage}) after {timeout_s:g} s; "
+                    f"follow it with `fleetcast rollout status {id} --watch`", rollout=current)
+            time.sleep(poll_s)
+
     # devices
 
     def reprovision_device(self, id: str) -> dict[str, Any]:
@@ -326,6 +380,13 @@ class Client:
             response.read()
             response.close()
         raise _error_from(response)
+
+
+def _rollout_body(model: str, version: str | None, to: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {**(options or {}), "model": model, "target": to}
+    if version is not None:
+        body["version"] = version
+    return body
 
 
 def read_data_dir(path: Path) -> tuple[str, str]:

@@ -13,6 +13,7 @@ FleetcastError
   + IntegrityError          a downloaded artifact does not match its signed sha256/length
   + DeploymentTimeoutError  wait_deployment ran out of time; .deployment is the last seen
   + CompressionTimeoutError wait_compression ran out of time; .version is the last seen
+  + RolloutTimeoutError     wait_rollout ran out of time; .rollout is the last seen
 ```
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from fleetcast.sdk._models import Deployment, ModelVersion
+    from fleetcast.sdk._models import Deployment, ModelVersion, Rollout
 
 
 class FleetcastError(Exception):
@@ -68,6 +69,14 @@ class ServerError(ApiError):
 
 class IntegrityError(FleetcastError):
     """A downloaded artifact does not match the sha256 or length the server published."""
+
+
+class RolloutTimeoutError(FleetcastError):
+    """A rollout did not end in time. `rollout` is the last state seen."""
+
+    def __init__(self, message: str, *, rollout: Rollout) -> None:
+        super().__init__(message)
+        self.rollout = rollout
 
 
 class DeploymentTimeoutError(FleetcastError):

@@ -15,7 +15,7 @@ JsonDoc = Mapping[str, Any]
 # cancelled, superseded); these are the ones that count as failures.
 FAILED_OUTCOMES: Final[frozenset[str]] = frozenset({"failed", "rolled_back"})
 # Deployment statuses after which nothing changes any more ("active" is the other one).
-FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "partial", "cancelled"})
+FINAL_DEPLOYMENT_STATES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "partial", "cancelled", "reverted"})
 
 
 @dataclass(frozen=True)
@@ -275,3 +275,32 @@ class Device:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+# Rollout states after which nothing changes any more (ADR 0007).
+FINAL_ROLLOUT_STATES: Final[frozenset[str]] = frozenset({"completed", "aborted", "rolled_back"})
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A staged rollout: its state, its stages and every gate check's numbers (in `raw`)."""
+
+    id: str
+    model: str
+    version: str
+    target: str
+    state: str
+    stage: int
+    healthy: bool
+    stages: tuple[JsonDoc, ...]
+    raw: JsonDoc = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: JsonDoc) -> Rollout:
+        return cls(id=str(doc["id"]), model=str(doc.get("model", "")), version=str(doc.get("version", "")),
+                   target=str(doc.get("target", "")), state=str(doc.get("state", "")), stage=int(doc.get("stage", 0)),
+                   healthy=bool(doc.get("healthy", False)), stages=tuple(doc.get("stages") or ()), raw=doc)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_ROLLOUT_STATES

@@ -1,6 +1,6 @@
 """The operator's commands: `fleetcast model|deploy|device ...` (see docs/cli.md).
 
-`main(argv)` gets argv with argv[0] being "model", "deploy" or "device" and returns
+`main(argv)` gets argv with argv[0] being "model", "deploy", "rollout" or "device" and returns
 the exit status: 0 done, 1 the operation failed, 2 the command line is wrong.
 Every command takes the connection options (`--server`/`--token`, or `--data DIR`
 of a local server), `--json` for the server's JSON documents and `-v` for more log.
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
-DEPLOY_SUBCOMMANDS: Final = frozenset({"create", "status", "list", "cancel"})
+DEPLOY_SUBCOMMANDS: Final = frozenset({"create", "status", "list", "cancel", "undo"})
 Command = Callable[[Client, argparse.Namespace], int]
 
 
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deploy(commands, common)
     _add_device(commands, common)
     _add_enroll_token(commands, common)
+    from fleetcast.sdk._rollout_cli import add_rollout   # imports this module's helpers
+
+    add_rollout(commands, common)
     return root
 
 
@@ -187,7 +190,8 @@ def _add_model(commands: Any, common: argparse.ArgumentParser) -> None:
 def _add_deploy(commands: Any, common: argparse.ArgumentParser) -> None:
     sub = _group(commands, "deploy", help="deploy a model version and follow a deployment", examples=[
         "fleetcast deploy digits@1 --to all --wait   (short for `deploy create ...`)",
-        "fleetcast deploy status 3 --wait", "fleetcast deploy list", "fleetcast deploy cancel 3"])
+        "fleetcast deploy status 3 --wait", "fleetcast deploy list", "fleetcast deploy cancel 3",
+        "fleetcast deploy undo 3"])
     create = _leaf(sub, "create", common, help="deploy a model version to devices",
                    run=cmd_deploy_create,
                    example="fleetcast deploy digits@1 --to group:lab --wait --data /tmp/fc")
@@ -205,6 +209,9 @@ def _add_deploy(commands: Any, common: argparse.ArgumentParser) -> None:
                    "get their previous model back", run=cmd_deploy_cancel,
                    example="fleetcast deploy cancel 3 --data /tmp/fc")
     cancel.add_argument("id", metavar="ID", help="deployment id")
+    undo = _leaf(sub, "undo", common, help="undo a deployment: every device goes back to the version it ran "
+                 "before", run=cmd_deploy_undo, example="fleetcast deploy undo dep-1a2b --data /tmp/fc")
+    undo.add_argument("id", metavar="ID", help="deployment id")
 
 
 def _add_device(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -363,6 +370,12 @@ def cmd_deploy_list(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_deploy_cancel(client: Client, args: argparse.Namespace) -> int:
     deployment = client.cancel_deployment(args.id)
+    _emit(args, deployment.raw, lambda: _deployment_text(deployment))
+    return 0
+
+
+def cmd_deploy_undo(client: Client, args: argparse.Namespace) -> int:
+    deployment = client.undo_deployment(args.id)
     _emit(args, deployment.raw, lambda: _deployment_text(deployment))
     return 0
 

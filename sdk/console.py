@@ -17,6 +17,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "agent": ("fleetcast.agent.cli", "run the device agent, or talk to a running one"),
     "model": ("fleetcast.sdk.cli", "push, list and show models"),
     "deploy": ("fleetcast.sdk.cli", "deploy a model version and follow a deployment"),
+    "rollout": ("fleetcast.sdk.cli", "roll a model out in stages gated on serving health"),
     "device": ("fleetcast.sdk.cli", "list, show and re-provision enrolled devices"),
     "enroll-token": ("fleetcast.sdk.cli", "make and list enrollment tokens"),
     "token": ("fleetcast.server.viewertokens", "make, list and revoke read-only dashboard viewer tokens"),

@@ -49,6 +49,7 @@ class ServerConfig:
     max_golden_bytes: int = 64 * MiB
     signing: SigningConfig = field(default_factory=SigningConfig)
     refresh_interval_s: float = 3600.0  # 0 disables the periodic timestamp refresh
+    rollout_look_s: float = 0.5         # how often the rollout scheduler looks at running rollouts
     public_url: str | None = None  # base URL devices use for HTTP artifact downloads
     grpc_grace_s: float = 2.0
     # Calibration and evaluation uploads for --compress (one .npz each).

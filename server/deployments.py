@@ -15,6 +15,7 @@ Per-device state is what the device last reported; a final report sets the outco
 | none installed                   | failed    |
 | some installed, some not         | partial   |
 | cancelled by the operator        | cancelled (kept) |
+| undone by the operator           | reverted (kept)  |
 
 Cancelling gives every device not yet final its previous assignment back (or clears
 it). A newer deployment to a device closes its open row in older ones as "superseded".
@@ -26,13 +27,13 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from fleetcast.proto.topics import AssignmentNotice
 from fleetcast.server import choice
-from fleetcast.server.errors import DeploymentNotFound, DeviceNotFound, InvalidRequest, TargetEmpty
+from fleetcast.server.errors import DeploymentNotFound, DeviceNotFound, IllegalTransition, InvalidRequest, TargetEmpty
 from fleetcast.server.fleet import NAME
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry
@@ -71,6 +72,16 @@ class StatusUpdate:
         if self.final and self.outcome not in OUTCOMES:
             raise InvalidRequest(f"a final status report needs an outcome in {sorted(OUTCOMES)}, not {self.outcome[:40]!r}")
         return self
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """A target resolved: the release, its devices and the variant each one gets."""
+
+    release: ModelVersion
+    target: str
+    devices: Sequence[Device | DeviceProfile]
+    choices: Mapping[str, choice.Choice]   # device id -> variant, in target order
 
 
 def status_from(counts: Mapping[str, int]) -> str:
@@ -148,35 +159,54 @@ class Deployments:
             raise TargetEmpty(f"target {target!r} matches no enrolled device: enroll devices or choose another target")
         return found
 
-    def create(self, *, model: str, version: str | None, target: str) -> Deployment:
+    def plan(self, *, model: str, version: str | None, target: str) -> TargetPlan:
+        """The release, the targeted devices and each one's variant, without recording anything."""
         release = self.registry.version(model, version)
         devices = self._profiles(target)
-        now = self.clock()
-        deployment = Deployment(
-            deployment_id=f"dep-{secrets.token_hex(8)}", model=release.model, version=release.version,
-            target=target, status="active", created_at=now, updated_at=now,
-        )
-        ids = [d.device_id for d in devices]
-        previous = self.store.assignments_of(ids)
         choose = self._chooser(release)
+        return TargetPlan(release=release, target=target, devices=tuple(devices),
+                          choices={d.device_id: choose(d) for d in devices})
+
+    def create(self, *, model: str, version: str | None, target: str) -> Deployment:
+        planned = self.plan(model=model, version=version, target=target)
+        deployment = self.new_deployment(planned.release, target=target)
+        self.assign_wave(deployment, planned.release, planned.choices)
+        logger.info("deployment created deployment=%s model=%s version=%s devices=%d",
+                    deployment.deployment_id, planned.release.model, planned.release.version, len(planned.devices))
+        return deployment
+
+    def new_deployment(self, release: ModelVersion, *, target: str) -> Deployment:
+        """A deployment not yet recorded: `assign_wave` records it with its first devices."""
+        now = self.clock()
+        return Deployment(deployment_id=f"dep-{secrets.token_hex(8)}", model=release.model, version=release.version,
+                          target=target, status="active", created_at=now, updated_at=now)
+
+    def assign_wave(self, deployment: Deployment, release: ModelVersion,
+                    choices: Mapping[str, choice.Choice]) -> None:
+        """Assigns one wave of devices (device id -> its variant) to `deployment`, recording the
+        deployment itself with its first wave; the assigner then signs each director. A
+        device's open row in any other deployment closes as superseded."""
+        now = self.clock()
+        ids = list(choices)
+        previous = self.store.assignments_of(ids)
         rows = []
-        for d in devices:
-            chosen = choose(d)
-            self._why[(deployment.deployment_id, d.device_id)] = chosen.why
+        for device_id, chosen in choices.items():
+            self._why[(deployment.deployment_id, device_id)] = chosen.why
             rows.append(DeploymentDevice(
-                deployment_id=deployment.deployment_id, device_id=d.device_id, variant=chosen.variant.variant,
+                deployment_id=deployment.deployment_id, device_id=device_id, variant=chosen.variant.variant,
                 sha256=chosen.variant.sha256, state="assigned", outcome="", reason="", updated_at=now,
-                previous=prev.document if (prev := previous.get(d.device_id)) else None,
+                previous=prev.document if (prev := previous.get(device_id)) else None,
             ))
         touched = self.store.close_open_rows(ids, outcome="superseded", reason="a newer deployment replaced this one",
-                                             at=now)
-        self.store.add_deployment(deployment, rows)
+                                             at=now, keep=deployment.deployment_id)
+        if self.store.deployment(deployment.deployment_id) is None:
+            self.store.add_deployment(deployment, rows)
+        else:
+            self.store.add_deployment_devices(rows)
+            self._refresh_status(deployment.deployment_id, now)
         for deployment_id in touched:
             self._refresh_status(deployment_id, now)
-        logger.info("deployment created deployment=%s model=%s version=%s devices=%d",
-                    deployment.deployment_id, release.model, release.version, len(rows))
         self.on_created()
-        return deployment
 
     def sign_pending(self, *, limit: int = 256) -> int:
         """Signs the director of up to `limit` devices whose assignment is not signed yet,
@@ -205,7 +235,8 @@ class Deployments:
         if device is None or self.store.assignment(device_id) is not None:
             return None
         targets = {"all"} | ({f"group:{device.group}"} if device.group else set())
-        newest = next((d for d in self.store.deployments() if d.target in targets and d.status != "cancelled"), None)
+        newest = next((d for d in self.store.deployments()
+                       if d.target in targets and d.status not in {"cancelled", "reverted"}), None)
         if newest is None:
             return None
         release = self.registry.version(newest.model, newest.version)
@@ -280,7 +311,7 @@ class Deployments:
 
     def _refresh_status(self, deployment_id: str, now: float) -> None:
         deployment = self.store.deployment(deployment_id)
-        if deployment is None or deployment.status == "cancelled":
+        if deployment is None or deployment.status in {"cancelled", "reverted"}:
             return
         status = status_from(self.store.deployment_counts(deployment_id))
         if status != deployment.status:
@@ -303,6 +334,50 @@ class Deployments:
                     self._assign(row.device_id, assignment_from(row.previous) if row.previous else None)
         self.store.set_deployment_status(deployment_id, "cancelled", now)
         logger.info("deployment cancelled deployment=%s", deployment_id)
+        return self.get(deployment_id)
+
+    # -- revert -------------------------------------------------------------------------
+    def revert(self, deployment_id: str, device_ids: Sequence[str] | None = None, *,
+               reason: str = "reverted by the operator") -> list[str]:
+        """Gives each device of the deployment (or those named) that is still assigned it the
+        assignment it had before (the same signed bytes: the previous artifact's sha256), or
+        none; its row closes as "reverted". Returns the devices reverted."""
+        now = self.clock()
+        wanted = None if device_ids is None else set(device_ids)
+        reverted = []
+        for row in self.store.deployment_devices(deployment_id):
+            if (wanted is not None and row.device_id not in wanted) or row.outcome in {"superseded", "reverted"}:
+                continue
+            with self._signing:
+                current = self.store.assignment(row.device_id)
+                if current is not None and current.deployment_id != deployment_id:
+                    continue    # a newer deployment owns this device now
+                self.store.update_deployment_device(deployment_id, row.device_id, state=row.state,
+                                                    outcome="reverted", reason=reason[:MAX_REASON_CHARS], at=now)
+                if current is not None:
+                    self._assign(row.device_id, assignment_from(row.previous) if row.previous else None)
+            reverted.append(row.device_id)
+        self._refresh_status(deployment_id, now)
+        logger.info("deployment reverted deployment=%s devices=%d reason=%s", deployment_id, len(reverted), reason)
+        return reverted
+
+    def reopen(self, deployment_id: str, device_ids: Sequence[str]) -> None:
+        """Assigns the deployment again to devices whose rows closed (reverted, failed): each
+        row is open again, and the assigner signs it as it signs a new one."""
+        now = self.clock()
+        for device_id in device_ids:
+            self.store.update_deployment_device(deployment_id, device_id, state="assigned", outcome="", reason="",
+                                                at=now)
+        self._refresh_status(deployment_id, now)
+        self.on_created()
+
+    def undo(self, deployment_id: str) -> Deployment:
+        """`deploy undo`: every device of the deployment back to what it ran before."""
+        deployment = self.get(deployment_id)
+        if deployment.status in {"cancelled", "reverted"}:
+            raise IllegalTransition(f"deployment {deployment_id} is {deployment.status}; there is nothing to undo")
+        self.revert(deployment_id)
+        self.store.set_deployment_status(deployment_id, "reverted", self.clock())
         return self.get(deployment_id)
 
     # -- reading ------------------------------------------------------------------------

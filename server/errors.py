@@ -11,8 +11,10 @@ FleetcastError                 code            HTTP  gRPC
   + Unauthenticated            unauthenticated 401   UNAUTHENTICATED
   + Forbidden                  forbidden       403   PERMISSION_DENIED  (a viewer's change; a refused CSRF token)
   + NotFound                   not_found       404   NOT_FOUND
-  |   ModelNotFound, DeviceNotFound, DeploymentNotFound, ArtifactNotFound, MetadataNotFound
+  |   ModelNotFound, DeviceNotFound, DeploymentNotFound, ArtifactNotFound, MetadataNotFound,
+  |   RolloutNotFound
   + Conflict                   conflict        409   ALREADY_EXISTS
+  |   + IllegalTransition      illegal_transition  (a rollout verb its state does not allow)
   |   + VersionExists          version_exists
   |   + AlreadyEnrolled        already_enrolled
   |   + DataDirInUse           data_dir_in_use             (start-up only: another server holds the lock)
@@ -90,6 +92,10 @@ class DeploymentNotFound(NotFound):
     code = "deployment_not_found"
 
 
+class RolloutNotFound(NotFound):
+    code = "rollout_not_found"
+
+
 class ArtifactNotFound(NotFound):
     code = "artifact_not_found"
 
@@ -104,6 +110,10 @@ class Conflict(FleetcastError):
 
 class VersionExists(Conflict):
     code = "version_exists"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
 
 
 class AlreadyEnrolled(Conflict):
@@ -154,6 +164,7 @@ GRPC_CODE: Final[dict[type[FleetcastError], str]] = {
     Forbidden: "PERMISSION_DENIED",
     NotFound: "NOT_FOUND",
     Conflict: "ALREADY_EXISTS",
+    IllegalTransition: "FAILED_PRECONDITION",
     TooLarge: "RESOURCE_EXHAUSTED",
     TooManyRequests: "RESOURCE_EXHAUSTED",
     OutOfRange: "OUT_OF_RANGE",

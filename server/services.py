@@ -20,6 +20,7 @@ from fleetcast.server.liveness import Presence
 from fleetcast.server.metadata_cache import MetadataCache
 from fleetcast.server.notify import Hub
 from fleetcast.server.registry import Registry, pipeline_compressor
+from fleetcast.server.rollouts.service import Rollouts
 from fleetcast.server.samples import SampleLimits
 from fleetcast.server.signing import Signer
 from fleetcast.server.store.sqlite import SqliteStore
@@ -42,6 +43,7 @@ class Services:
     telemetry: Telemetry
     operator_token: str
     ingest: TelemetryWriter   # group commit of device telemetry (the gRPC path)
+    rollouts: Rollouts        # staged rollouts, each stage a wave of `deployments`
     certificates: Certificates | None = None
     metrics_token: str = ""  # read-only: GET /metrics only (DATA/metrics-token)
     presence: Presence = field(default_factory=Presence)  # devices with an open watch stream
@@ -95,10 +97,11 @@ def open_services(config: ServerConfig) -> Services:
     interrupted = registry.fail_interrupted()
     if interrupted:
         logger.warning("compression jobs interrupted by the last stop count=%d", interrupted)
+    deployments = Deployments(store=store, signer=signer, registry=registry, hub=hub)
     return Services(
         config=config, store=store, blobs=blobs, signer=signer, hub=hub,
         fleet=Fleet(store=store, enroll_token=enroll_token, certificates=certificates), registry=registry,
-        deployments=Deployments(store=store, signer=signer, registry=registry, hub=hub),
+        deployments=deployments, rollouts=Rollouts(store=store, deployments=deployments),
         telemetry=Telemetry(store=store), operator_token=operator_token, ingest=TelemetryWriter(store=store),
         certificates=certificates, metrics_token=metrics_token,
     )

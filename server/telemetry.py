@@ -15,15 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from fleetcast.proto import telemetry as buckets
+from fleetcast.server import fleetview
 from fleetcast.server.errors import InvalidRequest
-from fleetcast.server.store import (
-    MAX_AGGREGATE_COUNT,
-    MAX_AGGREGATE_LATENCY_MS,
-    Aggregate,
-    StatsRow,
-    Store,
-    saturating_add,
-)
+from fleetcast.server.store import StatsRow, Store
 
 logger = logging.getLogger(__name__)
 
@@ -98,29 +92,4 @@ class Telemetry:
 
     def summary(self, device_id: str | None = None) -> list[dict[str, Any]]:
         """Per model@version (and variant): counts and p50/p95/p99 from the summed histograms."""
-        merged: dict[tuple[str, str, str], Aggregate] = {}
-        for a in self.store.aggregates(device_id=device_id):
-            key = (a.model, a.version, a.variant)
-            old = merged.get(key)
-            if old is None:
-                merged[key] = a
-            else:
-                merged[key] = Aggregate(
-                    device_id="*", model=a.model, version=a.version, variant=a.variant,
-                    inferences=saturating_add(old.inferences, a.inferences, MAX_AGGREGATE_COUNT),
-                    errors=saturating_add(old.errors, a.errors, MAX_AGGREGATE_COUNT),
-                    latency_sum_ms=saturating_add(old.latency_sum_ms, a.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS),
-                    histogram=[saturating_add(x, y, MAX_AGGREGATE_COUNT) for x, y in zip(old.histogram, a.histogram)],
-                )
-        return [summarize(a) for a in merged.values()]
-
-
-def summarize(a: Aggregate) -> dict[str, Any]:
-    return {
-        "model": a.model, "version": a.version, "variant": a.variant,
-        "inferences": a.inferences, "errors": a.errors,
-        "mean_ms": a.latency_sum_ms / a.inferences if a.inferences else None,
-        "p50_ms": buckets.percentile(a.histogram, 0.50),
-        "p95_ms": buckets.percentile(a.histogram, 0.95),
-        "p99_ms": buckets.percentile(a.histogram, 0.99),
-    }
+        return fleetview.telemetry_rows(self.store.aggregates(device_id=device_id))

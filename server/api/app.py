@@ -1,7 +1,8 @@
 """The app factory: one `Services`, the route table, and the background services.
 
 `cleanup_ctx` order (started top-down, stopped bottom-up): services (store, hub),
-compression jobs, gRPC server, MQTT bridge, director assigner, timestamp refresher. A failed start never runs the
+compression jobs, gRPC server, MQTT bridge, director assigner, rollout scheduler, timestamp
+refresher. A failed start never runs the
 teardown of something that did not start.
 """
 
@@ -24,6 +25,7 @@ from fleetcast.server import web as dashboard
 from fleetcast.server.api import monitoring, openapi
 from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, METRICS, OPENAPI, SERVICES, Addresses
 from fleetcast.server.api.routes import ROUTES, Handler, Route
+from fleetcast.server.rollouts import scheduler
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.errors import FleetcastError, Unauthenticated, http_status
 from fleetcast.server.grpc_service import start_grpc
@@ -164,6 +166,15 @@ async def assigner_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    task = asyncio.create_task(scheduler.run(services.rollouts, period_s=services.config.rollout_look_s))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def refresher_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(refresher.run(app[SERVICES]))
     yield
@@ -188,6 +199,7 @@ def create_app(config: ServerConfig) -> web.Application:
     if config.mqtt_url:
         app.cleanup_ctx.append(mqtt_ctx)
     app.cleanup_ctx.append(assigner_ctx)
+    app.cleanup_ctx.append(rollouts_ctx)
     if config.refresh_interval_s > 0:
         app.cleanup_ctx.append(refresher_ctx)
     return app

@@ -49,6 +49,24 @@ SCHEMAS: dict[str, Any] = {
             "target": {"type": "string", "description": "all | group:G | device:ID[,ID...]", "default": "all"},
         },
     },
+    "RolloutRequest": {
+        "type": "object", "required": ["model"],
+        "properties": {
+            "model": {"type": "string"},
+            "version": {"type": "string", "description": "default: the latest version"},
+            "target": {"type": "string", "description": "all | group:G | device:ID[,ID...]", "default": "all"},
+            "stages": {"type": "string", "default": "1,10%,50%,100%",
+                       "description": "cumulative sizes: device counts or percentages of the target"},
+            "soak_s": {"type": "number", "default": 60}, "device_timeout_s": {"type": "number", "default": 600},
+            "max_in_flight": {"type": "integer", "default": 0}, "start_rate_per_s": {"type": "number", "default": 0},
+            "gates": {"type": "array", "items": {"type": "string"},
+                      "description": "e.g. 'latency_p95 <= 1.2x control', 'error_rate <= 0.01'"},
+            "min_inferences": {"type": "integer", "default": 100}, "min_devices": {"type": "integer", "default": 1},
+            "on_inconclusive": {"enum": ["pause", "abort"]}, "on_fail": {"enum": ["abort", "pause"]},
+            "hold_back": {"type": "boolean", "default": False},
+            "evaluation_interval_s": {"type": "number", "default": 1},
+        },
+    },
 }
 
 BODIES: dict[str, dict[str, Any]] = {
@@ -65,6 +83,8 @@ BODIES: dict[str, dict[str, Any]] = {
         }}}}},
     "pin": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/PinRequest"}}}},
+    "rollout": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/RolloutRequest"}}}},
 }
 
 

@@ -15,10 +15,11 @@ from aiohttp import web
 from fleetcast.server.api import handlers as h
 from fleetcast.server.api import identity_handlers as ih
 from fleetcast.server.api import monitoring as m
+from fleetcast.server.api import rollout_handlers as rh
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Auth = Literal["operator", "device", "public", "metrics"]  # metrics: DATA/metrics-token or the operator token
-Body = Literal["none", "model-upload", "deployment", "enroll-token", "pin"]
+Body = Literal["none", "model-upload", "deployment", "enroll-token", "pin", "rollout"]
 Reply = Literal["json", "binary", "created", "text"]
 
 
@@ -70,6 +71,24 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/v1/deployments/{id}", h.get_deployment, "operator", "One deployment with per-device state"),
     Route("POST", "/v1/deployments/{id}/cancel", h.cancel_deployment, "operator",
           "Cancel: devices not yet final get their previous assignment back"),
+    Route("POST", "/v1/deployments/{id}/undo", rh.undo_deployment, "operator",
+          "Undo: every device of the deployment goes back to what it ran before"),
+    Route("POST", "/v1/rollouts", rh.create_rollout, "operator",
+          "Start a staged rollout gated on serving health", body="rollout", reply="created"),
+    Route("POST", "/v1/rollout-plans", rh.plan_rollout, "operator",
+          "Dry run: the devices each stage would reach, per cohort", body="rollout"),
+    Route("GET", "/v1/rollouts", rh.list_rollouts, "operator", "Rollouts, newest first", query=("state",)),
+    Route("GET", "/v1/rollouts/{id}", rh.get_rollout, "operator",
+          "One rollout: stages, devices per cohort, every check's numbers, the log"),
+    Route("POST", "/v1/rollouts/{id}/pause", rh.pause_rollout, "operator", "Pause a running rollout"),
+    Route("POST", "/v1/rollouts/{id}/resume", rh.resume_rollout, "operator",
+          "Resume a paused rollout (an inconclusive stage soaks again)"),
+    Route("POST", "/v1/rollouts/{id}/promote", rh.promote_rollout, "operator",
+          "Pass the current stage now (?full=1: every remaining device in one last stage)", query=("full",)),
+    Route("POST", "/v1/rollouts/{id}/abort", rh.abort_rollout, "operator",
+          "Abort: every device the rollout reached goes back to its previous version"),
+    Route("POST", "/v1/rollouts/{id}/undo", rh.undo_rollout, "operator",
+          "Undo (also after completion): every device back to the version it ran before"),
     Route("GET", "/v1/artifacts/{sha256}", h.get_artifact, "device",
           "An artifact's bytes (Range requests give 206 / 416)", reply="binary"),
     Route("GET", "/v1/repository/image/{name}", h.get_image_metadata, "device",

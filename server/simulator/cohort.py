@@ -33,16 +33,19 @@ class Cohort:
     fail_rate: float = 0.0            # fraction of installs reported as failed (smoke test)
     delay_ms: float = 0.0             # mean network delay before each call (exponential)
     call_error_rate: float = 0.0      # fraction of calls that fail once and are retried
+    slow_version: str = ""            # a version this cohort serves worse (a rollout's bad release) ...
+    slow_factor: float = 1.0          # ... its latency multiplied by this
+    slow_error_rate: float = 0.0      # ... and this fraction of its inferences failing on top
 
     def __post_init__(self) -> None:
         if not DEVICE_ID_PATTERN.fullmatch(self.name) or len(self.name) > 40:
             raise CohortError(f"cohort name {self.name[:40]!r}: use up to 40 letters, digits, '.', '_' or '-'")
         if not 0 < self.devices <= 100_000:
             raise CohortError(f"cohort {self.name}: devices must be 1-100000, not {self.devices}")
-        for rate in ("error_rate", "fail_rate", "call_error_rate"):
+        for rate in ("error_rate", "fail_rate", "call_error_rate", "slow_error_rate"):
             if not 0.0 <= getattr(self, rate) <= 1.0:
                 raise CohortError(f"cohort {self.name}: {rate} must be within [0, 1]")
-        for value in ("latency_ms", "sigma", "delay_ms"):
+        for value in ("latency_ms", "sigma", "delay_ms", "slow_factor"):
             if not 0.0 <= getattr(self, value) < math.inf:
                 raise CohortError(f"cohort {self.name}: {value} must be a finite number >= 0")
 
@@ -52,8 +55,14 @@ class Cohort:
     def backend_names(self) -> tuple[str, ...]:
         return tuple(b for b in self.backends.split("+") if b)
 
-    def latency(self, rng: random.Random) -> float:
-        return self.latency_ms * math.exp(rng.gauss(0.0, self.sigma)) if self.latency_ms else 0.0
+    def latency(self, rng: random.Random, version: str = "") -> float:
+        factor = self.slow_factor if version and version == self.slow_version else 1.0
+        return factor * self.latency_ms * math.exp(rng.gauss(0.0, self.sigma)) if self.latency_ms else 0.0
+
+    def errors_on(self, version: str) -> float:
+        """The fraction of inferences that fail while serving `version`."""
+        extra = self.slow_error_rate if version and version == self.slow_version else 0.0
+        return min(1.0, self.error_rate + extra)
 
     def delay_s(self, rng: random.Random) -> float:
         return rng.expovariate(1000.0 / self.delay_ms) if self.delay_ms else 0.0

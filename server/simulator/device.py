@@ -257,13 +257,15 @@ class SimulatedDevice:
         histogram = buckets.empty()
         total_ms = 0.0
         for _ in range(n):
-            latency = self.cohort.latency(self.rng)
+            latency = self.cohort.latency(self.rng, version)
             histogram[buckets.bucket_of(latency)] += 1
             total_ms += latency
-        errors = sum(self.rng.random() < self.cohort.error_rate for _ in range(n))
+        error_rate = self.cohort.errors_on(version)
+        errors = sum(self.rng.random() < error_rate for _ in range(n))
         batch = pb.TelemetryBatch(batch_id=secrets.token_hex(8), device_id=self.device_id, stats=[pb.ModelStats(
             model=model, version=version, variant=self.active_variant, inferences=n, errors=errors,
-            backend=next(iter(self.cohort.backend_names()), ""), latency=pb.LatencyHistogram(counts=histogram), latency_sum_ms=total_ms)])
+            backend=next(iter(self.cohort.backend_names()), ""), latency=pb.LatencyHistogram(counts=histogram),
+            latency_sum_ms=total_ms)])
 
         async def call() -> bool:
             stream = self.stub.StreamTelemetry(iter([batch]), metadata=self.auth, timeout=self.config.rpc_timeout_s)

@@ -166,7 +166,7 @@ class Deployment:
     model: str
     version: str
     target: str
-    status: str  # active | succeeded | failed | partial | cancelled
+    status: str  # active | succeeded | failed | partial | cancelled | reverted
     created_at: float
     updated_at: float
 
@@ -178,7 +178,7 @@ class DeploymentDevice:
     variant: str
     sha256: str
     state: str
-    outcome: str  # "" until final: installed | failed | rolled_back | cancelled | superseded
+    outcome: str  # "" until final: installed | failed | rolled_back | cancelled | superseded | reverted
     reason: str
     updated_at: float
     previous: Mapping[str, Any] | None  # the assignment the device had before, as stored
@@ -191,6 +191,64 @@ class Assignment:
     device_id: str
     deployment_id: str
     document: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A staged rollout (fleetcast.server.rollouts): `spec` is the operator's options as
+    given, `revision` grows by one with every save (the store's compare-and-set)."""
+
+    rollout_id: str
+    model: str
+    version: str
+    target: str
+    deployment_id: str      # the one deployment each stage's wave of devices joins
+    state: str              # rollouts.table.RolloutState
+    stage: int              # index of the current stage
+    spec: Mapping[str, Any]
+    created_at: float
+    updated_at: float
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class RolloutStage:
+    rollout_id: str
+    index: int
+    size: str               # as the operator wrote it: "10%", "5"
+    state: str              # rollouts.table.StageState
+    started_at: float | None = None
+    soak_started_at: float | None = None
+    ended_at: float | None = None
+    results: Sequence[Mapping[str, Any]] = ()   # the latest gate results, per cohort and check
+
+
+@dataclass(frozen=True)
+class RolloutDevice:
+    rollout_id: str
+    device_id: str
+    stage: int
+    cohort: str
+    variant: str
+    state: str              # assigned | downloading | verifying | activating | serving | failed | timed_out
+    #                         | rolled_back (by its agent's trial) | reverted (sent back) | held (cohort held back)
+    reason: str = ""
+    assigned_at: float | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class RolloutLogEntry:
+    """One line of a rollout's append-only log: who did what, why, and the numbers."""
+
+    rollout_id: str
+    at: float
+    actor: str              # "operator" | "scheduler"
+    event: str              # a rollouts.table event
+    from_state: str
+    to_state: str
+    reason: str = ""
+    snapshot: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -357,6 +415,19 @@ class Store(Protocol):
     # operator pins per model: scope ("group:G" | "hardware:CLASS") -> variant
     def pins(self, model: str) -> dict[str, str]: ...
     def set_pin(self, model: str, scope: str, variant: str | None) -> None: ...
+
+    # rollouts: saved whole, each save one transaction guarded by the revision it read
+    def add_rollout(self, rollout: Rollout, stages: Sequence[RolloutStage], devices: Sequence[RolloutDevice],
+                    entry: RolloutLogEntry) -> None: ...
+    def rollout(self, rollout_id: str) -> Rollout | None: ...
+    def rollouts(self, *, limit: int = 200, states: Sequence[str] | None = None) -> list[Rollout]: ...
+    def rollout_stages(self, rollout_id: str) -> list[RolloutStage]: ...
+    def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]: ...
+    def rollout_log(self, rollout_id: str) -> list[RolloutLogEntry]: ...
+    # writes rollout (its revision must be the stored one + 1), the stages and devices given
+    # (upserts) and appends the log entries; False, writing nothing, when another save won
+    def save_rollout(self, rollout: Rollout, *, stages: Sequence[RolloutStage] = (),
+                     devices: Sequence[RolloutDevice] = (), entries: Sequence[RolloutLogEntry] = ()) -> bool: ...
 
     # telemetry
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool: ...

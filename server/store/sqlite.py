@@ -39,6 +39,10 @@ from fleetcast.server.store import (
     FleetAggregate,
     Golden,
     ModelVersion,
+    Rollout,
+    RolloutDevice,
+    RolloutLogEntry,
+    RolloutStage,
     StatsRow,
     SeriesRow,
     TelemetryBatch,
@@ -200,6 +204,32 @@ def create_telemetry_windows(db: sqlite_utils.Database) -> None:
     )
 
 
+def create_rollouts(db: sqlite_utils.Database) -> None:
+    # Staged rollouts (fleetcast.server.rollouts): the rollout, its stages, the state of each
+    # device it plans for, and an append-only log. `revision` guards every save.
+    db.execute(
+        "CREATE TABLE rollouts (rollout_id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,"
+        " target TEXT NOT NULL, deployment_id TEXT NOT NULL, state TEXT NOT NULL, stage INTEGER NOT NULL,"
+        " spec TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, revision INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX rollouts_state ON rollouts (state)")
+    db.execute(
+        "CREATE TABLE rollout_stages (rollout_id TEXT NOT NULL, idx INTEGER NOT NULL, size TEXT NOT NULL,"
+        " state TEXT NOT NULL, started_at REAL, soak_started_at REAL, ended_at REAL, results TEXT NOT NULL,"
+        " PRIMARY KEY (rollout_id, idx))"
+    )
+    db.execute(
+        "CREATE TABLE rollout_devices (rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, stage INTEGER NOT NULL,"
+        " cohort TEXT NOT NULL, variant TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL,"
+        " assigned_at REAL, updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, device_id))"
+    )
+    db.execute(
+        "CREATE TABLE rollout_log (rollout_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,"
+        " actor TEXT NOT NULL, event TEXT NOT NULL, from_state TEXT NOT NULL, to_state TEXT NOT NULL,"
+        " reason TEXT NOT NULL, snapshot TEXT NOT NULL, PRIMARY KEY (rollout_id, seq))"
+    )
+
+
 def create_telemetry_fleet(db: sqlite_utils.Database) -> None:
     # The cumulative aggregates summed per hardware class, kept at ingest in the same
     # transaction (what /metrics exports, read in a few rows however large the fleet);
@@ -233,6 +263,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_variant_pins,
     add_deployment_counts,
     create_telemetry_windows,
+    create_rollouts,
     add_device_table_indexes,
     create_telemetry_fleet,
 ]
@@ -343,6 +374,42 @@ def _deployment_device(row: sqlite3.Row) -> DeploymentDevice:
     values = {k: row[k] for k in row.keys()}
     values["previous"] = json.loads(values["previous"]) if values["previous"] else None
     return DeploymentDevice(**values)
+
+
+def _rollout(row: sqlite3.Row) -> Rollout:
+    return Rollout(rollout_id=row["rollout_id"], model=row["model"], version=row["version"], target=row["target"],
+                   deployment_id=row["deployment_id"], state=row["state"], stage=row["stage"],
+                   spec=json.loads(row["spec"]), created_at=row["created_at"], updated_at=row["updated_at"],
+                   revision=row["revision"])
+
+
+def _rollout_stage(row: sqlite3.Row) -> RolloutStage:
+    return RolloutStage(rollout_id=row["rollout_id"], index=row["idx"], size=row["size"], state=row["state"],
+                        started_at=row["started_at"], soak_started_at=row["soak_started_at"],
+                        ended_at=row["ended_at"], results=json.loads(row["results"]))
+
+
+def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], devices: Sequence[RolloutDevice],
+                         entries: Sequence[RolloutLogEntry]) -> None:
+    """Upserts the stages and devices and appends the log entries (SQL PostgreSQL runs too)."""
+    c.executemany(
+        "INSERT INTO rollout_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, idx) DO UPDATE SET"
+        " size = excluded.size, state = excluded.state, started_at = excluded.started_at,"
+        " soak_started_at = excluded.soak_started_at, ended_at = excluded.ended_at, results = excluded.results",
+        [(x.rollout_id, x.index, x.size, x.state, x.started_at, x.soak_started_at, x.ended_at,
+          json.dumps(list(x.results))) for x in stages])
+    c.executemany(
+        "INSERT INTO rollout_devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, device_id) DO UPDATE"
+        " SET stage = excluded.stage, cohort = excluded.cohort, variant = excluded.variant, state = excluded.state,"
+        " reason = excluded.reason, assigned_at = excluded.assigned_at, updated_at = excluded.updated_at",
+        [(d.rollout_id, d.device_id, d.stage, d.cohort, d.variant, d.state, d.reason, d.assigned_at, d.updated_at)
+         for d in devices])
+    for e in entries:
+        c.execute(
+            "INSERT INTO rollout_log SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM rollout_log"
+            " WHERE rollout_id = ?",
+            (e.rollout_id, e.at, e.actor, e.event, e.from_state, e.to_state, e.reason, json.dumps(dict(e.snapshot)),
+             e.rollout_id))
 
 
 class _Sums:
@@ -812,6 +879,56 @@ class SqliteStore:
                 c.execute("DELETE FROM variant_pins WHERE model = ? AND scope = ?", (model, scope))
             else:
                 c.execute("INSERT OR REPLACE INTO variant_pins VALUES (?, ?, ?)", (model, scope, variant))
+
+    # -- rollouts -----------------------------------------------------------------------
+    def add_rollout(self, rollout: Rollout, stages: Sequence[RolloutStage], devices: Sequence[RolloutDevice],
+                    entry: RolloutLogEntry) -> None:
+        r = rollout
+        with self._tx() as c:
+            c.execute("INSERT INTO rollouts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (r.rollout_id, r.model, r.version, r.target, r.deployment_id, r.state, r.stage,
+                       json.dumps(dict(r.spec)), r.created_at, r.updated_at, r.revision))
+            _write_rollout_parts(c, stages, devices, [entry])
+
+    def rollout(self, rollout_id: str) -> Rollout | None:
+        row = self._one("SELECT * FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+        return _rollout(row) if row else None
+
+    def rollouts(self, *, limit: int = 200, states: Sequence[str] | None = None) -> list[Rollout]:
+        if states is None:
+            rows = self._all("SELECT * FROM rollouts ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+        else:
+            marks = ",".join("?" * len(states))
+            rows = self._all(f"SELECT * FROM rollouts WHERE state IN ({marks}) ORDER BY created_at DESC, rowid DESC"
+                             " LIMIT ?", (*states, limit))
+        return [_rollout(r) for r in rows]
+
+    def rollout_stages(self, rollout_id: str) -> list[RolloutStage]:
+        rows = self._all("SELECT * FROM rollout_stages WHERE rollout_id = ? ORDER BY idx", (rollout_id,))
+        return [_rollout_stage(r) for r in rows]
+
+    def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]:
+        rows = self._all("SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY stage, device_id", (rollout_id,))
+        return [RolloutDevice(**dict(r)) for r in rows]
+
+    def rollout_log(self, rollout_id: str) -> list[RolloutLogEntry]:
+        rows = self._all("SELECT * FROM rollout_log WHERE rollout_id = ? ORDER BY seq", (rollout_id,))
+        return [RolloutLogEntry(rollout_id=r["rollout_id"], at=r["at"], actor=r["actor"], event=r["event"],
+                                from_state=r["from_state"], to_state=r["to_state"], reason=r["reason"],
+                                snapshot=json.loads(r["snapshot"])) for r in rows]
+
+    def save_rollout(self, rollout: Rollout, *, stages: Sequence[RolloutStage] = (),
+                     devices: Sequence[RolloutDevice] = (), entries: Sequence[RolloutLogEntry] = ()) -> bool:
+        r = rollout
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE rollouts SET state = ?, stage = ?, spec = ?, updated_at = ?, revision = ?"
+                " WHERE rollout_id = ? AND revision = ?",
+                (r.state, r.stage, json.dumps(dict(r.spec)), r.updated_at, r.revision, r.rollout_id, r.revision - 1))
+            if cur.rowcount != 1:
+                return False
+            _write_rollout_parts(c, stages, devices, entries)
+        return True
 
     # -- telemetry ----------------------------------------------------------------------
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:

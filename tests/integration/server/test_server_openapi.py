@@ -42,6 +42,18 @@ def bodies(server: RunningServer) -> dict[str, tuple[int, Any]]:
     out["list_deployments"] = server.json("GET", "/v1/deployments")
     out["get_deployment"] = server.json("GET", f"/v1/deployments/{out['create_deployment'][1]['id']}")
     out["cancel_deployment"] = server.json("POST", f"/v1/deployments/{out['create_deployment'][1]['id']}/cancel")
+    again = server.json("POST", "/v1/deployments", {"model": "openapi-model", "target": "group:openapi"})[1]["id"]
+    out["undo_deployment"] = server.json("POST", f"/v1/deployments/{again}/undo")
+    request = {"model": "openapi-model", "target": "group:openapi", "stages": "1,100%", "soak_s": 60}
+    out["plan_rollout"] = server.json("POST", "/v1/rollout-plans", request)
+    out["create_rollout"] = server.json("POST", "/v1/rollouts", request)
+    rollout = out["create_rollout"][1]["id"]
+    for verb in ("pause", "resume", "abort", "undo"):
+        out[f"{verb}_rollout"] = server.json("POST", f"/v1/rollouts/{rollout}/{verb}")
+    second = server.json("POST", "/v1/rollouts", request)[1]["id"]
+    out["promote_rollout"] = server.json("POST", f"/v1/rollouts/{second}/promote?full=1")
+    out["get_rollout"] = server.json("GET", f"/v1/rollouts/{second}")
+    out["list_rollouts"] = server.json("GET", "/v1/rollouts")
     out["put_pin"] = server.json("PUT", "/v1/models/openapi-model/pins/hardware:x86-cpu", {"variant": "original"})
     out["list_pins"] = server.json("GET", "/v1/models/openapi-model/pins")
     out["delete_pin"] = server.json("DELETE", "/v1/models/openapi-model/pins/hardware:x86-cpu")

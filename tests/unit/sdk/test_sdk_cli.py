@@ -27,7 +27,8 @@ def pushed(fake: FakeServer, model_file: Path) -> FakeServer:
 
 @pytest.mark.parametrize("command", [
     "model push", "model list", "model show", "deploy create", "deploy status", "deploy list",
-    "deploy cancel", "device list", "device show",
+    "deploy cancel", "deploy undo", "device list", "device show", "rollout start", "rollout plan", "rollout status",
+    "rollout list", "rollout pause", "rollout resume", "rollout promote", "rollout abort", "rollout undo",
 ])
 def test_every_command_has_an_example_in_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([*command.split(), "--help"]) == 0

@@ -263,3 +263,29 @@ def test_rows_left_unsigned_by_a_stop_are_signed_after_the_next_start(tmp_path) 
         assert _director_target(second, "dev-1")["deployment_id"] == dep.deployment_id
     finally:
         second.close()
+
+
+def test_undo_gives_every_device_its_previous_assignment_and_refuses_twice(services: Services) -> None:
+    from fleetcast.server.errors import IllegalTransition
+
+    for device_id in ("dev-1", "dev-2"):
+        _enroll(services, device_id)
+    _upload(services, 1)
+    first = _deploy(services, model="digits", version="1", target="all")
+    def signed() -> dict:   # what each device is told to run ("why" is kept beside it, never signed)
+        return {d: {k: v for k, v in services.store.assignment(d).document.items() if k != "why"}
+                for d in ("dev-1", "dev-2")}
+
+    before = signed()
+    _upload(services, 2)
+    second = _deploy(services, model="digits", version="2", target="all")
+    services.deployments.apply_status("dev-1", StatusUpdate(deployment_id=second.deployment_id, state="idle",
+                                                            final=True, outcome="installed",
+                                                            active_model="digits@2"))
+    undone = services.deployments.undo(second.deployment_id)
+    assert undone.status == "reverted"
+    assert signed() == before
+    assert _director_target(services, "dev-1")["deployment_id"] == first.deployment_id
+    assert {r.outcome for r in services.store.deployment_devices(second.deployment_id)} == {"reverted"}
+    with pytest.raises(IllegalTransition, match="nothing to undo"):
+        services.deployments.undo(second.deployment_id)
