@@ -20,5 +20,6 @@ for role in ROLES:
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"fleetcast.proto": ["*.proto", "v1/*.proto"]},
+    package_data={"fleetcast.proto": ["*.proto", "v1/*.proto"],
+                  "fleetcast.server.web": ["templates/*.html", "static/*.*", "static/vendor/*", "static/vendor/licenses/*"]},
 )

@@ -1,18 +1,21 @@
-"""Render time of `GET /metrics` and `GET /v1/devices` on a real server with a seeded fleet.
+"""Render time of `GET /metrics`, `GET /v1/devices` and the dashboard's device table on a
+real server with a seeded fleet.
 
     .venv/bin/python benchmarks/monitoring_bench.py --devices 1000,10000 --repeat 7
 
 For each fleet size: a fresh data dir is seeded through the server's own store (devices
 of four hardware classes, each with telemetry for two model versions and an active
 version), then `fleetcast server` runs on it as a subprocess and each endpoint is
-fetched --repeat times over HTTP on loopback. Prints the median and the worst, in
-milliseconds, as the markdown rows of docs/benchmarks.md.
+fetched --repeat times over HTTP on loopback (the dashboard's pages with a session
+opened through its login form). Prints the median and the worst, in milliseconds, as
+the markdown rows of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import platform
 import ssl
 import statistics
@@ -20,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +33,7 @@ import numpy as np
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.config import ServerConfig
 from fleetcast.server.services import open_services
-from fleetcast.server.store import Device, StatsRow
+from fleetcast.server.store import Device, StatsRow, TelemetryBatch
 
 HARDWARE = ("x86-cpu", "rk3399", "jetson", "phone-android")
 
@@ -38,6 +43,7 @@ def seed(data: Path, devices: int) -> None:
     services = open_services(ServerConfig(data_dir=data))
     try:
         now = time.time()
+        batches = []
         for i in range(devices):
             device_id = f"bench-{i:05d}"
             services.store.put_device(Device(
@@ -50,18 +56,47 @@ def seed(data: Path, devices: int) -> None:
                 for b, n in zip(*np.unique(rng.integers(20, 40, size=200), return_counts=True)):
                     counts[int(b)] = int(n)
                 rows.append(StatsRow("digits", version, "original", 200, int(rng.integers(0, 3)), 300.0,
-                                     tuple(counts)))
-            services.store.ingest_telemetry(device_id, "seed", rows, now)
+                                     tuple(counts), backend="onnxruntime"))
+            batches.append(TelemetryBatch(device_id, "seed", rows))
+            if len(batches) == 500:   # as the server's group commit writes them
+                services.store.ingest_telemetry_many(batches, now)
+                batches = []
+        if batches:
+            services.store.ingest_telemetry_many(batches, now)
     finally:
         services.close()
 
 
-def timed_get(url: str, token: str, context: ssl.SSLContext) -> float:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+DASHBOARD = (
+    ("device table, first page", "/ui/devices"),
+    ("device table, filtered", "/ui/devices?hardware=rk3399&liveness=late"),
+    ("device table, sorted", "/ui/devices?sort=last_seen&order=desc&page=20"),
+    ("device table, CSV export (all)", "/ui/devices.csv"),
+    ("overview", "/ui/"),
+)
+
+
+def timed_get(url: str, token: str, context: ssl.SSLContext,
+              opener: urllib.request.OpenerDirector | None = None) -> float:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if opener is None else {})
     started = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=120, context=context) as r:
+    with (opener.open(req, timeout=120) if opener else urllib.request.urlopen(req, timeout=120, context=context)) as r:
         r.read()
+        if r.status != 200:
+            raise SystemExit(f"{url} answered {r.status}")
     return (time.perf_counter() - started) * 1000
+
+
+def logged_in(http: str, token: str, context: ssl.SSLContext) -> urllib.request.OpenerDirector:
+    """An opener holding a dashboard session, opened through the login form as a browser does."""
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                         urllib.request.HTTPCookieProcessor(CookieJar()))
+    with opener.open(http + "/ui/login", timeout=30) as r:
+        nonce = re.search(r'name="login_csrf" value="([^"]*)"', r.read().decode()).group(1)
+    body = urllib.parse.urlencode({"login_csrf": nonce, "token": token, "next": "/ui/"}).encode()
+    with opener.open(urllib.request.Request(http + "/ui/login", data=body, method="POST"), timeout=30) as r:
+        r.read()
+    return opener
 
 
 def run(devices: int, repeat: int) -> list[str]:
@@ -88,6 +123,12 @@ def run(devices: int, repeat: int) -> list[str]:
                 times = [timed_get(http + path, token, context) for _ in range(repeat)]
                 rows.append(f"| {devices} | `GET {path}` | {statistics.median(times):.0f} | {max(times):.0f} | "
                             f"{repeat} |")
+            opener = logged_in(http, token, context)
+            for what, path in DASHBOARD:
+                timed_get(http + path, token, context, opener)  # warm
+                times = [timed_get(http + path, token, context, opener) for _ in range(repeat)]
+                rows.append(f"| {devices} | {what}: `GET {path}` | {statistics.median(times):.0f} | "
+                            f"{max(times):.0f} | {repeat} |")
             print(f"# {devices} devices seeded in {seeded_s:.1f} s", file=sys.stderr)
             return rows
         finally:

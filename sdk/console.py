@@ -20,6 +20,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "rollout": ("fleetcast.sdk.cli", "roll a model out in stages gated on serving health"),
     "device": ("fleetcast.sdk.cli", "list, show and re-provision enrolled devices"),
     "enroll-token": ("fleetcast.sdk.cli", "make and list enrollment tokens"),
+    "token": ("fleetcast.server.viewertokens", "make, list and revoke read-only dashboard viewer tokens"),
     "compress": ("fleetcast.server.compress.cli", "build measured variants of a model"),
     "broker-files": ("fleetcast.server.brokerfiles", "write the TLS files the shipped Mosquitto config reads"),
     "simulate": ("fleetcast.server.simulator.cli", "run a simulated fleet against a server"),

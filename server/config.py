@@ -22,6 +22,23 @@ MiB = 1024**2
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The web dashboard's bounds (fleetcast.server.web)."""
+
+    session_ttl_s: float = 12 * 3600.0        # a login lasts this long
+    max_sessions: int = 10_000                # the oldest session is dropped past this
+    login_failures: int = 5                   # failed logins per address within login_window_s ...
+    login_window_s: float = 60.0              # ... before further attempts get 429
+    login_failure_delay_s: float = 0.5        # every failed login answers this much later
+    page_size: int = 50                       # device table rows per page (default)
+    max_page_size: int = 500
+    max_csv_rows: int = 100_000               # one CSV export
+    max_event_subscribers: int = 64           # open server-sent event streams; more get 503
+    event_poll_s: float = 1.0                 # how often the event source looks for changes
+    event_heartbeat_s: float = 15.0           # a comment line keeps idle streams open through proxies
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
     http_host: str = "127.0.0.1"
@@ -71,6 +88,7 @@ class ServerConfig:
     # Where state lives (fleetcast.server.store.open): None is DATA/fleetcast.db; replicas
     # share one postgresql:// store and one blob store, `blobs_url` (ADR 0006).
     store_url: str | None = None
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def keys_dir(self) -> Path:

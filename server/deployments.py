@@ -405,22 +405,6 @@ class Deployments:
             raise DeploymentNotFound(f"deployment {deployment_id[:80]!r} does not exist: list them with GET /v1/deployments")
         return found
 
-    def document(self, deployment: Deployment) -> dict[str, Any]:
-        rows = self.store.deployment_devices(deployment.deployment_id)
-        by_outcome = self.store.deployment_counts(deployment.deployment_id)
-        counts = {"total": sum(by_outcome.values()), "pending": by_outcome.get("", 0)}
-        counts |= {k: v for k, v in by_outcome.items() if k}
-        return {
-            "id": deployment.deployment_id, "model": deployment.model, "version": deployment.version,
-            "target": deployment.target, "status": deployment.status, "created_at": deployment.created_at,
-            "updated_at": deployment.updated_at, "counts": counts,
-            "devices": [
-                {"device_id": r.device_id, "variant": r.variant, "sha256": r.sha256, "state": r.state,
-                 "outcome": r.outcome or None, "reason": r.reason, "updated_at": r.updated_at}
-                for r in rows
-            ],
-        }
-
     def current_notice(self, device_id: str) -> AssignmentNotice:
         current = self.store.assignment(device_id)
         return AssignmentNotice(director_version=self.signer.director_version(device_id),

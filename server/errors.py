@@ -9,6 +9,7 @@ FleetcastError                 code            HTTP  gRPC
   |   + TargetEmpty            target_empty    422   FAILED_PRECONDITION
   |   + DataDirShared          data_dir_shared 400   INVALID_ARGUMENT  (start-up only)
   + Unauthenticated            unauthenticated 401   UNAUTHENTICATED
+  + Forbidden                  forbidden       403   PERMISSION_DENIED  (a viewer's change; a refused CSRF token)
   + NotFound                   not_found       404   NOT_FOUND
   |   ModelNotFound, DeviceNotFound, DeploymentNotFound, ArtifactNotFound, MetadataNotFound,
   |   RolloutNotFound
@@ -18,6 +19,7 @@ FleetcastError                 code            HTTP  gRPC
   |   + AlreadyEnrolled        already_enrolled
   |   + DataDirInUse           data_dir_in_use             (start-up only: another server holds the lock)
   + TooLarge                   too_large       413   RESOURCE_EXHAUSTED
+  + TooManyRequests            too_many_requests 429 RESOURCE_EXHAUSTED (failed logins from one address)
   + OutOfRange                 out_of_range    416   OUT_OF_RANGE
   + Unavailable                unavailable     503   UNAVAILABLE
       + BlobsUnavailable       blobs_unavailable           (the blob store cannot be read or written)
@@ -72,6 +74,10 @@ class Unauthenticated(FleetcastError):
     code = "unauthenticated"
 
 
+class Forbidden(FleetcastError):
+    code = "forbidden"
+
+
 class NotFound(FleetcastError):
     code = "not_found"
 
@@ -124,6 +130,10 @@ class TooLarge(FleetcastError):
     code = "too_large"
 
 
+class TooManyRequests(FleetcastError):
+    code = "too_many_requests"
+
+
 class OutOfRange(FleetcastError):
     code = "out_of_range"
 
@@ -145,9 +155,11 @@ HTTP_STATUS: Final[dict[type[FleetcastError], int]] = {
     GoldenMismatch: 422,
     TargetEmpty: 422,
     Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    TooManyRequests: 429,
     OutOfRange: 416,
     Unavailable: 503,
 }
@@ -157,10 +169,12 @@ GRPC_CODE: Final[dict[type[FleetcastError], str]] = {
     InvalidRequest: "INVALID_ARGUMENT",
     TargetEmpty: "FAILED_PRECONDITION",
     Unauthenticated: "UNAUTHENTICATED",
+    Forbidden: "PERMISSION_DENIED",
     NotFound: "NOT_FOUND",
     Conflict: "ALREADY_EXISTS",
     IllegalTransition: "FAILED_PRECONDITION",
     TooLarge: "RESOURCE_EXHAUSTED",
+    TooManyRequests: "RESOURCE_EXHAUSTED",
     OutOfRange: "OUT_OF_RANGE",
     Unavailable: "UNAVAILABLE",
 }

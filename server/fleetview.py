@@ -22,8 +22,7 @@ from typing import Any, Final, Protocol, TypeVar
 import numpy as np
 
 from fleetcast.proto import telemetry as buckets
-from fleetcast.server import liveness
-from fleetcast.server.store import Aggregate, Device, Store
+from fleetcast.server.store import Aggregate, Device
 
 INTERPOLATION: Final = ("linear within the fixed latency buckets of fleetcast.proto.telemetry "
                         "(as Prometheus histogram_quantile); the open last bucket reports its lower bound")
@@ -118,26 +117,6 @@ def serving(aggregates: Sequence[Aggregate], active_model: str) -> dict[str, Any
         return None
     series = merge(mine, lambda a: None)[None]
     return {"model": model, "version": version, "variants": sorted({a.variant for a in mine}), **series.figures()}
-
-
-def device_document(store: Store, d: Device, *, now: float, config: liveness.LivenessConfig) -> dict[str, Any]:
-    """The device document REST, the SDK and the CLI show (blocking: call from a worker thread)."""
-    assignment = store.assignment(d.device_id)
-    doc = assignment.document if assignment else None
-    aggregates = store.aggregates(device_id=d.device_id)
-    return {
-        "id": d.device_id, "hardware_class": d.hardware_class, "backends": list(d.backends), "group": d.group,
-        "labels": dict(d.labels), "agent_version": d.agent_version, "enrolled_at": d.enrolled_at,
-        "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
-        "liveness": liveness.document(d.last_seen, now=now, config=config),
-        "deployment_id": d.deployment_id or None,
-        "last_error": {"reason": d.last_error, "at": d.last_error_at} if d.last_error else None,
-        "assignment": None if doc is None else {**{k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
-                                                "format": doc.get("format"), "why": doc.get("why", "")},
-        "telemetry": telemetry_rows(aggregates),
-        "serving": serving(aggregates, d.active_model),
-        "percentiles": INTERPOLATION,
-    }
 
 
 def hardware_of(devices: Iterable[Device]) -> Mapping[str, str]:

@@ -2,7 +2,7 @@
 
 A device is seen when it enrolls, reports status, sends telemetry, and for as long as
 its `WatchAssignments` stream is open: `Presence` keeps the set of open streams and
-`touch_open` stamps all of them in one store write every `touch_interval_s`, so a
+`touch_open` stamps all of them in one store write (`touch_devices`) every `touch_interval_s`, so a
 quiet but connected device stays online without sending anything. A stopped agent's
 stream ends (the agent's gRPC keepalive ends a stream to a vanished peer), its last
 seen time stops moving, and the state follows from the age:
@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -66,7 +66,7 @@ def document(last_seen: float | None, *, now: float, config: LivenessConfig) -> 
 
 
 class Toucher(Protocol):
-    def touch_device(self, device_id: str, at: float) -> None: ...
+    def touch_devices(self, device_ids: Sequence[str], at: float) -> None: ...
 
 
 class Presence:
@@ -95,8 +95,8 @@ class Presence:
     def touch_open(self, store: Toucher, at: float) -> int:
         """Stamps every device with an open stream as seen at `at`; returns how many."""
         devices = self.open_devices()
-        for device_id in devices:
-            store.touch_device(device_id, at)
+        if devices:
+            store.touch_devices(devices, at)   # one transaction, however many streams are open
         return len(devices)
 
 

@@ -10,8 +10,8 @@ fleet's size). Series, all in base units:
 | fleetcast_devices_serving                               | gauge     | model, version                             |
 | fleetcast_deployments                                   | gauge     | status                                     |
 | fleetcast_deployment_devices                            | gauge     | deployment_id, model, version, outcome     |
-| fleetcast_inference_duration_seconds (_bucket/_count/_sum) | histogram | model, version, variant, hardware_class |
-| fleetcast_inferences_total, fleetcast_inference_errors_total | counter | model, version, variant, hardware_class |
+| fleetcast_inference_duration_seconds (_bucket/_count/_sum) | histogram | model, version, variant, hardware_class, backend |
+| fleetcast_inferences_total, fleetcast_inference_errors_total | counter | model, version, variant, hardware_class, backend |
 | fleetcast_http_requests_total                           | counter   | method, route, status                      |
 | fleetcast_http_request_duration_seconds                 | histogram | method, route                              |
 | process_*, python_gc_*, python_info                     | (prometheus-client's own collectors)           |
@@ -38,11 +38,11 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from fleetcast.proto import telemetry as buckets
-from fleetcast.server import fleetview, liveness
-from fleetcast.server.store import Store
+from fleetcast.server import liveness
+from fleetcast.server.store import DeviceTally, FleetAggregate, Store
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-INFERENCE_LABELS: Final = ("model", "version", "variant", "hardware_class")
+INFERENCE_LABELS: Final = ("model", "version", "variant", "hardware_class", "backend")
 BOUNDS_S: Final = tuple(b / 1000.0 for b in buckets.LATENCY_BOUNDS_MS)
 HTTP_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ACTIVE_DEPLOYMENT_LIMIT: Final = 200
@@ -62,31 +62,35 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        devices = self.store.devices()
-        yield self._devices(devices, now)
-        yield self._serving(devices)
+        # Counted by the store (GROUP BY), never by loading every device: a scrape of a
+        # 10,000-device fleet reads a few hundred rows.
+        tally = self.store.device_tally(online_since=now - self.config.expected_interval_s,
+                                        late_since=now - self.config.offline_after_s)
+        yield self._devices(tally)
+        yield self._serving(tally)
         yield from self._deployments()
-        hardware = fleetview.hardware_of(devices)
-        merged = fleetview.merge(
-            self.store.aggregates(),
-            lambda a: (a.model, a.version, a.variant, hardware.get(a.device_id, "unknown")))
-        yield from self._inference(merged)
+        yield from self._inference(self.store.fleet_aggregates())
 
-    def _devices(self, devices: list, now: float) -> GaugeMetricFamily:
+    def _devices(self, tally: list[DeviceTally]) -> GaugeMetricFamily:
         family = GaugeMetricFamily("fleetcast_devices", "Enrolled devices by liveness state and hardware class",
                                    labels=("state", "hardware_class"))
-        tally = Counter((liveness.state_of(d.last_seen, now=now, config=self.config), d.hardware_class)
-                        for d in devices)
-        for hardware_class in sorted({d.hardware_class for d in devices}):
+        counts = Counter[tuple[str, str]]()
+        for t in tally:
+            counts[(t.liveness, t.hardware_class)] += t.devices
+        for hardware_class in sorted({t.hardware_class for t in tally}):
             for state in liveness.STATES:  # every state present, zeros included, so sums never miss one
-                family.add_metric((state, hardware_class), tally[(state, hardware_class)])
+                family.add_metric((state, hardware_class), counts[(state, hardware_class)])
         return family
 
-    def _serving(self, devices: list) -> GaugeMetricFamily:
+    def _serving(self, tally: list[DeviceTally]) -> GaugeMetricFamily:
         family = GaugeMetricFamily("fleetcast_devices_serving", "Devices whose active model is this version",
                                    labels=("model", "version"))
-        tally = Counter(d.active_model.partition("@")[::2] for d in devices if "@" in d.active_model)
-        for (model, version), n in sorted(tally.items()):
+        counts = Counter[tuple[str, str]]()
+        for t in tally:
+            if "@" in t.active_model:
+                model, _, version = t.active_model.partition("@")
+                counts[(model, version)] += t.devices
+        for (model, version), n in sorted(counts.items()):
             family.add_metric((model, version), n)
         return family
 
@@ -102,26 +106,27 @@ class FleetCollector(Collector):
         for d in deployments:
             if d.status != "active":
                 continue
-            outcomes = Counter(x.outcome or "pending" for x in self.store.deployment_devices(d.deployment_id))
+            outcomes = {k or "pending": n for k, n in self.store.deployment_counts(d.deployment_id).items() if n}
             for outcome, n in sorted(outcomes.items()):
                 progress.add_metric((d.deployment_id, d.model, d.version, outcome), n)
         yield progress
 
-    def _inference(self, merged: dict[tuple[str, ...], fleetview.Figures]) -> Iterator[Metric]:
+    def _inference(self, totals: list[FleetAggregate]) -> Iterator[Metric]:
         duration = HistogramMetricFamily(
             "fleetcast_inference_duration_seconds",
             "On-device inference latency, merged over devices from the shared fixed buckets",
             labels=INFERENCE_LABELS, unit="seconds")
         inferences = CounterMetricFamily("fleetcast_inferences", "Inferences devices counted", labels=INFERENCE_LABELS)
         errors = CounterMetricFamily("fleetcast_inference_errors", "Inferences that failed", labels=INFERENCE_LABELS)
-        for key, series in sorted(merged.items()):
+        for t in totals:
+            key = (t.model, t.version, t.variant, t.hardware_class, t.backend)
             cumulative, running = [], 0
-            for bound, count in zip((*BOUNDS_S, float("inf")), series.histogram, strict=True):
+            for bound, count in zip((*BOUNDS_S, float("inf")), t.histogram, strict=True):
                 running += count
                 cumulative.append((_le(bound), running))
-            duration.add_metric(key, cumulative, sum_value=series.latency_sum_ms / 1000.0)
-            inferences.add_metric(key, series.inferences)
-            errors.add_metric(key, series.errors)
+            duration.add_metric(key, cumulative, sum_value=t.latency_sum_ms / 1000.0)
+            inferences.add_metric(key, t.inferences)
+            errors.add_metric(key, t.errors)
         yield duration
         yield inferences
         yield errors

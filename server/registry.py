@@ -562,25 +562,6 @@ def parse_targets(text: str) -> tuple[str, ...]:
         raise InvalidRequest(str(e)) from e
 
 
-def version_document(v: ModelVersion) -> dict[str, Any]:
-    return {
-        "name": v.model,
-        "version": v.version,
-        "created_at": v.created_at,
-        "variants": [
-            {"variant": x.variant, "format": x.format, "sha256": x.sha256, "length": x.length, "metrics": dict(x.metrics),
-             "golden": None if x.golden is None else {"sha256": x.golden.sha256, "length": x.golden.length,
-                                                       "atol": x.golden.atol, "rtol": x.golden.rtol}}
-            for x in v.variants
-        ],
-        "compression": None if v.compression is None else dict(v.compression),
-        "inputs": v.inputs,
-        "outputs": v.outputs,
-        "golden": None if v.golden is None else {"sha256": v.golden.sha256, "length": v.golden.length,
-                                                  "atol": v.golden.atol, "rtol": v.golden.rtol},
-    }
-
-
 def parse_levels(text: str) -> tuple[str, ...]:
     """The `compress` form field: comma-separated level names, checked against the pipeline's list."""
     if not text.strip():

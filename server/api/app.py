@@ -21,6 +21,7 @@ from grpc_health.v1 import health
 
 from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.server import assigner, liveness, refresher
+from fleetcast.server import web as dashboard
 from fleetcast.server.api import monitoring, openapi
 from fleetcast.server.api.keys import ADDRESSES, DEVICE_ID, METRICS, OPENAPI, SERVICES, Addresses
 from fleetcast.server.api.routes import ROUTES, Handler, Route
@@ -192,6 +193,7 @@ def create_app(config: ServerConfig) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, guard(route), name=route.operation_id)
     app.cleanup_ctx.append(services_ctx)
+    dashboard.install(app, services)   # after services: its live-update poller reads the store
     app.cleanup_ctx.append(builds_ctx)
     app.cleanup_ctx.append(grpc_ctx)
     if config.mqtt_url:

@@ -12,15 +12,15 @@ from typing import Any, Final
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from fleetcast.server import fleetview
 from fleetcast.server.api.blob_responses import blob_response
+from fleetcast.server import documents
 from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.keys import DEVICE_ID, OPENAPI, SERVICES
 from fleetcast.server.blobs import StagedFile, check_sha256
 from fleetcast.server.errors import ArtifactNotFound, InvalidRequest, TooLarge
 from fleetcast.server.choice import assigned_devices, check_pin_scope
 from fleetcast.server.fleet import NAME, read_metadata
-from fleetcast.server.registry import check_model_name, parse_levels, parse_targets, version_document
+from fleetcast.server.registry import check_model_name, parse_levels, parse_targets
 from fleetcast.server.store import Device
 
 CHUNK_BYTES: Final = 256 * 1024
@@ -105,18 +105,18 @@ async def upload_model(request: web.Request) -> web.Response:
     )
     # The registry's own bounded pool: uploads waiting for a check never take the threads device calls use.
     record = await asyncio.get_running_loop().run_in_executor(s.registry.uploads, add)
-    return _json(version_document(record), status=201)
+    return _json(documents.version(record), status=201)
 
 
 async def list_models(request: web.Request) -> web.Response:
     models = await asyncio.to_thread(request.app[SERVICES].store.models)
-    return _json({"models": [{"name": n, "latest_version": v, "versions": c} for n, v, c in models]})
+    return _json(documents.model_list(models))
 
 
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     versions = await asyncio.to_thread(request.app[SERVICES].registry.versions, name)
-    return _json({"name": name, "versions": [version_document(v) for v in versions]})
+    return _json(documents.model(name, versions))
 
 
 async def list_pins(request: web.Request) -> web.Response:
@@ -151,7 +151,7 @@ async def get_version(request: web.Request) -> web.Response:
     registry = request.app[SERVICES].registry
     v = await asyncio.to_thread(registry.version, request.match_info["name"], request.match_info["version"])
     devices = await asyncio.to_thread(assigned_devices, registry.store, v.model, v.version)
-    return _json({**version_document(v), "devices": devices})
+    return _json({**documents.version(v), "devices": devices})
 
 
 async def download_version(request: web.Request) -> web.StreamResponse:
@@ -170,7 +170,7 @@ async def download_version(request: web.Request) -> web.StreamResponse:
 
 def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
     s = request.app[SERVICES]
-    return fleetview.device_document(s.store, d, now=time.time(), config=s.config.liveness)
+    return documents.device(s.store, d, now=time.time(), config=s.config.liveness)
 
 
 async def list_devices(request: web.Request) -> web.Response:
@@ -199,7 +199,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     d = request.app[SERVICES].deployments
     deployment = await asyncio.to_thread(d.create, model=model, version=version or None, target=target, wake=False)
     try:
-        response = _json(await asyncio.to_thread(d.document, deployment), status=201)
+        response = _json(await asyncio.to_thread(documents.deployment, d.store, deployment), status=201)
         # Written before the assigner wakes: signing and the devices it tells would
         # otherwise compete with this answer for the CPU.
         await response.prepare(request)
@@ -213,7 +213,7 @@ async def list_deployments(request: web.Request) -> web.Response:
     d = request.app[SERVICES].deployments
 
     def build() -> list[dict[str, Any]]:
-        return [d.document(x) for x in d.store.deployments()]
+        return [documents.deployment(d.store, x) for x in d.store.deployments()]
     return _json({"deployments": await asyncio.to_thread(build)})
 
 
@@ -221,7 +221,7 @@ async def get_deployment(request: web.Request) -> web.Response:
     d = request.app[SERVICES].deployments
 
     def build() -> dict[str, Any]:
-        return d.document(d.get(request.match_info["id"]))
+        return documents.deployment(d.store, d.get(request.match_info["id"]))
     return _json(await asyncio.to_thread(build))
 
 
@@ -229,7 +229,7 @@ async def cancel_deployment(request: web.Request) -> web.Response:
     d = request.app[SERVICES].deployments
 
     def run() -> dict[str, Any]:
-        return d.document(d.cancel(request.match_info["id"]))
+        return documents.deployment(d.store, d.cancel(request.match_info["id"]))
     return _json(await asyncio.to_thread(run))
 
 

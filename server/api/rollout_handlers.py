@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetcast.server import documents
 from fleetcast.server.api.bodies import parse_json
 from fleetcast.server.api.handlers import _json
 from fleetcast.server.api.keys import SERVICES
@@ -95,5 +96,5 @@ async def undo_deployment(request: web.Request) -> web.Response:
     d = request.app[SERVICES].deployments
 
     def run() -> dict[str, Any]:
-        return d.document(d.undo(request.match_info["id"]))
+        return documents.deployment(d.store, d.undo(request.match_info["id"]))
     return _json(await asyncio.to_thread(run))

@@ -93,6 +93,45 @@ class Device:
     last_error_at: float | None = None
 
 
+DEVICE_SORTS: Final = ("id", "last_seen", "hardware_class", "group", "active_model", "state", "enrolled_at")
+
+
+@dataclass(frozen=True)
+class DeviceQuery:
+    """One page of the device table: filters (all optional, combined with AND), order, window.
+
+    Liveness is given as last-seen bounds so a store can filter in SQL: `seen_since`
+    keeps devices seen at or after it, `unseen_since` those never seen or seen before it.
+    """
+
+    text: str = ""             # part of the device id (case-insensitive)
+    hardware_class: str = ""
+    group: str = ""
+    active_model: str = ""     # "model@version" exactly, or "model" for any of its versions
+    seen_since: float | None = None
+    unseen_since: float | None = None
+    sort: str = "id"           # one of DEVICE_SORTS; ties broken by id
+    descending: bool = False
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    devices: Sequence[Device]
+    total: int                 # devices matching the filters, over all pages
+
+
+@dataclass(frozen=True)
+class DeviceTally:
+    """How many devices share a hardware class, an active model and a liveness state."""
+
+    hardware_class: str
+    active_model: str          # "" when nothing is active yet
+    liveness: str              # online | late | offline
+    devices: int
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     """What planning a deployment reads of a device (the variant choice's inputs), without
@@ -294,6 +333,22 @@ class SeriesRow:
     histogram: Sequence[int]
 
 
+@dataclass(frozen=True)
+class FleetAggregate:
+    """The cumulative figures of every device of one hardware class for one model variant
+    on one back end, summed (bucket counts added): what /metrics exports, no device id in it."""
+
+    model: str
+    version: str
+    variant: str
+    hardware_class: str       # "unknown" for telemetry of a device no longer enrolled
+    backend: str              # the back end that served ("" when not reported)
+    inferences: int
+    errors: int
+    latency_sum_ms: float
+    histogram: Sequence[int]
+
+
 class Store(Protocol):
     # signing's MetadataStore
     def get_metadata(self, repository: str, name: str) -> bytes | None: ...
@@ -338,6 +393,12 @@ class Store(Protocol):
     def record_report(self, device_id: str, *, at: float, state: str, active_model: str, deployment_id: str,
                       error: str = "") -> None: ...
     def touch_device(self, device_id: str, at: float) -> None: ...
+    def touch_devices(self, device_ids: Sequence[str], at: float) -> None: ...  # one write for many
+    # the device table, paged and filtered by the store (SQL: WHERE, ORDER BY, LIMIT/OFFSET, COUNT)
+    def find_devices(self, query: DeviceQuery) -> DevicePage: ...
+    # devices counted by (hardware class, active model, liveness): online when last_seen >=
+    # online_since, late when >= late_since, else (or never seen) offline; GROUP BY in SQL
+    def device_tally(self, *, online_since: float, late_since: float) -> list[DeviceTally]: ...
 
     # device identity (ADR 0005)
     def device_identity(self, device_id: str) -> DeviceIdentity | None: ...
@@ -358,6 +419,8 @@ class Store(Protocol):
         self, deployment_id: str, device_id: str, *, state: str, outcome: str, reason: str, at: float
     ) -> None: ...
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]: ...
+    # one device's rows over all deployments, newest first: its slot history
+    def device_deployments(self, device_id: str, *, limit: int = 50) -> list[DeploymentDevice]: ...
     # devices per outcome ('' = pending), kept up to date with every row change
     def deployment_counts(self, deployment_id: str) -> dict[str, int]: ...
     def close_open_rows(self, device_ids: Sequence[str], *, outcome: str, reason: str, at: float,
@@ -393,6 +456,8 @@ class Store(Protocol):
     # many batches in one transaction; one flag per batch, True for a duplicate
     def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]: ...
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]: ...
+    # the aggregates summed per (model, version, variant, hardware class, back end), in that order
+    def fleet_aggregates(self) -> list[FleetAggregate]: ...
     # windows with since <= minute * WINDOW_S <= until (None: now), one row per window;
     # `device_ids` narrows to those devices (None: all)
     def window_rows(self, model: str, *, since: float, until: float | None = None,

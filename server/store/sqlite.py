@@ -36,8 +36,12 @@ from fleetcast.server.store import (
     DeploymentDevice,
     Device,
     DeviceIdentity,
+    DevicePage,
     DeviceProfile,
+    DeviceQuery,
+    DeviceTally,
     EnrollToken,
+    FleetAggregate,
     Golden,
     ModelVersion,
     Rollout,
@@ -182,6 +186,13 @@ def add_deployment_counts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX deployment_devices_open ON deployment_devices (outcome, deployment_id)")
 
 
+def add_device_table_indexes(db: sqlite_utils.Database) -> None:
+    # The dashboard's device table sorts and filters 10,000s of devices in SQL.
+    db.execute("CREATE INDEX devices_last_seen ON devices (last_seen)")
+    db.execute("CREATE INDEX devices_hardware ON devices (hardware_class, device_id)")
+    db.execute("CREATE INDEX devices_active_model ON devices (active_model, device_id)")
+
+
 def create_telemetry_windows(db: sqlite_utils.Database) -> None:
     # Per device per minute (rollout gates, a device's page) and per cohort per minute
     # (the fleet's plots): see WINDOW_S in fleetcast.server.store.
@@ -225,6 +236,25 @@ def create_rollouts(db: sqlite_utils.Database) -> None:
     )
 
 
+def create_telemetry_fleet(db: sqlite_utils.Database) -> None:
+    # The cumulative aggregates summed per hardware class, kept at ingest in the same
+    # transaction (what /metrics exports, read in a few rows however large the fleet);
+    # filled here from the aggregates already stored, whose back end was not recorded ("").
+    db.execute(
+        "CREATE TABLE telemetry_fleet (model TEXT NOT NULL, version TEXT NOT NULL, variant TEXT NOT NULL,"
+        " hardware_class TEXT NOT NULL, backend TEXT NOT NULL, inferences INTEGER NOT NULL, errors INTEGER NOT NULL,"
+        " latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL,"
+        " PRIMARY KEY (model, version, variant, hardware_class, backend))"
+    )
+    sums: dict[tuple[Any, ...], Sums] = {}
+    for row in db.execute(
+            "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, 'unknown'), a.inferences, a.errors,"
+            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
+            " ON d.device_id = a.device_id").fetchall():
+        add(sums, (*row[:4], ""), StatsRow("", "", "", row[4], row[5], row[6], json.loads(row[7])))
+    _merge_into(db.conn, "telemetry_fleet", FLEET_KEY, sums)
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -240,6 +270,8 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     add_deployment_counts,
     create_telemetry_windows,
     create_rollouts,
+    add_device_table_indexes,
+    create_telemetry_fleet,
 ]
 
 
@@ -257,6 +289,43 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         applied.append(step.__name__)
         logger.info("migration applied name=%s", step.__name__)
     return applied
+
+
+# DeviceQuery.sort -> column: a fixed table, so no name from a request reaches the SQL.
+DEVICE_SORT_COLUMNS: Final = {"id": "device_id", "last_seen": "last_seen", "hardware_class": "hardware_class",
+                              "group": "grp", "active_model": "active_model", "state": "state",
+                              "enrolled_at": "enrolled_at"}
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause of a device query and its parameters (plain SQL PostgreSQL runs too)."""
+    terms: list[str] = []
+    params: list[Any] = []
+    if q.text:
+        terms.append("LOWER(device_id) LIKE ? ESCAPE '\\'")
+        params.append(_like(q.text.lower()))
+    for column, value in (("hardware_class", q.hardware_class), ("grp", q.group)):
+        if value:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    if q.active_model:
+        if "@" in q.active_model:
+            terms.append("active_model = ?")
+            params.append(q.active_model)
+        else:
+            terms.append("active_model LIKE ? ESCAPE '\\'")
+            params.append(_like(q.active_model + "@")[1:])
+    if q.seen_since is not None:
+        terms.append("last_seen >= ?")
+        params.append(q.seen_since)
+    if q.unseen_since is not None:
+        terms.append("(last_seen IS NULL OR last_seen < ?)")
+        params.append(q.unseen_since)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
 def _count(c: sqlite3.Connection, deployment_id: str, outcome: str, delta: int) -> None:
@@ -322,6 +391,10 @@ def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], 
             " WHERE rollout_id = ?",
             (e.rollout_id, e.at, e.actor, e.event, e.from_state, e.to_state, e.reason, json.dumps(dict(e.snapshot)),
              e.rollout_id))
+
+
+FLEET_KEY: Final = ("model", "version", "variant", "hardware_class", "backend")
+UNKNOWN_HARDWARE: Final = "unknown"   # telemetry of a device that is not (or no longer) enrolled
 
 
 def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], Sums],
@@ -606,6 +679,31 @@ class SqliteStore:
         with self._tx() as c:
             c.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (at, device_id))
 
+    def touch_devices(self, device_ids: Sequence[str], at: float) -> None:
+        with self._tx() as c:
+            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
+
+    def find_devices(self, query: DeviceQuery) -> DevicePage:
+        where, params = _device_filter(query)
+        column = DEVICE_SORT_COLUMNS[query.sort]
+        direction = "DESC" if query.descending else "ASC"
+        order = f"{column} {direction}" if column == "device_id" else f"{column} {direction}, device_id {direction}"
+        if query.sort == "last_seen":   # never seen sorts as the oldest
+            order = f"last_seen IS NULL {'ASC' if query.descending else 'DESC'}, {order}"
+        with self._lock:
+            total = self._conn.execute(f"SELECT COUNT(*) FROM devices{where}", params).fetchone()[0]
+            rows = self._conn.execute(f"SELECT * FROM devices{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                                      [*params, query.limit, query.offset]).fetchall()
+        return DevicePage(devices=[records.device(r) for r in rows], total=total)
+
+    def device_tally(self, *, online_since: float, late_since: float) -> list[DeviceTally]:
+        rows = self._all(
+            "SELECT hardware_class, active_model, CASE WHEN last_seen >= ? THEN 'online'"
+            " WHEN last_seen >= ? THEN 'late' ELSE 'offline' END AS live, COUNT(*) AS n"
+            " FROM devices GROUP BY hardware_class, active_model, live ORDER BY hardware_class, active_model, live",
+            (online_since, late_since))
+        return [DeviceTally(r[0], r[1], r[2], r[3]) for r in rows]
+
     # -- device identity ----------------------------------------------------------------
     def device_identity(self, device_id: str) -> DeviceIdentity | None:
         row = self._one("SELECT * FROM device_identities WHERE device_id = ?", (device_id,))
@@ -740,6 +838,11 @@ class SqliteStore:
                                                      document=json.loads(row["document"]))
         return found
 
+    def device_deployments(self, device_id: str, *, limit: int = 50) -> list[DeploymentDevice]:
+        rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? ORDER BY updated_at DESC LIMIT ?",
+                         (device_id, limit))
+        return [records.deployment_device(r) for r in rows]
+
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = ? AND outcome = ''", (device_id,))
         return [records.deployment_device(r) for r in rows]
@@ -845,7 +948,9 @@ class SqliteStore:
         minute = int(at // WINDOW_S)
         totals: dict[tuple[Any, ...], Sums] = {}
         windows: dict[tuple[Any, ...], Sums] = {}
+        by_backend: dict[tuple[Any, ...], Sums] = {}
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")   # the write lock first: another store must not store these batches too
             seen = _stored_batches(c, [(b.device_id, b.batch_id) for b in batches])
             fresh = []
             for b in batches:
@@ -857,6 +962,7 @@ class SqliteStore:
                 fresh.append((b.device_id, b.batch_id, at))
                 for r in b.rows:
                     add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    add(by_backend, (b.device_id, r.model, r.version, r.variant, r.backend), r)
                     add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
             c.executemany("INSERT INTO telemetry_batches VALUES (?, ?, ?)", fresh)
             device_ids = list({key[0] for key in totals})
@@ -866,11 +972,15 @@ class SqliteStore:
             series: dict[tuple[Any, ...], Sums] = {}
             for (model, m, device_id, version, variant, backend), sums in windows.items():
                 add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+            fleet: dict[tuple[Any, ...], Sums] = {}
+            for (device_id, model, version, variant, backend), sums in by_backend.items():
+                add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE), backend), sums)
             _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
             _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
                         windows)
             _merge_into(c, "telemetry_series", ("model", "minute", "version", "variant", "hardware_class", "backend"),
                         series)
+            _merge_into(c, "telemetry_fleet", FLEET_KEY, fleet)
             c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
         return duplicates
 
@@ -899,6 +1009,13 @@ class SqliteStore:
             n = c.execute("DELETE FROM telemetry_windows WHERE minute < ?", (int(devices_before // WINDOW_S),)).rowcount
             return n + c.execute("DELETE FROM telemetry_series WHERE minute < ?",
                                  (int(series_before // WINDOW_S),)).rowcount
+
+    def fleet_aggregates(self) -> list[FleetAggregate]:
+        return [FleetAggregate(model=r[0], version=r[1], variant=r[2], hardware_class=r[3], backend=r[4],
+                               inferences=r[5], errors=r[6], latency_sum_ms=r[7], histogram=json.loads(r[8]))
+                for r in self._all("SELECT model, version, variant, hardware_class, backend, inferences, errors,"
+                                   " latency_sum_ms, histogram FROM telemetry_fleet"
+                                   " ORDER BY model, version, variant, hardware_class, backend")]
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
         sql = "SELECT * FROM telemetry_aggregates"

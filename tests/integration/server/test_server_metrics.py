@@ -150,6 +150,7 @@ def test_fleet_p95_from_merged_buckets_matches_the_raw_samples_within_one_bucket
     f = _families(_scrape(running, "operator")[2])
     duration = f["fleetcast_inference_duration_seconds"]
     assert {s.labels["hardware_class"] for s in duration} == set(FLEET.values())
+    assert {s.labels["backend"] for s in duration} == {"onnxruntime"}   # the back end the devices reported
     cumulative = _cumulative(duration, model="metrics-model", version="1")
     everything = np.concatenate(list(raw.values()))
     assert cumulative[-1][1] == len(everything)

@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from fleetcast.server.store import Assignment, Deployment, DeploymentDevice, EnrollToken
+from fleetcast.server.store import Store
 from tests.integration.store.conftest import OpenStore
 
 

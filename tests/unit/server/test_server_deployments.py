@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from fleetcast.server import assigner
+from fleetcast.server import assigner, documents
 from fleetcast.server.deployments import StatusUpdate
 from fleetcast.server.errors import DeviceNotFound, InvalidRequest, ModelNotFound, TargetEmpty
 from fleetcast.server.fleet import Enrollment
@@ -43,7 +43,7 @@ def test_deployment_signs_each_device_and_records_it_assigned(services: Services
     _enroll(services, "dev-2", group="field")
     version = _upload(services, 1)
     d = _deploy(services, model="digits", version=None, target="group:lab")
-    doc = services.deployments.document(d)
+    doc = documents.deployment(services.store, d)
     assert doc["status"] == "active" and doc["version"] == version
     assert [(x["device_id"], x["state"]) for x in doc["devices"]] == [("dev-1", "assigned")]
     assert _director_target(services, "dev-1")["deployment_id"] == d.deployment_id
@@ -92,7 +92,7 @@ def test_status_follows_final_reports(services: Services) -> None:
                                                             active_model="digits@1", final=True, outcome="installed"))
     services.deployments.apply_status("dev-2", StatusUpdate(dep.deployment_id, "idle", "failure", reason="smoke test",
                                                             final=True, outcome="rolled_back"))
-    doc = services.deployments.document(services.deployments.get(dep.deployment_id))
+    doc = documents.deployment(services.store, services.deployments.get(dep.deployment_id))
     assert doc["status"] == "partial"
     assert doc["counts"] == {"total": 2, "pending": 0, "installed": 1, "rolled_back": 1}
     assert services.store.device("dev-1").active_model == "digits@1"
@@ -112,7 +112,7 @@ def test_a_refusal_reported_after_the_deployment_closed_shows_on_the_device(serv
                                                             reason="director metadata is older (rollback refused)"))
     device = services.store.device("dev-1")
     assert "rollback refused" in device.last_error and device.last_error_at is not None
-    row = services.deployments.document(services.deployments.get(dep.deployment_id))["devices"][0]
+    row = documents.deployment(services.store, services.deployments.get(dep.deployment_id))["devices"][0]
     assert row["outcome"] == "installed"             # the closed row itself does not change
 
 
@@ -127,7 +127,7 @@ def test_a_device_enrolled_later_joins_the_newest_deployment_to_all(services: Se
     _enroll(services, "dev-late")
     assert services.deployments.join("dev-late").deployment_id == dep.deployment_id
     assert _director_target(services, "dev-late")["deployment_id"] == dep.deployment_id
-    doc = services.deployments.document(services.deployments.get(dep.deployment_id))
+    doc = documents.deployment(services.store, services.deployments.get(dep.deployment_id))
     assert {d["device_id"] for d in doc["devices"]} == {"dev-1", "dev-late"}
     assert doc["status"] == "active"                   # open again until dev-late reports
     assert services.deployments.join("dev-late") is None   # already assigned: nothing to join

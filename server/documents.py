@@ -1,0 +1,102 @@
+"""The API's documents: one place builds what the REST API, the dashboard and its
+server-sent events show of a model, a version, a device and a deployment.
+
+Each function takes records (and the store where it must read more) and returns a
+JSON-able dict; none imports aiohttp. The blocking ones read the store: call them
+from a worker thread. A rollout document will sit beside `deployment`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fleetcast.server import fleetview, liveness
+from fleetcast.server.store import Deployment, DeploymentDevice, Device, Golden, ModelVersion, Store
+
+
+def _golden(g: Golden | None) -> dict[str, Any] | None:
+    return None if g is None else {"sha256": g.sha256, "length": g.length, "atol": g.atol, "rtol": g.rtol}
+
+
+def version(v: ModelVersion) -> dict[str, Any]:
+    """One model version with its variants and their measured metrics."""
+    return {
+        "name": v.model,
+        "version": v.version,
+        "created_at": v.created_at,
+        "variants": [
+            {"variant": x.variant, "format": x.format, "sha256": x.sha256, "length": x.length,
+             "metrics": dict(x.metrics), "golden": _golden(x.golden)}
+            for x in v.variants
+        ],
+        "compression": None if v.compression is None else dict(v.compression),
+        "inputs": v.inputs,
+        "outputs": v.outputs,
+        "golden": _golden(v.golden),
+    }
+
+
+def model(name: str, versions: Sequence[ModelVersion]) -> dict[str, Any]:
+    return {"name": name, "versions": [version(v) for v in versions]}
+
+
+def model_list(models: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
+    """`Store.models()` rows: (name, latest version, count)."""
+    return {"models": [{"name": n, "latest_version": v, "versions": c} for n, v, c in models]}
+
+
+def device(store: Store, d: Device, *, now: float, config: liveness.LivenessConfig) -> dict[str, Any]:
+    """The device document REST, the SDK, the CLI and the dashboard show."""
+    assignment = store.assignment(d.device_id)
+    doc = assignment.document if assignment else None
+    aggregates = store.aggregates(device_id=d.device_id)
+    return {
+        "id": d.device_id, "hardware_class": d.hardware_class, "backends": list(d.backends), "group": d.group,
+        "labels": dict(d.labels), "agent_version": d.agent_version, "enrolled_at": d.enrolled_at,
+        "last_seen": d.last_seen, "active_model": d.active_model or None, "state": d.state or None,
+        "liveness": liveness.document(d.last_seen, now=now, config=config),
+        "deployment_id": d.deployment_id or None,
+        "last_error": {"reason": d.last_error, "at": d.last_error_at} if d.last_error else None,
+        "assignment": None if doc is None else {**{k: doc[k] for k in ("deployment_id", "model", "version", "variant")},
+                                                "format": doc.get("format"), "why": doc.get("why", "")},
+        "telemetry": fleetview.telemetry_rows(aggregates),
+        "serving": fleetview.serving(aggregates, d.active_model),
+        "percentiles": fleetview.INTERPOLATION,
+    }
+
+
+def device_row(d: Device, *, now: float, config: liveness.LivenessConfig) -> dict[str, Any]:
+    """A device as one row of a table or CSV export: the record alone, no further reads."""
+    return {
+        "id": d.device_id, "hardware_class": d.hardware_class, "group": d.group,
+        "liveness": liveness.state_of(d.last_seen, now=now, config=config), "last_seen": d.last_seen,
+        "active_model": d.active_model or None, "state": d.state or None, "agent_version": d.agent_version,
+        "last_error": d.last_error or None,
+    }
+
+
+def deployment_counts(store: Store, deployment_id: str) -> dict[str, int]:
+    """Devices per outcome: total, pending, then each final outcome present."""
+    by_outcome = store.deployment_counts(deployment_id)
+    counts = {"total": sum(by_outcome.values()), "pending": by_outcome.get("", 0)}
+    return counts | {k: v for k, v in by_outcome.items() if k}
+
+
+def deployment_device(r: DeploymentDevice) -> dict[str, Any]:
+    return {"device_id": r.device_id, "variant": r.variant, "sha256": r.sha256, "state": r.state,
+            "outcome": r.outcome or None, "reason": r.reason, "updated_at": r.updated_at}
+
+
+def deployment_summary(store: Store, d: Deployment) -> dict[str, Any]:
+    """A deployment and its counts, without the per-device rows (lists, live updates)."""
+    return {
+        "id": d.deployment_id, "model": d.model, "version": d.version, "target": d.target, "status": d.status,
+        "created_at": d.created_at, "updated_at": d.updated_at, "counts": deployment_counts(store, d.deployment_id),
+    }
+
+
+def deployment(store: Store, d: Deployment) -> dict[str, Any]:
+    """A deployment with its counts and every device's row."""
+    rows = store.deployment_devices(d.deployment_id)
+    return {**deployment_summary(store, d), "devices": [deployment_device(r) for r in rows]}
