@@ -333,6 +333,9 @@ class SeriesRow:
     histogram: Sequence[int]
 
 
+UNKNOWN_HARDWARE: Final = "unknown"   # telemetry of a device that is not (or no longer) enrolled
+
+
 @dataclass(frozen=True)
 class FleetAggregate:
     """The cumulative figures of every device of one hardware class for one model variant

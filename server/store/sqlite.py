@@ -51,11 +51,13 @@ from fleetcast.server.store import (
     StatsRow,
     SeriesRow,
     TelemetryBatch,
+    UNKNOWN_HARDWARE,
     Variant,
     WindowRow,
     WINDOW_S,
     saturating_add,
 )
+from fleetcast.server.store.pages import device_filter, device_order
 from fleetcast.server.store.rows import Sums, add
 
 logger = logging.getLogger(__name__)
@@ -291,43 +293,6 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-# DeviceQuery.sort -> column: a fixed table, so no name from a request reaches the SQL.
-DEVICE_SORT_COLUMNS: Final = {"id": "device_id", "last_seen": "last_seen", "hardware_class": "hardware_class",
-                              "group": "grp", "active_model": "active_model", "state": "state",
-                              "enrolled_at": "enrolled_at"}
-
-
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _device_filter(q: DeviceQuery) -> tuple[str, list[Any]]:
-    """The WHERE clause of a device query and its parameters (plain SQL PostgreSQL runs too)."""
-    terms: list[str] = []
-    params: list[Any] = []
-    if q.text:
-        terms.append("LOWER(device_id) LIKE ? ESCAPE '\\'")
-        params.append(_like(q.text.lower()))
-    for column, value in (("hardware_class", q.hardware_class), ("grp", q.group)):
-        if value:
-            terms.append(f"{column} = ?")
-            params.append(value)
-    if q.active_model:
-        if "@" in q.active_model:
-            terms.append("active_model = ?")
-            params.append(q.active_model)
-        else:
-            terms.append("active_model LIKE ? ESCAPE '\\'")
-            params.append(_like(q.active_model + "@")[1:])
-    if q.seen_since is not None:
-        terms.append("last_seen >= ?")
-        params.append(q.seen_since)
-    if q.unseen_since is not None:
-        terms.append("(last_seen IS NULL OR last_seen < ?)")
-        params.append(q.unseen_since)
-    return (" WHERE " + " AND ".join(terms) if terms else ""), params
-
-
 def _count(c: sqlite3.Connection, deployment_id: str, outcome: str, delta: int) -> None:
     c.execute(
         "INSERT INTO deployment_counts VALUES (?, ?, ?)"
@@ -394,7 +359,6 @@ def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], 
 
 
 FLEET_KEY: Final = ("model", "version", "variant", "hardware_class", "backend")
-UNKNOWN_HARDWARE: Final = "unknown"   # telemetry of a device that is not (or no longer) enrolled
 
 
 def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], Sums],
@@ -684,12 +648,8 @@ class SqliteStore:
             c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
 
     def find_devices(self, query: DeviceQuery) -> DevicePage:
-        where, params = _device_filter(query)
-        column = DEVICE_SORT_COLUMNS[query.sort]
-        direction = "DESC" if query.descending else "ASC"
-        order = f"{column} {direction}" if column == "device_id" else f"{column} {direction}, device_id {direction}"
-        if query.sort == "last_seen":   # never seen sorts as the oldest
-            order = f"last_seen IS NULL {'ASC' if query.descending else 'DESC'}, {order}"
+        where, params = device_filter(query, mark="?")
+        order = device_order(query)
         with self._lock:
             total = self._conn.execute(f"SELECT COUNT(*) FROM devices{where}", params).fetchone()[0]
             rows = self._conn.execute(f"SELECT * FROM devices{where} ORDER BY {order} LIMIT ? OFFSET ?",

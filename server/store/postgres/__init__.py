@@ -1,6 +1,6 @@
 """`Store` on PostgreSQL (psycopg 3): the scale-out store several server replicas share.
 
-One module per table family (`models`, `devices`, `deployments`, `telemetry`), each a
+One module per table family (`models`, `devices`, `deployments`, `rollouts`, `telemetry`), each a
 mixin over `database.Database` (the pool, transactions, advisory locks, change
 notices); `schema` holds the migrations. Semantics match `fleetcast.server.store.sqlite`
 call for call; what keeps concurrent replicas apart is the database (row locks,
@@ -14,13 +14,14 @@ import time
 from fleetcast.server.store.postgres.deployments import DeploymentTables
 from fleetcast.server.store.postgres.devices import DeviceTables
 from fleetcast.server.store.postgres.models import STALE_RESERVATION_S, ModelTables
+from fleetcast.server.store.postgres.rollouts import RolloutTables
 from fleetcast.server.store.postgres.schema import MIGRATIONS
 from fleetcast.server.store.postgres.telemetry import TelemetryTables
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
 
-class PostgresStore(ModelTables, DeviceTables, DeploymentTables, TelemetryTables):
+class PostgresStore(ModelTables, DeviceTables, DeploymentTables, RolloutTables, TelemetryTables):
     """`Store` on a PostgreSQL database given as a libpq URL (postgresql://...)."""
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 5.0) -> None:

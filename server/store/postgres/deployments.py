@@ -122,6 +122,11 @@ class DeploymentTables(Database):
         return {r["device_id"]: Assignment(device_id=r["device_id"], deployment_id=r["deployment_id"],
                                            document=json.loads(r["document"])) for r in rows}
 
+    def device_deployments(self, device_id: str, *, limit: int = 50) -> list[DeploymentDevice]:
+        rows = self._all("SELECT * FROM deployment_devices WHERE device_id = %s ORDER BY updated_at DESC,"
+                         " position DESC LIMIT %s", (device_id, limit))
+        return [records.deployment_device(r) for r in rows]
+
     def open_rows_of(self, device_id: str) -> list[DeploymentDevice]:
         rows = self._all("SELECT * FROM deployment_devices WHERE device_id = %s AND outcome = '' ORDER BY position",
                          (device_id,))

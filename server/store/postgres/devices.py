@@ -1,11 +1,22 @@
-"""Devices, their identities (ADR 0005) and the operator's enroll tokens."""
+"""Devices (the dashboard's pages and tally included), their identities (ADR 0005) and the
+operator's enroll tokens."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from fleetcast.server.store import Device, DeviceIdentity, DeviceProfile, EnrollToken
+from fleetcast.server.store import (
+    Device,
+    DeviceIdentity,
+    DevicePage,
+    DeviceProfile,
+    DeviceQuery,
+    DeviceTally,
+    EnrollToken,
+)
 from fleetcast.server.store import rows as records
+from fleetcast.server.store.pages import device_filter, device_order
 from fleetcast.server.store.postgres.database import Database
 
 
@@ -56,6 +67,27 @@ class DeviceTables(Database):
     def touch_device(self, device_id: str, at: float) -> None:
         with self._tx() as c:
             c.execute("UPDATE devices SET last_seen = %s WHERE device_id = %s", (at, device_id))
+
+    def touch_devices(self, device_ids: Sequence[str], at: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%s)", (at, sorted(set(device_ids))))
+
+    def find_devices(self, query: DeviceQuery) -> DevicePage:
+        where, params = device_filter(query, mark="%s")
+        with self._tx() as c:   # one transaction: the count and the page see one snapshot
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            total = c.execute(f"SELECT COUNT(*) AS n FROM devices{where}", params).fetchone()["n"]
+            rows = c.execute(f"SELECT * FROM devices{where} ORDER BY {device_order(query)} LIMIT %s OFFSET %s",
+                             [*params, query.limit, query.offset]).fetchall()
+        return DevicePage(devices=[records.device(r) for r in rows], total=total)
+
+    def device_tally(self, *, online_since: float, late_since: float) -> list[DeviceTally]:
+        rows = self._all(
+            "SELECT hardware_class, active_model, CASE WHEN last_seen >= %s THEN 'online'"
+            " WHEN last_seen >= %s THEN 'late' ELSE 'offline' END AS live, COUNT(*) AS n"
+            " FROM devices GROUP BY hardware_class, active_model, live ORDER BY hardware_class, active_model, live",
+            (online_since, late_since))
+        return [DeviceTally(r["hardware_class"], r["active_model"], r["live"], r["n"]) for r in rows]
 
     # -- identity -----------------------------------------------------------------------
     def device_identity(self, device_id: str) -> DeviceIdentity | None:

@@ -100,6 +100,50 @@ def create_telemetry_windows(c: psycopg.Cursor) -> None:
               " histogram bigint[] NOT NULL, PRIMARY KEY (model, minute, version, variant, hardware_class, backend))")
 
 
+def create_rollouts(c: psycopg.Cursor) -> None:
+    # Staged rollouts: the rollout (`revision` guards every save; `position` orders those
+    # created in one instant, SQLite's rowid), its stages, its devices, an append-only log.
+    c.execute("CREATE TABLE rollouts (rollout_id text COLLATE \"C\" PRIMARY KEY, model text COLLATE \"C\" NOT NULL,"
+              " version text COLLATE \"C\" NOT NULL, target text COLLATE \"C\" NOT NULL,"
+              " deployment_id text COLLATE \"C\" NOT NULL, state text COLLATE \"C\" NOT NULL, stage bigint NOT NULL,"
+              " spec text NOT NULL, created_at double precision NOT NULL, updated_at double precision NOT NULL,"
+              " revision bigint NOT NULL, position bigserial)")
+    c.execute("CREATE INDEX rollouts_state ON rollouts (state)")
+    c.execute("CREATE TABLE rollout_stages (rollout_id text COLLATE \"C\" NOT NULL, idx bigint NOT NULL,"
+              " size text COLLATE \"C\" NOT NULL, state text COLLATE \"C\" NOT NULL, started_at double precision,"
+              " soak_started_at double precision, ended_at double precision, results text NOT NULL,"
+              " PRIMARY KEY (rollout_id, idx))")
+    c.execute("CREATE TABLE rollout_devices (rollout_id text COLLATE \"C\" NOT NULL, device_id text COLLATE \"C\" NOT NULL,"
+              " stage bigint NOT NULL, cohort text COLLATE \"C\" NOT NULL, variant text COLLATE \"C\" NOT NULL,"
+              " state text COLLATE \"C\" NOT NULL, reason text COLLATE \"C\" NOT NULL, assigned_at double precision,"
+              " updated_at double precision NOT NULL, PRIMARY KEY (rollout_id, device_id))")
+    c.execute("CREATE TABLE rollout_log (rollout_id text COLLATE \"C\" NOT NULL, seq bigint NOT NULL,"
+              " at double precision NOT NULL, actor text COLLATE \"C\" NOT NULL, event text COLLATE \"C\" NOT NULL,"
+              " from_state text COLLATE \"C\" NOT NULL, to_state text COLLATE \"C\" NOT NULL,"
+              " reason text COLLATE \"C\" NOT NULL, snapshot text NOT NULL, PRIMARY KEY (rollout_id, seq))")
+
+
+def add_device_table_indexes(c: psycopg.Cursor) -> None:
+    # The dashboard's device table sorts and filters 10,000s of devices in SQL.
+    c.execute("CREATE INDEX devices_last_seen ON devices (last_seen)")
+    c.execute("CREATE INDEX devices_hardware ON devices (hardware_class, device_id)")
+    c.execute("CREATE INDEX devices_active_model ON devices (active_model, device_id)")
+
+
+def create_telemetry_fleet(c: psycopg.Cursor) -> None:
+    # The cumulative aggregates summed per hardware class, kept at ingest in the same
+    # transaction (what /metrics exports); filled here from the aggregates already stored,
+    # whose back end was not recorded ("").
+    from fleetcast.server.store.postgres import telemetry   # it imports this module's importer
+
+    c.execute("CREATE TABLE telemetry_fleet (model text COLLATE \"C\" NOT NULL, version text COLLATE \"C\" NOT NULL,"
+              " variant text COLLATE \"C\" NOT NULL, hardware_class text COLLATE \"C\" NOT NULL,"
+              " backend text COLLATE \"C\" NOT NULL, inferences bigint NOT NULL, errors bigint NOT NULL,"
+              " latency_sum_ms double precision NOT NULL, histogram bigint[] NOT NULL,"
+              " PRIMARY KEY (model, version, variant, hardware_class, backend))")
+    telemetry.fill_fleet(c)
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_metadata,
@@ -108,6 +152,9 @@ MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_deployments,
     create_telemetry,
     create_telemetry_windows,
+    create_rollouts,
+    add_device_table_indexes,
+    create_telemetry_fleet,
 ]
 
 

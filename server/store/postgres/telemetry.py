@@ -1,8 +1,9 @@
-"""Telemetry: the dedupe table, the per-device aggregates and the minute windows, in one transaction.
+"""Telemetry: the dedupe table, the per-device aggregates, the minute windows and the fleet
+sums per hardware class, in one transaction.
 
 A flush is a fixed number of statements whatever its size: one INSERT of every batch
 id (unnest; ON CONFLICT DO NOTHING tells the new ones), one read of the devices'
-hardware classes, one upsert per table (aggregates, device windows, cohort series:
+hardware classes, one upsert per table (aggregates, device windows, cohort series, fleet sums:
 every key at once through unnest) that adds to the stored rows in SQL, so two
 replicas ingesting for the same device or cohort never lose a sum, and one UPDATE
 of the devices' last_seen. Keys are sorted, so concurrent flushes lock rows in one order.
@@ -23,6 +24,8 @@ from fleetcast.server.store import (
     Aggregate,
     SeriesRow,
     StatsRow,
+    UNKNOWN_HARDWARE,
+    FleetAggregate,
     TelemetryBatch,
     WindowRow,
     saturating_add,
@@ -38,6 +41,8 @@ WINDOWS: Final = ("telemetry_windows", (("model", "text"), ("minute", "bigint"),
                                         ("version", "text"), ("variant", "text"), ("backend", "text")))
 SERIES: Final = ("telemetry_series", (("model", "text"), ("minute", "bigint"), ("version", "text"),
                                       ("variant", "text"), ("hardware_class", "text"), ("backend", "text")))
+FLEET: Final = ("telemetry_fleet", (("model", "text"), ("version", "text"), ("variant", "text"),
+                                    ("hardware_class", "text"), ("backend", "text")))
 
 
 def _histogram_sum(table: str) -> str:
@@ -81,6 +86,17 @@ def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str]
     c.execute(sql, params)
 
 
+def fill_fleet(c: psycopg.Cursor[Any]) -> None:
+    """Adds every stored aggregate to the fleet sums of its device's hardware class (an upgrade's fill)."""
+    fleet: dict[tuple[Any, ...], Sums] = {}
+    for row in c.execute(
+            "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, %s), a.inferences, a.errors,"
+            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
+            " ON d.device_id = a.device_id", (UNKNOWN_HARDWARE,)).fetchall():
+        add(fleet, (*row[:4], ""), StatsRow("", "", "", row[4], row[5], row[6], tuple(row[7])))
+    _merge_into(c, FLEET, fleet)
+
+
 class TelemetryTables(Database):
     def ingest_telemetry(self, device_id: str, batch_id: str, rows: Sequence[StatsRow], at: float) -> bool:
         """Counts a batch once: returns True (duplicate) when (device, batch) was seen before."""
@@ -93,6 +109,7 @@ class TelemetryTables(Database):
         minute = int(at // WINDOW_S)
         totals: dict[tuple[Any, ...], Sums] = {}
         windows: dict[tuple[Any, ...], Sums] = {}
+        by_backend: dict[tuple[Any, ...], Sums] = {}
         duplicates: list[bool] = []
         with self._tx() as c:
             new = {(r["device_id"], r["batch_id"]) for r in c.execute(
@@ -108,6 +125,7 @@ class TelemetryTables(Database):
                 new.discard(key)   # the same batch again later in this call is a duplicate
                 for r in b.rows:
                     add(totals, (b.device_id, r.model, r.version, r.variant), r)
+                    add(by_backend, (b.device_id, r.model, r.version, r.variant, r.backend), r)
                     add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
             device_ids = sorted({key[0] for key in totals})
             hardware = {r["device_id"]: r["hardware_class"] for r in c.execute(
@@ -115,9 +133,13 @@ class TelemetryTables(Database):
             series: dict[tuple[Any, ...], Sums] = {}
             for (model, m, device_id, version, variant, backend), sums in windows.items():
                 add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
+            fleet: dict[tuple[Any, ...], Sums] = {}
+            for (device_id, model, version, variant, backend), sums in by_backend.items():
+                add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE), backend), sums)
             _merge_into(c, AGGREGATES, totals, at)
             _merge_into(c, WINDOWS, windows)
             _merge_into(c, SERIES, series)
+            _merge_into(c, FLEET, fleet)
             if device_ids:
                 c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%s)", (at, device_ids))
         return duplicates
@@ -135,6 +157,13 @@ class TelemetryTables(Database):
                       histogram=list(r["histogram"]))
             for r in rows
         ]
+
+    def fleet_aggregates(self) -> list[FleetAggregate]:
+        return [FleetAggregate(model=r["model"], version=r["version"], variant=r["variant"],
+                               hardware_class=r["hardware_class"], backend=r["backend"], inferences=r["inferences"],
+                               errors=r["errors"], latency_sum_ms=r["latency_sum_ms"], histogram=list(r["histogram"]))
+                for r in self._all("SELECT * FROM telemetry_fleet ORDER BY model, version, variant, hardware_class,"
+                                   " backend")]
 
     def window_rows(self, model: str, *, since: float, until: float | None = None,
                     device_ids: Sequence[str] | None = None) -> list[WindowRow]:
