@@ -299,21 +299,3 @@ def test_a_failure_that_pauses_reverts_its_cohort_and_resume_tries_the_stage_aga
     assert _state(services, r.rollout_id)[rk] == "assigned"
     assert services.store.assignment(rk).document["version"] == v2      # the same deployment, signed again
     assert services.store.deployment_device(r.deployment_id, rk).outcome == ""
-
-
-def test_a_save_from_a_stale_read_writes_nothing(services: Services) -> None:
-    import dataclasses
-
-    from fleetcast.server.store import RolloutLogEntry
-
-    _, v2 = _fleet_on_v1(services)
-    r = services.rollouts.start(model="digits", version=v2, target="all", spec=spec_from(SPEC))
-    entry = RolloutLogEntry(rollout_id=r.rollout_id, at=time.time(), actor="operator", event="pause",
-                            from_state="running", to_state="paused")
-    assert services.store.save_rollout(dataclasses.replace(r, state="paused", revision=1), entries=[entry])
-    stale = dataclasses.replace(r, state="aborted", revision=1)          # read before the pause was saved
-    devices = services.rollouts.marked(services.store.rollout_devices(r.rollout_id), "reverting", "x")
-    assert not services.store.save_rollout(stale, devices=devices, entries=[entry])
-    assert services.rollouts.get(r.rollout_id).state == "paused"
-    assert {d.state for d in services.store.rollout_devices(r.rollout_id)} == {"planned"}
-    assert [e.event for e in services.store.rollout_log(r.rollout_id)] == ["start", "pause"]
