@@ -1,18 +1,21 @@
 """The API's documents: one place builds what the REST API, the dashboard and its
-server-sent events show of a model, a version, a device and a deployment.
+server-sent events show of a model, a version, a device, a deployment and a rollout.
 
 Each function takes records (and the store where it must read more) and returns a
 JSON-able dict; none imports aiohttp. The blocking ones read the store: call them
-from a worker thread. A rollout document will sit beside `deployment`.
+from a worker thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from fleetcast.server import fleetview, liveness
-from fleetcast.server.store import Deployment, DeploymentDevice, Device, Golden, ModelVersion, Store
+from fleetcast.server.rollouts.table import FINAL_ROLLOUT_STATES, HEALTHY_ROLLOUT_STATES
+from fleetcast.server.store import Deployment, DeploymentDevice, Device, Golden, ModelVersion, Rollout, Store
+
+ROLLOUT_FAILURES: Final = frozenset({"failed", "timed_out", "rolled_back"})
 
 
 def _golden(g: Golden | None) -> dict[str, Any] | None:
@@ -100,3 +103,34 @@ def deployment(store: Store, d: Deployment) -> dict[str, Any]:
     """A deployment with its counts and every device's row."""
     rows = store.deployment_devices(d.deployment_id)
     return {**deployment_summary(store, d), "devices": [deployment_device(r) for r in rows]}
+
+
+def rollout(store: Store, r: Rollout, *, log_limit: int = 200) -> dict[str, Any]:
+    """A rollout with its stages (per cohort device states, each gate's results), failures and log."""
+    stages = store.rollout_stages(r.rollout_id)
+    devices = store.rollout_devices(r.rollout_id)
+    log = store.rollout_log(r.rollout_id)
+    by_stage: dict[int, dict[str, dict[str, int]]] = {}
+    totals: dict[str, int] = {}
+    for d in devices:
+        cohorts = by_stage.setdefault(d.stage, {})
+        states = cohorts.setdefault(d.cohort, {})
+        states[d.state] = states.get(d.state, 0) + 1
+        totals[d.state] = totals.get(d.state, 0) + 1
+    failures = [{"device_id": d.device_id, "cohort": d.cohort, "state": d.state, "reason": d.reason}
+                for d in devices if d.state in ROLLOUT_FAILURES][:100]
+    return {
+        "id": r.rollout_id, "model": r.model, "version": r.version, "target": r.target,
+        "deployment_id": r.deployment_id, "state": r.state, "stage": r.stage,
+        "final": r.state in FINAL_ROLLOUT_STATES,
+        # a rollout that held a cohort back completes, but not healthily: that cohort never got it
+        "healthy": r.state in HEALTHY_ROLLOUT_STATES and not any(e.event == "cohort_held" for e in log),
+        "spec": dict(r.spec), "created_at": r.created_at, "updated_at": r.updated_at,
+        "devices": {"total": len(devices), **totals}, "failures": failures,
+        "stages": [{"index": s.index, "size": s.size, "state": s.state, "started_at": s.started_at,
+                    "soak_started_at": s.soak_started_at, "ended_at": s.ended_at,
+                    "devices": sum(sum(c.values()) for c in by_stage.get(s.index, {}).values()),
+                    "cohorts": by_stage.get(s.index, {}), "checks": list(s.results)} for s in stages],
+        "log": [{"at": e.at, "actor": e.actor, "event": e.event, "from": e.from_state, "to": e.to_state,
+                 "reason": e.reason, "snapshot": dict(e.snapshot)} for e in log[-log_limit:]],
+    }

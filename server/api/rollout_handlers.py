@@ -33,7 +33,7 @@ async def create_rollout(request: web.Request) -> web.Response:
     r = request.app[SERVICES].rollouts
 
     def run() -> dict[str, Any]:
-        return r.document(r.start(model=model, version=version, target=target, spec=spec))
+        return documents.rollout(r.store, r.start(model=model, version=version, target=target, spec=spec))
     return _json(await asyncio.to_thread(run), status=201)
 
 
@@ -51,7 +51,7 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
     def build() -> list[dict[str, Any]]:
         found = r.store.rollouts(states=None if state is None else [state])
-        return [r.document(x, log_limit=0) for x in found]
+        return [documents.rollout(r.store, x, log_limit=0) for x in found]
     return _json({"rollouts": await asyncio.to_thread(build)})
 
 
@@ -59,7 +59,7 @@ async def get_rollout(request: web.Request) -> web.Response:
     r = request.app[SERVICES].rollouts
 
     def build() -> dict[str, Any]:
-        return r.document(r.get(request.match_info["id"]))
+        return documents.rollout(r.store, r.get(request.match_info["id"]))
     return _json(await asyncio.to_thread(build))
 
 
@@ -68,7 +68,7 @@ async def _verb(request: web.Request, verb: str) -> web.Response:
     full = request.query.get("full", "") in {"1", "true", "yes"}
 
     def run() -> dict[str, Any]:
-        return r.document(r.command(request.match_info["id"], verb, full=full))
+        return documents.rollout(r.store, r.command(request.match_info["id"], verb, full=full))
     return _json(await asyncio.to_thread(run))
 
 

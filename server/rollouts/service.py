@@ -1,4 +1,4 @@
-"""Rollouts: start one, plan one (a dry run), the operator's verbs and the document.
+"""Rollouts: start one, plan one (a dry run) and the operator's verbs (the document: `documents.rollout`).
 
 Every change is one `Store.save_rollout`, guarded by the revision it read, with its log
 entry in the same transaction: a verb racing the scheduler (or a second server process)
@@ -25,8 +25,6 @@ from fleetcast.server.errors import Conflict, InvalidRequest, RolloutNotFound
 from fleetcast.server.rollouts import plan
 from fleetcast.server.rollouts.spec import RolloutSpec, spec_from
 from fleetcast.server.rollouts.table import (
-    FINAL_ROLLOUT_STATES,
-    HEALTHY_ROLLOUT_STATES,
     STAGE_TRANSITIONS,
     RolloutEvent,
     RolloutState,
@@ -232,36 +230,6 @@ class Rollouts:
         if found is None:
             raise RolloutNotFound(f"rollout {rollout_id[:80]!r} does not exist: list them with GET /v1/rollouts")
         return found
-
-    def document(self, r: Rollout, *, log_limit: int = 200) -> dict[str, Any]:
-        """The rollout as REST, the SDK and the CLI show it (blocking: call from a worker thread)."""
-        stages = self.store.rollout_stages(r.rollout_id)
-        devices = self.store.rollout_devices(r.rollout_id)
-        log = self.store.rollout_log(r.rollout_id)
-        by_stage: dict[int, dict[str, dict[str, int]]] = {}
-        totals: dict[str, int] = {}
-        for d in devices:
-            cohorts = by_stage.setdefault(d.stage, {})
-            states = cohorts.setdefault(d.cohort, {})
-            states[d.state] = states.get(d.state, 0) + 1
-            totals[d.state] = totals.get(d.state, 0) + 1
-        failures = [{"device_id": d.device_id, "cohort": d.cohort, "state": d.state, "reason": d.reason}
-                    for d in devices if d.state in {"failed", "timed_out", "rolled_back"}][:100]
-        return {
-            "id": r.rollout_id, "model": r.model, "version": r.version, "target": r.target,
-            "deployment_id": r.deployment_id, "state": r.state, "stage": r.stage,
-            "final": r.state in FINAL_ROLLOUT_STATES,
-            # a rollout that held a cohort back completes, but not healthily: that cohort never got it
-            "healthy": r.state in HEALTHY_ROLLOUT_STATES and not any(e.event == "cohort_held" for e in log),
-            "spec": dict(r.spec), "created_at": r.created_at, "updated_at": r.updated_at,
-            "devices": {"total": len(devices), **totals}, "failures": failures,
-            "stages": [{"index": s.index, "size": s.size, "state": s.state, "started_at": s.started_at,
-                        "soak_started_at": s.soak_started_at, "ended_at": s.ended_at,
-                        "devices": sum(sum(c.values()) for c in by_stage.get(s.index, {}).values()),
-                        "cohorts": by_stage.get(s.index, {}), "checks": list(s.results)} for s in stages],
-            "log": [{"at": e.at, "actor": e.actor, "event": e.event, "from": e.from_state, "to": e.to_state,
-                     "reason": e.reason, "snapshot": dict(e.snapshot)} for e in log[-log_limit:]],
-        }
 
     def spec(self, body: Mapping[str, Any]) -> RolloutSpec:
         return spec_from(body)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetcast.proto import telemetry as buckets
-from fleetcast.server import assigner
+from fleetcast.server import assigner, documents
 from fleetcast.server.deployments import StatusUpdate
 from fleetcast.server.errors import Conflict, IllegalTransition
 from fleetcast.server.fleet import Enrollment
@@ -104,7 +104,7 @@ def test_a_canary_slower_on_one_cohort_is_aborted_and_sent_back_there_only(servi
     assert all(states[d] == "planned" for d in FLEET if d not in canaries)   # never given v2
     back = services.store.assignment(rk).document
     assert (back["version"], back["sha256"]) == (v1, v1_doc[next(d for d in v1_doc if d.startswith("rk"))]["sha256"])
-    doc = services.rollouts.document(rollout)
+    doc = documents.rollout(services.store, rollout)
     failed = [c for c in doc["stages"][0]["checks"] if c["verdict"] == "fail"]
     assert [c["cohort"].split("/")[0] for c in failed] == ["rk3399"]
     assert failed[0]["control"] is not None and failed[0]["value"] > 1.2
@@ -149,7 +149,7 @@ def test_no_traffic_during_the_soak_pauses_as_inconclusive_and_resume_soaks_agai
     rollout = services.rollouts.get(r.rollout_id)
     assert rollout.state == "paused"
     assert services.store.rollout_stages(r.rollout_id)[0].state == "inconclusive"
-    assert services.rollouts.document(rollout)["log"][-1]["event"] == "inconclusive"
+    assert documents.rollout(services.store, rollout)["log"][-1]["event"] == "inconclusive"
     services.rollouts.command(r.rollout_id, "resume")
     assert services.store.rollout_stages(r.rollout_id)[0].state == "soaking"
     with pytest.raises(IllegalTransition):
