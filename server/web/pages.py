@@ -250,6 +250,14 @@ async def deployment(request: web.Request) -> web.StreamResponse:
                  **await _view(request, views.deployment_page, request.match_info["id"], page=int(raw)))
 
 
+async def rollouts(request: web.Request) -> web.StreamResponse:
+    return _page(request, "rollouts.html", **await _view(request, views.rollouts_page))
+
+
+async def rollout(request: web.Request) -> web.StreamResponse:
+    return _page(request, "rollout.html", **await _view(request, views.rollout_page, request.match_info["id"]))
+
+
 async def cancel_deployment(request: web.Request) -> web.StreamResponse:
     await _changing_form(request)
     d = _dashboard(request).services.deployments

@@ -1,8 +1,8 @@
 """The dashboard's route table: every page, its access and its place in the navigation.
 
 Kept apart from the REST route table (`fleetcast.server.api.routes`): these answer
-HTML for people and are not in the OpenAPI document. A new page (the rollouts page)
-is one row here, one view in `views.py` and one template.
+HTML for people and are not in the OpenAPI document. A new page is one row here,
+one view in `views.py` and one template.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ PAGES: Final[tuple[Page, ...]] = (
     Page("GET", "/ui/deployments", p.deployments, "viewer", nav="Deployments"),
     Page("GET", "/ui/deployments/{id}", p.deployment, "viewer"),
     Page("POST", "/ui/deployments/{id}/cancel", p.cancel_deployment, "operator"),
+    Page("GET", "/ui/rollouts", p.rollouts, "viewer", nav="Rollouts"),
+    Page("GET", "/ui/rollouts/{id}", p.rollout, "viewer"),
     Page("GET", "/ui/events", p.events, "viewer"),
 )
 

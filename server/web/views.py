@@ -174,3 +174,12 @@ def deployment_page(s: Services, deployment_id: str, *, page: int, now: float) -
     return {"deployment": documents.deployment_summary(s.store, d),
             "devices": [documents.deployment_device(r) for r in shown], "page": page, "pages": pages,
             "progress": progress(rows, created_at=d.created_at), "as_of": now}
+
+
+def rollouts_page(s: Services, *, now: float) -> dict[str, Any]:
+    """The rollouts REST lists, newest first, as the same documents (without their logs)."""
+    return {"rollouts": [documents.rollout(s.store, r, log_limit=0) for r in s.store.rollouts()], "as_of": now}
+
+
+def rollout_page(s: Services, rollout_id: str, *, now: float) -> dict[str, Any]:
+    return {"rollout": documents.rollout(s.store, s.rollouts.get(rollout_id)), "as_of": now}

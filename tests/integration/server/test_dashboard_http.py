@@ -4,6 +4,7 @@ headers, the device table's URL and its CSV export, on a real server process."""
 from __future__ import annotations
 
 import csv
+import html
 import http.cookiejar
 import io
 import json
@@ -227,3 +228,73 @@ def test_failed_logins_answer_late_then_with_429(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 5 * 0.5
         status, _, page = v.login(server.operator_token)   # even the right token waits its turn
         assert status == 429 and "failed logins" in page
+
+
+def _rollout_when(server: RunningServer, rollout_id: str, done: Any, *, timeout_s: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, doc = server.json("GET", f"/v1/rollouts/{rollout_id}")
+        assert status == 200, doc
+        if done(doc) or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.2)
+
+
+def test_the_rollout_pages_show_each_gate_as_the_api_gives_it(fleet) -> None:
+    server, _ = fleet
+    for i in range(4):
+        server.stub().Enroll(pb.EnrollRequest(device_id=f"ro-{i}", hardware_class=HARDWARE[i % 2],
+                                              backends=["onnxruntime"], enroll_token=server.enroll_token,
+                                              group="ro"), timeout=10)
+    for version in ("1", "2"):
+        status, _ = server.upload("ro-model", {"model": models.to_bytes(models.tiny_classifier(seed=int(version))),
+                                               "version": version})
+        assert status == 201
+    # Enrolled but never serving: each device times out, and the default `serving` gate fails the stage.
+    status, started = server.json("POST", "/v1/rollouts", {
+        "model": "ro-model", "version": "2", "target": "group:ro", "stages": "1,100%", "soak_s": 600,
+        "device_timeout_s": 1, "evaluation_interval_s": 0.2})
+    assert status == 201, started
+    rollout_id = started["id"]
+    doc = _rollout_when(server, rollout_id, lambda d: d["final"] and d["stages"][0]["checks"])
+    assert doc["state"] == "aborted" and doc["stages"][0]["checks"], doc
+
+    v = Visitor(server)
+    assert v.login(_viewer_token(server, "viewer-rollouts"))[0] == 303
+    status, headers, page = v.get("/ui/rollouts")
+    assert status == 200 and 'class="role role-viewer"' in page
+    assert '<a href="/ui/rollouts" aria-current="page">Rollouts</a>' in page
+    row = re.search(rf'<tr data-rollout="{rollout_id}">.*?</tr>', page, re.S)
+    assert row, page[:2000]
+    assert f'data-col="state">{doc["state"]}<' in row.group(0)
+    assert f'data-col="stage">{doc["stage"] + 1}/{len(doc["stages"])}<' in row.group(0)
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+    status, headers, page = v.get(f"/ui/rollouts/{rollout_id}")
+    assert status == 200, page[:500]
+    assert f"Rollout {rollout_id}" in page and f'<span id="state" class="status status-aborted">aborted</span>' in page
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page) and not re.search(r"\s(style|on[a-z]+)=", page)
+    assert "<form" not in page.replace('<form class="logout"', "")        # read-only: no verbs on the page
+    for stage in doc["stages"]:
+        section = re.search(rf'<section class="stage" id="stage-{stage["index"]}".*?</section>', page, re.S)
+        assert section and f'data-col="stage-state">{stage["state"]}<' in section.group(0)
+        shown = re.findall(r'<tr class="check" data-cohort="([^"]*)" data-check="([^"]*)">(.*?)</tr>',
+                           section.group(0), re.S)
+        assert len(shown) == len(stage["checks"])
+        for (cohort, check, cells), c in zip(shown, stage["checks"]):
+            assert (html.unescape(cohort), html.unescape(check)) == (c["cohort"], c["check"])
+            values = {k: html.unescape(x) for k, x in re.findall(r'data-col="([a-z]+)">(?:<span[^>]*>)?([^<]*)<', cells)}
+            assert values == {"value": "n/a" if c["value"] is None else str(c["value"]),
+                              "threshold": str(c["threshold"]),
+                              "control": "n/a" if c["control"] is None else str(c["control"]),
+                              "inferences": str(c["inferences"]), "devices": str(c["devices"]),
+                              "verdict": c["verdict"]}
+    assert any(c["verdict"] == "fail" and c["value"] is not None for c in doc["stages"][0]["checks"])
+    events = re.findall(r'<tr class="log-entry">.*?data-col="event">([^<]*)<', page, re.S)
+    assert events == [e["event"] for e in doc["log"]]
+
+    status, _, page = v.get("/ui/rollouts/ro-0000000000000000")
+    assert status == 404 and "does not exist" in page and "&lt;" not in page
+    status, _, page = v.get("/ui/rollouts/%3Cb%3Ex")
+    assert status == 404 and "<b>x" not in page and "&lt;b&gt;x" in page     # the id is escaped
