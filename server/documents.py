@@ -106,7 +106,8 @@ def deployment(store: Store, d: Deployment) -> dict[str, Any]:
 
 
 def rollout(store: Store, r: Rollout, *, log_limit: int = 200) -> dict[str, Any]:
-    """A rollout with its stages (per cohort device states, each gate's results), failures and log."""
+    """A rollout with its stages (per cohort device states, each gate's results), failures and
+    the last `log_limit` log entries (0: none, as lists of many rollouts send)."""
     stages = store.rollout_stages(r.rollout_id)
     devices = store.rollout_devices(r.rollout_id)
     log = store.rollout_log(r.rollout_id)
@@ -132,5 +133,5 @@ def rollout(store: Store, r: Rollout, *, log_limit: int = 200) -> dict[str, Any]
                     "devices": sum(sum(c.values()) for c in by_stage.get(s.index, {}).values()),
                     "cohorts": by_stage.get(s.index, {}), "checks": list(s.results)} for s in stages],
         "log": [{"at": e.at, "actor": e.actor, "event": e.event, "from": e.from_state, "to": e.to_state,
-                 "reason": e.reason, "snapshot": dict(e.snapshot)} for e in log[-log_limit:]],
+                 "reason": e.reason, "snapshot": dict(e.snapshot)} for e in (log[-log_limit:] if log_limit > 0 else [])],
     }
