@@ -32,9 +32,12 @@ browser:
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs >/dev/null; }
 
+# PostgreSQL for the store contract suite: the server on 127.0.0.1:5432 when it answers,
+# else a private cluster for the run, stopped after it (tests/support/pg_cluster.sh).
 test: venv broker browser
 	node --test sdk/js/test/
-	$(PY) -m pytest -q
+	tests/support/pg_cluster.sh ensure
+	$(PY) -m pytest -q; rc=$$?; tests/support/pg_cluster.sh stop; exit $$rc
 
 demo: venv
 	$(PY) examples/demo.py
