@@ -20,12 +20,34 @@ from fleetcast.server.store import (
     DeploymentDevice,
     Device,
     EnrollToken,
+    Rollout,
+    RolloutLogEntry,
+    RolloutStage,
     SeriesRow,
     StatsRow,
     WindowRow,
 )
 
 Row = Mapping[str, Any]
+
+
+def rollout(row: Row) -> Rollout:
+    return Rollout(rollout_id=row["rollout_id"], model=row["model"], version=row["version"], target=row["target"],
+                   deployment_id=row["deployment_id"], state=row["state"], stage=row["stage"],
+                   spec=json.loads(row["spec"]), created_at=row["created_at"], updated_at=row["updated_at"],
+                   revision=row["revision"])
+
+
+def rollout_stage(row: Row) -> RolloutStage:
+    return RolloutStage(rollout_id=row["rollout_id"], index=row["idx"], size=row["size"], state=row["state"],
+                        started_at=row["started_at"], soak_started_at=row["soak_started_at"],
+                        ended_at=row["ended_at"], results=json.loads(row["results"]))
+
+
+def rollout_log_entry(row: Row) -> RolloutLogEntry:
+    return RolloutLogEntry(rollout_id=row["rollout_id"], at=row["at"], actor=row["actor"], event=row["event"],
+                           from_state=row["from_state"], to_state=row["to_state"], reason=row["reason"],
+                           snapshot=json.loads(row["snapshot"]))
 
 
 def device(row: Row) -> Device:

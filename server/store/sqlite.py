@@ -322,19 +322,6 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[i:i + size]
 
 
-def _rollout(row: sqlite3.Row) -> Rollout:
-    return Rollout(rollout_id=row["rollout_id"], model=row["model"], version=row["version"], target=row["target"],
-                   deployment_id=row["deployment_id"], state=row["state"], stage=row["stage"],
-                   spec=json.loads(row["spec"]), created_at=row["created_at"], updated_at=row["updated_at"],
-                   revision=row["revision"])
-
-
-def _rollout_stage(row: sqlite3.Row) -> RolloutStage:
-    return RolloutStage(rollout_id=row["rollout_id"], index=row["idx"], size=row["size"], state=row["state"],
-                        started_at=row["started_at"], soak_started_at=row["soak_started_at"],
-                        ended_at=row["ended_at"], results=json.loads(row["results"]))
-
-
 def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], devices: Sequence[RolloutDevice],
                          entries: Sequence[RolloutLogEntry]) -> None:
     """Upserts the stages and devices and appends the log entries (SQL PostgreSQL runs too)."""
@@ -857,7 +844,7 @@ class SqliteStore:
 
     def rollout(self, rollout_id: str) -> Rollout | None:
         row = self._one("SELECT * FROM rollouts WHERE rollout_id = ?", (rollout_id,))
-        return _rollout(row) if row else None
+        return records.rollout(row) if row else None
 
     def rollouts(self, *, limit: int = 200, states: Sequence[str] | None = None) -> list[Rollout]:
         if states is None:
@@ -866,11 +853,11 @@ class SqliteStore:
             marks = ",".join("?" * len(states))
             rows = self._all(f"SELECT * FROM rollouts WHERE state IN ({marks}) ORDER BY created_at DESC, rowid DESC"
                              " LIMIT ?", (*states, limit))
-        return [_rollout(r) for r in rows]
+        return [records.rollout(r) for r in rows]
 
     def rollout_stages(self, rollout_id: str) -> list[RolloutStage]:
         rows = self._all("SELECT * FROM rollout_stages WHERE rollout_id = ? ORDER BY idx", (rollout_id,))
-        return [_rollout_stage(r) for r in rows]
+        return [records.rollout_stage(r) for r in rows]
 
     def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]:
         rows = self._all("SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY stage, device_id", (rollout_id,))
@@ -878,9 +865,7 @@ class SqliteStore:
 
     def rollout_log(self, rollout_id: str) -> list[RolloutLogEntry]:
         rows = self._all("SELECT * FROM rollout_log WHERE rollout_id = ? ORDER BY seq", (rollout_id,))
-        return [RolloutLogEntry(rollout_id=r["rollout_id"], at=r["at"], actor=r["actor"], event=r["event"],
-                                from_state=r["from_state"], to_state=r["to_state"], reason=r["reason"],
-                                snapshot=json.loads(r["snapshot"])) for r in rows]
+        return [records.rollout_log_entry(r) for r in rows]
 
     def save_rollout(self, rollout: Rollout, *, stages: Sequence[RolloutStage] = (),
                      devices: Sequence[RolloutDevice] = (), entries: Sequence[RolloutLogEntry] = ()) -> bool:

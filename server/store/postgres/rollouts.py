@@ -16,23 +16,11 @@ from typing import Any
 import psycopg
 
 from fleetcast.server.store import Rollout, RolloutDevice, RolloutLogEntry, RolloutStage
+from fleetcast.server.store import rows as records
 from fleetcast.server.store.postgres.database import Database
 
 _ROLLOUT_COLUMNS = ("rollout_id, model, version, target, deployment_id, state, stage, spec, created_at, updated_at,"
                     " revision")   # not `position`
-
-
-def _rollout(row: dict[str, Any]) -> Rollout:
-    return Rollout(rollout_id=row["rollout_id"], model=row["model"], version=row["version"], target=row["target"],
-                   deployment_id=row["deployment_id"], state=row["state"], stage=row["stage"],
-                   spec=json.loads(row["spec"]), created_at=row["created_at"], updated_at=row["updated_at"],
-                   revision=row["revision"])
-
-
-def _stage(row: dict[str, Any]) -> RolloutStage:
-    return RolloutStage(rollout_id=row["rollout_id"], index=row["idx"], size=row["size"], state=row["state"],
-                        started_at=row["started_at"], soak_started_at=row["soak_started_at"],
-                        ended_at=row["ended_at"], results=json.loads(row["results"]))
 
 
 def _write_parts(c: psycopg.Cursor[Any], stages: Sequence[RolloutStage], devices: Sequence[RolloutDevice],
@@ -75,7 +63,7 @@ class RolloutTables(Database):
 
     def rollout(self, rollout_id: str) -> Rollout | None:
         row = self._one("SELECT * FROM rollouts WHERE rollout_id = %s", (rollout_id,))
-        return _rollout(row) if row else None
+        return records.rollout(row) if row else None
 
     def rollouts(self, *, limit: int = 200, states: Sequence[str] | None = None) -> list[Rollout]:
         if states is None:
@@ -83,11 +71,11 @@ class RolloutTables(Database):
         else:
             rows = self._all("SELECT * FROM rollouts WHERE state = ANY(%s) ORDER BY created_at DESC, position DESC"
                              " LIMIT %s", (list(states), limit))
-        return [_rollout(r) for r in rows]
+        return [records.rollout(r) for r in rows]
 
     def rollout_stages(self, rollout_id: str) -> list[RolloutStage]:
         rows = self._all("SELECT * FROM rollout_stages WHERE rollout_id = %s ORDER BY idx", (rollout_id,))
-        return [_stage(r) for r in rows]
+        return [records.rollout_stage(r) for r in rows]
 
     def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]:
         rows = self._all("SELECT * FROM rollout_devices WHERE rollout_id = %s ORDER BY stage, device_id",
@@ -96,9 +84,7 @@ class RolloutTables(Database):
 
     def rollout_log(self, rollout_id: str) -> list[RolloutLogEntry]:
         rows = self._all("SELECT * FROM rollout_log WHERE rollout_id = %s ORDER BY seq", (rollout_id,))
-        return [RolloutLogEntry(rollout_id=r["rollout_id"], at=r["at"], actor=r["actor"], event=r["event"],
-                                from_state=r["from_state"], to_state=r["to_state"], reason=r["reason"],
-                                snapshot=json.loads(r["snapshot"])) for r in rows]
+        return [records.rollout_log_entry(r) for r in rows]
 
     def save_rollout(self, rollout: Rollout, *, stages: Sequence[RolloutStage] = (),
                      devices: Sequence[RolloutDevice] = (), entries: Sequence[RolloutLogEntry] = ()) -> bool:
