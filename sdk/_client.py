@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -243,24 +243,16 @@ class Client:
 
         Raises `DeploymentTimeoutError` (carrying the last state) after `timeout_s`.
         """
-        deadline = time.monotonic() + timeout_s
-        last: Deployment | None = None
-        while True:
-            current = self.get_deployment(id)
-            if on_update is not None and (last is None or current.raw != last.raw):
-                on_update(current)
-            last = current
-            if current.finished:
-                return current
-            if time.monotonic() + poll_s > deadline:
-                pending = sum(1 for d in current.devices if not d.final)
-                raise DeploymentTimeoutError(
-                    f"deployment {id} did not finish within {timeout_s:g} s: {pending} of "
-                    f"{len(current.devices)} devices have no outcome yet; "
-                    f"follow it with `fleetcast deploy status {id} --wait`",
-                    deployment=current,
-                )
-            time.sleep(poll_s)
+        current = _poll(lambda: self.get_deployment(id), timeout_s=timeout_s, poll_s=poll_s, on_update=on_update)
+        if current.finished:
+            return current
+        pending = sum(1 for d in current.devices if not d.final)
+        raise DeploymentTimeoutError(
+            f"deployment {id} did not finish within {timeout_s:g} s: {pending} of "
+            f"{len(current.devices)} devices have no outcome yet; "
+            f"follow it with `fleetcast deploy status {id} --wait`",
+            deployment=current,
+        )
 
     def undo_deployment(self, id: str) -> Deployment:
         """Every device of the deployment goes back to the version it ran before."""
@@ -300,20 +292,12 @@ class Client:
                      on_update: Callable[[Rollout], None] | None = None) -> Rollout:
         """Poll until the rollout ends (completed, aborted or rolled back); `on_update` sees
         each change. Raises `RolloutTimeoutError` (carrying the last state) after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        last: Rollout | None = None
-        while True:
-            current = self.get_rollout(id)
-            if on_update is not None and (last is None or current.raw != last.raw):
-                on_update(current)
-            last = current
-            if current.finished:
-                return current
-            if time.monotonic() + poll_s > deadline:
-                raise RolloutTimeoutError(
-                    f"rollout {id} is still {current.state} (stage {current.stage}) after {timeout_s:g} s; "
-                    f"follow it with `fleetcast rollout status {id} --watch`", rollout=current)
-            time.sleep(poll_s)
+        current = _poll(lambda: self.get_rollout(id), timeout_s=timeout_s, poll_s=poll_s, on_update=on_update)
+        if current.finished:
+            return current
+        raise RolloutTimeoutError(
+            f"rollout {id} is still {current.state} (stage {current.stage}) after {timeout_s:g} s; "
+            f"follow it with `fleetcast rollout status {id} --watch`", rollout=current)
 
     # devices
 
@@ -482,3 +466,28 @@ def _write_atomically(chunks: Iterator[bytes], dest: Path, published: Variant | 
         Path(tmp).unlink(missing_ok=True)
         raise
     return digest.hexdigest(), length
+
+
+class _Polled(Protocol):
+    raw: Any
+
+    @property
+    def finished(self) -> bool: ...
+
+
+P = TypeVar("P", bound=_Polled)
+
+
+def _poll(get: Callable[[], P], *, timeout_s: float, poll_s: float, on_update: Callable[[P], None] | None) -> P:
+    """Reads `get()` every `poll_s` until it is finished or `timeout_s` would pass; returns the
+    last reading (finished or not). `on_update` sees each reading that changed."""
+    deadline = time.monotonic() + timeout_s
+    last: P | None = None
+    while True:
+        current = get()
+        if on_update is not None and (last is None or current.raw != last.raw):
+            on_update(current)
+        last = current
+        if current.finished or time.monotonic() + poll_s > deadline:
+            return current
+        time.sleep(poll_s)
