@@ -8,8 +8,6 @@ our own `Locator` and `Transport` interfaces that record how they were used.
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +16,13 @@ import pytest
 from fleetcast.agent.direct_download import DirectTransport
 from fleetcast.agent.download import Downloader
 from fleetcast.agent.errors import VerificationError
+from tests.support.ranged_http import RangedPayload, serving
 
 BLOB = bytes(range(256)) * 2000          # ~0.5 MB
 SHA = hashlib.sha256(BLOB).hexdigest()
 
 
-class ObjectStore(http.server.BaseHTTPRequestHandler):
+class ObjectStore(RangedPayload):
     """Serves BLOB at /live/<sha256>; /expired/... answers 403, anything else 404."""
 
     payload = BLOB
@@ -38,32 +37,14 @@ class ObjectStore(http.server.BaseHTTPRequestHandler):
         if self.path != f"/live/{SHA}":
             self.send_error(404)
             return
-        start = int(rng.removeprefix("bytes=").split("-")[0]) if (rng := self.headers.get("Range")) else 0
-        body = self.payload[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.cut_first_response_at:
-            self.wfile.write(body[:self.cut_first_response_at.pop(0)])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_payload()
 
 
 @pytest.fixture
 def store() -> Iterator[str]:
     ObjectStore.seen, ObjectStore.cut_first_response_at, ObjectStore.payload = [], [], BLOB
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ObjectStore)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ObjectStore) as url:
+        yield url
 
 
 class Locator:

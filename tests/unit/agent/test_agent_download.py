@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import http.server
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -20,6 +19,7 @@ import pytest
 from fleetcast.agent.download import DownloadConfig, Downloader, GrpcTransport, HttpTransport
 from fleetcast.agent.errors import DownloadError, VerificationError
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
+from tests.support.ranged_http import RangedPayload, serving
 
 BLOB = bytes(range(256)) * 4000          # ~1 MB
 SHA = hashlib.sha256(BLOB).hexdigest()
@@ -172,7 +172,7 @@ def test_path_names_only_come_from_a_hex_sha256(tmp_path) -> None:
         dl.fetch("../../etc/passwd", 10)
 
 
-class RangeHandler(http.server.BaseHTTPRequestHandler):
+class RangeHandler(RangedPayload):
     payload = BLOB
     seen: list[tuple[str | None, str | None]] = []
     cut_first_response_at: list[int] = []
@@ -182,36 +182,15 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if self.path != f"/v1/artifacts/{SHA}":
             self.send_error(404)
             return
-        start = 0
-        if rng := self.headers.get("Range"):
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-        body = self.payload[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.cut_first_response_at:
-            self.wfile.write(body[:self.cut_first_response_at.pop(0)])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.send_payload()
 
 
 @pytest.fixture
 def http_fake() -> Iterator[str]:
     RangeHandler.seen = []
     RangeHandler.cut_first_response_at = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(RangeHandler) as url:
+        yield url
 
 
 def test_http_range_download_resumes_after_a_cut_response(tmp_path, http_fake) -> None:
