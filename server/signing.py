@@ -110,6 +110,10 @@ class SigningConfig:
     targets_expiry_s: float = 30 * 86400
     snapshot_expiry_s: float = 7 * 86400
     timestamp_expiry_s: float = 86400
+    # How long a snapshot, targets or bin file stays in the store once a newer version of it
+    # is published (a client reads what a timestamp names moments after reading it; the
+    # margin covers slow links). Roots stay for ever: clients walk the chain.
+    superseded_keep_s: float = 86400
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ row of either (`sqlite3.Row` or psycopg's dict rows). Histograms are the excepti
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,25 @@ from fleetcast.server.store import (
 )
 
 Row = Mapping[str, Any]
+
+# Signed metadata files a newer version of the same role replaces. Roots are not among
+# them (a client walks the root chain from the version it trusts), nor timestamp.json
+# (rewritten in place).
+_REPLACEABLE = re.compile(r"^(\d{1,10})\.(snapshot|targets|bin-[0-9a-f]{2})\.json$")
+
+# Both stores keep the role and version of each replaceable file beside it, and when it
+# was written: a file goes once a newer version of its role was written before the cutoff
+# (a client reads the snapshot and targets a timestamp names within moments of reading it).
+PRUNE_METADATA_SQL = (
+    "DELETE FROM metadata WHERE role IS NOT NULL AND EXISTS (SELECT 1 FROM metadata AS newer"
+    " WHERE newer.repository = metadata.repository AND newer.role = metadata.role"
+    " AND newer.version > metadata.version AND newer.written_at < {cutoff})")
+
+
+def metadata_role(name: str) -> tuple[str, int] | tuple[None, None]:
+    """The (role, version) of a file name a newer version replaces; (None, None) otherwise."""
+    m = _REPLACEABLE.fullmatch(name)
+    return (m.group(2), int(m.group(1))) if m else (None, None)
 
 
 def rollout(row: Row) -> Rollout:

@@ -257,6 +257,18 @@ def create_telemetry_fleet(db: sqlite_utils.Database) -> None:
     _merge_into(db.conn, "telemetry_fleet", FLEET_KEY, sums)
 
 
+def add_metadata_roles(db: sqlite_utils.Database) -> None:
+    """Each replaceable metadata file's role, version and write time, so superseded ones can
+    be pruned; files written before this count as written now."""
+    for column, kind in (("role", "TEXT"), ("version", "INTEGER"), ("written_at", "REAL")):
+        db.execute(f"ALTER TABLE metadata ADD COLUMN {column} {kind}")
+    now = time.time()
+    names = db.execute("SELECT repository, name FROM metadata").fetchall()
+    db.conn.executemany("UPDATE metadata SET role = ?, version = ?, written_at = ? WHERE repository = ? AND name = ?",
+                        [(*records.metadata_role(name), now, repository, name) for repository, name in names])
+    db.execute("CREATE INDEX metadata_roles ON metadata (repository, role, version)")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -274,6 +286,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_rollouts,
     add_device_table_indexes,
     create_telemetry_fleet,
+    add_metadata_roles,
 ]
 
 
@@ -469,12 +482,17 @@ class SqliteStore:
         return bytes(row[0]) if row else None
 
     def put_metadata(self, repository: str, name: str, data: bytes) -> None:
+        role, version = records.metadata_role(name)
         with self._tx() as c:
             c.execute(
-                "INSERT INTO metadata (repository, name, data) VALUES (?, ?, ?)"
-                " ON CONFLICT (repository, name) DO UPDATE SET data = excluded.data",
-                (repository, name, bytes(data)),
+                "INSERT INTO metadata (repository, name, data, role, version, written_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (repository, name) DO UPDATE SET data = excluded.data, written_at = excluded.written_at",
+                (repository, name, bytes(data), role, version, time.time()),
             )
+
+    def prune_metadata(self, *, superseded_before: float) -> int:
+        with self._tx() as c:
+            return c.execute(records.PRUNE_METADATA_SQL.format(cutoff="?"), (superseded_before,)).rowcount
 
     # -- models -------------------------------------------------------------------------
     def add_artifact(self, artifact: Artifact) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import psycopg
 
 from fleetcast.server.store import Artifact, Golden, ModelVersion, Variant
+from fleetcast.server.store import rows as records
 from fleetcast.server.store.postgres.database import Database
 
 # A reservation older than this is from an upload that died with its replica: replicas
@@ -24,11 +26,18 @@ class ModelTables(Database):
         return bytes(row["data"]) if row else None
 
     def put_metadata(self, repository: str, name: str, data: bytes) -> None:
+        role, version = records.metadata_role(name)
         with self._tx() as c:
-            c.execute("INSERT INTO metadata (repository, name, data) VALUES (%s, %s, %s)"
-                      " ON CONFLICT (repository, name) DO UPDATE SET data = excluded.data",
-                      (repository, name, bytes(data)))
+            c.execute("INSERT INTO metadata (repository, name, data, role, version, written_at)"
+                      " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (repository, name) DO UPDATE SET"
+                      " data = excluded.data, written_at = excluded.written_at",
+                      (repository, name, bytes(data), role, version, time.time()))
             self._notify(c, "metadata", f"{repository}\n{name}")   # delivered when this commits
+
+    def prune_metadata(self, *, superseded_before: float) -> int:
+        # Versioned files never change, so no notice: a replica's cached copy stays right.
+        with self._tx() as c:
+            return c.execute(records.PRUNE_METADATA_SQL.format(cutoff="%s"), (superseded_before,)).rowcount
 
     # -- artifacts and versions -------------------------------------------------------
     def add_artifact(self, artifact: Artifact) -> None:

@@ -144,6 +144,18 @@ def create_telemetry_fleet(c: psycopg.Cursor) -> None:
     telemetry.fill_fleet(c)
 
 
+def add_metadata_roles(c: psycopg.Cursor) -> None:
+    """Each replaceable metadata file's role, version and write time, so superseded ones can
+    be pruned; files written before this count as written now (the name pattern is
+    `rows.metadata_role`'s)."""
+    c.execute("ALTER TABLE metadata ADD COLUMN role text COLLATE \"C\", ADD COLUMN version bigint,"
+              " ADD COLUMN written_at double precision")
+    c.execute("UPDATE metadata SET role = substring(name from '^[0-9]{1,10}\\.(snapshot|targets|bin-[0-9a-f]{2})\\.json$'),"
+              " written_at = extract(epoch from clock_timestamp())")
+    c.execute("UPDATE metadata SET version = split_part(name, '.', 1)::bigint WHERE role IS NOT NULL")
+    c.execute("CREATE INDEX metadata_roles ON metadata (repository, role, version)")
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_metadata,
@@ -155,6 +167,7 @@ MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_rollouts,
     add_device_table_indexes,
     create_telemetry_fleet,
+    add_metadata_roles,
 ]
 
 

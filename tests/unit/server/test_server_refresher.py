@@ -33,3 +33,26 @@ def test_refresh_resigns_the_director_timestamp_near_expiry_and_tells_every_devi
         assert refresher.period_s(services) == 0.5
     finally:
         services.close()
+
+
+def test_prune_drops_metadata_replaced_longer_ago_than_configured_and_keeps_what_devices_read(tmp_path: Path) -> None:
+    config = ServerConfig(data_dir=tmp_path / "data", signing=replace(SigningConfig(), superseded_keep_s=60.0))
+    services = open_services(config)
+    try:
+        token = (config.data_dir / "enroll-token").read_text().strip()
+        services.fleet.enroll(Enrollment(device_id="dev-1", hardware_class="x86-cpu", enroll_token=token))
+        for seed in (1, 2):
+            data = models.to_bytes(models.tiny_classifier(seed=seed))
+            staged = services.blobs.stage(len(data))
+            staged.write(data)
+            services.registry.add_version("digits", staged)
+            services.deployments.create(model="digits", version=None, target="device:dev-1")
+            assigner.drain(services.deployments)
+        before = services.signer.director_entry("dev-1")
+        assert refresher.prune(services) == 0                          # replaced under a minute ago
+        assert refresher.prune(services, now=time.time() + 61) > 0     # a minute on
+        assert services.store.get_metadata("director", "1.snapshot.json") is None
+        assert services.signer.director_entry("dev-1") == before       # the current files stay
+        assert services.store.get_metadata("director", "1.root.json") is not None
+    finally:
+        services.close()
