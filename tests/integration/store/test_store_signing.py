@@ -87,6 +87,7 @@ def test_a_cache_whose_notices_were_cut_drops_what_it_may_have_missed(
     writer, reader = open_replica_store(), open_replica_store()
     (first, _), (second, _) = _replica(writer, tmp_path / "keys"), _replica(reader, tmp_path / "keys")
     first.assign("dev-1", _assignment("dep-1"))
+    _settled(writer, reader)       # the reader's cache heard of that write before its notices are cut
     assert _deployment_of(second, "dev-1") == "dep-1"
     with psycopg.connect(reader._url, autocommit=True) as admin:   # cut the reader's LISTEN connection
         killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
