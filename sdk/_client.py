@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -207,8 +207,23 @@ class Client:
             body["version"] = version
         return Deployment.from_json(self._send(self._http.build_request("POST", "/v1/deployments", json=body)))
 
-    def get_deployment(self, id: str) -> Deployment:
-        return Deployment.from_json(self._get(f"/v1/deployments/{_seg(id)}"))
+    def get_deployment(self, id: str, *, devices: bool = True) -> Deployment:
+        """The deployment and its counts; with `devices`, every device's row too (read page by page)."""
+        doc = self._get(f"/v1/deployments/{_seg(id)}")
+        if devices:
+            doc = {**doc, "devices": list(self.deployment_devices(id))}
+        return Deployment.from_json(doc)
+
+    def deployment_devices(self, id: str, *, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """The deployment's device rows by device id, fetched `page_size` at a time."""
+        after = ""
+        while True:
+            query = urlencode({"limit": page_size, **({"after": after} if after else {})})
+            page = self._get(f"/v1/deployments/{_seg(id)}/devices?{query}")
+            yield from page.get("devices", ())
+            after = page.get("next") or ""
+            if not after:
+                return
 
     def list_deployments(self) -> list[Deployment]:
         doc = self._get("/v1/deployments")
@@ -243,15 +258,17 @@ class Client:
 
         Raises `DeploymentTimeoutError` (carrying the last state) after `timeout_s`.
         """
-        current = _poll(lambda: self.get_deployment(id), timeout_s=timeout_s, poll_s=poll_s, on_update=on_update)
+        # Polls the counts only; the device rows are read once, at the end.
+        current = _poll(lambda: self.get_deployment(id, devices=False), timeout_s=timeout_s, poll_s=poll_s,
+                        on_update=on_update)
+        full = self.get_deployment(id)
         if current.finished:
-            return current
-        pending = sum(1 for d in current.devices if not d.final)
+            return full
         raise DeploymentTimeoutError(
-            f"deployment {id} did not finish within {timeout_s:g} s: {pending} of "
-            f"{len(current.devices)} devices have no outcome yet; "
+            f"deployment {id} did not finish within {timeout_s:g} s: {full.pending} of "
+            f"{full.total} devices have no outcome yet; "
             f"follow it with `fleetcast deploy status {id} --wait`",
-            deployment=current,
+            deployment=full,
         )
 
     def undo_deployment(self, id: str) -> Deployment:

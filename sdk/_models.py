@@ -174,11 +174,21 @@ class Deployment:
         )
 
     @property
+    def total(self) -> int:
+        """Devices in the deployment (`devices` holds their rows only when they were asked for)."""
+        return int(self.counts.get("total", len(self.devices)))
+
+    @property
+    def pending(self) -> int:
+        """Devices without a final outcome yet."""
+        if "pending" in self.counts:
+            return int(self.counts["pending"])
+        return sum(1 for d in self.devices if not d.final)
+
+    @property
     def finished(self) -> bool:
         """Every device has a final outcome (or the deployment itself has ended)."""
-        if self.state in FINAL_DEPLOYMENT_STATES:
-            return True
-        return all(d.final for d in self.devices)
+        return self.state in FINAL_DEPLOYMENT_STATES or self.pending == 0
 
     @property
     def failed_devices(self) -> tuple[DeviceOutcome, ...]:

@@ -351,7 +351,7 @@ def cmd_deploy_create(client: Client, args: argparse.Namespace) -> int:
     deployment = client.deploy(name, version=version, to=args.to)
     if not args.json:
         print(f"deployment {deployment.id}: {deployment.model}@{deployment.version} "
-              f"to {deployment.target}, {len(deployment.devices)} devices", file=sys.stderr)
+              f"to {deployment.target}, {deployment.total} devices", file=sys.stderr)
     return _show_deployment(client, args, deployment)
 
 
@@ -363,7 +363,7 @@ def cmd_deploy_list(client: Client, args: argparse.Namespace) -> int:
     deployments = client.list_deployments()
     _emit(args, {"deployments": [d.raw for d in deployments]}, lambda: _table.render(
         ["id", "model", "target", "state", "devices", "outcomes", "created"],
-        [(d.id, f"{d.model}@{d.version}", d.target, d.state, len(d.devices), _outcomes(d),
+        [(d.id, f"{d.model}@{d.version}", d.target, d.state, d.total, _outcomes(d),
           _when(d.created_at)) for d in deployments]))
     return 0
 
@@ -467,19 +467,18 @@ def _show_deployment(client: Client, args: argparse.Namespace, deployment: Deplo
     _emit(args, deployment.raw, lambda: _deployment_text(deployment))
     failed = deployment.failed_devices
     if args.wait and failed:
-        print(f"fleetcast deploy: {len(failed)} of {len(deployment.devices)} devices failed; "
+        print(f"fleetcast deploy: {len(failed)} of {deployment.total} devices failed; "
               "the reasons are in the table", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 
 
 def _report_progress(deployment: Deployment) -> None:
-    done = sum(1 for d in deployment.devices if d.final)
-    logger.info("deployment=%s state=%s final=%d/%d", deployment.id, deployment.state, done,
-                len(deployment.devices))
+    done = deployment.total - deployment.pending
+    logger.info("deployment=%s state=%s final=%d/%d", deployment.id, deployment.state, done, deployment.total)
     if sys.stderr.isatty():
         print(f"deployment {deployment.id}: {deployment.state or '-'}, {done}/"
-              f"{len(deployment.devices)} devices done", file=sys.stderr)
+              f"{deployment.total} devices done", file=sys.stderr)
 
 
 def _version_text(version: ModelVersion) -> str:
@@ -540,6 +539,8 @@ def _deployment_text(deployment: Deployment) -> str:
                           ("model", f"{deployment.model}@{deployment.version}"),
                           ("target", deployment.target), ("state", deployment.state),
                           ("outcomes", _outcomes(deployment))])
+    if not deployment.devices:   # a summary (create, cancel, undo answer with counts only)
+        return f"{head}\n\neach device's row: fleetcast deploy status {deployment.id}" if deployment.total else head
     devices = _table.render(
         ["device", "state", "outcome", "reason", "updated"],
         [(d.device_id, d.state, d.outcome, d.reason, _when(d.updated_at))

@@ -91,18 +91,22 @@ def deployment_device(r: DeploymentDevice) -> dict[str, Any]:
             "outcome": r.outcome or None, "reason": r.reason, "updated_at": r.updated_at}
 
 
-def deployment_summary(store: Store, d: Deployment) -> dict[str, Any]:
-    """A deployment and its counts, without the per-device rows (lists, live updates)."""
+def deployment(store: Store, d: Deployment) -> dict[str, Any]:
+    """A deployment and its counts per outcome; its device rows come in pages
+    (`deployment_devices`)."""
     return {
         "id": d.deployment_id, "model": d.model, "version": d.version, "target": d.target, "status": d.status,
         "created_at": d.created_at, "updated_at": d.updated_at, "counts": deployment_counts(store, d.deployment_id),
     }
 
 
-def deployment(store: Store, d: Deployment) -> dict[str, Any]:
-    """A deployment with its counts and every device's row."""
-    rows = store.deployment_devices(d.deployment_id)
-    return {**deployment_summary(store, d), "devices": [deployment_device(r) for r in rows]}
+def deployment_devices(store: Store, deployment_id: str, *, after: str, limit: int) -> dict[str, Any]:
+    """One page of a deployment's device rows (by device id) and the cursor of the next
+    (null on the last page): a deployment to the whole fleet has a row per device, too
+    many for one answer."""
+    rows = store.deployment_devices(deployment_id, after=after, limit=limit + 1)
+    return {"devices": [deployment_device(r) for r in rows[:limit]],
+            "next": rows[limit - 1].device_id if len(rows) > limit else None}
 
 
 def rollout(store: Store, r: Rollout, *, log_limit: int = 200) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, Final
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from fleetcast.proto.topics import TopicError, check_device_id
 from fleetcast.server.api.blob_responses import blob_response
 from fleetcast.server import documents
 from fleetcast.server.api.bodies import parse_json
@@ -25,6 +26,17 @@ from fleetcast.server.store import Device
 
 CHUNK_BYTES: Final = 256 * 1024
 MAX_FIELD_BYTES: Final = 256
+DEPLOYMENT_PAGE: Final = 1000        # device rows per page unless ?limit= says otherwise
+MAX_DEPLOYMENT_PAGE: Final = 10_000
+
+
+def _int_query(request: web.Request, name: str, *, default: int, most: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise InvalidRequest(f'"{name}" must be a whole number from 1 to {most}, not {raw[:20]!r}')
+    return int(raw)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -222,6 +234,22 @@ async def get_deployment(request: web.Request) -> web.Response:
 
     def build() -> dict[str, Any]:
         return documents.deployment(d.store, d.get(request.match_info["id"]))
+    return _json(await asyncio.to_thread(build))
+
+
+async def list_deployment_devices(request: web.Request) -> web.Response:
+    d = request.app[SERVICES].deployments
+    after = request.query.get("after", "")
+    limit = _int_query(request, "limit", default=DEPLOYMENT_PAGE, most=MAX_DEPLOYMENT_PAGE)
+    if after:
+        try:
+            check_device_id(after)
+        except TopicError:
+            raise InvalidRequest('"after" must be a device id: pass the "next" of the previous page') from None
+
+    def build() -> dict[str, Any]:
+        deployment_id = d.get(request.match_info["id"]).deployment_id    # NotFound names an unknown id
+        return documents.deployment_devices(d.store, deployment_id, after=after, limit=limit)
     return _json(await asyncio.to_thread(build))
 
 

@@ -83,10 +83,14 @@ RESPONSES: Final[dict[str, Any]] = {
         "id": STR, "model": STR, "version": STR, "target": STR,
         "status": {"enum": ["active", "succeeded", "failed", "partial", "cancelled", "reverted"]},
         "created_at": NUM, "updated_at": NUM,
-        "counts": {"type": "object", "required": ["total", "pending"], "additionalProperties": INT},
+        "counts": {"type": "object", "required": ["total", "pending"], "additionalProperties": INT,
+                   "description": "devices per final outcome; pending: not final yet"},
+    }),
+    "DeploymentDevices": _object({
         "devices": {"type": "array", "items": _object({
             "device_id": STR, "variant": STR, "sha256": STR, "state": STR, "outcome": NSTR, "reason": STR,
             "updated_at": NUM})},
+        "next": {**NSTR, "description": "pass as ?after= for the next page; null on the last"},
     }),
     "DeploymentList": _object({"deployments": {"type": "array", "items": _ref("Deployment")}}),
     "GateCheck": _object({
@@ -142,6 +146,7 @@ BODY_OF: Final[dict[str, str]] = {
     "list_models": "ModelList", "upload_model": "Version", "get_model": "Model", "get_version": "Version",
     "list_devices": "DeviceList", "get_device": "Device",
     "create_deployment": "Deployment", "list_deployments": "DeploymentList", "get_deployment": "Deployment",
+    "list_deployment_devices": "DeploymentDevices",
     "cancel_deployment": "Deployment", "undo_deployment": "Deployment",
     "create_rollout": "Rollout", "plan_rollout": "RolloutPlan", "list_rollouts": "RolloutList",
     "get_rollout": "Rollout", "pause_rollout": "Rollout", "resume_rollout": "Rollout", "promote_rollout": "Rollout",

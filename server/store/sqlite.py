@@ -721,9 +721,11 @@ class SqliteStore:
         rows = self._all("SELECT * FROM deployments ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
         return [records.deployment(r) for r in rows]
 
-    def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
+    def deployment_devices(self, deployment_id: str, *, after: str = "",
+                           limit: int | None = None) -> list[DeploymentDevice]:
         rows = self._all(
-            "SELECT * FROM deployment_devices WHERE deployment_id = ? ORDER BY device_id", (deployment_id,)
+            "SELECT * FROM deployment_devices WHERE deployment_id = ? AND device_id > ? ORDER BY device_id LIMIT ?",
+            (deployment_id, after, -1 if limit is None else limit),
         )
         return [records.deployment_device(r) for r in rows]
 

@@ -49,7 +49,7 @@ def fleet_summary(s: Services, *, now: float) -> dict[str, Any]:
 
 
 def recent_deployments(s: Services, *, limit: int = RECENT_DEPLOYMENTS) -> list[dict[str, Any]]:
-    return [documents.deployment_summary(s.store, d) for d in s.store.deployments(limit=limit)]
+    return [documents.deployment(s.store, d) for d in s.store.deployments(limit=limit)]
 
 
 OVERVIEW_MODELS: Final = 10
@@ -171,7 +171,7 @@ def deployment_page(s: Services, deployment_id: str, *, page: int, now: float) -
     pages = max(1, -(-len(rows) // DEPLOYMENT_PAGE_ROWS))
     page = min(page, pages)
     shown = rows[(page - 1) * DEPLOYMENT_PAGE_ROWS:page * DEPLOYMENT_PAGE_ROWS]
-    return {"deployment": documents.deployment_summary(s.store, d),
+    return {"deployment": documents.deployment(s.store, d),
             "devices": [documents.deployment_device(r) for r in shown], "page": page, "pages": pages,
             "progress": progress(rows, created_at=d.created_at), "as_of": now}
 

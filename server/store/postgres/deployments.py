@@ -60,9 +60,10 @@ class DeploymentTables(Database):
         rows = self._all("SELECT * FROM deployments ORDER BY created_at DESC, position DESC LIMIT %s", (limit,))
         return [records.deployment(r) for r in rows]
 
-    def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
-        rows = self._all("SELECT * FROM deployment_devices WHERE deployment_id = %s ORDER BY device_id",
-                         (deployment_id,))
+    def deployment_devices(self, deployment_id: str, *, after: str = "",
+                           limit: int | None = None) -> list[DeploymentDevice]:
+        rows = self._all("SELECT * FROM deployment_devices WHERE deployment_id = %s AND device_id > %s"
+                         " ORDER BY device_id LIMIT %s", (deployment_id, after, limit))
         return [records.deployment_device(r) for r in rows]
 
     def deployment_device(self, deployment_id: str, device_id: str) -> DeploymentDevice | None:

@@ -97,8 +97,8 @@ def test_a_device_enrolling_after_a_group_deployment_is_told_of_it_at_once(
     threading.Thread(target=_collect, args=(stream, notices), daemon=True).start()
     assert notices.get(timeout=10).deployment_id == doc["id"]
     stream.cancel()
-    status, doc = server.json("GET", f"/v1/deployments/{doc['id']}")
-    assert {d["device_id"] for d in doc["devices"]} == {"latecomer-1", "latecomer-2"}
+    status, rows = server.json("GET", f"/v1/deployments/{doc['id']}/devices")
+    assert {d["device_id"] for d in rows["devices"]} == {"latecomer-1", "latecomer-2"} and rows["next"] is None
 
 
 def test_fetch_metadata_returns_signed_bytes_and_not_found_for_unknown_names(server: RunningServer) -> None:
@@ -179,6 +179,7 @@ def test_status_reports_drive_the_deployment_document(server: RunningServer) -> 
                                                active_model="grpc-model@1", final=True, outcome="installed"),
                                metadata=auth(token), timeout=10)
     status, doc = server.json("GET", f"/v1/deployments/{dep['id']}")
-    assert doc["status"] == "succeeded" and doc["devices"][0]["outcome"] == "installed"
+    status, rows = server.json("GET", f"/v1/deployments/{dep['id']}/devices")
+    assert doc["status"] == "succeeded" and rows["devices"][0]["outcome"] == "installed"
     status, device = server.json("GET", "/v1/devices/reporter-1")
     assert device["active_model"] == "grpc-model@1" and device["assignment"]["deployment_id"] == dep["id"]

@@ -65,7 +65,7 @@ def test_deployment_publishes_a_retained_notice_and_status_comes_back_over_mqtt(
         device.client.publish(topics.device_status(device_id), report.SerializeToString(), qos=1)
 
         def outcome() -> str | None:
-            return bridged.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["outcome"]
+            return bridged.json("GET", f"/v1/deployments/{dep['id']}/devices")[1]["devices"][0]["outcome"]
 
         assert wait_for(outcome, timeout_s=10, what="the MQTT status report to reach the deployment") == "installed"
     finally:

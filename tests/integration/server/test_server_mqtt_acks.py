@@ -88,7 +88,7 @@ def test_a_status_report_over_mqtt_is_acknowledged_once_applied(
     uplink.send_status(pb.StatusReport(deployment_id=dep["id"], state="idle", event="success", final=True,
                                        outcome="installed", active_model="acked-model@1"))
     # send_status returned: the server has applied it, no waiting needed.
-    assert acking.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["outcome"] == "installed"
+    assert acking.json("GET", f"/v1/deployments/{dep['id']}/devices")[1]["devices"][0]["outcome"] == "installed"
 
 
 class RawDevice:
@@ -150,7 +150,7 @@ def test_payloads_naming_another_device_are_refused_counted_and_never_acknowledg
     finally:
         device.close()
     assert counted(acking, sender) == 2 and counted(acking, victim) == 0
-    assert acking.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["outcome"] in (None, "")
+    assert acking.json("GET", f"/v1/deployments/{dep['id']}/devices")[1]["devices"][0]["outcome"] in (None, "")
 
 
 def test_a_grpc_status_report_naming_another_device_is_refused(acking: RunningServer) -> None:

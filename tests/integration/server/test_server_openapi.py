@@ -41,6 +41,8 @@ def bodies(server: RunningServer) -> dict[str, tuple[int, Any]]:
     out["get_device"] = server.json("GET", "/v1/devices/openapi-1")
     out["list_deployments"] = server.json("GET", "/v1/deployments")
     out["get_deployment"] = server.json("GET", f"/v1/deployments/{out['create_deployment'][1]['id']}")
+    out["list_deployment_devices"] = server.json(
+        "GET", f"/v1/deployments/{out['create_deployment'][1]['id']}/devices?limit=5")
     out["cancel_deployment"] = server.json("POST", f"/v1/deployments/{out['create_deployment'][1]['id']}/cancel")
     again = server.json("POST", "/v1/deployments", {"model": "openapi-model", "target": "group:openapi"})[1]["id"]
     out["undo_deployment"] = server.json("POST", f"/v1/deployments/{again}/undo")

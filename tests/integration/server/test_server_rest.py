@@ -77,3 +77,29 @@ def test_deployment_to_an_unknown_device_is_a_404_naming_it(server: RunningServe
     assert status == 404 and "nobody-here" in doc["error"]["message"]
     status, doc = server.json("POST", "/v1/deployments", {"model": "dep-model", "target": "group:empty"})
     assert status == 422 and doc["error"]["code"] == "target_empty"
+
+
+def test_a_deployment_answers_with_counts_and_pages_its_device_rows(server: RunningServer) -> None:
+    ids = [f"pager-{i}" for i in (3, 10, 1, 7, 2)]
+    for device_id in ids:
+        server.enroll(device_id, group="pagers")
+    server.upload("pager-model", {"model": models.to_bytes(models.tiny_classifier(seed=6))})
+    status, created = server.json("POST", "/v1/deployments", {"model": "pager-model", "target": "group:pagers"})
+    assert status == 201 and created["counts"] == {"total": 5, "pending": 5} and "devices" not in created
+    assert server.json("GET", f"/v1/deployments/{created['id']}")[1]["counts"]["total"] == 5
+    seen, after, pages = [], "", 0
+    while True:
+        status, page = server.json("GET", f"/v1/deployments/{created['id']}/devices?limit=2"
+                                   + (f"&after={after}" if after else ""))
+        assert status == 200 and len(page["devices"]) <= 2
+        seen += [d["device_id"] for d in page["devices"]]
+        pages += 1
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert seen == sorted(ids) and pages == 3
+    for query, named in (("limit=0", "limit"), ("limit=10001", "limit"), ("limit=x", "limit"),
+                         ("after=../etc", "after")):
+        status, doc = server.json("GET", f"/v1/deployments/{created['id']}/devices?{query}")
+        assert status == 400 and f'"{named}"' in doc["error"]["message"], (query, doc)
+    assert server.json("GET", "/v1/deployments/no-such/devices")[0] == 404

@@ -39,6 +39,20 @@ def test_counts_follow_every_row_change(store) -> None:
     assert [d.deployment_id for d in store.deployments()] == ["dep-2", "dep-1"]
 
 
+def test_device_rows_page_bytewise_by_device_id(store) -> None:
+    ids = ["dev-10", "dev-2", "Dev-1", "dev-1", "dev-é", "dev-_"]
+    store.add_deployment(_deployment("dep-1", 1.0), [_row("dep-1", i) for i in ids])
+    store.add_deployment(_deployment("dep-2", 1.0), [_row("dep-2", "dev-0")])
+    expected = sorted(ids, key=lambda i: i.encode())
+    assert [r.device_id for r in store.deployment_devices("dep-1")] == expected
+    pages, after = [], ""
+    while page := store.deployment_devices("dep-1", after=after, limit=4):
+        pages.append([r.device_id for r in page])
+        after = page[-1].device_id
+    assert pages == [expected[:4], expected[4:]]
+    assert store.deployment_devices("dep-1", after=expected[-1], limit=4) == []
+
+
 def test_deployments_created_in_one_instant_list_newest_first(store) -> None:
     for i in range(3):
         store.add_deployment(_deployment(f"dep-{i}", 5.0), [])

@@ -34,6 +34,15 @@ def multipart_fields(request: httpx.Request) -> dict[str, tuple[str | None, byte
     return fields
 
 
+def summary(deployment: dict[str, Any]) -> dict[str, Any]:
+    """What the server answers for a deployment: its counts, the device rows come in pages."""
+    counts = {"total": len(deployment["devices"]), "pending": 0}
+    for d in deployment["devices"]:
+        key = d["outcome"] or "pending"
+        counts[key] = counts.get(key, 0) + 1
+    return {**{k: v for k, v in deployment.items() if k != "devices"}, "counts": counts}
+
+
 class FakeServer:
     """Implements the REST API's operator routes; `devices` and outcomes are set by tests."""
 
@@ -57,6 +66,7 @@ class FakeServer:
             ("POST", re.compile(r"/v1/deployments"), self.deploy),
             ("GET", re.compile(r"/v1/deployments"), self.list_deployments),
             ("GET", re.compile(r"/v1/deployments/(?P<id>[^/]+)"), self.get_deployment),
+            ("GET", re.compile(r"/v1/deployments/(?P<id>[^/]+)/devices"), self.deployment_devices),
             ("POST", re.compile(r"/v1/deployments/(?P<id>[^/]+)/cancel"), self.cancel),
             ("GET", re.compile(r"/v1/devices"), self.list_devices),
             ("GET", re.compile(r"/v1/devices/(?P<id>[^/]+)"), self.get_device),
@@ -142,16 +152,25 @@ class FakeServer:
                "devices": [{"device_id": i, "state": "assigned", "outcome": None, "reason": "",
                             "updated_at": 1700000100.0} for i in ids]}
         self.deployments[dep_id] = doc
-        return httpx.Response(201, json=doc)
+        return httpx.Response(201, json=summary(doc))
 
     def list_deployments(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"deployments": list(self.deployments.values())})
+        return httpx.Response(200, json={"deployments": [summary(d) for d in self.deployments.values()]})
 
     def get_deployment(self, request: httpx.Request, id: str) -> httpx.Response:
         if id not in self.deployments:
             return error(404, "deployment_not_found", f"no deployment {id}")
         self.on_poll(self.deployments[id])
-        return httpx.Response(200, json=self.deployments[id])
+        return httpx.Response(200, json=summary(self.deployments[id]))
+
+    def deployment_devices(self, request: httpx.Request, id: str) -> httpx.Response:
+        if id not in self.deployments:
+            return error(404, "deployment_not_found", f"no deployment {id}")
+        after, limit = request.url.params.get("after", ""), int(request.url.params.get("limit", "1000"))
+        rows = sorted((d for d in self.deployments[id]["devices"] if d["device_id"] > after),
+                      key=lambda d: d["device_id"])
+        return httpx.Response(200, json={"devices": rows[:limit],
+                                         "next": rows[limit - 1]["device_id"] if len(rows) > limit else None})
 
     def cancel(self, request: httpx.Request, id: str) -> httpx.Response:
         doc = self.deployments.get(id)
@@ -162,7 +181,7 @@ class FakeServer:
         doc["status"] = "cancelled"
         for d in doc["devices"]:
             d["outcome"] = d["outcome"] or "cancelled"
-        return httpx.Response(200, json=doc)
+        return httpx.Response(200, json=summary(doc))
 
     # devices
 

@@ -159,9 +159,22 @@ def test_deploy_posts_model_version_and_target(client: Client, fake: FakeServer,
 
     assert json.loads(fake.requests[-1].content) == {"model": "digits", "version": "1",
                                                      "target": "device:cam-1,cam-2"}
-    assert [d.device_id for d in deployment.devices] == ["cam-1", "cam-2"]
+    assert (deployment.total, deployment.pending, deployment.devices) == (2, 2, ())   # counts, not rows
     assert not deployment.finished
+    assert [d.device_id for d in client.get_deployment(deployment.id).devices] == ["cam-1", "cam-2"]
     assert [d.id for d in client.list_deployments()] == [deployment.id]
+
+
+def test_get_deployment_reads_every_page_of_device_rows(client: Client, fake: FakeServer, model_file: Path) -> None:
+    fake.devices = {f"cam-{i:04d}": device_doc(f"cam-{i:04d}") for i in range(2500)}
+    client.push_model(model_file, name="digits")
+    deployment = client.deploy("digits", version="1", to="all")
+
+    full = client.get_deployment(deployment.id)
+
+    assert [d.device_id for d in full.devices] == sorted(fake.devices)
+    pages = [r for r in fake.requests if r.url.path.endswith("/devices")]
+    assert [r.url.params.get("after") for r in pages] == [None, "cam-0999", "cam-1999"]
 
 
 def test_wait_deployment_returns_once_every_device_has_an_outcome(
