@@ -1,5 +1,5 @@
-"""Render time of `GET /metrics`, `GET /v1/devices` and the dashboard's device table on a
-real server with a seeded fleet.
+"""Render time of `GET /metrics`, `GET /v1/devices` (its first page, and every page) and the
+dashboard's device table on a real server with a seeded fleet.
 
     .venv/bin/python benchmarks/monitoring_bench.py --devices 1000,10000 --repeat 7
 
@@ -87,6 +87,23 @@ def timed_get(url: str, token: str, context: ssl.SSLContext,
     return (time.perf_counter() - started) * 1000
 
 
+def timed_all_pages(url: str, token: str, context: ssl.SSLContext) -> float:
+    """Walks a paged list (`next` as `after`) to its end; checks it saw every page once."""
+    started, after, seen = time.perf_counter(), "", set()
+    while True:
+        req = urllib.request.Request(url + (f"?after={after}" if after else ""),
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=120, context=context) as r:
+            page = json.loads(r.read())
+        ids = {d["id"] for d in page["devices"]}
+        if ids & seen:
+            raise SystemExit(f"{url}: a device came twice")
+        seen |= ids
+        after = page["next"]
+        if after is None:
+            return (time.perf_counter() - started) * 1000
+
+
 def logged_in(http: str, token: str, context: ssl.SSLContext) -> urllib.request.OpenerDirector:
     """An opener holding a dashboard session, opened through the login form as a browser does."""
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
@@ -123,6 +140,10 @@ def run(devices: int, repeat: int) -> list[str]:
                 times = [timed_get(http + path, token, context) for _ in range(repeat)]
                 rows.append(f"| {devices} | `GET {path}` | {statistics.median(times):.0f} | {max(times):.0f} | "
                             f"{repeat} |")
+            timed_all_pages(http + "/v1/devices", token, context)  # warm
+            times = [timed_all_pages(http + "/v1/devices", token, context) for _ in range(repeat)]
+            rows.append(f"| {devices} | every page of `GET /v1/devices` (1,000 a page) | "
+                        f"{statistics.median(times):.0f} | {max(times):.0f} | {repeat} |")
             opener = logged_in(http, token, context)
             for what, path in DASHBOARD:
                 timed_get(http + path, token, context, opener)  # warm

@@ -216,14 +216,7 @@ class Client:
 
     def deployment_devices(self, id: str, *, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         """The deployment's device rows by device id, fetched `page_size` at a time."""
-        after = ""
-        while True:
-            query = urlencode({"limit": page_size, **({"after": after} if after else {})})
-            page = self._get(f"/v1/deployments/{_seg(id)}/devices?{query}")
-            yield from page.get("devices", ())
-            after = page.get("next") or ""
-            if not after:
-                return
+        return self._pages(f"/v1/deployments/{_seg(id)}/devices", page_size)
 
     def list_deployments(self) -> list[Deployment]:
         doc = self._get("/v1/deployments")
@@ -336,14 +329,24 @@ class Client:
     def list_enroll_tokens(self) -> list[dict[str, Any]]:
         return list(self._get("/v1/enroll-tokens").get("enroll_tokens", ()))
 
-    def list_devices(self) -> list[Device]:
-        doc = self._get("/v1/devices")
-        return [Device.from_json(d) for d in doc.get("devices", ())]
+    def list_devices(self, *, page_size: int = 1000) -> list[Device]:
+        """Every enrolled device by id, read `page_size` at a time."""
+        return [Device.from_json(d) for d in self._pages("/v1/devices", page_size)]
 
     def get_device(self, id: str) -> Device:
         return Device.from_json(self._get(f"/v1/devices/{_seg(id)}"))
 
     # plumbing
+
+    def _pages(self, path: str, page_size: int) -> Iterator[dict[str, Any]]:
+        """The items of a paged list (`{"devices": [...], "next": cursor}`), page after page."""
+        after = ""
+        while True:
+            page = self._get(f"{path}?{urlencode({'limit': page_size, **({'after': after} if after else {})})}")
+            yield from page.get("devices", ())
+            after = page.get("next") or ""
+            if not after:
+                return
 
     def _get(self, url: str) -> dict[str, Any]:
         return self._send(self._http.build_request("GET", url))

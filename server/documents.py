@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from fleetcast.server import fleetview, liveness
 from fleetcast.server.rollouts.table import FINAL_ROLLOUT_STATES, HEALTHY_ROLLOUT_STATES
-from fleetcast.server.store import Deployment, DeploymentDevice, Device, Golden, ModelVersion, Rollout, Store
+from fleetcast.server.store import Assignment, Deployment, DeploymentDevice, Device, Golden, ModelVersion, Rollout, Store
 
 ROLLOUT_FAILURES: Final = frozenset({"failed", "timed_out", "rolled_back"})
 
@@ -49,9 +49,23 @@ def model_list(models: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
     return {"models": [{"name": n, "latest_version": v, "versions": c} for n, v, c in models]}
 
 
+def devices(store: Store, *, after: str, limit: int, now: float, config: liveness.LivenessConfig) -> dict[str, Any]:
+    """A page of device documents by device id and the cursor of the next (null on the last);
+    the page's assignments are read in one query."""
+    page = store.devices(after=after, limit=limit + 1)
+    shown = page[:limit]
+    assignments = store.assignments_of([d.device_id for d in shown])
+    return {"devices": [_device(store, d, assignments.get(d.device_id), now=now, config=config) for d in shown],
+            "next": shown[-1].device_id if len(page) > limit else None}
+
+
 def device(store: Store, d: Device, *, now: float, config: liveness.LivenessConfig) -> dict[str, Any]:
     """The device document REST, the SDK, the CLI and the dashboard show."""
-    assignment = store.assignment(d.device_id)
+    return _device(store, d, store.assignment(d.device_id), now=now, config=config)
+
+
+def _device(store: Store, d: Device, assignment: Assignment | None, *, now: float,
+            config: liveness.LivenessConfig) -> dict[str, Any]:
     doc = assignment.document if assignment else None
     aggregates = store.aggregates(device_id=d.device_id)
     return {

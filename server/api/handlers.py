@@ -26,8 +26,8 @@ from fleetcast.server.store import Device
 
 CHUNK_BYTES: Final = 256 * 1024
 MAX_FIELD_BYTES: Final = 256
-DEPLOYMENT_PAGE: Final = 1000        # device rows per page unless ?limit= says otherwise
-MAX_DEPLOYMENT_PAGE: Final = 10_000
+PAGE_ROWS: Final = 1000        # rows of a paged list (devices, a deployment's devices) unless ?limit= says
+MAX_PAGE_ROWS: Final = 10_000
 
 
 def _int_query(request: web.Request, name: str, *, default: int, most: int) -> int:
@@ -185,10 +185,23 @@ def _device_document(request: web.Request, d: Device) -> dict[str, Any]:
     return documents.device(s.store, d, now=time.time(), config=s.config.liveness)
 
 
+def _page_query(request: web.Request) -> tuple[str, int]:
+    """The `after` cursor (a device id: the previous page's `next`) and the `limit` of a paged list."""
+    after = request.query.get("after", "")
+    limit = _int_query(request, "limit", default=PAGE_ROWS, most=MAX_PAGE_ROWS)
+    if after:
+        try:
+            check_device_id(after)
+        except TopicError:
+            raise InvalidRequest('"after" must be a device id: pass the "next" of the previous page') from None
+    return after, limit
+
+
 async def list_devices(request: web.Request) -> web.Response:
-    def build() -> list[dict[str, Any]]:
-        return [_device_document(request, d) for d in request.app[SERVICES].store.devices()]
-    return _json({"devices": await asyncio.to_thread(build)})
+    s = request.app[SERVICES]
+    after, limit = _page_query(request)
+    return _json(await asyncio.to_thread(documents.devices, s.store, after=after, limit=limit, now=time.time(),
+                                         config=s.config.liveness))
 
 
 async def get_device(request: web.Request) -> web.Response:
@@ -239,13 +252,7 @@ async def get_deployment(request: web.Request) -> web.Response:
 
 async def list_deployment_devices(request: web.Request) -> web.Response:
     d = request.app[SERVICES].deployments
-    after = request.query.get("after", "")
-    limit = _int_query(request, "limit", default=DEPLOYMENT_PAGE, most=MAX_DEPLOYMENT_PAGE)
-    if after:
-        try:
-            check_device_id(after)
-        except TopicError:
-            raise InvalidRequest('"after" must be a device id: pass the "next" of the previous page') from None
+    after, limit = _page_query(request)
 
     def build() -> dict[str, Any]:
         deployment_id = d.get(request.match_info["id"]).deployment_id    # NotFound names an unknown id

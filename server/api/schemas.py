@@ -78,7 +78,8 @@ RESPONSES: Final[dict[str, Any]] = {
                     "description": "the active version's own figures; null until it reports"},
         "percentiles": {**STR, "description": "how percentiles are computed from the buckets"},
     }),
-    "DeviceList": _object({"devices": {"type": "array", "items": _ref("Device")}}),
+    "DeviceList": _object({"devices": {"type": "array", "items": _ref("Device")},
+                           "next": {**NSTR, "description": "pass as ?after= for the next page; null on the last"}}),
     "Deployment": _object({
         "id": STR, "model": STR, "version": STR, "target": STR,
         "status": {"enum": ["active", "succeeded", "failed", "partial", "cancelled", "reverted"]},

@@ -621,10 +621,10 @@ class SqliteStore:
         row = self._one("SELECT * FROM devices WHERE token_sha256 = ?", (token_sha256,))
         return records.device(row) if row else None
 
-    def devices(self, *, group: str | None = None) -> list[Device]:
-        if group is None:
-            return [records.device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
-        return [records.device(r) for r in self._all("SELECT * FROM devices WHERE grp = ? ORDER BY device_id", (group,))]
+    def devices(self, *, group: str | None = None, after: str = "", limit: int | None = None) -> list[Device]:
+        where, params = ("device_id > ?", [after]) if group is None else ("grp = ? AND device_id > ?", [group, after])
+        return [records.device(r) for r in self._all(
+            f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?", (*params, -1 if limit is None else limit))]
 
     def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]:
         """Every device's (or a group's) planning profile, in device id order."""

@@ -43,10 +43,10 @@ class DeviceTables(Database):
         row = self._one("SELECT * FROM devices WHERE token_sha256 = %s", (token_sha256,))
         return records.device(row) if row else None
 
-    def devices(self, *, group: str | None = None) -> list[Device]:
-        if group is None:
-            return [records.device(r) for r in self._all("SELECT * FROM devices ORDER BY device_id")]
-        return [records.device(r) for r in self._all("SELECT * FROM devices WHERE grp = %s ORDER BY device_id", (group,))]
+    def devices(self, *, group: str | None = None, after: str = "", limit: int | None = None) -> list[Device]:
+        where, params = ("device_id > %s", [after]) if group is None else ("grp = %s AND device_id > %s", [group, after])
+        return [records.device(r) for r in self._all(
+            f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT %s", (*params, limit))]
 
     def device_profiles(self, *, group: str | None = None) -> list[DeviceProfile]:
         sql = "SELECT device_id, hardware_class, backends, grp FROM devices"

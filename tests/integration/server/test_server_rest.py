@@ -103,3 +103,22 @@ def test_a_deployment_answers_with_counts_and_pages_its_device_rows(server: Runn
         status, doc = server.json("GET", f"/v1/deployments/{created['id']}/devices?{query}")
         assert status == 400 and f'"{named}"' in doc["error"]["message"], (query, doc)
     assert server.json("GET", "/v1/deployments/no-such/devices")[0] == 404
+
+
+def test_the_device_list_comes_in_pages_with_each_device_document(server: RunningServer) -> None:
+    for device_id in ("lister-b", "lister-a", "lister-c"):
+        server.enroll(device_id, group="listers")
+    seen, after = [], ""
+    while True:
+        status, page = server.json("GET", "/v1/devices?limit=2" + (f"&after={after}" if after else ""))
+        assert status == 200 and len(page["devices"]) <= 2
+        seen += page["devices"]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    ids = [d["id"] for d in seen]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert {"lister-a", "lister-b", "lister-c"} <= set(ids)
+    one = next(d for d in seen if d["id"] == "lister-b")
+    assert one == server.json("GET", "/v1/devices/lister-b")[1] | {"liveness": one["liveness"]}
+    assert server.json("GET", "/v1/devices?limit=99999")[0] == 400

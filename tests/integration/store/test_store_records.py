@@ -73,6 +73,10 @@ def test_devices_sort_bytewise_and_reports_keep_the_last_error(store) -> None:
         store.put_device(Device(device_id, f"t-{device_id}", "x86-cpu", ("onnxruntime",), "g1", {"k": "v"}, "1", 1.0))
     assert [d.device_id for d in store.devices()] == sorted(["dev-b", "Dev-a", "dev-a", "dev_a", "dev-A"])
     assert [p.device_id for p in store.device_profiles(group="g1")] == [d.device_id for d in store.devices()]
+    ordered = sorted(["dev-b", "Dev-a", "dev-a", "dev_a", "dev-A"])
+    assert [d.device_id for d in store.devices(after=ordered[1], limit=2)] == ordered[2:4]
+    assert [d.device_id for d in store.devices(group="g1", after=ordered[3])] == ordered[4:]
+    assert store.devices(group="g2", limit=3) == []
     store.record_report("dev-a", at=7.0, state="trial", active_model="m@1", deployment_id="dep-1", error="bad hash")
     store.record_report("dev-a", at=8.0, state="idle", active_model="m@1", deployment_id="dep-1")
     d = store.device("dev-a")
