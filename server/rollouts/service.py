@@ -86,6 +86,12 @@ class Rollouts:
                                                                      plan.summary(stages)))]}
 
     def start(self, *, model: str, version: str | None, target: str, spec: RolloutSpec) -> Rollout:
+        # One rollout of a model at a time, on every replica: the check and the record
+        # happen under the store's lock for the model's rollouts.
+        with self.store.exclusive(f"rollouts:{model}"):
+            return self._start(model=model, version=version, target=target, spec=spec)
+
+    def _start(self, *, model: str, version: str | None, target: str, spec: RolloutSpec) -> Rollout:
         busy = [r for r in self.store.rollouts(states=[RolloutState.RUNNING, RolloutState.PAUSED]) if r.model == model]
         if busy:
             raise Conflict(f"rollout {busy[0].rollout_id} of {model} is {busy[0].state}: let it finish, "
