@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 # What only the server, the SDK or the compression pipeline install.
-NOT_ON_A_DEVICE = ("aiohttp", "sqlite_utils", "httpx", "tqdm", "matplotlib", "onnxconverter_common")
+NOT_ON_A_DEVICE = ("aiohttp", "sqlite_utils", "httpx", "tqdm", "matplotlib", "onnxconverter_common", "boto3",
+                   "botocore", "psycopg", "psycopg_pool")
 
 PROBE = f"""
 import sys
