@@ -179,7 +179,11 @@ def enroll(args: argparse.Namespace) -> None:
 
 
 def telemetry(args: argparse.Namespace) -> None:
-    from benchmarks.telemetry_ingest import compare
+    from benchmarks.telemetry_ingest import compare, profile_flush
+    if args.profile_flushes:
+        print(profile_flush(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch,
+                            flushes=args.profile_flushes, store_url=args.store), flush=True)
+        return
     for _ in range(args.repeat):
         print(compare(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch, store_url=args.store),
               flush=True)
@@ -206,6 +210,8 @@ def main() -> None:
     t.add_argument("--repeat", type=int, default=3)
     t.add_argument("--store", metavar="URL", help="postgresql://USER@HOST:PORT/DB: ingest into a fresh database "
                    "made (and dropped) on that server; default a fresh SQLite file")
+    t.add_argument("--profile-flushes", type=int, metavar="N", help="profile the store's flush alone instead: "
+                   "the rows in N calls of ingest_telemetry_many, cProfile in one thread")
     args = p.parse_args()
     {"rollout": rollout, "enroll": enroll, "telemetry": telemetry}[args.command](args)
 

@@ -12,11 +12,17 @@ baseline is a COPY of the same rows into one table of that database.
 the same run the same rows go into a fresh table by sqlite-utils `insert_all`. A tenth
 of the batches are then sent again (acknowledgements lost) and the aggregates are
 counted: every inference exactly once, every resend reported as a duplicate.
+
+`profile_flush` times the store's flush alone (no writer, no event loop): the same
+rows in `flushes` calls of `ingest_telemetry_many`, under cProfile in one thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import io
+import pstats
 import random
 import secrets
 import tempfile
@@ -30,7 +36,7 @@ import sqlite_utils
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.ingest import TelemetryWriter
-from fleetcast.server.store import StatsRow, Store
+from fleetcast.server.store import StatsRow, Store, TelemetryBatch
 from fleetcast.server.store.open import open_store
 from fleetcast.server.telemetry import Batch
 
@@ -134,3 +140,36 @@ def compare(*, rows: int, senders: int, rows_per_batch: int, store_url: str | No
     return (f"RESULT telemetry store={kind} rows={len(flat)} senders={senders} rows_per_batch={rows_per_batch} "
             f"ingest_rows_per_s={len(flat) / ours_s:.0f} {baseline}_rows_per_s={len(flat) / plain_s:.0f} "
             f"ratio={plain_s / ours_s:.2f} flushes={flushes} counted_exactly_once=True")
+
+
+def profile_flush(*, rows: int, senders: int, rows_per_batch: int, flushes: int, store_url: str | None = None,
+                  top: int = 12) -> str:
+    """The flush alone: every batch through `ingest_telemetry_many` in `flushes` calls, profiled."""
+    batches = [TelemetryBatch(b.device_id, b.batch_id, b.stats)
+               for batch_list in _batches(rows, senders, rows_per_batch) for b in batch_list]
+    size = -(-len(batches) // flushes)
+    with tempfile.TemporaryDirectory(prefix="fleetcast-flush-") as tmp:
+        if store_url and not store_url.startswith("sqlite:"):
+            with _postgres_database(store_url) as url:
+                return _profiled(open_store(url), batches, size, top)
+        return _profiled(open_store(f"sqlite://{Path(tmp) / 'fleetcast.db'}"), batches, size, top)
+
+
+def _profiled(store: Store, batches: list[TelemetryBatch], size: int, top: int) -> str:
+    profile = cProfile.Profile()
+    try:
+        start = time.perf_counter()
+        profile.enable()
+        for i in range(0, len(batches), size):
+            store.ingest_telemetry_many(batches[i:i + size], 1_000_000.0 + i)
+        profile.disable()
+        took = time.perf_counter() - start
+        counted = sum(a.inferences for a in store.aggregates())
+    finally:
+        store.close()
+    assert counted == sum(r.inferences for b in batches for r in b.rows), "a row was lost or counted twice"
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+    rows = sum(len(b.rows) for b in batches)
+    return (f"RESULT flush rows={rows} flushes={-(-len(batches) // size)} rows_per_s={rows / took:.0f}"
+            f" (under cProfile)\n" + out.getvalue())
