@@ -145,8 +145,10 @@ def compare(*, rows: int, senders: int, rows_per_batch: int, store_url: str | No
 def profile_flush(*, rows: int, senders: int, rows_per_batch: int, flushes: int, store_url: str | None = None,
                   top: int = 12) -> str:
     """The flush alone: every batch through `ingest_telemetry_many` in `flushes` calls, profiled."""
+    per_sender = _batches(rows, senders, rows_per_batch)
+    # in the order the writer sees them: every sender's first batch, then every second one...
     batches = [TelemetryBatch(b.device_id, b.batch_id, b.stats)
-               for batch_list in _batches(rows, senders, rows_per_batch) for b in batch_list]
+               for k in range(max(map(len, per_sender))) for mine in per_sender if k < len(mine) for b in (mine[k],)]
     size = -(-len(batches) // flushes)
     with tempfile.TemporaryDirectory(prefix="fleetcast-flush-") as tmp:
         if store_url and not store_url.startswith("sqlite:"):

@@ -26,9 +26,8 @@ from fleetcast.server.store import (
     WINDOW_S,
     TelemetryBatch,
 )
+from fleetcast.server.store.rows import BUCKET_COLUMNS
 
-# Persisted names: never renamed. A different bucket layout would be a new migration.
-BUCKET_COLUMNS: Final = tuple(f"h{i}" for i in range(buckets.BUCKETS))
 COUNTS: Final = ("inferences", "errors", "latency_sum_ms")
 # `samples` is the histogram's total (stopped at the limit like the rest): no bucket can
 # pass the limit unless it does, so one cheap test per row finds the rows to clamp.

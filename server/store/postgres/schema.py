@@ -144,6 +144,15 @@ def create_telemetry_fleet(c: psycopg.Cursor) -> None:
     telemetry.fill_fleet(c)
 
 
+def histograms_in_bucket_columns(c: psycopg.Cursor) -> None:
+    # ADR 0009: the four telemetry tables keep one bigint column per histogram bucket
+    # (h0..h66) instead of a bigint[], added column by column in SQL; every row converted.
+    from fleetcast.server.store.postgres import telemetry   # it imports this module's importer
+
+    for table in ("telemetry_aggregates", "telemetry_windows", "telemetry_series", "telemetry_fleet"):
+        telemetry.convert_from_arrays(c, table)
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_metadata,
@@ -155,6 +164,7 @@ MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_rollouts,
     add_device_table_indexes,
     create_telemetry_fleet,
+    histograms_in_bucket_columns,
 ]
 
 
