@@ -258,6 +258,12 @@ def histograms_in_bucket_columns(db: sqlite_utils.Database) -> None:
         telemetry_tables.convert_from_json(db.conn, table)
 
 
+def fold_windows_into_aggregates(db: sqlite_utils.Database) -> None:
+    # ADR 0009: the aggregates are written once a minute from the device windows, not at
+    # every flush; every window stored until now is counted in them already.
+    telemetry_tables.create_fold(db.conn)
+
+
 # Applied in order; names are recorded and never change.
 MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_metadata,
@@ -276,6 +282,7 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     add_device_table_indexes,
     create_telemetry_fleet,
     histograms_in_bucket_columns,
+    fold_windows_into_aggregates,
 ]
 
 
@@ -893,6 +900,9 @@ class SqliteStore:
 
     def prune_windows(self, *, devices_before: float, series_before: float) -> int:
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")
+            # windows are folded into the aggregates before they go (a server idle for hours)
+            telemetry_tables.fold(c, until=int(devices_before // WINDOW_S) - 1, at=time.time())
             n = c.execute("DELETE FROM telemetry_windows WHERE minute < ?", (int(devices_before // WINDOW_S),)).rowcount
             return n + c.execute("DELETE FROM telemetry_series WHERE minute < ?",
                                  (int(series_before // WINDOW_S),)).rowcount
@@ -906,16 +916,7 @@ class SqliteStore:
                                    " ORDER BY model, version, variant, hardware_class, backend")]
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
-        table = "telemetry_aggregates"
-        sql = f"SELECT {telemetry_tables.select_list(table)} FROM {table}"
-        params: tuple[Any, ...] = ()
-        if device_id is not None:
-            sql += " WHERE device_id = ?"
-            params = (device_id,)
-        rows = self._all(sql + " ORDER BY device_id, model, version, variant", params)
-        return [
-            Aggregate(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
-                      inferences=r["inferences"], errors=r["errors"], latency_sum_ms=r["latency_sum_ms"],
-                      histogram=telemetry_tables.histogram_of(table, r))
-            for r in rows
-        ]
+        sql, params = telemetry_tables.aggregates_sql(device_id)
+        return [Aggregate(device_id=r[0], model=r[1], version=r[2], variant=r[3], inferences=r[4], errors=r[5],
+                          latency_sum_ms=r[6], histogram=telemetry_tables.histogram_of("telemetry_aggregates", r))
+                for r in self._all(sql, params)]

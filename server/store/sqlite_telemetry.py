@@ -5,10 +5,17 @@ minute series, per-hardware-class fleet sums) keeps a latency histogram as the c
 `h0` .. `h66` (`fleetcast.proto.telemetry` buckets), so a flush adds to the stored rows
 with `ON CONFLICT DO UPDATE SET h0 = h0 + excluded.h0, ...`, then stops the few rows
 that passed the aggregate limits there, and never reads a histogram back into Python
-(ADR 0009). A flush puts its fresh rows once into a temporary table; the per-device
-tables are upserted from it row by row, the cohort series and fleet sums from one
+(ADR 0009). A flush puts its fresh rows once into a temporary table; the device
+windows are upserted from it row by row, the cohort series and fleet sums from one
 GROUP BY of it joined with the devices' hardware classes, all in the caller's
-transaction. Rows come checked (`telemetry.check_batch`: counts up to 2^32 a batch), so
+transaction.
+
+The cumulative per-device aggregates are the device windows folded in: once a minute
+has closed, the first flush after it adds that minute's windows to the aggregates (one
+GROUP BY per minute, not one upsert per row and flush) and moves the watermark in
+`telemetry_folded`; readers add the windows past the watermark (a minute or two), so
+what they return is the same at every moment. A flush whose minute is already folded
+(the clock went back) adds to the aggregates directly. Rows come checked (`telemetry.check_batch`: counts up to 2^32 a batch), so
 neither a flush's sums nor a stored sum plus a flush's can leave int64.
 """
 
@@ -115,7 +122,7 @@ def _upsert(table: str, select: str) -> str:
     on_conflict = ", ".join(f"{col} = {col} + excluded.{col}" for col in SUMMED)
     if updated:
         on_conflict += ", updated_at = excluded.updated_at"
-    return (f"INSERT INTO {table} ({names}) {select} WHERE true"
+    return (f"INSERT INTO {table} ({names}) {select}"   # `select` has a WHERE: ON CONFLICT then parses as upsert
             f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {on_conflict}")
 
 
@@ -133,18 +140,66 @@ _COHORTS_SQL: Final = (f"INSERT INTO temp.telemetry_cohorts SELECT s.model, s.ve
                        " ON d.device_id = s.device_id GROUP BY s.model, s.version, s.variant, d.hardware_class,"
                        " s.backend")
 _WRITES: Final = (
-    _upsert("telemetry_aggregates", f"SELECT device_id, model, version, variant, {_SUMS}, :at"
-                                    " FROM temp.telemetry_staged"),
     _upsert("telemetry_windows", f"SELECT model, :minute, device_id, version, variant, backend, {_SUMS}"
-                                 " FROM temp.telemetry_staged"),
+                                 " FROM temp.telemetry_staged WHERE true"),
     # minute is one for the whole flush: the cohorts' sums are both the series' and the fleet's
     _upsert("telemetry_series", f"SELECT model, :minute, version, variant, COALESCE(hardware_class, ''), backend,"
-                                f" {_SUMS} FROM temp.telemetry_cohorts"),
+                                f" {_SUMS} FROM temp.telemetry_cohorts WHERE true"),
     _upsert("telemetry_fleet", f"SELECT model, version, variant, COALESCE(hardware_class, '{UNKNOWN_HARDWARE}'),"
-                               f" backend, {_SUMS} FROM temp.telemetry_cohorts"),
-    *(_clamp(table) for table in TABLES),
+                               f" backend, {_SUMS} FROM temp.telemetry_cohorts WHERE true"),
+    *(_clamp(table) for table in ("telemetry_windows", "telemetry_series", "telemetry_fleet")),
     "UPDATE devices SET last_seen = :at WHERE device_id IN (SELECT device_id FROM temp.telemetry_staged)",
 )
+
+
+_HISTOGRAM_SUMS: Final = ", ".join(f"SUM({col})" for col in SUMMED)
+_FOLD_SQL: Final = _upsert("telemetry_aggregates", f"SELECT device_id, model, version, variant, {_HISTOGRAM_SUMS}, :at"
+                           " FROM telemetry_windows INDEXED BY telemetry_windows_minute"
+                           " WHERE minute > :folded AND minute <= :until GROUP BY device_id, model, version, variant")
+_DIRECT_SQL: Final = _upsert("telemetry_aggregates", f"SELECT device_id, model, version, variant, {_SUMS}, :at"
+                             " FROM temp.telemetry_staged WHERE true")
+
+
+def create_fold(c: sqlite3.Connection) -> None:
+    """The watermark of the windows folded into the aggregates (every window stored so far
+    is in them already when this is made), and the index the fold and readers scan."""
+    c.execute("CREATE TABLE telemetry_folded (minute INTEGER NOT NULL)")
+    c.execute("INSERT INTO telemetry_folded SELECT COALESCE(MAX(minute), 0) FROM telemetry_windows")
+    c.execute("CREATE INDEX telemetry_windows_minute ON telemetry_windows (minute, device_id)")
+
+
+def fold(c: sqlite3.Connection, *, until: int, at: float) -> int:
+    """Adds the windows of minutes past the watermark up to `until` to the aggregates and
+    moves the watermark there; returns the watermark (in the caller's transaction)."""
+    folded = c.execute("SELECT minute FROM telemetry_folded").fetchone()[0]
+    if until > folded:
+        c.execute(_FOLD_SQL, {"folded": folded, "until": until, "at": at})
+        c.execute(_clamp("telemetry_aggregates"))
+        c.execute("UPDATE telemetry_folded SET minute = ?", (until,))
+        return until
+    return folded
+
+
+_AGGREGATE_KEYS: Final = "device_id, model, version, variant"
+
+
+def _aggregates_select(mine: str) -> str:
+    sums = ", ".join(f"MIN(SUM({col}), {_limit(col)}) AS {col}" for col in (*COUNTS, *BUCKET_COLUMNS))
+    return (f"SELECT {_AGGREGATE_KEYS}, {sums} FROM (SELECT {_AGGREGATE_KEYS}, {_SUMS} FROM telemetry_aggregates"
+            f" WHERE true{mine} UNION ALL SELECT {_AGGREGATE_KEYS}, {_SUMS} FROM telemetry_windows"
+            f" INDEXED BY telemetry_windows_minute WHERE minute > (SELECT minute FROM telemetry_folded){mine})"
+            f" GROUP BY {_AGGREGATE_KEYS}")
+
+
+def aggregates_sql(device_id: str | None) -> tuple[str, dict[str, Any]]:
+    """The aggregates as readers see them: the stored sums plus the windows not folded in
+    yet, in the columns of `select_list` (without updated_at), ordered by key."""
+    mine = "" if device_id is None else " AND device_id = :device_id"
+    return f"{_aggregates_select(mine)} ORDER BY {_AGGREGATE_KEYS}", {"device_id": device_id}
+
+
+def _has_table(c: sqlite3.Connection, name: str) -> bool:
+    return c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def _staged_rows(batches: Sequence[TelemetryBatch]) -> list[tuple[Any, ...]]:
@@ -172,7 +227,11 @@ def add_batches(c: sqlite3.Connection, fresh: Sequence[TelemetryBatch], at: floa
     c.execute("DELETE FROM temp.telemetry_cohorts")
     c.executemany(_STAGE_SQL, rows)
     c.execute(_COHORTS_SQL)
-    params = {"at": at, "minute": int(at // WINDOW_S)}
+    minute = int(at // WINDOW_S)
+    params = {"at": at, "minute": minute}
+    if fold(c, until=minute - 1, at=at) >= minute:   # this minute is folded already: the clock went back
+        c.execute(_DIRECT_SQL, params)
+        c.execute(_clamp("telemetry_aggregates"))
     for sql in _WRITES:
         c.execute(sql, params)
 
@@ -182,10 +241,13 @@ def fill_fleet_from_aggregates(c: sqlite3.Connection) -> None:
     device's hardware class, with no back end: the fill of the migration that made it."""
     json_layout = has_json_histograms(c, "telemetry_aggregates")
     hist = "a.histogram" if json_layout else ", ".join(f"a.{h}" for h in BUCKET_COLUMNS)
+    # the aggregates as readers see them (with the windows not folded yet) once there is a fold
+    stored = "telemetry_aggregates" if json_layout or not _has_table(c, "telemetry_folded") else \
+        f"({_aggregates_select('')})"
     sums: dict[tuple[Any, ...], list[Any]] = {}
     for row in c.execute(
             f"SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, '{UNKNOWN_HARDWARE}'), a.inferences,"
-            f" a.errors, a.latency_sum_ms, {hist} FROM telemetry_aggregates a LEFT JOIN devices d"
+            f" a.errors, a.latency_sum_ms, {hist} FROM {stored} a LEFT JOIN devices d"
             " ON d.device_id = a.device_id").fetchall():
         histogram = json.loads(row[7]) if json_layout else list(row[7:])
         acc = sums.setdefault(tuple(row[:4]), [0, 0, 0.0, buckets.empty()])

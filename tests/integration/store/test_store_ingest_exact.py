@@ -105,3 +105,33 @@ def test_random_flushes_with_resends_are_counted_exactly_once_in_every_table(sto
         assert got[table] == expected.tables[table], table
     assert {d.device_id: d.last_seen is not None for d in store.devices()} == \
         {d: any(b.device_id == d and b.rows for b in batches) for d in hardware}
+
+
+def _one(inferences: int, bucket: int) -> tuple[StatsRow, ...]:
+    hist = buckets.empty()
+    hist[bucket] = inferences
+    return (StatsRow("m0", "1", "original", inferences, 0, 1.0 * inferences, tuple(hist), backend="tflite"),)
+
+
+def test_aggregates_count_every_minute_whatever_order_the_clock_gives_and_after_a_prune(store) -> None:
+    minutes = [10, 12, 12, 10, 11, 30, 9, 30]            # the clock steps back twice
+    for i, m in enumerate(minutes):
+        store.ingest_telemetry_many([TelemetryBatch("dev-1", f"b-{i}", _one(i + 1, i))], T0 + m * WINDOW_S + 1)
+    expected = [i + 1 if i < len(minutes) else 0 for i in range(buckets.BUCKETS)]
+
+    def counted() -> tuple[int, list[int]]:
+        [a] = store.aggregates(device_id="dev-1")
+        assert [(x.device_id, x.inferences) for x in store.aggregates()] == [("dev-1", a.inferences)]
+        return a.inferences, list(a.histogram)
+
+    assert counted() == (sum(expected), expected)
+    windows = store.window_rows("m0", since=T0, until=T0 + 3600)
+    assert {w.minute: w.inferences for w in windows} == {
+        int(T0 // WINDOW_S) + m: sum(i + 1 for i, x in enumerate(minutes) if x == m) for m in set(minutes)}
+    # every window dropped: the aggregates keep them all
+    assert store.prune_windows(devices_before=T0 + 7200, series_before=0.0) == len(set(minutes))
+    assert store.window_rows("m0", since=T0, until=T0 + 3600) == []
+    assert counted() == (sum(expected), expected)
+    store.ingest_telemetry_many([TelemetryBatch("dev-1", "b-late", _one(100, 0))], T0 + 20 * WINDOW_S)
+    expected[0] += 100
+    assert counted() == (sum(expected), expected)
