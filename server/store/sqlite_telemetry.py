@@ -166,6 +166,7 @@ def create_fold(c: sqlite3.Connection) -> None:
     c.execute("CREATE TABLE telemetry_folded (minute INTEGER NOT NULL)")
     c.execute("INSERT INTO telemetry_folded SELECT COALESCE(MAX(minute), 0) FROM telemetry_windows")
     c.execute("CREATE INDEX telemetry_windows_minute ON telemetry_windows (minute, device_id)")
+    c.execute("CREATE INDEX telemetry_windows_device ON telemetry_windows (device_id, minute)")   # one device's
 
 
 def fold(c: sqlite3.Connection, *, until: int, at: float) -> int:
@@ -185,9 +186,10 @@ _AGGREGATE_KEYS: Final = "device_id, model, version, variant"
 
 def _aggregates_select(mine: str) -> str:
     sums = ", ".join(f"MIN(SUM({col}), {_limit(col)}) AS {col}" for col in (*COUNTS, *BUCKET_COLUMNS))
+    index = "telemetry_windows_device" if mine else "telemetry_windows_minute"
     return (f"SELECT {_AGGREGATE_KEYS}, {sums} FROM (SELECT {_AGGREGATE_KEYS}, {_SUMS} FROM telemetry_aggregates"
             f" WHERE true{mine} UNION ALL SELECT {_AGGREGATE_KEYS}, {_SUMS} FROM telemetry_windows"
-            f" INDEXED BY telemetry_windows_minute WHERE minute > (SELECT minute FROM telemetry_folded){mine})"
+            f" INDEXED BY {index} WHERE minute > (SELECT minute FROM telemetry_folded){mine})"
             f" GROUP BY {_AGGREGATE_KEYS}")
 
 
