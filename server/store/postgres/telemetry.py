@@ -3,14 +3,15 @@ sums per hardware class, in one transaction.
 
 A flush is a fixed number of statements whatever its size: one INSERT of every batch
 id (unnest; ON CONFLICT DO NOTHING tells the new ones), one read of the devices'
-hardware classes, one upsert per table (aggregates, device windows, cohort series, fleet sums:
-every key at once through unnest) that adds to the stored rows in SQL, so two
-replicas ingesting for the same device or cohort never lose a sum, and one UPDATE
-of the devices' last_seen. Keys are sorted, so concurrent flushes lock rows in one order.
+hardware classes, one binary COPY and one upsert per table (aggregates, device windows,
+cohort series, fleet sums) that adds to the stored rows in SQL, so two replicas
+ingesting for the same device or cohort never lose a sum, and one UPDATE of the
+devices' last_seen. Keys are sorted, so concurrent flushes lock rows in one order.
 
-Histograms are one bigint column per bucket (`BUCKET_COLUMNS`, ADR 0009): each is sent
-as one bigint[] of the flush's keys and added by `h0 = LEAST(t.h0 + excluded.h0, cap)`;
-readers gather them with ARRAY[h0, ...].
+Histograms are one bigint column per bucket (`BUCKET_COLUMNS`, ADR 0009), added by
+`h0 = LEAST(t.h0 + excluded.h0, cap)`; readers gather them with ARRAY[h0, ...]. Python
+sums only the device windows per row: a flush has one minute, so the other tables'
+sums are the windows' regrouped, per key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, Final
 
 import psycopg
 
-from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
