@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/swarm.py rollout --devices 100 1000 --megabytes 1 --repeat 3
     .venv/bin/python benchmarks/swarm.py enroll --devices 10000
     .venv/bin/python benchmarks/swarm.py telemetry --rows 200000 --repeat 3
+    .venv/bin/python benchmarks/swarm.py telemetry --rows 40000 --profile-flushes 20
     .venv/bin/python benchmarks/swarm.py rollout --devices 1000 --profile /tmp/server.svg
 
 `rollout` enrolls N simulated devices (fleetcast.server.simulator: real gRPC, each
@@ -15,7 +16,8 @@ server: the ratio is the figure to read on a shared machine. `enroll` is the
 enrollment storm (all devices at once, bounded concurrency) with the server's RSS.
 `telemetry` compares the server's batched ingest (TelemetryWriter, many concurrent
 senders) with a plain sqlite-utils `insert_all` of the same rows, and checks after the
-run that nothing was lost or counted twice. Results: docs/benchmarks.md.
+run that nothing was lost or counted twice (`--profile-flushes N`: the store's flush
+alone, the same rows in N calls, under cProfile). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
