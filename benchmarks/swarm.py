@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/swarm.py rollout --devices 100 1000 --megabytes 1 --repeat 3
     .venv/bin/python benchmarks/swarm.py enroll --devices 10000
     .venv/bin/python benchmarks/swarm.py telemetry --rows 200000 --repeat 3
+    .venv/bin/python benchmarks/swarm.py telemetry --rows 40000 --profile-flushes 20
     .venv/bin/python benchmarks/swarm.py rollout --devices 1000 --profile /tmp/server.svg
 
 `rollout` enrolls N simulated devices (fleetcast.server.simulator: real gRPC, each
@@ -15,7 +16,8 @@ server: the ratio is the figure to read on a shared machine. `enroll` is the
 enrollment storm (all devices at once, bounded concurrency) with the server's RSS.
 `telemetry` compares the server's batched ingest (TelemetryWriter, many concurrent
 senders) with a plain sqlite-utils `insert_all` of the same rows, and checks after the
-run that nothing was lost or counted twice. Results: docs/benchmarks.md.
+run that nothing was lost or counted twice (`--profile-flushes N`: the store's flush
+alone, the same rows in N calls, under cProfile). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -179,7 +181,11 @@ def enroll(args: argparse.Namespace) -> None:
 
 
 def telemetry(args: argparse.Namespace) -> None:
-    from benchmarks.telemetry_ingest import compare
+    from benchmarks.telemetry_ingest import compare, profile_flush
+    if args.profile_flushes:
+        print(profile_flush(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch,
+                            flushes=args.profile_flushes, store_url=args.store), flush=True)
+        return
     for _ in range(args.repeat):
         print(compare(rows=args.rows, senders=args.senders, rows_per_batch=args.rows_per_batch, store_url=args.store),
               flush=True)
@@ -206,6 +212,8 @@ def main() -> None:
     t.add_argument("--repeat", type=int, default=3)
     t.add_argument("--store", metavar="URL", help="postgresql://USER@HOST:PORT/DB: ingest into a fresh database "
                    "made (and dropped) on that server; default a fresh SQLite file")
+    t.add_argument("--profile-flushes", type=int, metavar="N", help="profile the store's flush alone instead: "
+                   "the rows in N calls of ingest_telemetry_many, cProfile in one thread")
     args = p.parse_args()
     {"rollout": rollout, "enroll": enroll, "telemetry": telemetry}[args.command](args)
 

@@ -57,8 +57,8 @@ def check_batch(batch: Batch, device_id: str) -> Batch:
         raise InvalidRequest(f"telemetry batch_id must be 1-{MAX_BATCH_ID_CHARS} characters")
     if len(batch.stats) > MAX_STATS:
         raise InvalidRequest(f"telemetry batch has {len(batch.stats)} stats entries, at most {MAX_STATS}")
-    for s in batch.stats:
-        if not s.model or any(len(x) > MAX_NAME_CHARS for x in (s.model, s.version, s.variant, s.backend)):
+    for s in batch.stats:   # the ingest hot path: plain comparisons, no generators
+        if not s.model or max(len(s.model), len(s.version), len(s.variant), len(s.backend)) > MAX_NAME_CHARS:
             raise InvalidRequest(f"telemetry stats need a model name and names up to {MAX_NAME_CHARS} characters")
         if len(s.histogram) != buckets.BUCKETS:
             raise InvalidRequest(
@@ -71,7 +71,7 @@ def check_batch(batch: Batch, device_id: str) -> Batch:
             raise InvalidRequest(f"telemetry batch {batch.batch_id[:40]} refused: {s.model[:40]} counts "
                                  f"{max(s.inferences, sum(s.histogram))} inferences, at most {MAX_BATCH_COUNT} "
                                  "fit one batch; send smaller batches")
-        if not (math.isfinite(s.latency_sum_ms) and 0.0 <= s.latency_sum_ms <= s.inferences * MAX_LATENCY_MS):
+        if not (0.0 <= s.latency_sum_ms <= s.inferences * MAX_LATENCY_MS and math.isfinite(s.latency_sum_ms)):
             raise InvalidRequest(f"telemetry batch {batch.batch_id[:40]} refused: latency_sum_ms "
                                  f"{s.latency_sum_ms!r} for {s.model[:40]} must be finite, non-negative and at most "
                                  f"{MAX_LATENCY_MS:g} ms per inference")

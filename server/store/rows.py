@@ -2,8 +2,9 @@
 
 Both stores keep the same column names, and JSON documents (backends, labels, a
 deployment row's previous assignment) as text, so one function per record reads a
-row of either (`sqlite3.Row` or psycopg's dict rows). Histograms are the exception
-(JSON text in SQLite, bigint[] in PostgreSQL): callers decode them first.
+row of either (`sqlite3.Row` or psycopg's dict rows). Histograms are the exception:
+both keep one integer column per bucket (`BUCKET_COLUMNS`, ADR 0009), which each store's
+telemetry module gathers into a list before these functions see it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
@@ -49,6 +50,9 @@ def metadata_role(name: str) -> tuple[str, int] | tuple[None, None]:
     """The (role, version) of a file name a newer version replaces; (None, None) otherwise."""
     m = _REPLACEABLE.fullmatch(name)
     return (m.group(2), int(m.group(1))) if m else (None, None)
+# The telemetry tables' histogram columns, one per bucket of fleetcast.proto.telemetry.
+# Persisted names: never renamed; another bucket layout would be a new migration.
+BUCKET_COLUMNS: Final = tuple(f"h{i}" for i in range(buckets.BUCKETS))
 
 
 def rollout(row: Row) -> Rollout:
@@ -118,23 +122,35 @@ def minutes(since: float, until: float | None) -> tuple[int, int]:
 
 
 class Sums:
-    """Counts being summed for one row of a telemetry table before it is written."""
+    """Counts being summed for one row of a telemetry table before it is written. The
+    histogram of a key's first row is kept as given (most keys of a flush have one row)
+    and copied only when a second row is added to it."""
 
-    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram")
+    __slots__ = ("inferences", "errors", "latency_sum_ms", "histogram", "_owned")
 
-    def __init__(self, histogram: list[int] | None = None) -> None:
+    def __init__(self, histogram: Sequence[int] | None = None) -> None:
         self.inferences = self.errors = 0
         self.latency_sum_ms = 0.0
-        self.histogram = buckets.empty() if histogram is None else histogram
+        self._owned = histogram is None
+        self.histogram: Sequence[int] = buckets.empty() if histogram is None else histogram
+
+    def add(self, r: StatsRow | Sums) -> None:
+        if not self._owned:
+            self.histogram, self._owned = list(self.histogram), True
+        buckets.merge(self.histogram, r.histogram)   # type: ignore[arg-type]  # owned: a list
+        self.inferences += r.inferences
+        self.errors += r.errors
+        self.latency_sum_ms += r.latency_sum_ms
 
 
 def add(into: dict[tuple[Any, ...], Sums], key: tuple[Any, ...], r: StatsRow | Sums) -> None:
     acc = into.get(key)
-    if acc is None:    # the first row of a key is copied, not added to zeros (most keys of a flush)
-        acc = into[key] = Sums(buckets.merge(buckets.empty(), r.histogram) if len(r.histogram) != buckets.BUCKETS
-                               else list(map(int, r.histogram)))
-    else:
-        buckets.merge(acc.histogram, r.histogram)
-    acc.inferences += r.inferences
-    acc.errors += r.errors
-    acc.latency_sum_ms += r.latency_sum_ms
+    if acc is not None:
+        acc.add(r)
+        return
+    if len(r.histogram) != buckets.BUCKETS:
+        raise ValueError(f"histogram has {len(r.histogram)} buckets, expected {buckets.BUCKETS}")
+    acc = into[key] = Sums(r.histogram)   # shared until a second row comes: see Sums
+    acc.inferences = r.inferences
+    acc.errors = r.errors
+    acc.latency_sum_ms = r.latency_sum_ms

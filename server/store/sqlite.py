@@ -58,7 +58,7 @@ from fleetcast.server.store import (
     saturating_add,
 )
 from fleetcast.server.store.pages import device_filter, device_order
-from fleetcast.server.store.rows import Sums, add
+from fleetcast.server.store import sqlite_telemetry as telemetry_tables
 
 logger = logging.getLogger(__name__)
 
@@ -248,13 +248,20 @@ def create_telemetry_fleet(db: sqlite_utils.Database) -> None:
         " latency_sum_ms REAL NOT NULL, histogram TEXT NOT NULL,"
         " PRIMARY KEY (model, version, variant, hardware_class, backend))"
     )
-    sums: dict[tuple[Any, ...], Sums] = {}
-    for row in db.execute(
-            "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, 'unknown'), a.inferences, a.errors,"
-            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
-            " ON d.device_id = a.device_id").fetchall():
-        add(sums, (*row[:4], ""), StatsRow("", "", "", row[4], row[5], row[6], json.loads(row[7])))
-    _merge_into(db.conn, "telemetry_fleet", FLEET_KEY, sums)
+    telemetry_tables.fill_fleet_from_aggregates(db.conn)
+
+
+def histograms_in_bucket_columns(db: sqlite_utils.Database) -> None:
+    # ADR 0009: the four telemetry tables keep one column per histogram bucket (h0..h66)
+    # instead of a JSON array, so a flush adds to them in SQL; every row converted as is.
+    for table in telemetry_tables.TABLES:
+        telemetry_tables.convert_from_json(db.conn, table)
+
+
+def fold_windows_into_aggregates(db: sqlite_utils.Database) -> None:
+    # ADR 0009: the aggregates are written once a minute from the device windows, not at
+    # every flush; every window stored until now is counted in them already.
+    telemetry_tables.create_fold(db.conn)
 
 
 def add_metadata_roles(db: sqlite_utils.Database) -> None:
@@ -286,6 +293,8 @@ MIGRATIONS: Final[list[Callable[[sqlite_utils.Database], None]]] = [
     create_rollouts,
     add_device_table_indexes,
     create_telemetry_fleet,
+    histograms_in_bucket_columns,
+    fold_windows_into_aggregates,
     add_metadata_roles,
 ]
 
@@ -358,35 +367,6 @@ def _write_rollout_parts(c: sqlite3.Connection, stages: Sequence[RolloutStage], 
              e.rollout_id))
 
 
-FLEET_KEY: Final = ("model", "version", "variant", "hardware_class", "backend")
-
-
-def _merge_into(c: sqlite3.Connection, table: str, key_columns: Sequence[str], sums: dict[tuple[Any, ...], Sums],
-                updated_at: float | None = None) -> None:
-    """Adds `sums` to the rows of `table` with those keys (read, add, replace: one read
-    per 200 keys). Stored sums stay exact and finite: they stop at the aggregate limits."""
-    keys = list(sums)
-    columns = ", ".join(key_columns)
-    for chunk in _chunks(keys, 200):
-        values = ",".join(f"({', '.join('?' * len(key_columns))})" for _ in chunk)
-        for old in c.execute(f"SELECT {columns}, inferences, errors, latency_sum_ms, histogram FROM {table}"
-                             f" WHERE ({columns}) IN (VALUES {values})", [x for key in chunk for x in key]):
-            acc = sums[tuple(old[:len(key_columns)])]
-            acc.inferences += old["inferences"]
-            acc.errors += old["errors"]
-            acc.latency_sum_ms += old["latency_sum_ms"]
-            buckets.merge(acc.histogram, json.loads(old["histogram"]))
-    extra = () if updated_at is None else (updated_at,)
-    placeholders = ", ".join("?" * (len(key_columns) + 4 + len(extra)))
-    c.executemany(
-        f"INSERT OR REPLACE INTO {table} VALUES ({placeholders})",
-        [(*key, saturating_add(acc.inferences, 0, MAX_AGGREGATE_COUNT), saturating_add(acc.errors, 0, MAX_AGGREGATE_COUNT),
-          saturating_add(acc.latency_sum_ms, 0.0, MAX_AGGREGATE_LATENCY_MS),
-          _histogram_json(_capped(acc.histogram)), *extra)
-         for key, acc in sums.items()],
-    )
-
-
 def _stored_batches(c: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which (device, batch id) pairs are stored already: one read per 200, not one insert per batch."""
     found: set[tuple[str, str]] = set()
@@ -398,16 +378,6 @@ def _stored_batches(c: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> s
     return found
 
 
-def _histogram_json(histogram: list[int]) -> str:
-    """The JSON array of the counts (what json.dumps writes, at a third of its cost)."""
-    return "[" + ",".join(map(str, histogram)) + "]"
-
-
-def _capped(histogram: list[int]) -> list[int]:
-    return histogram if max(histogram, default=0) <= MAX_AGGREGATE_COUNT else \
-        [min(n, MAX_AGGREGATE_COUNT) for n in histogram]
-
-
 class SqliteStore:
     """`Store` on one SQLite file. Safe to call from several threads (one lock)."""
 
@@ -416,6 +386,7 @@ class SqliteStore:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA temp_store=MEMORY")   # a flush's staged rows (sqlite_telemetry)
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
@@ -907,91 +878,65 @@ class SqliteStore:
 
     def ingest_telemetry_many(self, batches: Sequence[TelemetryBatch], at: float) -> list[bool]:
         """Counts each batch once, all in one transaction: the dedupe rows, the aggregate
-        updates and the windows commit together. Rows are summed per key first, so a
-        flush reads and writes each aggregate and window once however many batches touch it."""
+        updates and the windows commit together; SQL adds the sums (sqlite_telemetry)."""
         duplicates: list[bool] = []
-        minute = int(at // WINDOW_S)
-        totals: dict[tuple[Any, ...], Sums] = {}
-        windows: dict[tuple[Any, ...], Sums] = {}
-        by_backend: dict[tuple[Any, ...], Sums] = {}
         with self._tx() as c:
             c.execute("BEGIN IMMEDIATE")   # the write lock first: another store must not store these batches too
             seen = _stored_batches(c, [(b.device_id, b.batch_id) for b in batches])
-            fresh = []
+            fresh: list[TelemetryBatch] = []
             for b in batches:
                 key = (b.device_id, b.batch_id)
                 duplicates.append(key in seen)
                 if key in seen:
                     continue
                 seen.add(key)   # the same batch twice in one flush counts once too
-                fresh.append((b.device_id, b.batch_id, at))
-                for r in b.rows:
-                    add(totals, (b.device_id, r.model, r.version, r.variant), r)
-                    add(by_backend, (b.device_id, r.model, r.version, r.variant, r.backend), r)
-                    add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
-            c.executemany("INSERT INTO telemetry_batches VALUES (?, ?, ?)", fresh)
-            device_ids = list({key[0] for key in totals})
-            hardware = {d: hw for chunk in _chunks(device_ids, 500) for d, hw in c.execute(
-                f"SELECT device_id, hardware_class FROM devices WHERE device_id IN ({','.join('?' * len(chunk))})",
-                chunk)}
-            series: dict[tuple[Any, ...], Sums] = {}
-            for (model, m, device_id, version, variant, backend), sums in windows.items():
-                add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
-            fleet: dict[tuple[Any, ...], Sums] = {}
-            for (device_id, model, version, variant, backend), sums in by_backend.items():
-                add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE), backend), sums)
-            _merge_into(c, "telemetry_aggregates", ("device_id", "model", "version", "variant"), totals, at)
-            _merge_into(c, "telemetry_windows", ("model", "minute", "device_id", "version", "variant", "backend"),
-                        windows)
-            _merge_into(c, "telemetry_series", ("model", "minute", "version", "variant", "hardware_class", "backend"),
-                        series)
-            _merge_into(c, "telemetry_fleet", FLEET_KEY, fleet)
-            c.executemany("UPDATE devices SET last_seen = ? WHERE device_id = ?", [(at, d) for d in device_ids])
+                fresh.append(b)
+            c.executemany("INSERT INTO telemetry_batches VALUES (?, ?, ?)", [(b.device_id, b.batch_id, at) for b in fresh])
+            telemetry_tables.add_batches(c, fresh, at)
         return duplicates
 
     def window_rows(self, model: str, *, since: float, until: float | None = None,
                     device_ids: Sequence[str] | None = None) -> list[WindowRow]:
         first, last = records.minutes(since, until)
-        sql = "SELECT * FROM telemetry_windows WHERE model = ? AND minute BETWEEN ? AND ?"
+        table = "telemetry_windows"
+        sql = f"SELECT {telemetry_tables.select_list(table)} FROM {table} WHERE model = ? AND minute BETWEEN ? AND ?"
         if device_ids is None:
-            return [records.window_row(r, json.loads(r["histogram"])) for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
+            return [records.window_row(r, telemetry_tables.histogram_of(table, r))
+                    for r in self._all(sql + " ORDER BY minute, device_id", (model, first, last))]
         rows: list[WindowRow] = []
         for chunk in _chunks(list(device_ids), 500):
-            rows += [records.window_row(r, json.loads(r["histogram"])) for r in self._all(
+            rows += [records.window_row(r, telemetry_tables.histogram_of(table, r)) for r in self._all(
                 sql + f" AND device_id IN ({','.join('?' * len(chunk))})", (model, first, last, *chunk))]
         return sorted(rows, key=lambda w: (w.minute, w.device_id))
 
     def series_rows(self, model: str, *, since: float, until: float | None = None) -> list[SeriesRow]:
         first, last = records.minutes(since, until)
+        table = "telemetry_series"
         return [
-            records.series_row(r, json.loads(r["histogram"]))
-            for r in self._all("SELECT * FROM telemetry_series WHERE model = ? AND minute BETWEEN ? AND ?"
-                               " ORDER BY minute", (model, first, last))
+            records.series_row(r, telemetry_tables.histogram_of(table, r))
+            for r in self._all(f"SELECT {telemetry_tables.select_list(table)} FROM {table}"
+                               " WHERE model = ? AND minute BETWEEN ? AND ? ORDER BY minute", (model, first, last))
         ]
 
     def prune_windows(self, *, devices_before: float, series_before: float) -> int:
         with self._tx() as c:
+            c.execute("BEGIN IMMEDIATE")
+            # windows are folded into the aggregates before they go (a server idle for hours)
+            telemetry_tables.fold(c, until=int(devices_before // WINDOW_S) - 1, at=time.time())
             n = c.execute("DELETE FROM telemetry_windows WHERE minute < ?", (int(devices_before // WINDOW_S),)).rowcount
             return n + c.execute("DELETE FROM telemetry_series WHERE minute < ?",
                                  (int(series_before // WINDOW_S),)).rowcount
 
     def fleet_aggregates(self) -> list[FleetAggregate]:
+        table = "telemetry_fleet"
         return [FleetAggregate(model=r[0], version=r[1], variant=r[2], hardware_class=r[3], backend=r[4],
-                               inferences=r[5], errors=r[6], latency_sum_ms=r[7], histogram=json.loads(r[8]))
-                for r in self._all("SELECT model, version, variant, hardware_class, backend, inferences, errors,"
-                                   " latency_sum_ms, histogram FROM telemetry_fleet"
+                               inferences=r[5], errors=r[6], latency_sum_ms=r[7],
+                               histogram=telemetry_tables.histogram_of(table, r))
+                for r in self._all(f"SELECT {telemetry_tables.select_list(table)} FROM {table}"
                                    " ORDER BY model, version, variant, hardware_class, backend")]
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
-        sql = "SELECT * FROM telemetry_aggregates"
-        params: tuple[Any, ...] = ()
-        if device_id is not None:
-            sql += " WHERE device_id = ?"
-            params = (device_id,)
-        rows = self._all(sql + " ORDER BY device_id, model, version, variant", params)
-        return [
-            Aggregate(device_id=r["device_id"], model=r["model"], version=r["version"], variant=r["variant"],
-                      inferences=r["inferences"], errors=r["errors"], latency_sum_ms=r["latency_sum_ms"],
-                      histogram=json.loads(r["histogram"]))
-            for r in rows
-        ]
+        sql, params = telemetry_tables.aggregates_sql(device_id)
+        return [Aggregate(device_id=r[0], model=r[1], version=r[2], variant=r[3], inferences=r[4], errors=r[5],
+                          latency_sum_ms=r[6], histogram=telemetry_tables.histogram_of("telemetry_aggregates", r))
+                for r in self._all(sql, params)]

