@@ -385,7 +385,11 @@ class SqliteStore:
         conn = sqlite3.connect(str(path), check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on the disk before the call returns, so what the server
+        # acknowledged (a status report, a telemetry batch) survives a power loss too,
+        # not only a crash of the process (NORMAL in WAL mode may lose the last commits).
+        # One fsync per transaction; telemetry commits a whole flush in one.
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA temp_store=MEMORY")   # a flush's staged rows (sqlite_telemetry)
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
