@@ -32,6 +32,7 @@ from fleetcast.server.errors import (
     grpc_code,
 )
 from fleetcast.server.fleet import Enrollment, read_metadata
+from fleetcast.server.metadata_bundle import Trusted, make_bundle
 from fleetcast.server.services import Services
 from fleetcast.server.telemetry import Batch
 
@@ -41,6 +42,7 @@ CHUNK_BYTES: Final = 1024 * 1024   # a 1 MB artifact in one message: a call per 
 MAX_RECEIVE_BYTES: Final = 1024 * 1024
 MAX_SEND_BYTES: Final = 16 * 1024 * 1024
 REPOSITORIES: Final = {pb.REPOSITORY_IMAGE: "image", pb.REPOSITORY_DIRECTOR: "director"}
+REPOSITORY_ENUMS: Final = {name: number for number, name in REPOSITORIES.items()}
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -139,6 +141,16 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         return pb.MetadataResponse(data=data)
 
     @unary
+    async def FetchMetadataBundle(self, request: pb.BundleRequest, context: grpc.aio.ServicerContext) -> pb.MetadataBundle:
+        trusted = _trusted(request)
+        bundle = await self._as_device(context, lambda device_id: make_bundle(
+            self.s.signer, device_id=device_id, trusted=trusted))
+        return pb.MetadataBundle(
+            files=[pb.MetadataFile(repository=REPOSITORY_ENUMS[f.repository], name=f.name, data=f.data)
+                   for f in bundle.files],
+            states=[pb.RepositoryState(repository=REPOSITORY_ENUMS[r], root=v) for r, v in bundle.roots.items()])
+
+    @unary
     async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.StatusAck:
         update = StatusUpdate.from_message(request)
 
@@ -187,6 +199,18 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         found = await asyncio.to_thread(locate, self.s.blobs, sha256, base_url=config.download_base_url,
                                         expires_s=config.download_url_expires_s)
         return pb.ArtifactLocation(url=found.url, expires_unix_s=found.expires_unix_s)
+
+
+def _trusted(request: pb.BundleRequest) -> dict[str, Trusted]:
+    """The request's versions by repository; raises InvalidRequest for an unknown or repeated one."""
+    trusted: dict[str, Trusted] = {}
+    for t in request.trusted:
+        repository = _known(REPOSITORIES.get(t.repository))
+        if repository in trusted:
+            raise InvalidRequest(f"trusted versions name repository {repository} twice")
+        trusted[repository] = Trusted(root=t.root, timestamp=t.timestamp, snapshot=t.snapshot,
+                                      targets=t.targets, bin=t.bin)
+    return trusted
 
 
 def server_credentials(services: Services) -> grpc.ServerCredentials | None:

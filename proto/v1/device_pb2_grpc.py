@@ -52,6 +52,11 @@ class DeviceServiceStub:
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataRequest.SerializeToString,
                 response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataResponse.FromString,
                 _registered_method=True)
+        self.FetchMetadataBundle = channel.unary_unary(
+                '/fleetcast.v1.DeviceService/FetchMetadataBundle',
+                request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.BundleRequest.SerializeToString,
+                response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataBundle.FromString,
+                _registered_method=True)
         self.ReportStatus = channel.unary_unary(
                 '/fleetcast.v1.DeviceService/ReportStatus',
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.SerializeToString,
@@ -100,6 +105,18 @@ class DeviceServiceServicer:
 
     def FetchMetadata(self, request, context):
         """Signed repository metadata (TUF, DSSE envelopes), exactly as the server stored it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchMetadataBundle(self, request, context):
+        """Every newer metadata file the device needs of both repositories in one reply:
+        given the versions it trusts, the root chain after its root, timestamp.json, and
+        the snapshot, targets and (director) its own hash bin where they are newer. The
+        bytes are exactly FetchMetadata's; the device verifies them all as TUF orders it
+        and asks FetchMetadata for anything the bundle left out (the reply is bounded).
+        Servers without it answer UNIMPLEMENTED: the device then uses FetchMetadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +171,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.FetchMetadata,
                     request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataRequest.FromString,
                     response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataResponse.SerializeToString,
+            ),
+            'FetchMetadataBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchMetadataBundle,
+                    request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.BundleRequest.FromString,
+                    response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataBundle.SerializeToString,
             ),
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
@@ -260,6 +282,33 @@ class DeviceService:
             '/fleetcast.v1.DeviceService/FetchMetadata',
             fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataRequest.SerializeToString,
             fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchMetadataBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcast.v1.DeviceService/FetchMetadataBundle',
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.BundleRequest.SerializeToString,
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataBundle.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,6 @@ change to device identity (key pairs, mutual TLS) changes those two functions.
 from __future__ import annotations
 
 import asyncio
-import functools
 import datetime
 import hashlib
 import logging
@@ -23,6 +22,7 @@ import grpc
 
 from fleetcast.agent.trust import TrustRoot
 from fleetcast.proto import telemetry as buckets
+from fleetcast.proto.metadata_bundle import Absent, BundleError, BundleFiles
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.simulator.cohort import Cohort
@@ -58,6 +58,7 @@ class DeviceConfig:
     rpc_timeout_s: float = 60.0
     retry_limit: int = 8
     retry_base_s: float = 0.2
+    metadata_bundle: bool = True        # False: one FetchMetadata per file, as agents before the bundle
     max_artifact_bytes: int = 1024**3
 
 
@@ -125,6 +126,7 @@ class SimulatedDevice:
         self.active_model = ""
         self.active_variant = ""
         self._wake = asyncio.Event()
+        self._bundles = config.metadata_bundle    # off for good once a server answers UNIMPLEMENTED
 
     # -- calls ----------------------------------------------------------------------------
     async def _call(self, step: str, make: Callable[[], Awaitable[T]]) -> T:
@@ -161,6 +163,39 @@ class SimulatedDevice:
             return reply.data
         return await self._call(f"fetch {name}", call)
 
+    async def _bundle(self) -> BundleFiles:
+        """Every newer file of both repositories in one call; empty where the server has no bundle."""
+        if not self._bundles:
+            return BundleFiles()
+        request = pb.BundleRequest(trusted=[
+            pb.TrustedVersions(repository=repository, **view.versions(self.device_id))
+            for repository, view in ((pb.REPOSITORY_IMAGE, self.image), (pb.REPOSITORY_DIRECTOR, self.director))])
+
+        async def call() -> BundleFiles:
+            try:
+                reply = await self.stub.FetchMetadataBundle(request, metadata=self.auth,
+                                                            timeout=self.config.rpc_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._bundles = False      # an older server: FetchMetadata per file from now on
+                    return BundleFiles()
+                raise
+            try:
+                return BundleFiles.from_message(reply)
+            except BundleError as e:
+                raise VerificationError(f"metadata bundle refused: {e}") from e
+        return await self._call("fetch bundle", call)
+
+    def _fetcher(self, bundle: BundleFiles, repository: int) -> Callable[[str], Awaitable[bytes | None]]:
+        async def fetch(name: str) -> bytes | None:
+            found = bundle.lookup(repository, name)
+            if found is Absent.NO_SUCH_ROOT:
+                return None
+            if found is Absent.UNKNOWN:
+                return await self._fetch(repository, name)
+            return found
+        return fetch
+
     async def _report(self, deployment_id: str, state: str, event: str, *, final: bool = False,
                       outcome: str = "", reason: str = "") -> None:
         report = pb.StatusReport(deployment_id=deployment_id, state=state, event=event, reason=reason,
@@ -172,14 +207,15 @@ class SimulatedDevice:
     # -- the update check -------------------------------------------------------------------
     async def check(self) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
-        fetch_director = functools.partial(self._fetch, pb.REPOSITORY_DIRECTOR)
+        bundle = await self._bundle()
+        fetch_director = self._fetcher(bundle, pb.REPOSITORY_DIRECTOR)
         await self.director.refresh(fetch_director, now)
         target = await self.director.entry(fetch_director, self.device_id, now)
         if target is None or target.hashes.get("sha256") == self.installed_sha256:
             return
         fields = target.unrecognized_fields["custom"]["fleetcast"]
         deployment_id = str(fields.get("deployment_id", ""))
-        image = await self.image.refresh(lambda n: self._fetch(pb.REPOSITORY_IMAGE, n), now)
+        image = await self.image.refresh(self._fetcher(bundle, pb.REPOSITORY_IMAGE), now)
         agree(target, image)
         sha256 = target.hashes["sha256"]
         if target.length > self.config.max_artifact_bytes:
