@@ -78,6 +78,7 @@ class DeviceRecord:
     telemetry_sent: int = 0          # inferences in batches the server acknowledged as new
     telemetry_errors: int = 0
     telemetry_batches: int = 0
+    calls: dict[str, int] = field(default_factory=dict)   # rpc name -> calls answered (retries not counted)
 
 
 def connect(target: str, server_ca: bytes | None) -> grpc.aio.Channel:
@@ -137,7 +138,10 @@ class SimulatedDevice:
             try:
                 if self.rng.random() < self.cohort.call_error_rate:
                     raise _Injected()
-                return await make()
+                result = await make()
+                rpc = step.split(" ", 1)[0]
+                self.record.calls[rpc] = self.record.calls.get(rpc, 0) + 1
+                return result
             except (_Injected, grpc.aio.AioRpcError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() not in RETRYABLE:
                     raise SimulatorError(f"{self.device_id} {step}: {e.code().name} {e.details()}") from e
@@ -184,7 +188,7 @@ class SimulatedDevice:
                 return BundleFiles.from_message(reply)
             except BundleError as e:
                 raise VerificationError(f"metadata bundle refused: {e}") from e
-        return await self._call("fetch bundle", call)
+        return await self._call("bundle", call)
 
     def _fetcher(self, bundle: BundleFiles, repository: int) -> Callable[[str], Awaitable[bytes | None]]:
         async def fetch(name: str) -> bytes | None:

@@ -124,6 +124,7 @@ class Swarm:
             "telemetry_batches": sum(r.telemetry_batches for r in records),
             "telemetry_inferences": sum(r.telemetry_sent for r in records),
             "telemetry_errors": sum(r.telemetry_errors for r in records),
+            "calls": _sum_calls(records),
         }
         if deployment_id:
             base = since if since is not None else 0.0
@@ -138,6 +139,14 @@ class Swarm:
                 "last_finished_s": max((t - base for t, _ in finished), default=None),
             }
         return out
+
+
+def _sum_calls(records: Sequence[Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for r in records:
+        for rpc, n in r.calls.items():
+            total[rpc] = total.get(rpc, 0) + n
+    return total
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:

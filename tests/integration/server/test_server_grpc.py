@@ -115,6 +115,59 @@ def test_fetch_metadata_returns_signed_bytes_and_not_found_for_unknown_names(ser
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _fetched(stub, token: str, repository: int, name: str) -> bytes:  # noqa: ANN001
+    return stub.FetchMetadata(pb.MetadataRequest(repository=repository, name=name), metadata=auth(token),
+                              timeout=10).data
+
+
+def test_a_bundle_holds_the_bytes_fetch_metadata_serves_and_only_what_is_newer(
+        server: RunningServer, release: dict) -> None:
+    token = server.enroll("bundler-1", group="bundlers")
+    status, doc = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:bundlers"})
+    assert status == 201, doc
+    stub = server.stub()
+    first = stub.FetchMetadataBundle(pb.BundleRequest(), metadata=auth(token), timeout=10)
+    files = {(f.repository, f.name): f.data for f in first.files}
+    role = device_bin("bundler-1")
+
+    for (repository, name), data in files.items():
+        assert data == _fetched(stub, token, repository, name), name
+    for repository in (pb.REPOSITORY_IMAGE, pb.REPOSITORY_DIRECTOR):
+        assert {n.split(".", 1)[1] for r, n in files if r == repository} >= {"json", "snapshot.json", "targets.json"}
+    bins = [n for r, n in files if r == pb.REPOSITORY_DIRECTOR and ".bin-" in n]
+    assert bins == [f"{SimpleEnvelope.from_bytes(_fetched(stub, token, pb.REPOSITORY_DIRECTOR, 'snapshot.json')).get_signed().meta[role + '.json'].version}.{role}.json"]
+    assert {s.repository: s.root for s in first.states} == {pb.REPOSITORY_IMAGE: 1, pb.REPOSITORY_DIRECTOR: 1}
+
+    def version(repository: int, name: str) -> int:
+        return SimpleEnvelope.from_bytes(files[(repository, name)]).get_signed().version
+    trusted = []
+    for repository in (pb.REPOSITORY_IMAGE, pb.REPOSITORY_DIRECTOR):
+        names = {n.split(".")[-2]: n for r, n in files if r == repository}
+        trusted.append(pb.TrustedVersions(
+            repository=repository, root=1, timestamp=version(repository, "timestamp.json"),
+            snapshot=version(repository, names["snapshot"]), targets=version(repository, names["targets"]),
+            bin=version(repository, bins[0]) if repository == pb.REPOSITORY_DIRECTOR else 0))
+    again = stub.FetchMetadataBundle(pb.BundleRequest(trusted=trusted), metadata=auth(token), timeout=10)
+    assert sorted(f.name for f in again.files) == ["timestamp.json", "timestamp.json"]   # nothing else is newer
+
+
+def test_bundle_requests_are_checked_and_authenticated(server: RunningServer) -> None:
+    token = server.enroll("bundler-2")
+    stub = server.stub()
+    bad = {
+        "twice": [pb.TrustedVersions(repository=pb.REPOSITORY_IMAGE)] * 2,
+        "unknown": [pb.TrustedVersions(repository=pb.REPOSITORY_UNSPECIFIED)],
+        "range": [pb.TrustedVersions(repository=pb.REPOSITORY_IMAGE, snapshot=2**50)],
+    }
+    for why, trusted in bad.items():
+        with pytest.raises(grpc.RpcError) as e:
+            stub.FetchMetadataBundle(pb.BundleRequest(trusted=trusted), metadata=auth(token), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+    with pytest.raises(grpc.RpcError) as e:
+        stub.FetchMetadataBundle(pb.BundleRequest(), metadata=auth("forged"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_download_from_an_offset_returns_exactly_the_remaining_bytes(server: RunningServer, release: dict) -> None:
     token = server.enroll("downloader-1")
     stub = server.stub()

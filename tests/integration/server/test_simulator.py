@@ -27,24 +27,27 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         process.stop()
 
 
-def _swarm(server: ServerProcess, *cohorts: str, telemetry_interval_s: float = 0.3) -> Swarm:
+def _swarm(server: ServerProcess, *cohorts: str, telemetry_interval_s: float = 0.3,
+           metadata_bundle: bool = True) -> Swarm:
     return Swarm(SwarmConfig(
         grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
         cohorts=[parse_cohort(c) for c in cohorts], devices_per_channel=8,
         device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
-                            telemetry_interval_s=telemetry_interval_s, inferences_per_interval=20),
+                            telemetry_interval_s=telemetry_interval_s, inferences_per_interval=20,
+                            metadata_bundle=metadata_bundle),
     ))
 
 
+@pytest.mark.parametrize("metadata_bundle", [True, False], ids=["bundle", "fetch-per-file"])
 def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_once(
-        server: ServerProcess, tmp_path: Path) -> None:
+        server: ServerProcess, tmp_path: Path, metadata_bundle: bool) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(models.to_bytes(models.tiny_classifier(seed=3)))
     push(server, path, name="digits")
 
     async def scenario() -> tuple[dict, dict]:
         swarm = _swarm(server, "name=cpu,devices=24,latency_ms=5", "name=rk,devices=6,hardware=rk3399,fail_rate=1,"
-                       "call_error_rate=0.2,delay_ms=5")
+                       "call_error_rate=0.2,delay_ms=5", metadata_bundle=metadata_bundle)
         try:
             await swarm.enroll()
             swarm.start()
@@ -61,6 +64,11 @@ def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_on
     assert summary["enrolled"] == 30 and summary["errors"] == 0, summary
     assert summary["outcomes"] == {"installed": 24, "rolled_back": 6}
     assert summary["retries"] > 0                      # the injected call failures were retried
+    calls = summary["calls"]
+    if metadata_bundle:     # one bundle per check, FetchMetadata only for what a bundle lacked
+        assert calls["bundle"] >= 30 and calls.get("fetch", 0) == 0, calls
+    else:
+        assert "bundle" not in calls and calls["fetch"] >= 30 * 8, calls
     with server.client() as fc:
         doc = fc.get_deployment(deployment_id).raw
     assert doc["counts"]["installed"] == 24 and doc["counts"]["rolled_back"] == 6 and doc["status"] == "partial"
