@@ -26,6 +26,7 @@ from fleetcast.proto.metadata_bundle import Absent, BundleError, BundleFiles
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.simulator.cohort import Cohort
+from fleetcast.server.simulator.direct import DirectDownloadError, DirectDownloads
 from fleetcast.server.simulator.verify import (
     RepositoryView,
     SignatureCache,
@@ -59,6 +60,7 @@ class DeviceConfig:
     retry_limit: int = 8
     retry_base_s: float = 0.2
     metadata_bundle: bool = True        # False: one FetchMetadata per file, as agents before the bundle
+    direct_download: bool = False       # True: LocateArtifact, then the URL (CDN/object store); else gRPC Download
     max_artifact_bytes: int = 1024**3
 
 
@@ -112,7 +114,7 @@ async def enroll(stub: pb_grpc.DeviceServiceStub, *, device_id: str, cohort: Coh
 
 class SimulatedDevice:
     def __init__(self, *, device_id: str, cohort: Cohort, config: DeviceConfig, channel: grpc.aio.Channel,
-                 cache: SignatureCache, seed: int) -> None:
+                 cache: SignatureCache, seed: int, direct: DirectDownloads | None = None) -> None:
         self.record = DeviceRecord(device_id=device_id, cohort=cohort.name)
         self.device_id = device_id
         self.cohort = cohort
@@ -127,6 +129,7 @@ class SimulatedDevice:
         self.active_model = ""
         self.active_variant = ""
         self._wake = asyncio.Event()
+        self._direct = direct if config.direct_download else None
         self._bundles = config.metadata_bundle    # off for good once a server answers UNIMPLEMENTED
 
     # -- calls ----------------------------------------------------------------------------
@@ -240,6 +243,20 @@ class SimulatedDevice:
         self.record.finished.setdefault(deployment_id, (time.monotonic(), outcome))
 
     async def _download(self, sha256: str, length: int) -> None:
+        if self._direct is not None:
+            location = await self._call("locate", lambda: self.stub.LocateArtifact(
+                pb.LocateRequest(sha256=sha256), metadata=self.auth, timeout=self.config.rpc_timeout_s))
+            if location.url:
+                try:
+                    self.record.bytes_downloaded += await self._direct.fetch(location.url, sha256=sha256,
+                                                                             length=length)
+                    self.record.calls["direct"] = self.record.calls.get("direct", 0) + 1
+                    return
+                except DirectDownloadError as e:    # as the agent does: this artifact over gRPC instead
+                    logger.warning("device_id=%s %s: using the gRPC download", self.device_id, e)
+        await self._grpc_download(sha256, length)
+
+    async def _grpc_download(self, sha256: str, length: int) -> None:
         async def call() -> None:
             digest, got = hashlib.sha256(), 0
             async for chunk in self.stub.Download(pb.DownloadRequest(sha256=sha256), metadata=self.auth,
