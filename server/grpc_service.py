@@ -22,7 +22,7 @@ from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.blobs import check_sha256
 from fleetcast.server.deployments import StatusUpdate
-from fleetcast.server.download_links import locate
+from fleetcast.server.download_links import Location, locate
 from fleetcast.server.errors import (
     ArtifactNotFound,
     FleetcastError,
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES: Final = 1024 * 1024   # a 1 MB artifact in one message: a call per MB, not per 256 KB
 MAX_RECEIVE_BYTES: Final = 1024 * 1024
 MAX_SEND_BYTES: Final = 16 * 1024 * 1024
+MAX_STATUS_REPORTS: Final = 64
 REPOSITORIES: Final = {pb.REPOSITORY_IMAGE: "image", pb.REPOSITORY_DIRECTOR: "director"}
 REPOSITORY_ENUMS: Final = {name: number for number, name in REPOSITORIES.items()}
 
@@ -152,13 +153,22 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @unary
     async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.StatusAck:
-        update = StatusUpdate.from_message(request)
+        return await self.ReportStatuses(pb.StatusReports(reports=[request]), context)
+
+    @unary
+    async def ReportStatuses(self, request: pb.StatusReports, context: grpc.aio.ServicerContext) -> pb.StatusAck:
+        if len(request.reports) > MAX_STATUS_REPORTS:
+            raise InvalidRequest(f"{len(request.reports)} status reports in one call, over {MAX_STATUS_REPORTS}: "
+                                 "send the rest in another")
+        updates = [StatusUpdate.from_message(r).check() for r in request.reports]   # all checked before any is applied
 
         def apply(device_id: str) -> None:
-            if request.device_id and request.device_id != device_id:
-                raise InvalidRequest(f"status report names device {request.device_id[:80]!r} "
-                                     f"but was sent by {device_id!r}")
-            self.s.deployments.apply_status(device_id, update)
+            for report, update in zip(request.reports, updates):
+                if report.device_id and report.device_id != device_id:
+                    raise InvalidRequest(f"status report names device {report.device_id[:80]!r} "
+                                         f"but was sent by {device_id!r}")
+            for update in updates:
+                self.s.deployments.apply_status(device_id, update)
         await self._as_device(context, apply)
         return pb.StatusAck()
 
@@ -191,13 +201,15 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @unary
     async def LocateArtifact(self, request: pb.LocateRequest, context: grpc.aio.ServicerContext) -> pb.ArtifactLocation:
-        await self._device(context)
-        sha256 = check_sha256(request.sha256)
-        if await asyncio.to_thread(self.s.store.artifact, sha256) is None:
-            raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
+        sha256 = request.sha256
         config = self.s.config
-        found = await asyncio.to_thread(locate, self.s.blobs, sha256, base_url=config.download_base_url,
-                                        expires_s=config.download_url_expires_s)
+
+        def find(_: str) -> Location:
+            if self.s.store.artifact(check_sha256(sha256)) is None:
+                raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
+            return locate(self.s.blobs, sha256, base_url=config.download_base_url,
+                          expires_s=config.download_url_expires_s)
+        found = await self._as_device(context, find)
         return pb.ArtifactLocation(url=found.url, expires_unix_s=found.expires_unix_s)
 
 

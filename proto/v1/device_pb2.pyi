@@ -175,6 +175,12 @@ class StatusReport(_message.Message):
     device_id: str
     def __init__(self, deployment_id: _Optional[str] = ..., state: _Optional[str] = ..., event: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., reason: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., active_model: _Optional[str] = ..., final: _Optional[bool] = ..., outcome: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
 
+class StatusReports(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[StatusReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[StatusReport, _Mapping]]] = ...) -> None: ...
+
 class StatusAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

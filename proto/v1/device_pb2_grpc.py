@@ -62,6 +62,11 @@ class DeviceServiceStub:
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.SerializeToString,
                 response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
                 _registered_method=True)
+        self.ReportStatuses = channel.unary_unary(
+                '/fleetcast.v1.DeviceService/ReportStatuses',
+                request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReports.SerializeToString,
+                response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
+                _registered_method=True)
         self.StreamTelemetry = channel.stream_stream(
                 '/fleetcast.v1.DeviceService/StreamTelemetry',
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.TelemetryBatch.SerializeToString,
@@ -129,6 +134,16 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportStatuses(self, request, context):
+        """Several steps in one call, oldest first, each with its own timestamp: what a
+        device's spool holds when steps came faster than it sent them. Applied in order,
+        as that many ReportStatus calls would be; all or none are acknowledged.
+        Servers without it answer UNIMPLEMENTED: the device then sends them one by one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamTelemetry(self, request_iterator, context):
         """Telemetry batches go up, one acknowledgement per batch comes back once the server
         has stored it. A batch id seen before is acknowledged and not counted again.
@@ -180,6 +195,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
                     request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.FromString,
+                    response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.SerializeToString,
+            ),
+            'ReportStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStatuses,
+                    request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReports.FromString,
                     response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.SerializeToString,
             ),
             'StreamTelemetry': grpc.stream_stream_rpc_method_handler(
@@ -335,6 +355,33 @@ class DeviceService:
             target,
             '/fleetcast.v1.DeviceService/ReportStatus',
             fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.SerializeToString,
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcast.v1.DeviceService/ReportStatuses',
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReports.SerializeToString,
             fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
             options,
             channel_credentials,

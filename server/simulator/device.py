@@ -60,6 +60,7 @@ class DeviceConfig:
     retry_limit: int = 8
     retry_base_s: float = 0.2
     metadata_bundle: bool = True        # False: one FetchMetadata per file, as agents before the bundle
+    report_batches: bool = True         # False: one ReportStatus per step, as agents before ReportStatuses
     direct_download: bool = False       # True: LocateArtifact, then the URL (CDN/object store); else gRPC Download
     max_artifact_bytes: int = 1024**3
 
@@ -131,6 +132,7 @@ class SimulatedDevice:
         self._wake = asyncio.Event()
         self._direct = direct if config.direct_download else None
         self._bundles = config.metadata_bundle    # off for good once a server answers UNIMPLEMENTED
+        self._batches = config.report_batches     # the same for ReportStatuses
 
     # -- calls ----------------------------------------------------------------------------
     async def _call(self, step: str, make: Callable[[], Awaitable[T]]) -> T:
@@ -203,13 +205,31 @@ class SimulatedDevice:
             return found
         return fetch
 
-    async def _report(self, deployment_id: str, state: str, event: str, *, final: bool = False,
-                      outcome: str = "", reason: str = "") -> None:
-        report = pb.StatusReport(deployment_id=deployment_id, state=state, event=event, reason=reason,
-                                 timestamp_ms=int(time.time() * 1000), active_model=self.active_model,
-                                 final=final, outcome=outcome)
-        await self._call(f"report {state}", lambda: self.stub.ReportStatus(
-            report, metadata=self.auth, timeout=self.config.rpc_timeout_s))
+    def _step(self, deployment_id: str, state: str, event: str, *, final: bool = False,
+              outcome: str = "", reason: str = "") -> pb.StatusReport:
+        return pb.StatusReport(deployment_id=deployment_id, state=state, event=event, reason=reason,
+                               timestamp_ms=int(time.time() * 1000), active_model=self.active_model,
+                               final=final, outcome=outcome)
+
+    async def _report(self, *steps: pb.StatusReport) -> None:
+        """The steps in one ReportStatuses call, as an agent's spool sends what it holds;
+        one ReportStatus each where the server has no ReportStatuses (or batching is off)."""
+        if self._batches and len(steps) > 1:
+            async def call() -> bool:
+                try:
+                    await self.stub.ReportStatuses(pb.StatusReports(reports=steps), metadata=self.auth,
+                                                   timeout=self.config.rpc_timeout_s)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    self._batches = False
+                    return False
+                return True
+            if await self._call("reports", call):
+                return
+        for step in steps:
+            await self._call(f"report {step.state}", lambda: self.stub.ReportStatus(
+                step, metadata=self.auth, timeout=self.config.rpc_timeout_s))
 
     # -- the update check -------------------------------------------------------------------
     async def check(self) -> None:
@@ -228,8 +248,9 @@ class SimulatedDevice:
         if target.length > self.config.max_artifact_bytes:
             raise VerificationError(f"artifact is {target.length} bytes, over {self.config.max_artifact_bytes}")
         await self._download(sha256, target.length)
-        await self._report(deployment_id, "download", "success")
-        await self._report(deployment_id, "verify", "success")
+        # Downloaded and verified within moments: the agent's spool holds both when it sends.
+        await self._report(self._step(deployment_id, "download", "success"),
+                           self._step(deployment_id, "verify", "success"))
         if self.rng.random() < self.cohort.fail_rate:
             outcome, reason = "rolled_back", "simulated smoke test failure"
         else:
@@ -238,8 +259,8 @@ class SimulatedDevice:
             self.active_model = f"{fields.get('model')}@{fields.get('version')}"
             self.active_variant = str(fields.get("variant", ""))
         self.installed_sha256 = sha256   # a device does not retry a version it rolled back
-        await self._report(deployment_id, "idle", "success" if not reason else "failure",
-                           final=True, outcome=outcome, reason=reason)
+        await self._report(self._step(deployment_id, "idle", "success" if not reason else "failure",
+                                      final=True, outcome=outcome, reason=reason))
         self.record.finished.setdefault(deployment_id, (time.monotonic(), outcome))
 
     async def _download(self, sha256: str, length: int) -> None:

@@ -125,6 +125,8 @@ def test_a_bundle_holds_the_bytes_fetch_metadata_serves_and_only_what_is_newer(
     token = server.enroll("bundler-1", group="bundlers")
     status, doc = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:bundlers"})
     assert status == 201, doc
+    wait_for(lambda: (server.json("GET", "/v1/devices/bundler-1")[1].get("assignment") or None),
+             timeout_s=30, what="the device's assignment to be signed")
     stub = server.stub()
     first = stub.FetchMetadataBundle(pb.BundleRequest(), metadata=auth(token), timeout=10)
     files = {(f.repository, f.name): f.data for f in first.files}
@@ -135,7 +137,8 @@ def test_a_bundle_holds_the_bytes_fetch_metadata_serves_and_only_what_is_newer(
     for repository in (pb.REPOSITORY_IMAGE, pb.REPOSITORY_DIRECTOR):
         assert {n.split(".", 1)[1] for r, n in files if r == repository} >= {"json", "snapshot.json", "targets.json"}
     bins = [n for r, n in files if r == pb.REPOSITORY_DIRECTOR and ".bin-" in n]
-    assert bins == [f"{SimpleEnvelope.from_bytes(_fetched(stub, token, pb.REPOSITORY_DIRECTOR, 'snapshot.json')).get_signed().meta[role + '.json'].version}.{role}.json"]
+    snapshot = SimpleEnvelope.from_bytes(_fetched(stub, token, pb.REPOSITORY_DIRECTOR, "snapshot.json")).get_signed()
+    assert bins == [f"{snapshot.meta[role + '.json'].version}.{role}.json"]      # its own bin, no other
     assert {s.repository: s.root for s in first.states} == {pb.REPOSITORY_IMAGE: 1, pb.REPOSITORY_DIRECTOR: 1}
 
     def version(repository: int, name: str) -> int:
@@ -235,3 +238,31 @@ def test_status_reports_drive_the_deployment_document(server: RunningServer) -> 
     assert doc["status"] == "succeeded" and doc["devices"][0]["outcome"] == "installed"
     status, device = server.json("GET", "/v1/devices/reporter-1")
     assert device["active_model"] == "grpc-model@1" and device["assignment"]["deployment_id"] == dep["id"]
+
+
+def test_status_reports_in_one_call_are_applied_in_order_and_checked_first(server: RunningServer) -> None:
+    token = server.enroll("reporter-2", group="batch-reporters")
+    status, dep = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:batch-reporters"})
+    assert status == 201
+    wait_for(lambda: (server.json("GET", "/v1/devices/reporter-2")[1].get("assignment") or None),
+             timeout_s=30, what="the device's assignment to be signed")
+    stub = server.stub()
+
+    def step(state: str, **kw: object) -> pb.StatusReport:
+        return pb.StatusReport(deployment_id=dep["id"], state=state, event="success", **kw)
+    with pytest.raises(grpc.RpcError) as bad:      # the second is malformed: the first is not applied either
+        stub.ReportStatuses(pb.StatusReports(reports=[step("download"), step("idle", final=True, outcome="odd")]),
+                            metadata=auth(token), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["state"] != "download"
+    with pytest.raises(grpc.RpcError) as many:
+        stub.ReportStatuses(pb.StatusReports(reports=[step("download")] * 65), metadata=auth(token), timeout=10)
+    assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    stub.ReportStatuses(pb.StatusReports(reports=[step("download"), step("verify")]), metadata=auth(token), timeout=10)
+    assert server.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["state"] == "verify"
+    stub.ReportStatuses(pb.StatusReports(reports=[
+        step("install"), step("idle", active_model="grpc-model@1", final=True, outcome="installed")]),
+        metadata=auth(token), timeout=10)
+    doc = server.json("GET", f"/v1/deployments/{dep['id']}")[1]
+    assert doc["status"] == "succeeded" and doc["devices"][0]["outcome"] == "installed"
