@@ -70,7 +70,7 @@ def rss_mb(pid: int) -> float:
 
 
 def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0,
-              metadata_bundle: bool = True, direct_download: bool = False) -> Swarm:
+              bundled: bool = True, direct_download: bool = False) -> Swarm:
     per = max(1, devices // len(HARDWARE))
     cohorts = [Cohort(name=hw, devices=per + (devices - per * len(HARDWARE) if i == 0 else 0), hardware=hw)
                for i, hw in enumerate(HARDWARE)]
@@ -79,7 +79,7 @@ def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: floa
         cohorts=cohorts, devices_per_channel=100, enroll_concurrency=200,
         device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
                             telemetry_interval_s=telemetry_interval_s, rpc_timeout_s=600.0,
-                            metadata_bundle=metadata_bundle, direct_download=direct_download),
+                            metadata_bundle=bundled, report_batches=bundled, direct_download=direct_download),
     ))
 
 
@@ -156,7 +156,7 @@ def rollout(args: argparse.Namespace) -> None:
                ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s",
                 "devices_cpu_s")}
         plain = statistics.median(plains) if plains else float("nan")
-        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} metadata={args.metadata} "
+        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} calls={args.calls} "
               f"download={args.download} runs={len(runs)} "
               f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
               f"notice_p50_s={med['notice_p50_s']:.2f} "
@@ -168,7 +168,7 @@ def rollout(args: argparse.Namespace) -> None:
 
 async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,
                     args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float]]:
-    swarm = swarm_for(server, devices, metadata_bundle=args.metadata == "bundle",
+    swarm = swarm_for(server, devices, bundled=args.calls == "bundled",
                       direct_download=args.download == "direct")
     try:
         enroll_s = await swarm.enroll()
@@ -231,9 +231,10 @@ def main() -> None:
     r.add_argument("--timeout-s", type=float, default=900.0)
     r.add_argument("--until", choices=("installed", "noticed"), default="installed",
                    help="end each run when every device installed (default) or was told")
-    r.add_argument("--metadata", choices=("bundle", "fetch"), default="bundle",
-                   help="devices read metadata in one FetchMetadataBundle per check (default) or one "
-                        "FetchMetadata per file (agents before the bundle)")
+    r.add_argument("--calls", choices=("bundled", "per-file"), default="bundled",
+                   help="devices read metadata in one FetchMetadataBundle per check and send the steps they "
+                        "hold in one ReportStatuses (default), or one FetchMetadata per file and one "
+                        "ReportStatus per step (agents before those calls)")
     r.add_argument("--download", choices=("grpc", "direct"), default="grpc",
                    help="artifacts through the server's gRPC Download (default) or from the URL LocateArtifact "
                         "hands out (a plain static file server over the blob dir, the baseline's kind)")
