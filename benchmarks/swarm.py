@@ -141,7 +141,7 @@ def rollout(args: argparse.Namespace) -> None:
             try:
                 with server.client() as fc:
                     versions = [fc.push_model(p, name="bench").version for p in paths]
-                runs, plains = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
+                runs, plains, plain_cpus = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
                                                      lambda: profiler(server.pid, args.profile)))
             finally:
                 server.stop()
@@ -156,18 +156,22 @@ def rollout(args: argparse.Namespace) -> None:
                ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s",
                 "devices_cpu_s")}
         plain = statistics.median(plains) if plains else float("nan")
+        plain_cpu = statistics.median(plain_cpus) if plain_cpus else float("nan")
+        ratios = [r["last_installed_s"] / p for r, p in zip(runs, plains)]
         print(f"RESULT rollout devices={devices} model_mb={args.megabytes} calls={args.calls} "
               f"download={args.download} runs={len(runs)} "
               f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
               f"notice_p50_s={med['notice_p50_s']:.2f} "
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
               f"plain_http_s={plain:.2f} ratio={med['last_installed_s'] / plain:.2f} "
+              f"per_run_ratios={','.join(f'{x:.2f}' for x in ratios)} "
+              f"plain_http_cpu_ms_per_device={1000 * plain_cpu / devices:.2f} "
               f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f} "
               f"simulator_cpu_ms_per_device={1000 * med['devices_cpu_s'] / devices:.1f}", flush=True)
 
 
 async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,
-                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float]]:
+                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float], list[float]]:
     swarm = swarm_for(server, devices, bundled=args.calls == "bundled",
                       direct_download=args.download == "direct")
     try:
@@ -175,16 +179,18 @@ async def _rollouts(server: ServerProcess, devices: int, versions: list[str], pa
         swarm.start(telemetry=False)
         watching = await swarm.wait_watching(args.timeout_s)
         print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching}", flush=True)
-        runs, plains = [], []
+        runs, plains, plain_cpus = [], [], []
         spy = start_profile()
         for version in versions:
             if devices <= args.plain_max:   # one thread per client: more would measure the backlog
+                own0 = own_cpu_s()
                 plains.append(await asyncio.to_thread(plain_http_download_s, path, devices))
+                plain_cpus.append(own_cpu_s() - own0)   # the static server and its clients: both in this process
             runs.append(await one_rollout(server, swarm, version, args))
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=60)
-        return runs, plains
+        return runs, plains, plain_cpus
     finally:
         await swarm.close(grace_s=5)
 
