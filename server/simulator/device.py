@@ -137,6 +137,7 @@ class SimulatedDevice:
     # -- calls ----------------------------------------------------------------------------
     async def _call(self, step: str, make: Callable[[], Awaitable[T]]) -> T:
         """One call with the cohort's delay and injected failures, retried with backoff."""
+        last = "no call made"
         for attempt in range(self.config.retry_limit + 1):
             if self.cohort.delay_ms:
                 await asyncio.sleep(self.cohort.delay_s(self.rng))
@@ -150,9 +151,11 @@ class SimulatedDevice:
             except (_Injected, grpc.aio.AioRpcError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() not in RETRYABLE:
                     raise SimulatorError(f"{self.device_id} {step}: {e.code().name} {e.details()}") from e
+                last = "injected" if isinstance(e, _Injected) else f"{e.code().name} {(e.details() or '')[:120]}"
                 self.record.retries += 1
                 await asyncio.sleep(self.config.retry_base_s * 2**min(attempt, 5) * (0.5 + self.rng.random()))
-        raise SimulatorError(f"{self.device_id} {step}: still failing after {self.config.retry_limit} retries")
+        raise SimulatorError(f"{self.device_id} {step}: still failing after {self.config.retry_limit} retries "
+                             f"(last: {last})")
 
     async def enroll(self) -> None:
         self.auth = await self._call("enroll", lambda: enroll(
