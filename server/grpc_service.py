@@ -143,9 +143,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @unary
     async def FetchMetadataBundle(self, request: pb.BundleRequest, context: grpc.aio.ServicerContext) -> pb.MetadataBundle:
-        trusted = _trusted(request)
         bundle = await self._as_device(context, lambda device_id: make_bundle(
-            self.s.signer, device_id=device_id, trusted=trusted))
+            self.s.signer, device_id=device_id, trusted=_trusted(request)))
         return pb.MetadataBundle(
             files=[pb.MetadataFile(repository=REPOSITORY_ENUMS[f.repository], name=f.name, data=f.data)
                    for f in bundle.files],
@@ -160,10 +159,10 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         if len(request.reports) > MAX_STATUS_REPORTS:
             raise InvalidRequest(f"{len(request.reports)} status reports in one call, over {MAX_STATUS_REPORTS}: "
                                  "send the rest in another")
-        updates = [StatusUpdate.from_message(r).check() for r in request.reports]   # all checked before any is applied
 
-        def apply(device_id: str) -> None:
-            for report, update in zip(request.reports, updates):
+        def apply(device_id: str) -> None:   # after the token: a stranger learns nothing of the checks
+            updates = [StatusUpdate.from_message(r).check() for r in request.reports]   # all before any is applied
+            for report in request.reports:
                 if report.device_id and report.device_id != device_id:
                     raise InvalidRequest(f"status report names device {report.device_id[:80]!r} "
                                          f"but was sent by {device_id!r}")
