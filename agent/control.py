@@ -24,6 +24,7 @@ from fleetcast.agent.credentials import Credentials, credential_refused
 from fleetcast.agent.datadir import DataDir, read_bounded, write_atomic
 from fleetcast.agent.errors import BrokerUnavailableError, EnrollmentError, ReenrollmentRefused, ServerUnavailableError
 from fleetcast.agent.receipts import Receipts
+from fleetcast.agent.telemetry import send_one_by_one
 from fleetcast.proto import brokerauth, topics
 from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, device_pb2_grpc
@@ -62,6 +63,7 @@ class ControlClient:
         self.credentials = Credentials(config)
         self._open_channel()
         self.token = ""
+        self._batch_reports = True     # off for this run once the server answers UNIMPLEMENTED
 
     def _open_channel(self) -> None:
         self.channel = self.credentials.channel(_CHANNEL_OPTIONS)
@@ -137,6 +139,20 @@ class ControlClient:
             self.stub.ReportStatus(report, metadata=self.metadata, timeout=self.config.rpc_timeout_s)
         except grpc.RpcError as e:
             raise ServerUnavailableError(f"ReportStatus failed: {e.code().name}") from e
+
+    def send_statuses(self, reports: Sequence[device_pb2.StatusReport]) -> int:
+        """One ReportStatuses call for them all; one ReportStatus each on a server without it."""
+        if len(reports) > 1 and self._batch_reports:
+            try:
+                self.stub.ReportStatuses(device_pb2.StatusReports(reports=reports), metadata=self.metadata,
+                                         timeout=self.config.rpc_timeout_s)
+                return len(reports)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise ServerUnavailableError(f"ReportStatuses failed: {e.code().name}") from e
+                logger.info("the server has no ReportStatuses: sending status reports one by one")
+                self._batch_reports = False
+        return send_one_by_one(self.send_status, reports)
 
     def send_batches(self, batches: Sequence[device_pb2.TelemetryBatch]) -> Iterator[str]:
         try:
@@ -316,6 +332,9 @@ class MqttUplink:
         self.receipts = listener.receipts
         self.device_id = device_id
         self.timeout_s = timeout_s
+
+    def send_statuses(self, reports: Sequence[device_pb2.StatusReport]) -> int:
+        return send_one_by_one(self.send_status, reports)
 
     def send_status(self, report: device_pb2.StatusReport) -> None:
         message = device_pb2.StatusReport()

@@ -37,7 +37,7 @@ from fleetcast.agent.slots import InstalledModel, Slots, check_file, manifest_di
 from fleetcast.agent.startup import Startup, Step as StartupStep
 from fleetcast.agent.telemetry import Recorder, Sender, Spool, Uplink
 from fleetcast.agent.trust import (
-    GrpcMetadataFetcher, TrustConfig, TrustRoot, Verifier, VerifiedAssignment, load_trust_root,
+    BundleFetcher, TrustConfig, TrustRoot, Verifier, VerifiedAssignment, load_trust_root,
 )
 from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.v1 import device_pb2, local_pb2
@@ -137,7 +137,7 @@ class Agent:
                                      stop=self.stop)
         self.verifier = Verifier(
             trust_root=trust_root, state_dir=self.data.trust,
-            fetcher=GrpcMetadataFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s,
+            fetcher=BundleFetcher(self.client.stub, token, timeout_s=self.config.rpc_timeout_s,
                                         device_id=self.config.device_id),
             config=TrustConfig(device_id=self.config.device_id,
                                max_artifact_bytes=self.config.max_artifact_bytes))

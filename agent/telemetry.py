@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -219,10 +219,18 @@ class Spool:
         return message
 
 
+MAX_REPORTS_PER_CALL: Final = 64   # the server's bound on one ReportStatuses call
+
+
 class Uplink(Protocol):
     """Where reports and batches go: gRPC (default) or MQTT. Raises TransientError."""
 
     def send_status(self, report: device_pb2.StatusReport) -> None: ...
+
+    def send_statuses(self, reports: Sequence[device_pb2.StatusReport]) -> int:
+        """Sends the reports in order; returns how many of the first were acknowledged
+        (raises TransientError when none was)."""
+        ...
 
     def send_batches(self, batches: Sequence[device_pb2.TelemetryBatch]) -> Iterator[str]:
         """Yields the batch id of each acknowledged batch."""
@@ -271,9 +279,11 @@ class Sender:
 
     def _flush(self) -> bool:
         try:
-            while statuses := self.spool.pending_statuses():
-                for seq, report in statuses:
-                    self.uplink.send_status(report)
+            while statuses := self.spool.pending_statuses(limit=MAX_REPORTS_PER_CALL):
+                # What the spool holds goes in one call where the uplink can (steps that came
+                # faster than they were sent); only what was acknowledged leaves the spool.
+                sent = self.uplink.send_statuses([report for _, report in statuses])
+                for seq, _ in statuses[:sent]:
                     self.spool.remove_status(seq)
             while batches := self.spool.pending_batches():
                 acked = sum(self.spool.ack(batch_id) for batch_id in self.uplink.send_batches(batches))
@@ -308,3 +318,16 @@ class Sender:
                 backoff_s = min(backoff_s * 2, self.interval_s)
                 self._wake.set()
         self.close_window()   # the last window is kept on disk for the next start
+
+
+def send_one_by_one(send: Callable[[device_pb2.StatusReport], None],
+                    reports: Sequence[device_pb2.StatusReport]) -> int:
+    """`Uplink.send_statuses` over an uplink's `send_status`: stops at the first failure."""
+    for i, report in enumerate(reports):
+        try:
+            send(report)
+        except TransientError:
+            if i == 0:
+                raise
+            return i
+    return len(reports)

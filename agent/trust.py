@@ -46,7 +46,7 @@ from tuf.api.metadata import Root, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from tuf.ngclient.config import EnvelopeType
 
-from fleetcast.agent.fetchers import GrpcMetadataFetcher  # re-exported for the agent
+from fleetcast.agent.fetchers import BundleFetcher, GrpcMetadataFetcher  # re-exported for the agent
 from fleetcast.agent.errors import ServerUnavailableError, TrustRootError, VerificationError
 from fleetcast.proto.assignment import GoldenRef, device_target_path
 from fleetcast.proto.topics import TopicError, check_device_id
@@ -54,7 +54,7 @@ from fleetcast.proto.topics import TopicError, check_device_id
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "GoldenRef", "GrpcMetadataFetcher", "TrustConfig", "TrustRoot", "VerifiedAssignment",
+    "BundleFetcher", "GoldenRef", "GrpcMetadataFetcher", "TrustConfig", "TrustRoot", "VerifiedAssignment",
     "Verifier", "load_trust_root", "parse_trust_root",
 ]
 
@@ -225,6 +225,28 @@ class Verifier:
 
     def check(self) -> VerifiedAssignment | None:
         """The verified assignment, or None when the director assigns nothing."""
+        if not isinstance(self._fetcher, BundleFetcher):
+            return self._check()
+        self._fetcher.prefetch(self._trusted_versions())
+        try:
+            return self._check()
+        finally:
+            self._fetcher.forget()
+
+    def _trusted_versions(self) -> dict[str, dict[str, int]]:
+        """The versions this device trusts (from its state dir), as a bundle request names them.
+        Only hints for the server: whatever comes back is verified by ngclient."""
+        versions: dict[str, dict[str, int]] = {}
+        for scheme, name in (("fleetcast-image", "image"), ("fleetcast-director", DIRECTOR_DIR)):
+            folder = self._state_dir / name
+            found = {role: _stored_version(folder / f"{role}.json")
+                     for role in ("root", "timestamp", "snapshot", "targets")}
+            if name == DIRECTOR_DIR:
+                found["bin"] = _stored_version(folder / f"{_device_bin(folder, self._device_id)}.json")
+            versions[scheme] = found
+        return versions
+
+    def _check(self) -> VerifiedAssignment | None:
         director = self._updater(DIRECTOR_DIR, DIRECTOR_URL, self._root.director_root)
         with _tuf_errors("director"):
             director.refresh()
@@ -318,6 +340,25 @@ def _check_self_signed(data: bytes, what: str, fix: str) -> None:
         raise TrustRootError(f"{what} is not signed by its own root keys ({e}): {fix}") from e
     except tuf_errors.RepositoryError as e:
         raise TrustRootError(f"{what} is not a TUF root envelope ({e or e.__cause__}): {fix}") from e
+
+
+def _stored_version(path: Path) -> int:
+    """The version of metadata this agent verified and kept, 0 when there is none (or it is unreadable:
+    ngclient then finds that out itself)."""
+    try:
+        return SimpleEnvelope.from_bytes(path.read_bytes()).get_signed().version
+    except (OSError, ValueError, KeyError, TypeError, tuf_errors.RepositoryError):
+        return 0
+
+
+def _device_bin(folder: Path, device_id: str) -> str:
+    """The hash bin the kept director targets delegate this device's entry to ("" when unknown)."""
+    try:
+        top = _read_signed(folder / "targets.json")
+    except (OSError, ValueError, KeyError, TypeError, tuf_errors.RepositoryError, VerificationError):
+        return ""
+    succinct = top.delegations.succinct_roles if top.delegations is not None else None
+    return succinct.get_role_for_target(device_target_path(device_id)) if succinct is not None else ""
 
 
 def _read_signed(path: Path) -> Targets:

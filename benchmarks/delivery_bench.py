@@ -14,8 +14,6 @@ Absolute times drift on shared machines: read the ratios. Results: docs/benchmar
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import statistics
 import sys
 import tempfile
@@ -30,39 +28,29 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import models  # noqa: E402  (the benchmarks reuse the test harness)
 from tests.support.processes import AgentProcess, Fleet, ServerProcess  # noqa: E402
+from tests.support.static_http import serving_directory  # noqa: E402
 
 HARDWARE = ("x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios")
 
 
 def plain_http_download_s(path: Path, clients: int) -> float:
     """Seconds for `clients` concurrent plain HTTP GETs of the file to complete."""
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        request_queue_size = 1024      # the default backlog of 5 would stall clients for a SYN retry
-
-    handler = functools.partial(Quiet, directory=str(path.parent))
-    httpd = Server(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
     size = path.stat().st_size
+    with serving_directory(path.parent) as base:
+        url = f"{base}/{path.name}"
 
-    def fetch() -> None:
-        with urllib.request.urlopen(url) as response:
-            got = len(response.read())
-        assert got == size, f"plain download got {got} of {size} bytes"
+        def fetch() -> None:
+            with urllib.request.urlopen(url) as response:
+                got = len(response.read())
+            assert got == size, f"plain download got {got} of {size} bytes"
 
-    threads = [threading.Thread(target=fetch) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    httpd.shutdown()
-    return elapsed
+        threads = [threading.Thread(target=fetch) for _ in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - start
 
 
 def rollout(args: argparse.Namespace) -> None:

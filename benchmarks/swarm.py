@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/swarm.py telemetry --rows 200000 --repeat 3
     .venv/bin/python benchmarks/swarm.py telemetry --rows 40000 --profile-flushes 20
     .venv/bin/python benchmarks/swarm.py rollout --devices 1000 --profile /tmp/server.svg
+    .venv/bin/python benchmarks/swarm.py rollout --devices 1000 --megabytes 5 --download direct
 
 `rollout` enrolls N simulated devices (fleetcast.server.simulator: real gRPC, each
 device verifies both TUF repositories, downloads and hashes the artifact and reports),
@@ -25,12 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from fleetcast.server.simulator.device import DeviceConfig  # noqa: E402
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig  # noqa: E402
 from tests.support import models  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
+from tests.support.static_http import serving_directory  # noqa: E402
 
 HARDWARE = ("x86-cpu", "arm-cpu", "rk3399", "jetson")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -54,6 +58,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def own_cpu_s() -> float:
+    """This process's CPU seconds: the simulated devices (and the plain HTTP clients, not run meanwhile)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -61,7 +71,8 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0) -> Swarm:
+def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0,
+              bundled: bool = True, direct_download: bool = False) -> Swarm:
     per = max(1, devices // len(HARDWARE))
     cohorts = [Cohort(name=hw, devices=per + (devices - per * len(HARDWARE) if i == 0 else 0), hardware=hw)
                for i, hw in enumerate(HARDWARE)]
@@ -69,8 +80,21 @@ def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: floa
         grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
         cohorts=cohorts, devices_per_channel=100, enroll_concurrency=200,
         device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
-                            telemetry_interval_s=telemetry_interval_s, rpc_timeout_s=600.0),
+                            telemetry_interval_s=telemetry_interval_s, rpc_timeout_s=600.0,
+                            metadata_bundle=bundled, report_batches=bundled, direct_download=direct_download),
     ))
+
+
+class ProfiledServer(ServerProcess):
+    """The server under cProfile (its event-loop thread only; written when it stops)."""
+
+    def __init__(self, data_dir: Path, *, extra_args: list[str], profile: Path) -> None:
+        super().__init__(data_dir, extra_args=extra_args)
+        self.profile = profile
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        return [cmd[0], "-m", "cProfile", "-o", str(self.profile), *cmd[1:]]
 
 
 def profiler(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
@@ -84,7 +108,8 @@ def profiler(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
 
 async def one_rollout(server: ServerProcess, swarm: Swarm, version: str, args: argparse.Namespace) -> dict[str, Any]:
     pid = server.pid
-    cpu0 = cpu_s(pid)
+    calls0 = swarm.summary()["calls"]
+    cpu0, own0 = cpu_s(pid), own_cpu_s()
     with server.client() as fc:
         start = time.monotonic()
         deployment_id = await asyncio.to_thread(lambda: fc.deploy("bench", version=version, to="all").id)
@@ -94,25 +119,31 @@ async def one_rollout(server: ServerProcess, swarm: Swarm, version: str, args: a
         finished = await swarm.wait_noticed(deployment_id, args.timeout_s)
     else:
         finished = await swarm.wait_finished(deployment_id, args.timeout_s)
-    cpu = cpu_s(pid) - cpu0
+    cpu, own = cpu_s(pid) - cpu0, own_cpu_s() - own0
     s = swarm.summary(deployment_id, since=returned)
     return {"deploy_call_s": returned - start, "deploy_call_cpu_s": call_cpu, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
             "last_installed_s": (s["last_finished_s"] or 0) + (returned - start), "finished": finished,
-            "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"],
-            "server_cpu_s": cpu, "server_rss_mb": rss_mb(pid)}
+            "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"], "calls": {k: v - calls0.get(k, 0) for k, v in s["calls"].items() if v - calls0.get(k, 0)},
+            "server_cpu_s": cpu, "server_rss_mb": rss_mb(pid), "devices_cpu_s": own}
 
 
 def rollout(args: argparse.Namespace) -> None:
     for devices in args.devices:
-        with tempfile.TemporaryDirectory(prefix="fleetcast-swarm-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="fleetcast-swarm-") as tmp, ExitStack() as stack:
             root = Path(tmp)
             paths = [models.write(models.sized_model(args.megabytes, seed=7 + i), root / f"m{i}.onnx")
                      for i in range(args.repeat)]
-            server = ServerProcess(root / "server").start()
+            extra: list[str] = []
+            if args.download == "direct":    # a plain static file server over the blob dir stands in for a CDN
+                (root / "blobs").mkdir()
+                cdn = stack.enter_context(serving_directory(root / "blobs"))
+                extra = ["--blobs", str(root / "blobs"), "--download-base-url", cdn]
+            server = (ProfiledServer(root / "server", extra_args=extra, profile=args.cprofile) if args.cprofile
+                      else ServerProcess(root / "server", extra_args=extra)).start()
             try:
                 with server.client() as fc:
                     versions = [fc.push_model(p, name="bench").version for p in paths]
-                runs, plains = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
+                runs, plains, plain_cpus = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
                                                      lambda: profiler(server.pid, args.profile)))
             finally:
                 server.stop()
@@ -120,37 +151,48 @@ def rollout(args: argparse.Namespace) -> None:
             print(f"devices={devices} deploy_call_s={r['deploy_call_s']:.3f} "
               f"deploy_call_server_cpu_s={r['deploy_call_cpu_s']:.3f} notice_p50_s={r['notice_p50_s']:.2f} "
                   f"notice_p99_s={r['notice_p99_s']:.2f} last_installed_s={r['last_installed_s']:.2f} "
-                  f"server_cpu_ms_per_device={1000 * r['server_cpu_s'] / devices:.1f} rss_mb={r['server_rss_mb']:.0f} "
-                  f"outcomes={r['outcomes']} errors={r['errors']} {r['first_errors'][:1]}")
+                  f"server_cpu_ms_per_device={1000 * r['server_cpu_s'] / devices:.1f} "
+                  f"simulator_cpu_ms_per_device={1000 * r['devices_cpu_s'] / devices:.1f} rss_mb={r['server_rss_mb']:.0f} "
+                  f"outcomes={r['outcomes']} errors={r['errors']} calls={r['calls']} {r['first_errors'][:1]}")
         med = {k: statistics.median(r[k] for r in runs) for k in
-               ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s")}
+               ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s",
+                "devices_cpu_s")}
         plain = statistics.median(plains) if plains else float("nan")
-        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} runs={len(runs)} "
+        plain_cpu = statistics.median(plain_cpus) if plain_cpus else float("nan")
+        ratios = [r["last_installed_s"] / p for r, p in zip(runs, plains)]
+        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} calls={args.calls} "
+              f"download={args.download} runs={len(runs)} "
               f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
               f"notice_p50_s={med['notice_p50_s']:.2f} "
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
               f"plain_http_s={plain:.2f} ratio={med['last_installed_s'] / plain:.2f} "
-              f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f}", flush=True)
+              f"per_run_ratios={','.join(f'{x:.2f}' for x in ratios)} "
+              f"plain_http_cpu_ms_per_device={1000 * plain_cpu / devices:.2f} "
+              f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f} "
+              f"simulator_cpu_ms_per_device={1000 * med['devices_cpu_s'] / devices:.1f}", flush=True)
 
 
 async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,
-                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float]]:
-    swarm = swarm_for(server, devices)
+                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+    swarm = swarm_for(server, devices, bundled=args.calls == "bundled",
+                      direct_download=args.download == "direct")
     try:
         enroll_s = await swarm.enroll()
         swarm.start(telemetry=False)
         watching = await swarm.wait_watching(args.timeout_s)
         print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching}", flush=True)
-        runs, plains = [], []
+        runs, plains, plain_cpus = [], [], []
         spy = start_profile()
         for version in versions:
             if devices <= args.plain_max:   # one thread per client: more would measure the backlog
+                own0 = own_cpu_s()
                 plains.append(await asyncio.to_thread(plain_http_download_s, path, devices))
+                plain_cpus.append(own_cpu_s() - own0)   # the static server and its clients: both in this process
             runs.append(await one_rollout(server, swarm, version, args))
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=60)
-        return runs, plains
+        return runs, plains, plain_cpus
     finally:
         await swarm.close(grace_s=5)
 
@@ -201,8 +243,17 @@ def main() -> None:
     r.add_argument("--timeout-s", type=float, default=900.0)
     r.add_argument("--until", choices=("installed", "noticed"), default="installed",
                    help="end each run when every device installed (default) or was told")
+    r.add_argument("--calls", choices=("bundled", "per-file"), default="bundled",
+                   help="devices read metadata in one FetchMetadataBundle per check and send the steps they "
+                        "hold in one ReportStatuses (default), or one FetchMetadata per file and one "
+                        "ReportStatus per step (agents before those calls)")
+    r.add_argument("--download", choices=("grpc", "direct"), default="grpc",
+                   help="artifacts through the server's gRPC Download (default) or from the URL LocateArtifact "
+                        "hands out (a plain static file server over the blob dir, the baseline's kind)")
     r.add_argument("--plain-max", type=int, default=2000, help="skip the plain HTTP run above this many devices")
     r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
+    r.add_argument("--cprofile", type=Path, help="cProfile output of the server process (its event-loop thread), "
+                   "where py-spy cannot attach")
     e = sub.add_parser("enroll")
     e.add_argument("--devices", type=int, nargs="+", default=[10_000])
     t = sub.add_parser("telemetry")

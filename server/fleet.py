@@ -22,6 +22,7 @@ from fleetcast.proto.assignment import METADATA_NAME
 from fleetcast.proto.topics import DEVICE_ID_PATTERN, TopicError, check_device_id
 from fleetcast.server import signing
 from fleetcast.server.certificates import Certificates
+from fleetcast.server.credential_cache import TOPIC as TOKEN_CHANGED, CredentialCache
 from fleetcast.server.enrolltokens import EnrollTokens
 from fleetcast.server.errors import AlreadyEnrolled, DeviceNotFound, InvalidRequest, MetadataNotFound, Unauthenticated
 from fleetcast.server.store import Device, DeviceIdentity, Store
@@ -106,10 +107,12 @@ def choose_variant(hardware_class: str, available: Iterable[str]) -> str:
 
 
 class Fleet:
-    def __init__(self, *, store: Store, enroll_token: str, certificates: Certificates | None = None) -> None:
+    def __init__(self, *, store: Store, enroll_token: str, certificates: Certificates | None = None,
+                 credentials: CredentialCache | None = None) -> None:
         self.store = store
         self.tokens = EnrollTokens(store=store, fleet_token=enroll_token)
         self.certificates = certificates
+        self.credentials = credentials if credentials is not None else CredentialCache(changes=store)
 
     def enroll(self, e: Enrollment) -> str:
         """Returns a fresh device token (see `enroll_device`)."""
@@ -142,6 +145,9 @@ class Fleet:
                     **{BACKEND_LABEL + name: text for name, text in e.backend_info.items()}},
             enrolled_at=old.enrolled_at if old else now, last_seen=now,
         ))
+        if old is not None:     # the old token is dead: here at once, on other replicas by the notice
+            self.credentials.forget(e.device_id)
+            self.store.announce(TOKEN_CHANGED, e.device_id)
         self.store.put_device_identity(DeviceIdentity(
             device_id=e.device_id, public_key_pem=public_key,
             certificate_sha256=hashlib.sha256(certificate).hexdigest() if certificate else "", issued_at=now,
@@ -186,9 +192,15 @@ class Fleet:
         """Device token -> device id; raises Unauthenticated."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthenticated("a device token is required: send 'authorization: Bearer <device token>'")
-        device = self.store.device_by_token(hash_token(token))
+        digest = hash_token(token)
+        known = self.credentials.device_for(digest)
+        if known is not None:
+            return known
+        generation = self.credentials.generation()
+        device = self.store.device_by_token(digest)
         if device is None:
             raise Unauthenticated("device token is not valid: enroll the device again")
+        self.credentials.keep(digest, device.device_id, generation=generation)
         return device.device_id
 
     def device(self, device_id: str) -> Device:

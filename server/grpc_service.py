@@ -22,7 +22,7 @@ from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.blobs import check_sha256
 from fleetcast.server.deployments import StatusUpdate
-from fleetcast.server.download_links import locate
+from fleetcast.server.download_links import Location, locate
 from fleetcast.server.errors import (
     ArtifactNotFound,
     FleetcastError,
@@ -32,6 +32,7 @@ from fleetcast.server.errors import (
     grpc_code,
 )
 from fleetcast.server.fleet import Enrollment, read_metadata
+from fleetcast.server.metadata_bundle import Trusted, make_bundle
 from fleetcast.server.services import Services
 from fleetcast.server.telemetry import Batch
 
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES: Final = 1024 * 1024   # a 1 MB artifact in one message: a call per MB, not per 256 KB
 MAX_RECEIVE_BYTES: Final = 1024 * 1024
 MAX_SEND_BYTES: Final = 16 * 1024 * 1024
+MAX_STATUS_REPORTS: Final = 64
 REPOSITORIES: Final = {pb.REPOSITORY_IMAGE: "image", pb.REPOSITORY_DIRECTOR: "director"}
+REPOSITORY_ENUMS: Final = {name: number for number, name in REPOSITORIES.items()}
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
@@ -139,14 +142,32 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
         return pb.MetadataResponse(data=data)
 
     @unary
-    async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.StatusAck:
-        update = StatusUpdate.from_message(request)
+    async def FetchMetadataBundle(self, request: pb.BundleRequest, context: grpc.aio.ServicerContext) -> pb.MetadataBundle:
+        bundle = await self._as_device(context, lambda device_id: make_bundle(
+            self.s.signer, device_id=device_id, trusted=_trusted(request)))
+        return pb.MetadataBundle(
+            files=[pb.MetadataFile(repository=REPOSITORY_ENUMS[f.repository], name=f.name, data=f.data)
+                   for f in bundle.files],
+            states=[pb.RepositoryState(repository=REPOSITORY_ENUMS[r], root=v) for r, v in bundle.roots.items()])
 
-        def apply(device_id: str) -> None:
-            if request.device_id and request.device_id != device_id:
-                raise InvalidRequest(f"status report names device {request.device_id[:80]!r} "
-                                     f"but was sent by {device_id!r}")
-            self.s.deployments.apply_status(device_id, update)
+    @unary
+    async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.StatusAck:
+        return await self.ReportStatuses(pb.StatusReports(reports=[request]), context)
+
+    @unary
+    async def ReportStatuses(self, request: pb.StatusReports, context: grpc.aio.ServicerContext) -> pb.StatusAck:
+        if len(request.reports) > MAX_STATUS_REPORTS:
+            raise InvalidRequest(f"{len(request.reports)} status reports in one call, over {MAX_STATUS_REPORTS}: "
+                                 "send the rest in another")
+
+        def apply(device_id: str) -> None:   # after the token: a stranger learns nothing of the checks
+            updates = [StatusUpdate.from_message(r).check() for r in request.reports]   # all before any is applied
+            for report in request.reports:
+                if report.device_id and report.device_id != device_id:
+                    raise InvalidRequest(f"status report names device {report.device_id[:80]!r} "
+                                         f"but was sent by {device_id!r}")
+            for update in updates:
+                self.s.deployments.apply_status(device_id, update)
         await self._as_device(context, apply)
         return pb.StatusAck()
 
@@ -179,14 +200,28 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
 
     @unary
     async def LocateArtifact(self, request: pb.LocateRequest, context: grpc.aio.ServicerContext) -> pb.ArtifactLocation:
-        await self._device(context)
-        sha256 = check_sha256(request.sha256)
-        if await asyncio.to_thread(self.s.store.artifact, sha256) is None:
-            raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
+        sha256 = request.sha256
         config = self.s.config
-        found = await asyncio.to_thread(locate, self.s.blobs, sha256, base_url=config.download_base_url,
-                                        expires_s=config.download_url_expires_s)
+
+        def find(_: str) -> Location:
+            if self.s.store.artifact(check_sha256(sha256)) is None:
+                raise ArtifactNotFound(f"artifact {sha256} is not known to this server")
+            return locate(self.s.blobs, sha256, base_url=config.download_base_url,
+                          expires_s=config.download_url_expires_s)
+        found = await self._as_device(context, find)
         return pb.ArtifactLocation(url=found.url, expires_unix_s=found.expires_unix_s)
+
+
+def _trusted(request: pb.BundleRequest) -> dict[str, Trusted]:
+    """The request's versions by repository; raises InvalidRequest for an unknown or repeated one."""
+    trusted: dict[str, Trusted] = {}
+    for t in request.trusted:
+        repository = _known(REPOSITORIES.get(t.repository))
+        if repository in trusted:
+            raise InvalidRequest(f"trusted versions name repository {repository} twice")
+        trusted[repository] = Trusted(root=t.root, timestamp=t.timestamp, snapshot=t.snapshot,
+                                      targets=t.targets, bin=t.bin)
+    return trusted
 
 
 def server_credentials(services: Services) -> grpc.ServerCredentials | None:

@@ -248,6 +248,13 @@ class Signer:
         snapshot = self._load(repo, f"{snapshot_version}.snapshot.json", Snapshot)
         return self._get(repo, f"{snapshot.meta['targets.json'].version}.targets.json")
 
+    def current(self, repository: str) -> tuple[bytes, Snapshot]:
+        """The current `timestamp.json` exactly as stored, and the snapshot it names
+        (parsed once per version: callers must not mutate it)."""
+        repo = self._check_repository(repository)
+        stamp = self._get(repo, "timestamp.json")
+        return stamp, self._snapshot(repo, _parse(stamp, Timestamp).snapshot_meta.version)
+
     def director_version(self, device_id: str) -> int:
         """The version of the director bin holding the device's entry (what a notice carries)."""
         role = device_bin(_check_device(device_id))
@@ -492,13 +499,16 @@ class Signer:
 
     def _current_snapshot(self, repo: str) -> tuple[Timestamp, Snapshot]:
         timestamp = self._load(repo, "timestamp.json", Timestamp)
-        data = self._get(repo, f"{timestamp.snapshot_meta.version}.snapshot.json")
-        # The director's snapshot lists 257 roles and is read per watch and per notice:
-        # parsed once per version (never mutated by callers: publishes copy its meta).
+        return timestamp, self._snapshot(repo, timestamp.snapshot_meta.version)
+
+    def _snapshot(self, repo: str, version: int) -> Snapshot:
+        data = self._get(repo, f"{version}.snapshot.json")
+        # The director's snapshot lists 257 roles and is read per watch, per notice and
+        # per bundle: parsed once per version (never mutated by callers: publishes copy its meta).
         parsed = self._snapshots.get(repo)
-        if parsed is None or parsed[0] != data:
+        if parsed is None or parsed[0] is not data and parsed[0] != data:
             parsed = self._snapshots[repo] = (data, _parse(data, Snapshot))
-        return timestamp, parsed[1]
+        return parsed[1]
 
     def _latest_root_version(self, kind: str) -> int:
         version = 1

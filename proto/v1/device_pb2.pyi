@@ -97,6 +97,54 @@ class MetadataResponse(_message.Message):
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
+class TrustedVersions(_message.Message):
+    __slots__ = ("repository", "root", "timestamp", "snapshot", "targets", "bin")
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    BIN_FIELD_NUMBER: _ClassVar[int]
+    repository: Repository
+    root: int
+    timestamp: int
+    snapshot: int
+    targets: int
+    bin: int
+    def __init__(self, repository: _Optional[_Union[Repository, str]] = ..., root: _Optional[int] = ..., timestamp: _Optional[int] = ..., snapshot: _Optional[int] = ..., targets: _Optional[int] = ..., bin: _Optional[int] = ...) -> None: ...
+
+class BundleRequest(_message.Message):
+    __slots__ = ("trusted",)
+    TRUSTED_FIELD_NUMBER: _ClassVar[int]
+    trusted: _containers.RepeatedCompositeFieldContainer[TrustedVersions]
+    def __init__(self, trusted: _Optional[_Iterable[_Union[TrustedVersions, _Mapping]]] = ...) -> None: ...
+
+class MetadataFile(_message.Message):
+    __slots__ = ("repository", "name", "data")
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    repository: Repository
+    name: str
+    data: bytes
+    def __init__(self, repository: _Optional[_Union[Repository, str]] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RepositoryState(_message.Message):
+    __slots__ = ("repository", "root")
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    repository: Repository
+    root: int
+    def __init__(self, repository: _Optional[_Union[Repository, str]] = ..., root: _Optional[int] = ...) -> None: ...
+
+class MetadataBundle(_message.Message):
+    __slots__ = ("files", "states")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[MetadataFile]
+    states: _containers.RepeatedCompositeFieldContainer[RepositoryState]
+    def __init__(self, files: _Optional[_Iterable[_Union[MetadataFile, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[RepositoryState, _Mapping]]] = ...) -> None: ...
+
 class StatusReport(_message.Message):
     __slots__ = ("deployment_id", "state", "event", "model", "version", "variant", "sha256", "reason", "timestamp_ms", "active_model", "final", "outcome", "device_id")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +174,12 @@ class StatusReport(_message.Message):
     outcome: str
     device_id: str
     def __init__(self, deployment_id: _Optional[str] = ..., state: _Optional[str] = ..., event: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., reason: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., active_model: _Optional[str] = ..., final: _Optional[bool] = ..., outcome: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class StatusReports(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[StatusReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[StatusReport, _Mapping]]] = ...) -> None: ...
 
 class StatusAck(_message.Message):
     __slots__ = ()

@@ -52,9 +52,19 @@ class DeviceServiceStub:
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataRequest.SerializeToString,
                 response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataResponse.FromString,
                 _registered_method=True)
+        self.FetchMetadataBundle = channel.unary_unary(
+                '/fleetcast.v1.DeviceService/FetchMetadataBundle',
+                request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.BundleRequest.SerializeToString,
+                response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataBundle.FromString,
+                _registered_method=True)
         self.ReportStatus = channel.unary_unary(
                 '/fleetcast.v1.DeviceService/ReportStatus',
                 request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.SerializeToString,
+                response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
+                _registered_method=True)
+        self.ReportStatuses = channel.unary_unary(
+                '/fleetcast.v1.DeviceService/ReportStatuses',
+                request_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReports.SerializeToString,
                 response_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
                 _registered_method=True)
         self.StreamTelemetry = channel.stream_stream(
@@ -105,8 +115,30 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchMetadataBundle(self, request, context):
+        """Every newer metadata file the device needs of both repositories in one reply:
+        given the versions it trusts, the root chain after its root, timestamp.json, and
+        the snapshot, targets and (director) its own hash bin where they are newer. The
+        bytes are exactly FetchMetadata's; the device verifies them all as TUF orders it
+        and asks FetchMetadata for anything the bundle left out (the reply is bounded).
+        Servers without it answer UNIMPLEMENTED: the device then uses FetchMetadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportStatus(self, request, context):
         """One step of the device's update flow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStatuses(self, request, context):
+        """Several steps in one call, oldest first, each with its own timestamp: what a
+        device's spool holds when steps came faster than it sent them. Applied in order,
+        as that many ReportStatus calls would be; all or none are acknowledged.
+        Servers without it answer UNIMPLEMENTED: the device then sends them one by one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,9 +187,19 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataRequest.FromString,
                     response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataResponse.SerializeToString,
             ),
+            'FetchMetadataBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchMetadataBundle,
+                    request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.BundleRequest.FromString,
+                    response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataBundle.SerializeToString,
+            ),
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
                     request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.FromString,
+                    response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.SerializeToString,
+            ),
+            'ReportStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStatuses,
+                    request_deserializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReports.FromString,
                     response_serializer=fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.SerializeToString,
             ),
             'StreamTelemetry': grpc.stream_stream_rpc_method_handler(
@@ -271,6 +313,33 @@ class DeviceService:
             _registered_method=True)
 
     @staticmethod
+    def FetchMetadataBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcast.v1.DeviceService/FetchMetadataBundle',
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.BundleRequest.SerializeToString,
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.MetadataBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ReportStatus(request,
             target,
             options=(),
@@ -286,6 +355,33 @@ class DeviceService:
             target,
             '/fleetcast.v1.DeviceService/ReportStatus',
             fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReport.SerializeToString,
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetcast.v1.DeviceService/ReportStatuses',
+            fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusReports.SerializeToString,
             fleetcast_dot_proto_dot_v1_dot_device__pb2.StatusAck.FromString,
             options,
             channel_credentials,

@@ -40,6 +40,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, default=60.0, help="how long to run (default: 60)")
     p.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry batches")
     p.add_argument("--devices-per-channel", type=int, default=50, help="devices sharing one gRPC connection")
+    p.add_argument("--direct-download", action="store_true",
+                   help="download from the URL LocateArtifact hands out (CDN, object store), gRPC if there is none")
+    p.add_argument("--one-call-per-file", action="store_true",
+                   help="behave as agents before FetchMetadataBundle and ReportStatuses: one FetchMetadata per "
+                        "metadata file, one ReportStatus per step")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log each device failure")
     return p
@@ -65,7 +70,9 @@ async def run(args: argparse.Namespace) -> dict:
     config = SwarmConfig(
         grpc_target=args.grpc, cohorts=[parse_cohort(c) for c in args.cohort or ["name=sim,devices=10"]],
         device=DeviceConfig(enroll_token=token, trust_root=load_trust_root(args.trust_root),
-                            telemetry_interval_s=args.telemetry_interval_s),
+                            telemetry_interval_s=args.telemetry_interval_s,
+                            metadata_bundle=not args.one_call_per_file, report_batches=not args.one_call_per_file,
+                            direct_download=args.direct_download),
         prefix=args.prefix, devices_per_channel=args.devices_per_channel,
         server_ca=_read_ca(args.server_ca or args.trust_root.parent / "server-ca.pem"),
     )

@@ -8,7 +8,6 @@ change to device identity (key pairs, mutual TLS) changes those two functions.
 from __future__ import annotations
 
 import asyncio
-import functools
 import datetime
 import hashlib
 import logging
@@ -23,9 +22,11 @@ import grpc
 
 from fleetcast.agent.trust import TrustRoot
 from fleetcast.proto import telemetry as buckets
+from fleetcast.proto.metadata_bundle import Absent, BundleError, BundleFiles
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.simulator.cohort import Cohort
+from fleetcast.server.simulator.direct import DirectDownloadError, DirectDownloads
 from fleetcast.server.simulator.verify import (
     RepositoryView,
     SignatureCache,
@@ -58,6 +59,9 @@ class DeviceConfig:
     rpc_timeout_s: float = 60.0
     retry_limit: int = 8
     retry_base_s: float = 0.2
+    metadata_bundle: bool = True        # False: one FetchMetadata per file, as agents before the bundle
+    report_batches: bool = True         # False: one ReportStatus per step, as agents before ReportStatuses
+    direct_download: bool = False       # True: LocateArtifact, then the URL (CDN/object store); else gRPC Download
     max_artifact_bytes: int = 1024**3
 
 
@@ -77,6 +81,7 @@ class DeviceRecord:
     telemetry_sent: int = 0          # inferences in batches the server acknowledged as new
     telemetry_errors: int = 0
     telemetry_batches: int = 0
+    calls: dict[str, int] = field(default_factory=dict)   # rpc name -> calls answered (retries not counted)
 
 
 def connect(target: str, server_ca: bytes | None) -> grpc.aio.Channel:
@@ -110,7 +115,7 @@ async def enroll(stub: pb_grpc.DeviceServiceStub, *, device_id: str, cohort: Coh
 
 class SimulatedDevice:
     def __init__(self, *, device_id: str, cohort: Cohort, config: DeviceConfig, channel: grpc.aio.Channel,
-                 cache: SignatureCache, seed: int) -> None:
+                 cache: SignatureCache, seed: int, direct: DirectDownloads | None = None) -> None:
         self.record = DeviceRecord(device_id=device_id, cohort=cohort.name)
         self.device_id = device_id
         self.cohort = cohort
@@ -125,23 +130,32 @@ class SimulatedDevice:
         self.active_model = ""
         self.active_variant = ""
         self._wake = asyncio.Event()
+        self._direct = direct if config.direct_download else None
+        self._bundles = config.metadata_bundle    # off for good once a server answers UNIMPLEMENTED
+        self._batches = config.report_batches     # the same for ReportStatuses
 
     # -- calls ----------------------------------------------------------------------------
     async def _call(self, step: str, make: Callable[[], Awaitable[T]]) -> T:
         """One call with the cohort's delay and injected failures, retried with backoff."""
+        last = "no call made"
         for attempt in range(self.config.retry_limit + 1):
             if self.cohort.delay_ms:
                 await asyncio.sleep(self.cohort.delay_s(self.rng))
             try:
                 if self.rng.random() < self.cohort.call_error_rate:
                     raise _Injected()
-                return await make()
+                result = await make()
+                rpc = step.split(" ", 1)[0]
+                self.record.calls[rpc] = self.record.calls.get(rpc, 0) + 1
+                return result
             except (_Injected, grpc.aio.AioRpcError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() not in RETRYABLE:
                     raise SimulatorError(f"{self.device_id} {step}: {e.code().name} {e.details()}") from e
+                last = "injected" if isinstance(e, _Injected) else f"{e.code().name} {(e.details() or '')[:120]}"
                 self.record.retries += 1
                 await asyncio.sleep(self.config.retry_base_s * 2**min(attempt, 5) * (0.5 + self.rng.random()))
-        raise SimulatorError(f"{self.device_id} {step}: still failing after {self.config.retry_limit} retries")
+        raise SimulatorError(f"{self.device_id} {step}: still failing after {self.config.retry_limit} retries "
+                             f"(last: {last})")
 
     async def enroll(self) -> None:
         self.auth = await self._call("enroll", lambda: enroll(
@@ -161,32 +175,85 @@ class SimulatedDevice:
             return reply.data
         return await self._call(f"fetch {name}", call)
 
-    async def _report(self, deployment_id: str, state: str, event: str, *, final: bool = False,
-                      outcome: str = "", reason: str = "") -> None:
-        report = pb.StatusReport(deployment_id=deployment_id, state=state, event=event, reason=reason,
-                                 timestamp_ms=int(time.time() * 1000), active_model=self.active_model,
-                                 final=final, outcome=outcome)
-        await self._call(f"report {state}", lambda: self.stub.ReportStatus(
-            report, metadata=self.auth, timeout=self.config.rpc_timeout_s))
+    async def _bundle(self) -> BundleFiles:
+        """Every newer file of both repositories in one call; empty where the server has no bundle."""
+        if not self._bundles:
+            return BundleFiles()
+        request = pb.BundleRequest(trusted=[
+            pb.TrustedVersions(repository=repository, **view.versions(self.device_id))
+            for repository, view in ((pb.REPOSITORY_IMAGE, self.image), (pb.REPOSITORY_DIRECTOR, self.director))])
+
+        async def call() -> BundleFiles:
+            try:
+                reply = await self.stub.FetchMetadataBundle(request, metadata=self.auth,
+                                                            timeout=self.config.rpc_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._bundles = False      # an older server: FetchMetadata per file from now on
+                    return BundleFiles()
+                raise
+            try:
+                return BundleFiles.from_message(reply)
+            except BundleError as e:
+                raise VerificationError(f"metadata bundle refused: {e}") from e
+        return await self._call("bundle", call)
+
+    def _fetcher(self, bundle: BundleFiles, repository: int) -> Callable[[str], Awaitable[bytes | None]]:
+        async def fetch(name: str) -> bytes | None:
+            found = bundle.lookup(repository, name)
+            if found is Absent.NO_SUCH_ROOT:
+                return None
+            if found is Absent.UNKNOWN:
+                return await self._fetch(repository, name)
+            return found
+        return fetch
+
+    def _step(self, deployment_id: str, state: str, event: str, *, final: bool = False,
+              outcome: str = "", reason: str = "") -> pb.StatusReport:
+        return pb.StatusReport(deployment_id=deployment_id, state=state, event=event, reason=reason,
+                               timestamp_ms=int(time.time() * 1000), active_model=self.active_model,
+                               final=final, outcome=outcome)
+
+    async def _report(self, *steps: pb.StatusReport) -> None:
+        """The steps in one ReportStatuses call, as an agent's spool sends what it holds;
+        one ReportStatus each where the server has no ReportStatuses (or batching is off)."""
+        if self._batches and len(steps) > 1:
+            async def call() -> bool:
+                try:
+                    await self.stub.ReportStatuses(pb.StatusReports(reports=steps), metadata=self.auth,
+                                                   timeout=self.config.rpc_timeout_s)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    self._batches = False
+                    return False
+                return True
+            if await self._call("reports", call):
+                return
+        for step in steps:
+            await self._call(f"report {step.state}", lambda: self.stub.ReportStatus(
+                step, metadata=self.auth, timeout=self.config.rpc_timeout_s))
 
     # -- the update check -------------------------------------------------------------------
     async def check(self) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
-        fetch_director = functools.partial(self._fetch, pb.REPOSITORY_DIRECTOR)
+        bundle = await self._bundle()
+        fetch_director = self._fetcher(bundle, pb.REPOSITORY_DIRECTOR)
         await self.director.refresh(fetch_director, now)
         target = await self.director.entry(fetch_director, self.device_id, now)
         if target is None or target.hashes.get("sha256") == self.installed_sha256:
             return
         fields = target.unrecognized_fields["custom"]["fleetcast"]
         deployment_id = str(fields.get("deployment_id", ""))
-        image = await self.image.refresh(lambda n: self._fetch(pb.REPOSITORY_IMAGE, n), now)
+        image = await self.image.refresh(self._fetcher(bundle, pb.REPOSITORY_IMAGE), now)
         agree(target, image)
         sha256 = target.hashes["sha256"]
         if target.length > self.config.max_artifact_bytes:
             raise VerificationError(f"artifact is {target.length} bytes, over {self.config.max_artifact_bytes}")
         await self._download(sha256, target.length)
-        await self._report(deployment_id, "download", "success")
-        await self._report(deployment_id, "verify", "success")
+        # Downloaded and verified within moments: the agent's spool holds both when it sends.
+        await self._report(self._step(deployment_id, "download", "success"),
+                           self._step(deployment_id, "verify", "success"))
         if self.rng.random() < self.cohort.fail_rate:
             outcome, reason = "rolled_back", "simulated smoke test failure"
         else:
@@ -195,11 +262,25 @@ class SimulatedDevice:
             self.active_model = f"{fields.get('model')}@{fields.get('version')}"
             self.active_variant = str(fields.get("variant", ""))
         self.installed_sha256 = sha256   # a device does not retry a version it rolled back
-        await self._report(deployment_id, "idle", "success" if not reason else "failure",
-                           final=True, outcome=outcome, reason=reason)
+        await self._report(self._step(deployment_id, "idle", "success" if not reason else "failure",
+                                      final=True, outcome=outcome, reason=reason))
         self.record.finished.setdefault(deployment_id, (time.monotonic(), outcome))
 
     async def _download(self, sha256: str, length: int) -> None:
+        if self._direct is not None:
+            location = await self._call("locate", lambda: self.stub.LocateArtifact(
+                pb.LocateRequest(sha256=sha256), metadata=self.auth, timeout=self.config.rpc_timeout_s))
+            if location.url:
+                try:
+                    self.record.bytes_downloaded += await self._direct.fetch(location.url, sha256=sha256,
+                                                                             length=length)
+                    self.record.calls["direct"] = self.record.calls.get("direct", 0) + 1
+                    return
+                except DirectDownloadError as e:    # as the agent does: this artifact over gRPC instead
+                    logger.warning("device_id=%s %s: using the gRPC download", self.device_id, e)
+        await self._grpc_download(sha256, length)
+
+    async def _grpc_download(self, sha256: str, length: int) -> None:
         async def call() -> None:
             digest, got = hashlib.sha256(), 0
             async for chunk in self.stub.Download(pb.DownloadRequest(sha256=sha256), metadata=self.auth,

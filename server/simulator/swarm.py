@@ -19,6 +19,7 @@ import grpc
 
 from fleetcast.server.simulator.cohort import Cohort
 from fleetcast.server.simulator.device import DeviceConfig, SimulatedDevice, SimulatorError, connect
+from fleetcast.server.simulator.direct import DirectDownloads
 from fleetcast.server.simulator.verify import SignatureCache
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Swarm:
         self._tasks: list[asyncio.Task[None]] = []
         self._telemetry: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self.direct = DirectDownloads()
         n = 0
         for cohort in config.cohorts:
             for device_id in cohort.device_ids(config.prefix):
@@ -52,7 +54,7 @@ class Swarm:
                     self.channels.append(connect(config.grpc_target, config.server_ca))
                 self.devices.append(SimulatedDevice(
                     device_id=device_id, cohort=cohort, config=config.device, channel=self.channels[-1],
-                    cache=self.cache, seed=config.seed * 1_000_003 + n))
+                    cache=self.cache, seed=config.seed * 1_000_003 + n, direct=self.direct))
                 n += 1
 
     async def enroll(self) -> float:
@@ -110,6 +112,7 @@ class Swarm:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for channel in self.channels:
             await channel.close()
+        await self.direct.close()
 
     def summary(self, deployment_id: str = "", *, since: float | None = None) -> dict[str, Any]:
         """Counts and timings; notice and finish times are seconds after `since` (monotonic)."""
@@ -124,6 +127,7 @@ class Swarm:
             "telemetry_batches": sum(r.telemetry_batches for r in records),
             "telemetry_inferences": sum(r.telemetry_sent for r in records),
             "telemetry_errors": sum(r.telemetry_errors for r in records),
+            "calls": _sum_calls(records),
         }
         if deployment_id:
             base = since if since is not None else 0.0
@@ -138,6 +142,14 @@ class Swarm:
                 "last_finished_s": max((t - base for t, _ in finished), default=None),
             }
         return out
+
+
+def _sum_calls(records: Sequence[Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for r in records:
+        for rpc, n in r.calls.items():
+            total[rpc] = total.get(rpc, 0) + n
+    return total
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:

@@ -104,6 +104,17 @@ class RepositoryView:
     targets: Targets | None = None
     bins: dict[str, Targets] | None = None
 
+    def versions(self, device_id: str) -> dict[str, int]:
+        """What this view trusts, as a bundle request names it (0: nothing of that role)."""
+        delegations = self.targets.delegations if self.targets is not None else None
+        bin_ = None
+        if delegations is not None and delegations.succinct_roles is not None and self.bins:
+            bin_ = self.bins.get(delegations.succinct_roles.get_role_for_target(device_target_path(device_id)))
+        return {"root": self.root.version,
+                **{role: (m.version if m is not None else 0) for role, m in
+                   (("timestamp", self.timestamp), ("snapshot", self.snapshot), ("targets", self.targets),
+                    ("bin", bin_))}}
+
     async def refresh(self, fetch: Fetch, now: datetime.datetime) -> Targets:
         await self._rotate_root(fetch)
         self._unexpired(self.root, now)

@@ -6,7 +6,7 @@ import base64
 import datetime
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from tuf.api.metadata import TargetFile
 
 from fleetcast.agent.errors import ServerUnavailableError, TrustRootError, VerificationError
 from fleetcast.agent.trust import (
+    BundleFetcher,
     GrpcMetadataFetcher,
     TrustConfig,
     TrustRoot,
@@ -42,6 +43,7 @@ from fleetcast.server.signing import (
     SigningConfig,
     device_bin,
 )
+from fleetcast.server.metadata_bundle import Trusted, make_bundle
 from tests.support.metadata_store import MemoryMetadataStore
 from tests.support.repository_simulator import RepositorySimulator
 
@@ -316,17 +318,42 @@ def test_trust_root_problems_each_name_what_is_wrong(fleet: Fleet, tmp_path: Pat
 
 
 class MetadataServicer(device_pb2_grpc.DeviceServiceServicer):
-    """FetchMetadata only, answered from a Signer, for the device holding TOKEN."""
+    """FetchMetadata and FetchMetadataBundle (the server's own make_bundle), answered from
+    a Signer, for the device holding TOKEN. `tamper` rewrites bundle files by name;
+    `bundles=False` plays a server from before the bundle (UNIMPLEMENTED)."""
 
     TOKEN = "device-token"
 
     def __init__(self, signer: Signer) -> None:
         self.signer = signer
+        self.calls: list[str] = []
+        self.tamper: dict[str, Callable[[bytes], bytes]] = {}
+        self.bundles = True
+
+    def FetchMetadataBundle(self, request: device_pb2.BundleRequest, context: grpc.ServicerContext
+                            ) -> device_pb2.MetadataBundle:
+        if not self.bundles:
+            return device_pb2_grpc.DeviceServiceServicer.FetchMetadataBundle(self, request, context)
+        self._authenticate(context)
+        self.calls.append("bundle")
+        names = {device_pb2.REPOSITORY_IMAGE: "image", device_pb2.REPOSITORY_DIRECTOR: "director"}
+        trusted = {names[t.repository]: Trusted(root=t.root, timestamp=t.timestamp, snapshot=t.snapshot,
+                                                targets=t.targets, bin=t.bin) for t in request.trusted}
+        bundle = make_bundle(self.signer, device_id=DEVICE, trusted=trusted)
+        enums = {v: k for k, v in names.items()}
+        return device_pb2.MetadataBundle(
+            files=[device_pb2.MetadataFile(repository=enums[f.repository], name=f.name,
+                                           data=self.tamper.get(f.name, lambda d: d)(f.data)) for f in bundle.files],
+            states=[device_pb2.RepositoryState(repository=enums[r], root=v) for r, v in bundle.roots.items()])
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {self.TOKEN}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad device token")
 
     def FetchMetadata(self, request: device_pb2.MetadataRequest, context: grpc.ServicerContext
                       ) -> device_pb2.MetadataResponse:
-        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {self.TOKEN}":
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad device token")
+        self._authenticate(context)
+        self.calls.append(request.name)
         repo = "image" if request.repository == device_pb2.REPOSITORY_IMAGE else "director"
         try:
             return device_pb2.MetadataResponse(data=self.signer.metadata(repo, request.name))
@@ -336,15 +363,75 @@ class MetadataServicer(device_pb2_grpc.DeviceServiceServicer):
 
 
 @pytest.fixture
-def metadata_server(fleet: Fleet) -> Iterator[str]:
+def servicer(fleet: Fleet) -> MetadataServicer:
+    return MetadataServicer(fleet.signer)
+
+
+@pytest.fixture
+def metadata_server(servicer: MetadataServicer) -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(MetadataServicer(fleet.signer), server)
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None)
+
+
+def _bundle_verifier(fleet: Fleet, channel: grpc.Channel) -> tuple[Verifier, BundleFetcher]:
+    fetcher = BundleFetcher(device_pb2_grpc.DeviceServiceStub(channel), MetadataServicer.TOKEN, device_id=DEVICE)
+    return Verifier(trust_root=fleet.trust_root, state_dir=fleet.state_dir, fetcher=fetcher,
+                    device_id=DEVICE), fetcher
+
+
+def test_a_check_reads_every_file_of_both_repositories_from_one_bundle(
+        fleet: Fleet, servicer: MetadataServicer, metadata_server: str) -> None:
+    fleet.signer.assign(DEVICE, assignment())
+    with grpc.insecure_channel(metadata_server) as channel:
+        verifier, fetcher = _bundle_verifier(fleet, channel)
+        first = verifier.check()
+        calls_first = list(servicer.calls)
+        fleet.signer.assign(DEVICE, assignment(deployment_id="dep-2"))   # a new bin, snapshot, timestamp
+        servicer.calls.clear()
+        second = verifier.check()
+
+    assert first is not None and first.deployment_id == "dep-1"
+    assert calls_first == ["bundle"]                 # no FetchMetadata at all, root probes included
+    assert second is not None and second.deployment_id == "dep-2"
+    assert servicer.calls == ["bundle"] and fetcher.bundles == 2
+
+
+def test_a_tampered_bin_in_a_bundle_is_refused_as_from_fetch_metadata(
+        fleet: Fleet, servicer: MetadataServicer, metadata_server: str) -> None:
+    version = fleet.signer.assign(DEVICE, assignment())
+    servicer.tamper[f"{version}.{device_bin(DEVICE)}.json"] = lambda d: flip_payload_byte(d, index=40, mask=1)
+    with grpc.insecure_channel(metadata_server) as channel:
+        verifier, _ = _bundle_verifier(fleet, channel)
+        with pytest.raises(VerificationError, match="signed hash"):
+            verifier.check()
+
+
+def test_a_tampered_timestamp_in_a_bundle_fails_as_a_bad_signature(
+        fleet: Fleet, servicer: MetadataServicer, metadata_server: str) -> None:
+    fleet.signer.assign(DEVICE, assignment())
+    servicer.tamper["timestamp.json"] = lambda d: rewrite_payload(d, version=99)
+    with grpc.insecure_channel(metadata_server) as channel:
+        verifier, _ = _bundle_verifier(fleet, channel)
+        with pytest.raises(VerificationError, match="bad signature"):
+            verifier.check()
+
+
+def test_a_server_without_bundles_is_read_one_file_at_a_time(
+        fleet: Fleet, servicer: MetadataServicer, metadata_server: str) -> None:
+    servicer.bundles = False
+    fleet.signer.assign(DEVICE, assignment())
+    with grpc.insecure_channel(metadata_server) as channel:
+        verifier, fetcher = _bundle_verifier(fleet, channel)
+        verified = verifier.check()
+
+    assert verified is not None and verified.sha256 == MODEL_SHA
+    assert fetcher.bundles == 0 and "timestamp.json" in servicer.calls and "bundle" not in servicer.calls
 
 
 def test_grpc_fetcher_verifies_over_a_real_server(fleet: Fleet, metadata_server: str) -> None:

@@ -115,6 +115,63 @@ def test_fetch_metadata_returns_signed_bytes_and_not_found_for_unknown_names(ser
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _fetched(stub, token: str, repository: int, name: str) -> bytes:  # noqa: ANN001
+    return stub.FetchMetadata(pb.MetadataRequest(repository=repository, name=name), metadata=auth(token),
+                              timeout=10).data
+
+
+def test_a_bundle_holds_the_bytes_fetch_metadata_serves_and_only_what_is_newer(
+        server: RunningServer, release: dict) -> None:
+    token = server.enroll("bundler-1", group="bundlers")
+    status, doc = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:bundlers"})
+    assert status == 201, doc
+    wait_for(lambda: (server.json("GET", "/v1/devices/bundler-1")[1].get("assignment") or None),
+             timeout_s=30, what="the device's assignment to be signed")
+    stub = server.stub()
+    first = stub.FetchMetadataBundle(pb.BundleRequest(), metadata=auth(token), timeout=10)
+    files = {(f.repository, f.name): f.data for f in first.files}
+    role = device_bin("bundler-1")
+
+    for (repository, name), data in files.items():
+        assert data == _fetched(stub, token, repository, name), name
+    for repository in (pb.REPOSITORY_IMAGE, pb.REPOSITORY_DIRECTOR):
+        assert {n.split(".", 1)[1] for r, n in files if r == repository} >= {"json", "snapshot.json", "targets.json"}
+    bins = [n for r, n in files if r == pb.REPOSITORY_DIRECTOR and ".bin-" in n]
+    snapshot = SimpleEnvelope.from_bytes(_fetched(stub, token, pb.REPOSITORY_DIRECTOR, "snapshot.json")).get_signed()
+    assert bins == [f"{snapshot.meta[role + '.json'].version}.{role}.json"]      # its own bin, no other
+    assert {s.repository: s.root for s in first.states} == {pb.REPOSITORY_IMAGE: 1, pb.REPOSITORY_DIRECTOR: 1}
+
+    def version(repository: int, name: str) -> int:
+        return SimpleEnvelope.from_bytes(files[(repository, name)]).get_signed().version
+    trusted = []
+    for repository in (pb.REPOSITORY_IMAGE, pb.REPOSITORY_DIRECTOR):
+        names = {n.split(".")[-2]: n for r, n in files if r == repository}
+        trusted.append(pb.TrustedVersions(
+            repository=repository, root=1, timestamp=version(repository, "timestamp.json"),
+            snapshot=version(repository, names["snapshot"]), targets=version(repository, names["targets"]),
+            bin=version(repository, bins[0]) if repository == pb.REPOSITORY_DIRECTOR else 0))
+    again = stub.FetchMetadataBundle(pb.BundleRequest(trusted=trusted), metadata=auth(token), timeout=10)
+    assert sorted(f.name for f in again.files) == ["timestamp.json", "timestamp.json"]   # nothing else is newer
+
+
+def test_bundle_requests_are_checked_and_authenticated(server: RunningServer) -> None:
+    token = server.enroll("bundler-2")
+    stub = server.stub()
+    bad = {
+        "twice": [pb.TrustedVersions(repository=pb.REPOSITORY_IMAGE)] * 2,
+        "unknown": [pb.TrustedVersions(repository=pb.REPOSITORY_UNSPECIFIED)],
+        "range": [pb.TrustedVersions(repository=pb.REPOSITORY_IMAGE, snapshot=2**50)],
+    }
+    for why, trusted in bad.items():
+        with pytest.raises(grpc.RpcError) as e:
+            stub.FetchMetadataBundle(pb.BundleRequest(trusted=trusted), metadata=auth(token), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+    for trusted in ([], bad["twice"]):       # a stranger is refused before its request is looked at
+        with pytest.raises(grpc.RpcError) as e:
+            stub.FetchMetadataBundle(pb.BundleRequest(trusted=trusted), metadata=auth("forged"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_download_from_an_offset_returns_exactly_the_remaining_bytes(server: RunningServer, release: dict) -> None:
     token = server.enroll("downloader-1")
     stub = server.stub()
@@ -183,3 +240,31 @@ def test_status_reports_drive_the_deployment_document(server: RunningServer) -> 
     assert doc["status"] == "succeeded" and rows["devices"][0]["outcome"] == "installed"
     status, device = server.json("GET", "/v1/devices/reporter-1")
     assert device["active_model"] == "grpc-model@1" and device["assignment"]["deployment_id"] == dep["id"]
+
+
+def test_status_reports_in_one_call_are_applied_in_order_and_checked_first(server: RunningServer) -> None:
+    token = server.enroll("reporter-2", group="batch-reporters")
+    status, dep = server.json("POST", "/v1/deployments", {"model": "grpc-model", "target": "group:batch-reporters"})
+    assert status == 201
+    wait_for(lambda: (server.json("GET", "/v1/devices/reporter-2")[1].get("assignment") or None),
+             timeout_s=30, what="the device's assignment to be signed")
+    stub = server.stub()
+
+    def step(state: str, **kw: object) -> pb.StatusReport:
+        return pb.StatusReport(deployment_id=dep["id"], state=state, event="success", **kw)
+    with pytest.raises(grpc.RpcError) as bad:      # the second is malformed: the first is not applied either
+        stub.ReportStatuses(pb.StatusReports(reports=[step("download"), step("idle", final=True, outcome="odd")]),
+                            metadata=auth(token), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["state"] != "download"
+    with pytest.raises(grpc.RpcError) as many:
+        stub.ReportStatuses(pb.StatusReports(reports=[step("download")] * 65), metadata=auth(token), timeout=10)
+    assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    stub.ReportStatuses(pb.StatusReports(reports=[step("download"), step("verify")]), metadata=auth(token), timeout=10)
+    assert server.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["state"] == "verify"
+    stub.ReportStatuses(pb.StatusReports(reports=[
+        step("install"), step("idle", active_model="grpc-model@1", final=True, outcome="installed")]),
+        metadata=auth(token), timeout=10)
+    doc = server.json("GET", f"/v1/deployments/{dep['id']}")[1]
+    assert doc["status"] == "succeeded" and doc["devices"][0]["outcome"] == "installed"

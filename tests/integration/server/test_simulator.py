@@ -16,6 +16,7 @@ from fleetcast.server.store.sqlite import SqliteStore
 from tests.support import models
 from tests.support.deployments import push
 from tests.support.processes import ServerProcess
+from tests.support.static_http import serving_directory
 
 
 @pytest.fixture
@@ -27,24 +28,27 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         process.stop()
 
 
-def _swarm(server: ServerProcess, *cohorts: str, telemetry_interval_s: float = 0.3) -> Swarm:
+def _swarm(server: ServerProcess, *cohorts: str, telemetry_interval_s: float = 0.3,
+           metadata_bundle: bool = True) -> Swarm:
     return Swarm(SwarmConfig(
         grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
         cohorts=[parse_cohort(c) for c in cohorts], devices_per_channel=8,
         device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
-                            telemetry_interval_s=telemetry_interval_s, inferences_per_interval=20),
+                            telemetry_interval_s=telemetry_interval_s, inferences_per_interval=20,
+                            metadata_bundle=metadata_bundle),
     ))
 
 
+@pytest.mark.parametrize("metadata_bundle", [True, False], ids=["bundle", "fetch-per-file"])
 def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_once(
-        server: ServerProcess, tmp_path: Path) -> None:
+        server: ServerProcess, tmp_path: Path, metadata_bundle: bool) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(models.to_bytes(models.tiny_classifier(seed=3)))
     push(server, path, name="digits")
 
     async def scenario() -> tuple[dict, dict]:
         swarm = _swarm(server, "name=cpu,devices=24,latency_ms=5", "name=rk,devices=6,hardware=rk3399,fail_rate=1,"
-                       "call_error_rate=0.2,delay_ms=5")
+                       "call_error_rate=0.2,delay_ms=5", metadata_bundle=metadata_bundle)
         try:
             await swarm.enroll()
             swarm.start()
@@ -61,6 +65,11 @@ def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_on
     assert summary["enrolled"] == 30 and summary["errors"] == 0, summary
     assert summary["outcomes"] == {"installed": 24, "rolled_back": 6}
     assert summary["retries"] > 0                      # the injected call failures were retried
+    calls = summary["calls"]
+    if metadata_bundle:     # one bundle per check, FetchMetadata only for what a bundle lacked
+        assert calls["bundle"] >= 30 and calls.get("fetch", 0) == 0, calls
+    else:
+        assert "bundle" not in calls and calls["fetch"] >= 30 * 8, calls
     with server.client() as fc:
         doc = fc.get_deployment(deployment_id).raw
     assert doc["counts"]["installed"] == 24 and doc["counts"]["rolled_back"] == 6 and doc["status"] == "partial"
@@ -71,6 +80,53 @@ def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_on
     finally:
         store.close()
     assert counted == summary["telemetry_inferences"]
+
+
+def _direct_rollout(server: ServerProcess, model: Path) -> dict:
+    push(server, model, name="digits")
+
+    async def scenario() -> dict:
+        swarm = Swarm(SwarmConfig(
+            grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
+            cohorts=[parse_cohort("name=cdn,devices=6")], devices_per_channel=8,
+            device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
+                                telemetry_interval_s=3600, direct_download=True)))
+        try:
+            await swarm.enroll()
+            swarm.start(telemetry=False)
+            assert await swarm.wait_watching(30)
+            with server.client() as fc:
+                deployment_id = await asyncio.to_thread(lambda: fc.deploy("digits", version=None, to="all").id)
+            assert await swarm.wait_finished(deployment_id, 60), swarm.summary(deployment_id)
+            return swarm.summary(deployment_id)
+        finally:
+            await swarm.close()
+    return asyncio.run(scenario())
+
+
+def test_simulated_devices_download_from_the_located_url_and_fall_back_to_grpc(tmp_path: Path) -> None:
+    model = models.write(models.tiny_classifier(seed=4), tmp_path / "m.onnx")
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    with serving_directory(blobs) as cdn:
+        server = ServerProcess(tmp_path / "server", extra_args=["--blobs", str(blobs),
+                                                                "--download-base-url", cdn]).start()
+        try:
+            direct = _direct_rollout(server, model)
+        finally:
+            server.stop()
+    assert direct["outcomes"] == {"installed": 6} and direct["errors"] == 0, direct
+    assert direct["calls"]["direct"] == 6 and "download" not in direct["calls"], direct["calls"]
+
+    # The same URL with nothing answering: every device takes the gRPC Download instead.
+    server = ServerProcess(tmp_path / "server2", extra_args=["--blobs", str(blobs),
+                                                             "--download-base-url", cdn]).start()
+    try:
+        fallback = _direct_rollout(server, models.write(models.tiny_classifier(seed=5), tmp_path / "m2.onnx"))
+    finally:
+        server.stop()
+    assert fallback["outcomes"] == {"installed": 6} and fallback["errors"] == 0, fallback
+    assert fallback["calls"]["download"] == 6 and "direct" not in fallback["calls"], fallback["calls"]
 
 
 def test_a_bad_enroll_token_is_an_error_on_every_device(server: ServerProcess) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fleetcast.agent.errors import ServerUnavailableError
-from fleetcast.agent.telemetry import ModelKey, Recorder, Sender, Spool
+from fleetcast.agent.telemetry import ModelKey, Recorder, Sender, Spool, send_one_by_one
 from fleetcast.proto import telemetry as buckets
 from fleetcast.proto.v1 import device_pb2
 
@@ -27,6 +27,9 @@ class FakeUplink:
         if not self.online:
             raise ServerUnavailableError("offline")
         self.statuses.append(report)
+
+    def send_statuses(self, reports: Sequence[device_pb2.StatusReport]) -> int:
+        return send_one_by_one(self.send_status, reports)
 
     def send_batches(self, batches: Sequence[device_pb2.TelemetryBatch]) -> Iterator[str]:
         if not self.online:
@@ -109,6 +112,34 @@ def test_status_reports_made_offline_are_sent_later_in_order(tmp_path: Path) -> 
     uplink.online = True
     Sender(spool=spool, recorder=Recorder("d"), uplink=uplink, interval_s=60, stop=threading.Event()).flush()
     assert [r.state for r in uplink.statuses] == ["download", "verify", "install"]
+    assert spool.counts() == (0, 0)
+
+
+class PartialUplink(FakeUplink):
+    """Takes several reports per call and acknowledges only the first `take` of each call."""
+
+    def __init__(self, take: int) -> None:
+        super().__init__()
+        self.take = take
+        self.calls: list[int] = []
+
+    def send_statuses(self, reports: Sequence[device_pb2.StatusReport]) -> int:
+        self.calls.append(len(reports))
+        self.statuses.extend(reports[:self.take])
+        return min(self.take, len(reports))
+
+
+def test_spooled_reports_go_in_one_call_and_only_acknowledged_ones_leave_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "telemetry.db")
+    uplink = PartialUplink(take=2)
+    sender = Sender(spool=spool, recorder=Recorder("d"), uplink=uplink, interval_s=60, stop=threading.Event())
+    for state in ("download", "verify", "install", "activate", "trial"):
+        spool.add_status(device_pb2.StatusReport(deployment_id="d1", state=state))
+
+    assert sender.flush()
+
+    assert uplink.calls == [5, 3, 1]          # what was not acknowledged was offered again, in order
+    assert [r.state for r in uplink.statuses] == ["download", "verify", "install", "activate", "trial"]
     assert spool.counts() == (0, 0)
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fleetcast.agent.errors import BrokerUnavailableError
 from fleetcast.agent.receipts import Receipts
-from fleetcast.agent.telemetry import ModelKey, Recorder, Sender, Spool
+from fleetcast.agent.telemetry import ModelKey, Recorder, Sender, Spool, send_one_by_one
 from fleetcast.proto.topics import UplinkAck
 from fleetcast.proto.v1 import device_pb2
 
@@ -45,6 +45,9 @@ class LossyServer:
             self.statuses.append(data)
         if fate == STORED_ACK_LOST:
             raise BrokerUnavailableError("ack lost")
+
+    def send_statuses(self, reports: Sequence[device_pb2.StatusReport]) -> int:
+        return send_one_by_one(self.send_status, reports)
 
     def send_batches(self, batches: Sequence[device_pb2.TelemetryBatch]) -> Iterator[str]:
         acked = []
