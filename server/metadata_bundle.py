@@ -8,7 +8,7 @@ device's. The bytes are exactly what `FetchMetadata` serves: the device verifies
 all, in TUF's order, and asks `FetchMetadata` for anything missing, so a bundle the
 size bound cut short (or a device's wrong hint) costs calls, never trust. The versions
 a device sends are hints, not claims: a device learns nothing it could not fetch one
-file at a time (of the director's bins, only its own, as `read_metadata`). ADR 0009.
+file at a time (of the director's bins, only its own, as `read_metadata`). ADR 0010.
 """
 
 from __future__ import annotations
