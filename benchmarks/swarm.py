@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.delivery_bench import plain_http_download_s  # noqa: E402
 from fleetcast.agent.trust import load_trust_root  # noqa: E402
+from fleetcast.server import collector  # noqa: E402
 from fleetcast.server.simulator.cohort import Cohort  # noqa: E402
 from fleetcast.server.simulator.device import DeviceConfig  # noqa: E402
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig  # noqa: E402
@@ -114,6 +115,8 @@ def rollout(args: argparse.Namespace) -> None:
                                                      lambda: profiler(server.pid, args.profile)))
             finally:
                 server.stop()
+                if args.server_log is not None:
+                    shutil.copyfile(server.log_path, args.server_log)
         for r in runs:
             print(f"devices={devices} deploy_call_s={r['deploy_call_s']:.3f} "
               f"deploy_call_server_cpu_s={r['deploy_call_cpu_s']:.3f} notice_p50_s={r['notice_p50_s']:.2f} "
@@ -186,6 +189,7 @@ def telemetry(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    collector.tune()   # the simulator's 10,000 devices, as the server does for its streams
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rollout")
@@ -197,6 +201,7 @@ def main() -> None:
                    help="end each run when every device installed (default) or was told")
     r.add_argument("--plain-max", type=int, default=2000, help="skip the plain HTTP run above this many devices")
     r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
+    r.add_argument("--server-log", type=Path, help="keep a copy of the server's log (-v) here")
     e = sub.add_parser("enroll")
     e.add_argument("--devices", type=int, nargs="+", default=[10_000])
     t = sub.add_parser("telemetry")

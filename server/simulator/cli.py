@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fleetcast.agent.errors import TrustRootError
 from fleetcast.agent.trust import load_trust_root
+from fleetcast.server import collector
 from fleetcast.server.simulator.cohort import CohortError, parse_cohort
 from fleetcast.server.simulator.device import DeviceConfig, SimulatorError
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig
@@ -85,6 +86,7 @@ async def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args((argv or sys.argv)[1:] if argv and argv[0] == "simulate" else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
+    collector.tune()   # thousands of devices' metadata in one process: see fleetcast.server.collector
     try:
         summary = asyncio.run(run(args))
     except (OSError, CohortError, TrustRootError, SimulatorError) as e:
