@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,8 +41,10 @@ from fleetcast.agent.trust import load_trust_root  # noqa: E402
 from fleetcast.server import collector  # noqa: E402
 from fleetcast.server.simulator.cohort import Cohort  # noqa: E402
 from fleetcast.server.simulator.device import DeviceConfig  # noqa: E402
+from fleetcast.server.simulator.mqtt import MqttConfig  # noqa: E402
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig  # noqa: E402
 from tests.support import models  # noqa: E402
+from tests.support.broker import Broker  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
 
 HARDWARE = ("x86-cpu", "arm-cpu", "rk3399", "jetson")
@@ -60,7 +63,8 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0) -> Swarm:
+def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0,
+              mqtt: MqttConfig | None = None) -> Swarm:
     per = max(1, devices // len(HARDWARE))
     cohorts = [Cohort(name=hw, devices=per + (devices - per * len(HARDWARE) if i == 0 else 0), hardware=hw)
                for i, hw in enumerate(HARDWARE)]
@@ -69,6 +73,7 @@ def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: floa
         cohorts=cohorts, devices_per_channel=100, enroll_concurrency=200,
         device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
                             telemetry_interval_s=telemetry_interval_s, rpc_timeout_s=600.0),
+        mqtt=mqtt,
     ))
 
 
@@ -107,14 +112,19 @@ def rollout(args: argparse.Namespace) -> None:
             root = Path(tmp)
             paths = [models.write(models.sized_model(args.megabytes, seed=7 + i), root / f"m{i}.onnx")
                      for i in range(args.repeat)]
-            server = ServerProcess(root / "server").start()
+            # --mqtt: a private Mosquitto with the repo's config and ACL; the server bridges to it.
+            broker = Broker(root / "broker", verbose=False).start() if args.mqtt else None
+            server = ServerProcess(root / "server", mqtt_url=broker.url if broker else None).start()
+            mqtt = MqttConfig(url=broker.url, ca=broker.ca_path, key_dir=root / "device-keys") if broker else None
             try:
                 with server.client() as fc:
                     versions = [fc.push_model(p, name="bench").version for p in paths]
                 runs, plains = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
-                                                     lambda: profiler(server.pid, args.profile)))
+                                                     lambda: profiler(server.pid, args.profile), mqtt))
             finally:
                 server.stop()
+                if broker is not None:
+                    broker.stop()
                 if args.server_log is not None:
                     shutil.copyfile(server.log_path, args.server_log)
         for r in runs:
@@ -126,7 +136,7 @@ def rollout(args: argparse.Namespace) -> None:
         med = {k: statistics.median(r[k] for r in runs) for k in
                ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s")}
         plain = statistics.median(plains) if plains else float("nan")
-        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} runs={len(runs)} "
+        print(f"RESULT rollout devices={devices} via={'mqtt' if args.mqtt else 'grpc'} model_mb={args.megabytes} runs={len(runs)} "
               f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
               f"notice_p50_s={med['notice_p50_s']:.2f} "
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
@@ -135,13 +145,15 @@ def rollout(args: argparse.Namespace) -> None:
 
 
 async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,
-                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float]]:
-    swarm = swarm_for(server, devices)
+                    args: argparse.Namespace, start_profile: Any,
+                    mqtt: MqttConfig | None = None) -> tuple[list[dict[str, Any]], list[float]]:
+    swarm = swarm_for(server, devices, mqtt=mqtt)
     try:
         enroll_s = await swarm.enroll()
         swarm.start(telemetry=False)
         watching = await swarm.wait_watching(args.timeout_s)
-        print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching}", flush=True)
+        print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching} "
+              f"via={'mqtt' if mqtt else 'grpc'} errors={swarm.summary()['first_errors'][:1]}", flush=True)
         runs, plains = [], []
         spy = start_profile()
         for version in versions:
@@ -190,6 +202,9 @@ def telemetry(args: argparse.Namespace) -> None:
 
 def main() -> None:
     collector.tune()   # the simulator's 10,000 devices, as the server does for its streams
+    # 10,000 MQTT devices: a socket each here and in the broker (which inherits the limit).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rollout")
@@ -202,6 +217,8 @@ def main() -> None:
     r.add_argument("--plain-max", type=int, default=2000, help="skip the plain HTTP run above this many devices")
     r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
     r.add_argument("--server-log", type=Path, help="keep a copy of the server's log (-v) here")
+    r.add_argument("--mqtt", action="store_true", help="devices hear their notices over MQTT from a private "
+                   "Mosquitto (deploy/mosquitto config and ACL, a certificate per device); the server bridges to it")
     e = sub.add_parser("enroll")
     e.add_argument("--devices", type=int, nargs="+", default=[10_000])
     t = sub.add_parser("telemetry")

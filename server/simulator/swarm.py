@@ -19,6 +19,7 @@ import grpc
 
 from fleetcast.server.simulator.cohort import Cohort
 from fleetcast.server.simulator.device import DeviceConfig, SimulatedDevice, SimulatorError, connect
+from fleetcast.server.simulator.mqtt import DeviceKey, DeviceLink, Links, MqttConfig, client_context
 from fleetcast.server.simulator.verify import SignatureCache
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class SwarmConfig:
     enroll_concurrency: int = 100
     seed: int = 0
     server_ca: bytes | None = None      # PEM: the server's CA (DATA/server-ca.pem); None: plaintext
+    mqtt: MqttConfig | None = None      # notices from this broker instead of gRPC watch streams
 
 
 class Swarm:
@@ -45,6 +47,7 @@ class Swarm:
         self._tasks: list[asyncio.Task[None]] = []
         self._telemetry: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self.links: Links | None = None
         n = 0
         for cohort in config.cohorts:
             for device_id in cohort.device_ids(config.prefix):
@@ -63,6 +66,8 @@ class Swarm:
         async def one(device: SimulatedDevice) -> None:
             async with gate:
                 try:
+                    if self.config.mqtt is not None and device.key is None:
+                        device.key = DeviceKey.make(device.device_id)   # its MQTT login: a certificate
                     await device.enroll()
                 except SimulatorError as e:
                     device.record.errors.append(str(e)[:300])
@@ -70,13 +75,25 @@ class Swarm:
         return time.perf_counter() - start
 
     def start(self, *, telemetry: bool = True) -> None:
-        """Starts every enrolled device's watch and update loops (and telemetry)."""
-        for d in self.devices:
-            if d.record.enrolled_at is None:
-                continue
-            self._tasks += [asyncio.create_task(loop, name=d.device_id) for loop in (d.watch(), d.update_loop())]
+        """Starts every enrolled device's watch (gRPC stream or MQTT link) and update loops
+        (and telemetry)."""
+        for d in self.enrolled():
+            self._tasks.append(asyncio.create_task(d.update_loop(), name=d.device_id))
+            if self.config.mqtt is None:
+                self._tasks.append(asyncio.create_task(d.watch(), name=d.device_id))
             if telemetry:
                 self._telemetry.append(asyncio.create_task(d.telemetry_loop(self._stop), name=d.device_id))
+        if self.config.mqtt is not None:
+            self.links = Links(self.config.mqtt, [self._link(d, self.config.mqtt) for d in self.enrolled()])
+            self._tasks.append(asyncio.create_task(self.links.connect(), name="mqtt-connect"))
+
+    def _link(self, device: SimulatedDevice, config: MqttConfig) -> DeviceLink:
+        assert device.key is not None
+        return DeviceLink(
+            device_id=device.device_id, config=config, loop=asyncio.get_running_loop(),
+            context=client_context(config, device.certificate, device.key.key_pem, device.device_id),
+            on_notice=device.heard_over_mqtt, on_subscribed=device.subscribed,
+            on_error=lambda message: device.record.errors.append(message[:300]))
 
     async def wait_watching(self, timeout_s: float) -> bool:
         """Until every started device has had its first notice from the watch stream."""
@@ -105,6 +122,8 @@ class Swarm:
         if self._telemetry:
             await asyncio.wait(self._telemetry, timeout=grace_s)
         self._tasks += self._telemetry
+        if self.links is not None:
+            await self.links.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

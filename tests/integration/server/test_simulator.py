@@ -11,9 +11,11 @@ import pytest
 from fleetcast.agent.trust import load_trust_root
 from fleetcast.server.simulator.cohort import CohortError, parse_cohort
 from fleetcast.server.simulator.device import DeviceConfig
+from fleetcast.server.simulator.mqtt import MqttConfig
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig
 from fleetcast.server.store.sqlite import SqliteStore
 from tests.support import models
+from tests.support.broker import Broker
 from tests.support.deployments import push
 from tests.support.processes import ServerProcess
 
@@ -71,6 +73,42 @@ def test_a_simulated_fleet_installs_a_deployment_and_its_telemetry_is_counted_on
     finally:
         store.close()
     assert counted == summary["telemetry_inferences"]
+
+
+@pytest.mark.broker
+def test_simulated_devices_told_over_mqtt_by_the_servers_bridge_install(mosquitto: Broker, tmp_path: Path) -> None:
+    path = models.write(models.tiny_classifier(seed=4), tmp_path / "m.onnx")
+    server = ServerProcess(tmp_path / "server", mqtt_url=mosquitto.url).start()
+    try:
+        push(server, path, name="mq-digits")
+
+        async def scenario() -> tuple[dict, str, list[float]]:
+            swarm = Swarm(SwarmConfig(
+                grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
+                cohorts=[parse_cohort("name=mq,devices=12")], devices_per_channel=4,
+                device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root)),
+                mqtt=MqttConfig(url=mosquitto.url, ca=mosquitto.ca_path, key_dir=tmp_path / "keys"),
+            ))
+            try:
+                await swarm.enroll()
+                swarm.start(telemetry=False)
+                assert await swarm.wait_watching(30), swarm.summary()
+                with server.client() as fc:
+                    deployment_id = await asyncio.to_thread(lambda: fc.deploy("mq-digits", version=None, to="all").id)
+                assert await swarm.wait_finished(deployment_id, 60), swarm.summary(deployment_id)
+                heard = [d.record.notices[deployment_id] for d in swarm.devices]
+            finally:
+                await swarm.close()
+            return swarm.summary(deployment_id), deployment_id, heard
+
+        summary, deployment_id, heard = asyncio.run(scenario())
+    finally:
+        server.stop()
+    # No device had a watch stream: each heard of its deployment from the broker only.
+    assert summary["errors"] == 0 and summary["outcomes"] == {"installed": 12}, summary
+    assert summary["noticed"] == 12 and len(heard) == 12
+    assert sorted((tmp_path / "keys").glob("*.pem")) and all(
+        p.stat().st_mode & 0o077 == 0 for p in (tmp_path / "keys").glob("*.key"))
 
 
 def test_a_bad_enroll_token_is_an_error_on_every_device(server: ServerProcess) -> None:
