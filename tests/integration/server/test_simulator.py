@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleetcast.agent.trust import load_trust_root
+from fleetcast.server.simulator import cli as simulate
 from fleetcast.server.simulator.cohort import CohortError, parse_cohort
 from fleetcast.server.simulator.device import DeviceConfig
 from fleetcast.server.simulator.mqtt import MqttConfig
@@ -136,3 +137,13 @@ def test_a_bad_enroll_token_is_an_error_on_every_device(server: ServerProcess) -
 def test_cohort_descriptions_are_checked_naming_the_field(text: str, words: str) -> None:
     with pytest.raises(CohortError, match=words):
         parse_cohort(text)
+
+
+def test_simulate_refuses_a_plaintext_broker_off_loopback_before_enrolling(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "enroll-token"
+    token.write_text("never-sent")
+    code = simulate.main(["--grpc", "127.0.0.1:9", "--enroll-token-file", str(token), "--trust-root",
+                          str(tmp_path / "trust-root.json"), "--mqtt", "mqtt://broker.example:1883"])
+    assert code == 2
+    assert "plaintext to a host off loopback" in capsys.readouterr().err
