@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66leetcast/proto/v1/device.proto\x12\x0c\x66leetcast.v1\"\xd1\x02\n\rEnrollRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x14\n\x0c\x65nroll_token\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\r\n\x05group\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.fleetcast.v1.EnrollRequest.LabelsEntry\x12\x0b\n\x03\x63sr\x18\x08 \x01(\x0c\x12\r\n\x05proof\x18\t \x01(\x0c\x12\x12\n\nproof_time\x18\n \x01(\x03\x12/\n\x0c\x62\x61\x63kend_info\x18\x0b \x03(\x0b\x32\x19.fleetcast.v1.BackendInfo\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\";\n\x0e\x45nrollResponse\x12\x14\n\x0c\x64\x65vice_token\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\"!\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"C\n\x10\x41ssignmentNotice\x12\x18\n\x10\x64irector_version\x18\x01 \x01(\x04\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\"M\n\x0fMetadataRequest\x12,\n\nrepository\x18\x01 \x01(\x0e\x32\x18.fleetcast.v1.Repository\x12\x0c\n\x04name\x18\x02 \x01(\t\" \n\x10MetadataResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xf3\x01\n\x0cStatusReport\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x03\x12\x14\n\x0c\x61\x63tive_model\x18\n \x01(\t\x12\r\n\x05\x66inal\x18\x0b \x01(\x08\x12\x0f\n\x07outcome\x18\x0c \x01(\t\x12\x11\n\tdevice_id\x18\x14 \x01(\t\"\x0b\n\tStatusAck\"\"\n\x10LatencyHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\"\xcb\x01\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x12\n\ninferences\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12/\n\x07latency\x18\x07 \x01(\x0b\x32\x1e.fleetcast.v1.LatencyHistogram\x12\x16\n\x0elatency_sum_ms\x18\x08 \x01(\x01\x12\x0e\n\x06\x63\x61ller\x18\t \x01(\t\"\x8e\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\x03 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x04 \x01(\x03\x12\'\n\x05stats\x18\x05 \x03(\x0b\x32\x18.fleetcast.v1.ModelStats\"3\n\x0cTelemetryAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"A\n\x0f\x44ownloadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1f\n\rLocateRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"7\n\x10\x41rtifactLocation\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x16\n\x0e\x65xpires_unix_s\x18\x02 \x01(\x03*W\n\nRepository\x12\x1a\n\x16REPOSITORY_UNSPECIFIED\x10\x00\x12\x14\n\x10REPOSITORY_IMAGE\x10\x01\x12\x17\n\x13REPOSITORY_DIRECTOR\x10\x02\x32\x9d\x04\n\rDeviceService\x12\x43\n\x06\x45nroll\x12\x1b.fleetcast.v1.EnrollRequest\x1a\x1c.fleetcast.v1.EnrollResponse\x12P\n\x10WatchAssignments\x12\x1a.fleetcast.v1.WatchRequest\x1a\x1e.fleetcast.v1.AssignmentNotice0\x01\x12N\n\rFetchMetadata\x12\x1d.fleetcast.v1.MetadataRequest\x1a\x1e.fleetcast.v1.MetadataResponse\x12\x43\n\x0cReportStatus\x12\x1a.fleetcast.v1.StatusReport\x1a\x17.fleetcast.v1.StatusAck\x12O\n\x0fStreamTelemetry\x12\x1c.fleetcast.v1.TelemetryBatch\x1a\x1a.fleetcast.v1.TelemetryAck(\x01\x30\x01\x12@\n\x08\x44ownload\x12\x1d.fleetcast.v1.DownloadRequest\x1a\x13.fleetcast.v1.Chunk0\x01\x12M\n\x0eLocateArtifact\x12\x1b.fleetcast.v1.LocateRequest\x1a\x1e.fleetcast.v1.ArtifactLocationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66leetcast/proto/v1/device.proto\x12\x0c\x66leetcast.v1\"\xd1\x02\n\rEnrollRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x14\n\x0c\x65nroll_token\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\r\n\x05group\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.fleetcast.v1.EnrollRequest.LabelsEntry\x12\x0b\n\x03\x63sr\x18\x08 \x01(\x0c\x12\r\n\x05proof\x18\t \x01(\x0c\x12\x12\n\nproof_time\x18\n \x01(\x03\x12/\n\x0c\x62\x61\x63kend_info\x18\x0b \x03(\x0b\x32\x19.fleetcast.v1.BackendInfo\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\";\n\x0e\x45nrollResponse\x12\x14\n\x0c\x64\x65vice_token\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\"!\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\\\n\x10\x41ssignmentNotice\x12\x18\n\x10\x64irector_version\x18\x01 \x01(\x04\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63heck_within_ms\x18\x03 \x01(\r\"M\n\x0fMetadataRequest\x12,\n\nrepository\x18\x01 \x01(\x0e\x32\x18.fleetcast.v1.Repository\x12\x0c\n\x04name\x18\x02 \x01(\t\" \n\x10MetadataResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xf3\x01\n\x0cStatusReport\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x03\x12\x14\n\x0c\x61\x63tive_model\x18\n \x01(\t\x12\r\n\x05\x66inal\x18\x0b \x01(\x08\x12\x0f\n\x07outcome\x18\x0c \x01(\t\x12\x11\n\tdevice_id\x18\x14 \x01(\t\"\x0b\n\tStatusAck\"\"\n\x10LatencyHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\"\xcb\x01\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x12\n\ninferences\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12/\n\x07latency\x18\x07 \x01(\x0b\x32\x1e.fleetcast.v1.LatencyHistogram\x12\x16\n\x0elatency_sum_ms\x18\x08 \x01(\x01\x12\x0e\n\x06\x63\x61ller\x18\t \x01(\t\"\x8e\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\x03 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x04 \x01(\x03\x12\'\n\x05stats\x18\x05 \x03(\x0b\x32\x18.fleetcast.v1.ModelStats\"3\n\x0cTelemetryAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"A\n\x0f\x44ownloadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1f\n\rLocateRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"7\n\x10\x41rtifactLocation\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x16\n\x0e\x65xpires_unix_s\x18\x02 \x01(\x03*W\n\nRepository\x12\x1a\n\x16REPOSITORY_UNSPECIFIED\x10\x00\x12\x14\n\x10REPOSITORY_IMAGE\x10\x01\x12\x17\n\x13REPOSITORY_DIRECTOR\x10\x02\x32\x9d\x04\n\rDeviceService\x12\x43\n\x06\x45nroll\x12\x1b.fleetcast.v1.EnrollRequest\x1a\x1c.fleetcast.v1.EnrollResponse\x12P\n\x10WatchAssignments\x12\x1a.fleetcast.v1.WatchRequest\x1a\x1e.fleetcast.v1.AssignmentNotice0\x01\x12N\n\rFetchMetadata\x12\x1d.fleetcast.v1.MetadataRequest\x1a\x1e.fleetcast.v1.MetadataResponse\x12\x43\n\x0cReportStatus\x12\x1a.fleetcast.v1.StatusReport\x1a\x17.fleetcast.v1.StatusAck\x12O\n\x0fStreamTelemetry\x12\x1c.fleetcast.v1.TelemetryBatch\x1a\x1a.fleetcast.v1.TelemetryAck(\x01\x30\x01\x12@\n\x08\x44ownload\x12\x1d.fleetcast.v1.DownloadRequest\x1a\x13.fleetcast.v1.Chunk0\x01\x12M\n\x0eLocateArtifact\x12\x1b.fleetcast.v1.LocateRequest\x1a\x1e.fleetcast.v1.ArtifactLocationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REPOSITORY']._serialized_start=1645
-  _globals['_REPOSITORY']._serialized_end=1732
+  _globals['_REPOSITORY']._serialized_start=1670
+  _globals['_REPOSITORY']._serialized_end=1757
   _globals['_ENROLLREQUEST']._serialized_start=50
   _globals['_ENROLLREQUEST']._serialized_end=387
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_start=342
@@ -46,31 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHREQUEST']._serialized_start=533
   _globals['_WATCHREQUEST']._serialized_end=566
   _globals['_ASSIGNMENTNOTICE']._serialized_start=568
-  _globals['_ASSIGNMENTNOTICE']._serialized_end=635
-  _globals['_METADATAREQUEST']._serialized_start=637
-  _globals['_METADATAREQUEST']._serialized_end=714
-  _globals['_METADATARESPONSE']._serialized_start=716
-  _globals['_METADATARESPONSE']._serialized_end=748
-  _globals['_STATUSREPORT']._serialized_start=751
-  _globals['_STATUSREPORT']._serialized_end=994
-  _globals['_STATUSACK']._serialized_start=996
-  _globals['_STATUSACK']._serialized_end=1007
-  _globals['_LATENCYHISTOGRAM']._serialized_start=1009
-  _globals['_LATENCYHISTOGRAM']._serialized_end=1043
-  _globals['_MODELSTATS']._serialized_start=1046
-  _globals['_MODELSTATS']._serialized_end=1249
-  _globals['_TELEMETRYBATCH']._serialized_start=1252
-  _globals['_TELEMETRYBATCH']._serialized_end=1394
-  _globals['_TELEMETRYACK']._serialized_start=1396
-  _globals['_TELEMETRYACK']._serialized_end=1447
-  _globals['_DOWNLOADREQUEST']._serialized_start=1449
-  _globals['_DOWNLOADREQUEST']._serialized_end=1514
-  _globals['_CHUNK']._serialized_start=1516
-  _globals['_CHUNK']._serialized_end=1553
-  _globals['_LOCATEREQUEST']._serialized_start=1555
-  _globals['_LOCATEREQUEST']._serialized_end=1586
-  _globals['_ARTIFACTLOCATION']._serialized_start=1588
-  _globals['_ARTIFACTLOCATION']._serialized_end=1643
-  _globals['_DEVICESERVICE']._serialized_start=1735
-  _globals['_DEVICESERVICE']._serialized_end=2276
+  _globals['_ASSIGNMENTNOTICE']._serialized_end=660
+  _globals['_METADATAREQUEST']._serialized_start=662
+  _globals['_METADATAREQUEST']._serialized_end=739
+  _globals['_METADATARESPONSE']._serialized_start=741
+  _globals['_METADATARESPONSE']._serialized_end=773
+  _globals['_STATUSREPORT']._serialized_start=776
+  _globals['_STATUSREPORT']._serialized_end=1019
+  _globals['_STATUSACK']._serialized_start=1021
+  _globals['_STATUSACK']._serialized_end=1032
+  _globals['_LATENCYHISTOGRAM']._serialized_start=1034
+  _globals['_LATENCYHISTOGRAM']._serialized_end=1068
+  _globals['_MODELSTATS']._serialized_start=1071
+  _globals['_MODELSTATS']._serialized_end=1274
+  _globals['_TELEMETRYBATCH']._serialized_start=1277
+  _globals['_TELEMETRYBATCH']._serialized_end=1419
+  _globals['_TELEMETRYACK']._serialized_start=1421
+  _globals['_TELEMETRYACK']._serialized_end=1472
+  _globals['_DOWNLOADREQUEST']._serialized_start=1474
+  _globals['_DOWNLOADREQUEST']._serialized_end=1539
+  _globals['_CHUNK']._serialized_start=1541
+  _globals['_CHUNK']._serialized_end=1578
+  _globals['_LOCATEREQUEST']._serialized_start=1580
+  _globals['_LOCATEREQUEST']._serialized_end=1611
+  _globals['_ARTIFACTLOCATION']._serialized_start=1613
+  _globals['_ARTIFACTLOCATION']._serialized_end=1668
+  _globals['_DEVICESERVICE']._serialized_start=1760
+  _globals['_DEVICESERVICE']._serialized_end=2301
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ import grpc
 
 from fleetcast.agent.trust import TrustRoot
 from fleetcast.proto import telemetry as buckets
-from fleetcast.proto.topics import AssignmentNotice
+from fleetcast.proto.topics import AssignmentNotice, bounded_window_ms
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.simulator.cohort import Cohort
@@ -235,7 +235,7 @@ class SimulatedDevice:
                     self.hear(notice.deployment_id)
                     if notice.director_version != seen:
                         seen = notice.director_version
-                        self._wake.set()
+                        self._wake_within(notice.check_within_ms)
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRYABLE and e.code() != grpc.StatusCode.CANCELLED:
                     raise SimulatorError(f"{self.device_id} watch: {e.code().name} {e.details()}") from e
@@ -257,7 +257,15 @@ class SimulatedDevice:
     def heard_over_mqtt(self, notice: AssignmentNotice) -> None:
         """An MQTT notice (the device's own or the fleet's): look again, as the agent does."""
         self.hear(notice.deployment_id)
-        self._wake.set()
+        self._wake_within(notice.check_within_ms)
+
+    def _wake_within(self, check_within_ms: int) -> None:
+        """Checks at once, or at a random moment within the notice's window, as the agent does."""
+        window_s = bounded_window_ms(check_within_ms) / 1000.0
+        if window_s <= 0:
+            self._wake.set()
+        else:
+            asyncio.get_running_loop().call_later(self.rng.uniform(0.0, window_s), self._wake.set)
 
     async def update_loop(self) -> None:
         while True:
