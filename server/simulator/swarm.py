@@ -11,7 +11,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,18 +96,22 @@ class Swarm:
             on_error=lambda message: device.record.errors.append(message[:300]))
 
     async def wait_watching(self, timeout_s: float) -> bool:
-        """Until every started device has had its first notice from the watch stream."""
-        return await self._until(lambda: all(d.record.watching_at is not None for d in self.enrolled()), timeout_s)
+        """Until every started device has had its first notice from the watch stream (or
+        its MQTT subscriptions granted)."""
+        return await self._until(lambda d: d.record.watching_at is not None, timeout_s)
 
     async def wait_noticed(self, deployment_id: str, timeout_s: float) -> bool:
-        return await self._until(lambda: all(deployment_id in d.record.notices for d in self.enrolled()), timeout_s)
+        return await self._until(lambda d: deployment_id in d.record.notices, timeout_s)
 
     async def wait_finished(self, deployment_id: str, timeout_s: float) -> bool:
-        return await self._until(lambda: all(deployment_id in d.record.finished for d in self.enrolled()), timeout_s)
+        return await self._until(lambda d: deployment_id in d.record.finished, timeout_s)
 
-    async def _until(self, done: Any, timeout_s: float) -> bool:
+    async def _until(self, done: Callable[[SimulatedDevice], bool], timeout_s: float) -> bool:
+        """Polls only the devices not done yet: with 10,000 devices, polling all of them
+        every 50 ms took a twentieth of the loop the devices share."""
         deadline = time.monotonic() + timeout_s
-        while not done():
+        waiting = self.enrolled()
+        while waiting := [d for d in waiting if not done(d)]:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.05)
