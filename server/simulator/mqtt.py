@@ -96,7 +96,11 @@ class DeviceLink:
     # On the loop's own thread at once (a closed socket's number may be reused at once),
     # from the connecting worker thread through the loop.
     def _on_loop(self, action: Callable[..., Any], *args: Any) -> None:
-        if asyncio._get_running_loop() is self._loop:
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:   # a worker thread: no loop runs there
+            here = False
+        if here:
             action(*args)
         else:
             self._loop.call_soon_threadsafe(action, *args)
