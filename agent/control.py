@@ -51,7 +51,13 @@ def _tls_hint(error: grpc.RpcError) -> str:
     return ""
 
 
-Notify = Callable[[str], None]   # called with the notice's deployment id ("" when unknown)
+# Called with the notice's deployment id ("" when unknown) and the window in seconds the
+# notice asks the check to be spread over (0: at once; already bounded).
+Notify = Callable[[str, float], None]
+
+
+def _window_s(check_within_ms: int) -> float:
+    return topics.bounded_window_ms(check_within_ms) / 1000.0
 
 
 class ControlClient:
@@ -199,7 +205,7 @@ class Notifier:
 
     def _poll(self) -> None:
         while not self.stop.wait(self.config.poll_interval_s):
-            self.notify("")
+            self.notify("", 0.0)
 
     def _watch(self) -> None:
         backoff_s = 1.0
@@ -209,9 +215,9 @@ class Notifier:
                 self._call = self.client.stub.WatchAssignments(request, metadata=self.client.metadata)
                 for notice in self._call:
                     backoff_s = 1.0
-                    logger.info("notice via=grpc director_version=%d deployment=%s",
-                                notice.director_version, notice.deployment_id[:128])
-                    self.notify(notice.deployment_id[:128])
+                    logger.info("notice via=grpc director_version=%d deployment=%s check_within_ms=%d",
+                                notice.director_version, notice.deployment_id[:128], notice.check_within_ms)
+                    self.notify(notice.deployment_id[:128], _window_s(notice.check_within_ms))
             except grpc.RpcError as e:
                 if self.stop.is_set():
                     return
@@ -222,7 +228,7 @@ class Notifier:
                                 backoff_s)
             self.stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, self.config.retry_backoff_max_s)
-            self.notify("")   # we may have missed a notice while disconnected
+            self.notify("", 0.0)   # we may have missed a notice while disconnected
 
 
 class MqttListener:
@@ -289,7 +295,7 @@ class MqttListener:
         client.subscribe([(topics.device_assignment(self.device_id), 1), (topics.FLEET_ASSIGNMENT, 1),
                           (topics.device_ack(self.device_id), 1)])
         logger.info("mqtt connected host=%s port=%d", self.host, self.port)
-        self.notify("")
+        self.notify("", 0.0)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         logger.info("mqtt disconnected reason=%s; reconnecting", reason_code)
@@ -305,9 +311,9 @@ class MqttListener:
         except topics.TopicError as e:
             logger.warning("mqtt notice on topic=%s ignored: %s", message.topic[:200], e)
             return
-        logger.info("notice via=mqtt director_version=%d deployment=%s",
-                    notice.director_version, notice.deployment_id)
-        self.notify(notice.deployment_id)
+        logger.info("notice via=mqtt director_version=%d deployment=%s check_within_ms=%d",
+                    notice.director_version, notice.deployment_id, notice.check_within_ms)
+        self.notify(notice.deployment_id, _window_s(notice.check_within_ms))
 
     def _on_ack(self, payload: bytes) -> None:
         try:

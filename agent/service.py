@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -58,6 +59,7 @@ class Agent:
         self.last_error = ""
         self._reported_check_error = ""
         self._last_notice = ""
+        self.rng = random.Random()   # where in a notice's check window this device checks
         self._startup_problems: list[str] = []
 
     # ---- lifecycle -------------------------------------------------------------
@@ -180,10 +182,17 @@ class Agent:
         self.client.close()
         logger.info("agent stopped")
 
-    def _notice(self, deployment_id: str) -> None:
+    def _notice(self, deployment_id: str, within_s: float = 0.0) -> None:
+        """Wakes the check loop: at once, or at a random moment within the window the
+        notice gave (bounded by the notifier), so a fleet told at once does not check at once."""
         if deployment_id:
             self._last_notice = deployment_id
-        self.wake.set()
+        if within_s <= 0:
+            self.wake.set()
+            return
+        timer = threading.Timer(self.rng.uniform(0.0, within_s), self.wake.set)
+        timer.daemon = True
+        timer.start()
 
     # ---- checking for an assignment ---------------------------------------------
 

@@ -42,10 +42,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.delivery_bench import plain_http_download_s  # noqa: E402
 from fleetcast.agent.trust import load_trust_root  # noqa: E402
+from fleetcast.server import collector  # noqa: E402
 from fleetcast.server.simulator.cohort import Cohort  # noqa: E402
 from fleetcast.server.simulator.device import DeviceConfig  # noqa: E402
+from fleetcast.server.simulator.mqtt import MqttConfig  # noqa: E402
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig  # noqa: E402
 from tests.support import models  # noqa: E402
+from tests.support.broker import Broker  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
 from tests.support.static_http import serving_directory  # noqa: E402
 
@@ -72,7 +75,7 @@ def rss_mb(pid: int) -> float:
 
 
 def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: float = 3600.0,
-              bundled: bool = True, direct_download: bool = False) -> Swarm:
+              bundled: bool = True, direct_download: bool = False, mqtt: MqttConfig | None = None) -> Swarm:
     per = max(1, devices // len(HARDWARE))
     cohorts = [Cohort(name=hw, devices=per + (devices - per * len(HARDWARE) if i == 0 else 0), hardware=hw)
                for i, hw in enumerate(HARDWARE)]
@@ -82,14 +85,15 @@ def swarm_for(server: ServerProcess, devices: int, *, telemetry_interval_s: floa
         device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root),
                             telemetry_interval_s=telemetry_interval_s, rpc_timeout_s=600.0,
                             metadata_bundle=bundled, report_batches=bundled, direct_download=direct_download),
+        mqtt=mqtt,
     ))
 
 
 class ProfiledServer(ServerProcess):
     """The server under cProfile (its event-loop thread only; written when it stops)."""
 
-    def __init__(self, data_dir: Path, *, extra_args: list[str], profile: Path) -> None:
-        super().__init__(data_dir, extra_args=extra_args)
+    def __init__(self, data_dir: Path, *, extra_args: list[str], profile: Path, mqtt_url: str | None = None) -> None:
+        super().__init__(data_dir, extra_args=extra_args, mqtt_url=mqtt_url)
         self.profile = profile
 
     def command(self) -> list[str]:
@@ -138,15 +142,23 @@ def rollout(args: argparse.Namespace) -> None:
                 (root / "blobs").mkdir()
                 cdn = stack.enter_context(serving_directory(root / "blobs"))
                 extra = ["--blobs", str(root / "blobs"), "--download-base-url", cdn]
-            server = (ProfiledServer(root / "server", extra_args=extra, profile=args.cprofile) if args.cprofile
-                      else ServerProcess(root / "server", extra_args=extra)).start()
+            # --mqtt: a private Mosquitto with the repo's config and ACL; the server bridges to it.
+            broker = Broker(root / "broker", verbose=False).start() if args.mqtt else None
+            mqtt_url = broker.url if broker else None
+            server = (ProfiledServer(root / "server", extra_args=extra, profile=args.cprofile, mqtt_url=mqtt_url)
+                      if args.cprofile else ServerProcess(root / "server", extra_args=extra, mqtt_url=mqtt_url)).start()
+            mqtt = MqttConfig(url=broker.url, ca=broker.ca_path, key_dir=root / "device-keys") if broker else None
             try:
                 with server.client() as fc:
                     versions = [fc.push_model(p, name="bench").version for p in paths]
                 runs, plains, plain_cpus = asyncio.run(_rollouts(server, devices, versions, paths[0], args,
-                                                     lambda: profiler(server.pid, args.profile)))
+                                                     lambda: profiler(server.pid, args.profile), mqtt))
             finally:
                 server.stop()
+                if broker is not None:
+                    broker.stop()
+                if args.server_log is not None:
+                    shutil.copyfile(server.log_path, args.server_log)
         for r in runs:
             print(f"devices={devices} deploy_call_s={r['deploy_call_s']:.3f} "
               f"deploy_call_server_cpu_s={r['deploy_call_cpu_s']:.3f} notice_p50_s={r['notice_p50_s']:.2f} "
@@ -160,8 +172,8 @@ def rollout(args: argparse.Namespace) -> None:
         plain = statistics.median(plains) if plains else float("nan")
         plain_cpu = statistics.median(plain_cpus) if plain_cpus else float("nan")
         ratios = [r["last_installed_s"] / p for r, p in zip(runs, plains)]
-        print(f"RESULT rollout devices={devices} model_mb={args.megabytes} calls={args.calls} "
-              f"download={args.download} runs={len(runs)} "
+        print(f"RESULT rollout devices={devices} via={'mqtt' if args.mqtt else 'grpc'} model_mb={args.megabytes} "
+              f"calls={args.calls} download={args.download} runs={len(runs)} "
               f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
               f"notice_p50_s={med['notice_p50_s']:.2f} "
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
@@ -173,14 +185,16 @@ def rollout(args: argparse.Namespace) -> None:
 
 
 async def _rollouts(server: ServerProcess, devices: int, versions: list[str], path: Path,
-                    args: argparse.Namespace, start_profile: Any) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+                    args: argparse.Namespace, start_profile: Any,
+                    mqtt: MqttConfig | None = None) -> tuple[list[dict[str, Any]], list[float], list[float]]:
     swarm = swarm_for(server, devices, bundled=args.calls == "bundled",
-                      direct_download=args.download == "direct")
+                      direct_download=args.download == "direct", mqtt=mqtt)
     try:
         enroll_s = await swarm.enroll()
         swarm.start(telemetry=False)
         watching = await swarm.wait_watching(args.timeout_s)
-        print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching}", flush=True)
+        print(f"devices={devices} enrolled={len(swarm.enrolled())} in {enroll_s:.1f} s watching={watching} "
+              f"via={'mqtt' if mqtt else 'grpc'} errors={swarm.summary()['first_errors'][:1]}", flush=True)
         runs, plains, plain_cpus = [], [], []
         spy = start_profile()
         for version in versions:
@@ -234,6 +248,10 @@ def telemetry(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    collector.tune()   # the simulator's 10,000 devices, as the server does for its streams
+    # 10,000 MQTT devices: a socket each here and in the broker (which inherits the limit).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rollout")
@@ -254,6 +272,9 @@ def main() -> None:
     r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
     r.add_argument("--cprofile", type=Path, help="cProfile output of the server process (its event-loop thread), "
                    "where py-spy cannot attach")
+    r.add_argument("--server-log", type=Path, help="keep a copy of the server's log (-v) here")
+    r.add_argument("--mqtt", action="store_true", help="devices hear their notices over MQTT from a private "
+                   "Mosquitto (deploy/mosquitto config and ACL, a certificate per device); the server bridges to it")
     e = sub.add_parser("enroll")
     e.add_argument("--devices", type=int, nargs="+", default=[10_000])
     t = sub.add_parser("telemetry")

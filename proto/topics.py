@@ -6,7 +6,7 @@ over gRPC whichever way it was told.
 
 | topic                                   | direction       | QoS | payload |
 |-----------------------------------------|-----------------|-----|---------|
-| fleetcast/v1/devices/{device_id}/assignment | server -> device | 1 | JSON `{"v": 1, "director_version": N, "deployment_id": "..."}`, retained |
+| fleetcast/v1/devices/{device_id}/assignment | server -> device | 1 | JSON `{"v": 1, "director_version": N, "deployment_id": "...", "check_within_ms": M}`, retained (`check_within_ms` only when not 0) |
 | fleetcast/v1/fleet/assignment           | server -> all   | 1   | JSON `{"v": 1}`: every device looks again |
 | fleetcast/v1/devices/{device_id}/status | device -> server | 1  | `StatusReport` protobuf bytes |
 | fleetcast/v1/devices/{device_id}/telemetry | device -> server | 1 | `TelemetryBatch` protobuf bytes |
@@ -38,6 +38,9 @@ DEVICE_WILDCARD_TELEMETRY: Final = f"{PREFIX}/devices/+/telemetry"
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_ACK_BYTES: Final = 4096
 MAX_ACK_ID_CHARS: Final = 128
+# A notice may ask devices to spread their check over a window (thundering herd); no
+# device waits longer than this, whatever a notice says.
+MAX_CHECK_WITHIN_MS: Final = 60_000
 ACK_KINDS: Final = frozenset({"status", "telemetry"})
 ACK_RESULTS: Final = frozenset({"stored", "duplicate", "refused"})
 
@@ -90,12 +93,14 @@ class AssignmentNotice:
 
     director_version: int = 0
     deployment_id: str = ""
+    check_within_ms: int = 0      # check at a random moment within this window (0: at once)
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"v": 1, "director_version": self.director_version, "deployment_id": self.deployment_id},
-            separators=(",", ":"),
-        ).encode()
+        doc: dict[str, object] = {"v": 1, "director_version": self.director_version,
+                                  "deployment_id": self.deployment_id}
+        if self.check_within_ms:   # absent when 0: the payload older servers sent
+            doc["check_within_ms"] = self.check_within_ms
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> "AssignmentNotice":
@@ -109,9 +114,17 @@ class AssignmentNotice:
             raise TopicError("assignment notice must be a JSON object with \"v\": 1")
         version = doc.get("director_version", 0)
         deployment = doc.get("deployment_id", "")
+        within = doc.get("check_within_ms", 0)
         if not isinstance(version, int) or version < 0 or not isinstance(deployment, str):
             raise TopicError("assignment notice has a bad director_version or deployment_id")
-        return cls(director_version=version, deployment_id=deployment[:128])
+        if not isinstance(within, int) or isinstance(within, bool) or within < 0:
+            raise TopicError("assignment notice has a bad check_within_ms")
+        return cls(director_version=version, deployment_id=deployment[:128], check_within_ms=bounded_window_ms(within))
+
+
+def bounded_window_ms(check_within_ms: int) -> int:
+    """A notice's check window as a device honours it: at most MAX_CHECK_WITHIN_MS."""
+    return max(0, min(int(check_within_ms), MAX_CHECK_WITHIN_MS))
 
 
 @dataclass(frozen=True)

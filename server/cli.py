@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fleetcast.server import collector
 from fleetcast.server import config as server_config
 from fleetcast.server import datadir
 from fleetcast.server.api.app import create_app
@@ -134,6 +135,7 @@ async def serve(config: server_config.ServerConfig) -> None:
             document = {"http": addresses.http, "grpc": addresses.grpc, "pid": os.getpid()}
             datadir.write_server_json(config.data_dir, document)
             published = True
+            collector.tune()   # 10,000 open streams: no full collections of the heap per notice
             print(f"fleetcast server: http={addresses.http} grpc={addresses.grpc} pid={os.getpid()} "
                   f"data={config.data_dir}", flush=True)
             await stop.wait()

@@ -129,7 +129,8 @@ class DeviceService(pb_grpc.DeviceServiceServicer):
             current = await asyncio.to_thread(self.s.deployments.current_notice, device_id)
             yield pb.AssignmentNotice(director_version=current.director_version, deployment_id=current.deployment_id)
             while (notice := await watcher.next()) is not None:
-                yield pb.AssignmentNotice(director_version=notice.director_version, deployment_id=notice.deployment_id)
+                yield pb.AssignmentNotice(director_version=notice.director_version, deployment_id=notice.deployment_id,
+                                          check_within_ms=notice.check_within_ms)
         await asyncio.to_thread(self.s.store.touch_device, device_id, time.time())
         logger.debug("watch ended device_id=%s", device_id)
 

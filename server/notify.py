@@ -21,15 +21,26 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from fleetcast.proto import brokerauth, topics
 from fleetcast.proto.brokerauth import BrokerAuth
 from fleetcast.proto.identity import SERVER_IDENTITY
-from fleetcast.proto.topics import AssignmentNotice, UplinkAck
+from fleetcast.proto.topics import AssignmentNotice, UplinkAck, bounded_window_ms
 
 logger = logging.getLogger(__name__)
+
+
+# Devices told together spread their checks over 0.5 ms per device told (10,000: 5 s), as
+# polling fleets spread theirs (hawkBit, Mender): the server writes every notice before the
+# fetches of the devices told first compete with it. A fleet's installs take minutes.
+CHECK_WINDOW_MS_PER_DEVICE: Final = 0.5
+
+
+def check_window_ms(devices: int) -> int:
+    """The window a notice to `devices` devices at once asks them to spread their check over."""
+    return bounded_window_ms(int(devices * CHECK_WINDOW_MS_PER_DEVICE))
 
 
 class Sink(Protocol):

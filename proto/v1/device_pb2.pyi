@@ -76,12 +76,14 @@ class WatchRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ...) -> None: ...
 
 class AssignmentNotice(_message.Message):
-    __slots__ = ("director_version", "deployment_id")
+    __slots__ = ("director_version", "deployment_id", "check_within_ms")
     DIRECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_WITHIN_MS_FIELD_NUMBER: _ClassVar[int]
     director_version: int
     deployment_id: str
-    def __init__(self, director_version: _Optional[int] = ..., deployment_id: _Optional[str] = ...) -> None: ...
+    check_within_ms: int
+    def __init__(self, director_version: _Optional[int] = ..., deployment_id: _Optional[str] = ..., check_within_ms: _Optional[int] = ...) -> None: ...
 
 class MetadataRequest(_message.Message):
     __slots__ = ("repository", "name")

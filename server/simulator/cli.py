@@ -4,6 +4,8 @@ Example:
     fleetcast simulate --grpc staging.example:50051 --enroll-token-file enroll-token \\
         --trust-root trust-root.json --cohort name=cpu,devices=500,latency_ms=8 \\
         --cohort name=rk,devices=100,hardware=rk3399,latency_ms=40,fail_rate=0.05 --duration-s 600
+    fleetcast simulate --grpc staging.example:50051 --enroll-token-file enroll-token \\
+        --trust-root trust-root.json --mqtt mqtts://broker.example:8883 --cohort name=cpu,devices=5000
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import asyncio
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from fleetcast.agent.errors import TrustRootError
 from fleetcast.agent.trust import load_trust_root
+from fleetcast.proto import brokerauth
+from fleetcast.proto.brokerauth import BrokerAuthError
+from fleetcast.server import collector
 from fleetcast.server.simulator.cohort import CohortError, parse_cohort
 from fleetcast.server.simulator.device import DeviceConfig, SimulatorError
+from fleetcast.server.simulator.mqtt import MqttConfig
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig
 
 MAX_TOKEN_BYTES = 4096
@@ -45,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--one-call-per-file", action="store_true",
                    help="behave as agents before FetchMetadataBundle and ReportStatuses: one FetchMetadata per "
                         "metadata file, one ReportStatus per step")
+    p.add_argument("--mqtt", metavar="mqtts://HOST:PORT", default=None,
+                   help="devices hear their notices from this broker (the devices' listener) instead of gRPC "
+                        "watch streams; each enrolls with a key of its own and logs in with its certificate")
+    p.add_argument("--mqtt-ca", type=Path, default=None,
+                   help="the CA of the broker's certificate (default: the server CA)")
+    p.add_argument("--mqtt-keys", type=Path, default=None,
+                   help="private folder for the devices' keys and certificates (default: a temporary one)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log each device failure")
     return p
@@ -66,7 +80,19 @@ def _read_ca(path: Path) -> bytes:
 
 
 async def run(args: argparse.Namespace) -> dict:
+    if args.mqtt is None:
+        return await _run(args, None)
+    brokerauth.parse_url(args.mqtt)   # refuses plaintext off loopback before anything enrolls
+    ca = args.mqtt_ca or args.server_ca or args.trust_root.parent / "server-ca.pem"
+    if args.mqtt_keys is not None:
+        return await _run(args, MqttConfig(url=args.mqtt, ca=ca, key_dir=args.mqtt_keys))
+    with tempfile.TemporaryDirectory(prefix="fleetcast-simulate-keys-") as keys:
+        return await _run(args, MqttConfig(url=args.mqtt, ca=ca, key_dir=Path(keys)))
+
+
+async def _run(args: argparse.Namespace, mqtt: MqttConfig | None) -> dict:
     token = args.enroll_token_file.read_bytes()[:MAX_TOKEN_BYTES].decode().strip()
+    collector.tune()   # thousands of devices' metadata in one process: see fleetcast.server.collector
     config = SwarmConfig(
         grpc_target=args.grpc, cohorts=[parse_cohort(c) for c in args.cohort or ["name=sim,devices=10"]],
         device=DeviceConfig(enroll_token=token, trust_root=load_trust_root(args.trust_root),
@@ -74,7 +100,7 @@ async def run(args: argparse.Namespace) -> dict:
                             metadata_bundle=not args.one_call_per_file, report_batches=not args.one_call_per_file,
                             direct_download=args.direct_download),
         prefix=args.prefix, devices_per_channel=args.devices_per_channel,
-        server_ca=_read_ca(args.server_ca or args.trust_root.parent / "server-ca.pem"),
+        server_ca=_read_ca(args.server_ca or args.trust_root.parent / "server-ca.pem"), mqtt=mqtt,
     )
     swarm = Swarm(config)
     start = time.monotonic()
@@ -94,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
     try:
         summary = asyncio.run(run(args))
-    except (OSError, CohortError, TrustRootError, SimulatorError) as e:
+    except (OSError, CohortError, TrustRootError, SimulatorError, BrokerAuthError) as e:
         print(f"fleetcast simulate: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

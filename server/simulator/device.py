@@ -23,10 +23,12 @@ import grpc
 from fleetcast.agent.trust import TrustRoot
 from fleetcast.proto import telemetry as buckets
 from fleetcast.proto.metadata_bundle import Absent, BundleError, BundleFiles
+from fleetcast.proto.topics import AssignmentNotice, bounded_window_ms
 from fleetcast.proto.v1 import device_pb2 as pb
 from fleetcast.proto.v1 import device_pb2_grpc as pb_grpc
 from fleetcast.server.simulator.cohort import Cohort
 from fleetcast.server.simulator.direct import DirectDownloadError, DirectDownloads
+from fleetcast.server.simulator.mqtt import DeviceKey
 from fleetcast.server.simulator.verify import (
     RepositoryView,
     SignatureCache,
@@ -104,13 +106,14 @@ def connect(target: str, server_ca: bytes | None) -> grpc.aio.Channel:
 
 
 async def enroll(stub: pb_grpc.DeviceServiceStub, *, device_id: str, cohort: Cohort, enroll_token: str,
-                 timeout_s: float) -> tuple[tuple[str, str], ...]:
-    """Enrolls the device; returns the call metadata that authenticates it from then on."""
+                 timeout_s: float, csr: bytes = b"") -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """Enrolls the device (with a CSR for its key when given); returns the call metadata
+    that authenticates it from then on and the certificate issued for that key."""
     response = await stub.Enroll(pb.EnrollRequest(
         device_id=device_id, hardware_class=cohort.hardware, backends=list(cohort.backend_names()),
         enroll_token=enroll_token, agent_version="fleetcast-simulator", group=cohort.group,
-        labels={"cohort": cohort.name}), timeout=timeout_s)
-    return (("authorization", f"Bearer {response.device_token}"),)
+        labels={"cohort": cohort.name}, csr=csr), timeout=timeout_s)
+    return (("authorization", f"Bearer {response.device_token}"),), response.certificate
 
 
 class SimulatedDevice:
@@ -126,6 +129,8 @@ class SimulatedDevice:
         self.image = RepositoryView("image", parse_root(config.trust_root.image_root, "image root"), cache)
         self.director = RepositoryView("director", parse_root(config.trust_root.director_root, "director root"),
                                        cache)
+        self.key: DeviceKey | None = None     # set before enroll: enrolls with a CSR (MQTT devices)
+        self.certificate = b""
         self.installed_sha256 = ""
         self.active_model = ""
         self.active_variant = ""
@@ -158,9 +163,11 @@ class SimulatedDevice:
                              f"(last: {last})")
 
     async def enroll(self) -> None:
-        self.auth = await self._call("enroll", lambda: enroll(
+        self.auth, self.certificate = await self._call("enroll", lambda: enroll(
             self.stub, device_id=self.device_id, cohort=self.cohort, enroll_token=self.config.enroll_token,
-            timeout_s=self.config.rpc_timeout_s))
+            timeout_s=self.config.rpc_timeout_s, csr=self.key.csr if self.key else b""))
+        if self.key is not None and not self.certificate:
+            raise SimulatorError(f"{self.device_id} enroll: the server issued no certificate for the device key")
         self.record.enrolled_at = time.monotonic()
 
     async def _fetch(self, repository: int, name: str) -> bytes | None:
@@ -306,17 +313,40 @@ class SimulatedDevice:
                     attempt = 0
                     if self.record.watching_at is None:
                         self.record.watching_at = time.monotonic()
-                    if notice.deployment_id:
-                        self.record.notices.setdefault(notice.deployment_id, time.monotonic())
+                    self.hear(notice.deployment_id)
                     if notice.director_version != seen:
                         seen = notice.director_version
-                        self._wake.set()
+                        self._wake_within(notice.check_within_ms)
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRYABLE and e.code() != grpc.StatusCode.CANCELLED:
                     raise SimulatorError(f"{self.device_id} watch: {e.code().name} {e.details()}") from e
             attempt += 1
             self.record.retries += 1
             await asyncio.sleep(self.config.retry_base_s * 2**min(attempt, 5) * (0.5 + self.rng.random()))
+
+    def hear(self, deployment_id: str) -> None:
+        """Records a notice's arrival (the first per deployment)."""
+        if deployment_id:
+            self.record.notices.setdefault(deployment_id, time.monotonic())
+
+    def subscribed(self) -> None:
+        """The MQTT subscriptions are granted: this device now hears notices."""
+        if self.record.watching_at is None:
+            self.record.watching_at = time.monotonic()
+        self._wake.set()   # as the agent on connect: a notice may have gone by meanwhile
+
+    def heard_over_mqtt(self, notice: AssignmentNotice) -> None:
+        """An MQTT notice (the device's own or the fleet's): look again, as the agent does."""
+        self.hear(notice.deployment_id)
+        self._wake_within(notice.check_within_ms)
+
+    def _wake_within(self, check_within_ms: int) -> None:
+        """Checks at once, or at a random moment within the notice's window, as the agent does."""
+        window_s = bounded_window_ms(check_within_ms) / 1000.0
+        if window_s <= 0:
+            self._wake.set()
+        else:
+            asyncio.get_running_loop().call_later(self.rng.uniform(0.0, window_s), self._wake.set)
 
     async def update_loop(self) -> None:
         while True:

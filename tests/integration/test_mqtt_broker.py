@@ -13,7 +13,9 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 import pytest
 
+from fleetcast.agent.control import MqttListener
 from fleetcast.proto import topics
+from fleetcast.proto.brokerauth import BrokerAuth
 from tests.support.broker import Broker
 from tests.support.waiting import wait_for
 
@@ -125,3 +127,26 @@ def test_device_cannot_publish_to_another_devices_status_topic(mosquitto: Broker
              timeout_s=10, what="the server to receive dev-1's own status", context=mosquitto.log_tail)
     assert (topics.device_status("dev-1"), own) in seen
     assert all(payload != forged for _, payload in seen), f"dev-1 wrote to dev-2's status topic: {seen}"
+
+
+def test_the_agent_hears_a_notices_check_window_bounded_by_what_it_honours(
+    mosquitto: Broker, clients: list[Listener]
+) -> None:
+    device_id = f"win-{uuid.uuid4().hex[:8]}"
+    heard: queue.Queue[tuple[str, float]] = queue.Queue()
+    cert, key = mosquitto.client_certificate(device_id)
+    listener = MqttListener(mosquitto.url, device_id, lambda d, within_s: heard.put((d, within_s)),
+                            auth=BrokerAuth(ca=mosquitto.ca_path, cert=cert, key=key))
+    listener.start()
+    try:
+        assert heard.get(timeout=10) == ("", 0.0)          # on connect: look once, at once
+        server = Listener(mosquitto, f"server-{uuid.uuid4().hex[:8]}", username="fleetcast-server")
+        clients.append(server)
+        # A server asking for more than any device waits: the agent waits at most the bound.
+        for deployment, window_ms in (("dep-spread", 4_000), ("dep-too-long", 10 * topics.MAX_CHECK_WITHIN_MS)):
+            notice = topics.AssignmentNotice(director_version=3, deployment_id=deployment, check_within_ms=window_ms)
+            server.publish(topics.device_assignment(device_id), notice.encode())
+        assert [heard.get(timeout=10), heard.get(timeout=10)] == [
+            ("dep-spread", 4.0), ("dep-too-long", topics.MAX_CHECK_WITHIN_MS / 1000)]
+    finally:
+        listener.close()

@@ -75,8 +75,9 @@ def build_config(workdir: Path, port: int, files_dir: Path | None = None, server
 class Broker:
     """One Mosquitto process; `restart()` comes back on the same port."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, verbose: bool = True) -> None:
         self.workdir = Path(workdir)
+        self.verbose = verbose   # -v: every packet logged (the tests read the log; benchmarks do not)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf_path = self.workdir / "mosquitto.conf"
@@ -134,7 +135,7 @@ class Broker:
         log = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(
-                [binary, "-c", str(self.conf_path), "-v"], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+                [binary, "-c", str(self.conf_path), *(["-v"] if self.verbose else [])], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
             )
         finally:
             log.close()

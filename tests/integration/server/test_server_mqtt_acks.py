@@ -40,7 +40,7 @@ def uplink(acking: RunningServer, mosquitto: Broker) -> Iterator[MqttUplink]:
     acking.enroll(device_id)
     connected = threading.Event()
     cert, key = mosquitto.client_certificate(device_id)
-    listener = MqttListener(mosquitto.url, device_id, lambda _d: connected.set(),
+    listener = MqttListener(mosquitto.url, device_id, lambda *_: connected.set(),
                             auth=BrokerAuth(ca=mosquitto.ca_path, cert=cert, key=key))
     listener.start()
     connected.wait(10)

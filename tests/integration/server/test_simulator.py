@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from fleetcast.agent.trust import load_trust_root
+from fleetcast.server.simulator import cli as simulate
 from fleetcast.server.simulator.cohort import CohortError, parse_cohort
 from fleetcast.server.simulator.device import DeviceConfig
+from fleetcast.server.simulator.mqtt import MqttConfig
 from fleetcast.server.simulator.swarm import Swarm, SwarmConfig
 from fleetcast.server.store.sqlite import SqliteStore
 from tests.support import models
+from tests.support.broker import Broker
 from tests.support.deployments import push
 from tests.support.processes import ServerProcess
 from tests.support.static_http import serving_directory
@@ -127,6 +130,40 @@ def test_simulated_devices_download_from_the_located_url_and_fall_back_to_grpc(t
         server.stop()
     assert fallback["outcomes"] == {"installed": 6} and fallback["errors"] == 0, fallback
     assert fallback["calls"]["download"] == 6 and "direct" not in fallback["calls"], fallback["calls"]
+@pytest.mark.broker
+def test_simulated_devices_told_over_mqtt_by_the_servers_bridge_install(mosquitto: Broker, tmp_path: Path) -> None:
+    path = models.write(models.tiny_classifier(seed=4), tmp_path / "m.onnx")
+    server = ServerProcess(tmp_path / "server", mqtt_url=mosquitto.url).start()
+    try:
+        push(server, path, name="mq-digits")
+
+        async def scenario() -> tuple[dict, str, list[float]]:
+            swarm = Swarm(SwarmConfig(
+                grpc_target=server.grpc, server_ca=server.server_ca.read_bytes(),
+                cohorts=[parse_cohort("name=mq,devices=12")], devices_per_channel=4,
+                device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root)),
+                mqtt=MqttConfig(url=mosquitto.url, ca=mosquitto.ca_path, key_dir=tmp_path / "keys"),
+            ))
+            try:
+                await swarm.enroll()
+                swarm.start(telemetry=False)
+                assert await swarm.wait_watching(30), swarm.summary()
+                with server.client() as fc:
+                    deployment_id = await asyncio.to_thread(lambda: fc.deploy("mq-digits", version=None, to="all").id)
+                assert await swarm.wait_finished(deployment_id, 60), swarm.summary(deployment_id)
+                heard = [d.record.notices[deployment_id] for d in swarm.devices]
+            finally:
+                await swarm.close()
+            return swarm.summary(deployment_id), deployment_id, heard
+
+        summary, deployment_id, heard = asyncio.run(scenario())
+    finally:
+        server.stop()
+    # No device had a watch stream: each heard of its deployment from the broker only.
+    assert summary["errors"] == 0 and summary["outcomes"] == {"installed": 12}, summary
+    assert summary["noticed"] == 12 and len(heard) == 12
+    assert sorted((tmp_path / "keys").glob("*.pem")) and all(
+        p.stat().st_mode & 0o077 == 0 for p in (tmp_path / "keys").glob("*.key"))
 
 
 def test_a_bad_enroll_token_is_an_error_on_every_device(server: ServerProcess) -> None:
@@ -154,3 +191,13 @@ def test_a_bad_enroll_token_is_an_error_on_every_device(server: ServerProcess) -
 def test_cohort_descriptions_are_checked_naming_the_field(text: str, words: str) -> None:
     with pytest.raises(CohortError, match=words):
         parse_cohort(text)
+
+
+def test_simulate_refuses_a_plaintext_broker_off_loopback_before_enrolling(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "enroll-token"
+    token.write_text("never-sent")
+    code = simulate.main(["--grpc", "127.0.0.1:9", "--enroll-token-file", str(token), "--trust-root",
+                          str(tmp_path / "trust-root.json"), "--mqtt", "mqtt://broker.example:1883"])
+    assert code == 2
+    assert "plaintext to a host off loopback" in capsys.readouterr().err

@@ -4,10 +4,12 @@ import asyncio
 
 import pytest
 
+from fleetcast.proto.topics import AssignmentNotice
 from fleetcast.server import assigner, documents
 from fleetcast.server.deployments import StatusUpdate
 from fleetcast.server.errors import DeviceNotFound, InvalidRequest, ModelNotFound, TargetEmpty
 from fleetcast.server.fleet import Enrollment
+from fleetcast.server.notify import check_window_ms
 from fleetcast.server.services import Services
 from fleetcast.server.store import Deployment
 from tests.support import models
@@ -66,6 +68,40 @@ def test_watchers_are_told_of_a_new_assignment(services: Services) -> None:
             return notice.director_version
 
     assert asyncio.run(scenario()) == services.signer.director_version("dev-1")
+
+
+class SigningWitness:
+    """A notice sink that looks, at the moment each notice goes out, at what the device
+    would fetch and at what the server has recorded."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.seen: list[tuple[str, str, str]] = []
+        self.windows: list[int] = []
+
+    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
+        entry = _director_target(self.services, device_id)
+        recorded = self.services.store.assignment(device_id)
+        self.seen.append((notice.deployment_id, entry["deployment_id"] if entry else "",
+                          recorded.deployment_id if recorded else ""))
+        self.windows.append(notice.check_within_ms)
+
+    def fleet_notice(self) -> None:
+        pass
+
+
+def test_devices_are_told_once_their_entry_is_signed_and_before_the_bookkeeping(services: Services) -> None:
+    for i in range(5):
+        _enroll(services, f"dev-{i}")
+    _upload(services, 1)
+    witness = SigningWitness(services)
+    services.hub.add_sink(witness)
+    d = _deploy(services, model="digits", version=None, target="all")
+    # What a told device fetches is already its new entry; the assignment document (which no
+    # device reads) is recorded after the notice, so it does not hold the notice back.
+    assert witness.seen == [(d.deployment_id, d.deployment_id, "")] * 5
+    assert witness.windows == [check_window_ms(5)] * 5   # told together: asked to spread their checks
+    assert services.store.assignment("dev-0").deployment_id == d.deployment_id
 
 
 def test_targets_that_name_nothing_or_unknown_devices_are_refused(services: Services) -> None:

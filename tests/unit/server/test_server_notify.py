@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from fleetcast.proto.topics import AssignmentNotice
-from fleetcast.server.notify import Hub
+from fleetcast.proto.topics import MAX_CHECK_WITHIN_MS, AssignmentNotice
+from fleetcast.server.notify import Hub, check_window_ms
 
 
 class RecordingSink:
@@ -42,3 +42,9 @@ def test_publish_many_from_a_thread_tells_each_watching_device_and_every_sink_on
     seven, last, absent = asyncio.run(scenario())
     assert seven == notices[7][1] and last == notices[299][1] and absent is None
     assert sink.notices == notices
+
+
+def test_the_check_window_grows_with_the_devices_told_at_once_and_stays_bounded() -> None:
+    assert check_window_ms(1) == 0                       # one device checks at once
+    assert check_window_ms(1_000) == 500 and check_window_ms(10_000) == 5_000
+    assert check_window_ms(10**9) == MAX_CHECK_WITHIN_MS
