@@ -24,11 +24,8 @@ from typing import Any, Final, TypeVar
 
 import sqlite_utils
 
-from fleetcast.proto import telemetry as buckets
 from fleetcast.server.store import rows as records
 from fleetcast.server.store import (
-    MAX_AGGREGATE_COUNT,
-    MAX_AGGREGATE_LATENCY_MS,
     Aggregate,
     Artifact,
     Assignment,
@@ -51,11 +48,9 @@ from fleetcast.server.store import (
     StatsRow,
     SeriesRow,
     TelemetryBatch,
-    UNKNOWN_HARDWARE,
     Variant,
     WindowRow,
     WINDOW_S,
-    saturating_add,
 )
 from fleetcast.server.store.pages import device_filter, device_order
 from fleetcast.server.store import sqlite_telemetry as telemetry_tables

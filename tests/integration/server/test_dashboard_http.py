@@ -272,7 +272,7 @@ def test_the_rollout_pages_show_each_gate_as_the_api_gives_it(fleet) -> None:
 
     status, headers, page = v.get(f"/ui/rollouts/{rollout_id}")
     assert status == 200, page[:500]
-    assert f"Rollout {rollout_id}" in page and f'<span id="state" class="status status-aborted">aborted</span>' in page
+    assert f"Rollout {rollout_id}" in page and '<span id="state" class="status status-aborted">aborted</span>' in page
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert not re.search(r"<script(?![^>]*\bsrc=)", page) and not re.search(r"\s(style|on[a-z]+)=", page)
     assert "<form" not in page.replace('<form class="logout"', "")        # read-only: no verbs on the page

@@ -9,7 +9,7 @@ import pytest
 
 from fleetcast.server.errors import InvalidRequest, ModelInvalid
 from fleetcast.server.services import Services
-from tests.support import models, tflite_models
+from tests.support import tflite_models
 
 
 def _stage(services: Services, data: bytes):
