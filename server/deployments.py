@@ -416,6 +416,15 @@ class Deployments:
         return AssignmentNotice(director_version=self.signer.director_version(device_id),
                                 deployment_id=current.deployment_id if current else "")
 
+    def current_notices(self, device_ids: Sequence[str]) -> list[tuple[str, AssignmentNotice]]:
+        """`current_notice` for many devices told at once (their assignments in one read),
+        each asked to spread its check over the window that many devices warrant."""
+        current = self.store.assignments_of(device_ids)
+        within_ms = check_window_ms(len(device_ids))
+        return [(d, AssignmentNotice(director_version=self.signer.director_version(d),
+                                     deployment_id=current[d].deployment_id if d in current else "",
+                                     check_within_ms=within_ms)) for d in device_ids]
+
 
 def _planned(deployment_id: str, release: ModelVersion, variant_name: str) -> DirectorAssignment:
     variant = release.variant(variant_name) or release.variants[0]

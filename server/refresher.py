@@ -31,8 +31,9 @@ def refresh(services: Services) -> list[str]:
     if services.store.get_metadata(DIRECTOR, "timestamp.json") == before:
         return []
     changed = [d.device_id for d in services.store.devices()]
-    for device_id in changed:
-        services.hub.publish(device_id, services.deployments.current_notice(device_id))
+    # Nothing changed for any device but the expiry: one wake-up for the fleet, which
+    # spreads its checks over the window its size warrants.
+    services.hub.publish_many(services.deployments.current_notices(changed))
     logger.info("director timestamp refreshed devices=%d", len(changed))
     return changed
 

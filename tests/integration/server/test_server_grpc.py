@@ -256,13 +256,13 @@ def test_status_reports_in_one_call_are_applied_in_order_and_checked_first(serve
         stub.ReportStatuses(pb.StatusReports(reports=[step("download"), step("idle", final=True, outcome="odd")]),
                             metadata=auth(token), timeout=10)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert server.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["state"] != "download"
+    assert server.json("GET", f"/v1/deployments/{dep['id']}/devices")[1]["devices"][0]["state"] != "download"
     with pytest.raises(grpc.RpcError) as many:
         stub.ReportStatuses(pb.StatusReports(reports=[step("download")] * 65), metadata=auth(token), timeout=10)
     assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     stub.ReportStatuses(pb.StatusReports(reports=[step("download"), step("verify")]), metadata=auth(token), timeout=10)
-    assert server.json("GET", f"/v1/deployments/{dep['id']}")[1]["devices"][0]["state"] == "verify"
+    assert server.json("GET", f"/v1/deployments/{dep['id']}/devices")[1]["devices"][0]["state"] == "verify"
     stub.ReportStatuses(pb.StatusReports(reports=[
         step("install"), step("idle", active_model="grpc-model@1", final=True, outcome="installed")]),
         metadata=auth(token), timeout=10)

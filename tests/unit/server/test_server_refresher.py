@@ -9,7 +9,22 @@ from fleetcast.server.config import ServerConfig
 from fleetcast.server.fleet import Enrollment
 from fleetcast.server.services import open_services
 from fleetcast.server.signing import SigningConfig
+from fleetcast.proto.topics import AssignmentNotice
+from fleetcast.server.notify import check_window_ms
 from tests.support import models
+
+
+class _Recorder:
+    """A notice sink (`notify.Sink`) that keeps what it was told."""
+
+    def __init__(self, told: list[tuple[str, AssignmentNotice]]) -> None:
+        self.told = told
+
+    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
+        self.told.append((device_id, notice))
+
+    def fleet_notice(self) -> None:
+        pass
 
 
 def test_refresh_resigns_the_director_timestamp_near_expiry_and_tells_every_device(tmp_path: Path) -> None:
@@ -28,7 +43,13 @@ def test_refresh_resigns_the_director_timestamp_near_expiry_and_tells_every_devi
         assert refresher.refresh(services) == []  # nothing is due yet
         before = services.store.get_metadata("director", "timestamp.json")
         time.sleep(1.2)  # past half of the 2 s timestamp lifetime
+        told: list[tuple[str, AssignmentNotice]] = []
+        services.hub.add_sink(_Recorder(told))
         assert sorted(refresher.refresh(services)) == ["dev-1", "dev-2"]
+        assert sorted((d, n.deployment_id) for d, n in told) == [("dev-1", services.store.assignment(
+            "dev-1").deployment_id), ("dev-2", "")]
+        assert {n.check_within_ms for _, n in told} == {check_window_ms(2)}
+        assert all(n.director_version == services.signer.director_version(d) for d, n in told)
         assert services.store.get_metadata("director", "timestamp.json") != before
         assert refresher.period_s(services) == 0.5
     finally:
