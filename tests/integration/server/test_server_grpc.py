@@ -267,4 +267,5 @@ def test_status_reports_in_one_call_are_applied_in_order_and_checked_first(serve
         step("install"), step("idle", active_model="grpc-model@1", final=True, outcome="installed")]),
         metadata=auth(token), timeout=10)
     doc = server.json("GET", f"/v1/deployments/{dep['id']}")[1]
-    assert doc["status"] == "succeeded" and doc["devices"][0]["outcome"] == "installed"
+    rows = server.json("GET", f"/v1/deployments/{dep['id']}/devices")[1]["devices"]
+    assert doc["status"] == "succeeded" and rows[0]["outcome"] == "installed"
