@@ -154,7 +154,7 @@ async def one_rollout(servers: list[ServerProcess], swarm: Swarm, version: str, 
                     if deployment_id in d.record.notices) for i in range(len(servers))]
     return {"deploy_call_s": returned - start, "deploy_call_cpu_s": call_cpu, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
             "last_installed_s": (s["last_finished_s"] or 0) + (returned - start), "finished": finished,
-            "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"], "calls": {k: v - calls0.get(k, 0) for k, v in s["calls"].items() if v - calls0.get(k, 0)},
+            "noticed": s["noticed"], "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"], "calls": {k: v - calls0.get(k, 0) for k, v in s["calls"].items() if v - calls0.get(k, 0)},
             "server_cpu_s": sum(cpu), "cpu_s_per_server": cpu, "server_rss_mb": sum(rss_mb(server.pid) for server in servers), "devices_cpu_s": own,
             "notice_p50_p99_s_per_server": [p50_p99(h) for h in heard if len(h) > 1]}
 
@@ -202,7 +202,7 @@ def rollout(args: argparse.Namespace) -> None:
                   f"simulator_cpu_ms_per_device={1000 * r['devices_cpu_s'] / devices:.1f} rss_mb={r['server_rss_mb']:.0f} "
                   f"cpu_s_per_server={','.join(f'{c:.2f}' for c in r['cpu_s_per_server'])} "
                   f"notice_p50_p99_s_per_server={','.join(f'{a:.2f}/{b:.2f}' for a, b in r['notice_p50_p99_s_per_server'])} "
-                  f"outcomes={r['outcomes']} errors={r['errors']} calls={r['calls']} {r['first_errors'][:1]}")
+                  f"noticed={r['noticed']} outcomes={r['outcomes']} errors={r['errors']} calls={r['calls']} {r['first_errors'][:1]}")
         med = {k: statistics.median(r[k] for r in runs) for k in
                ("deploy_call_s", "deploy_call_cpu_s", "notice_p50_s", "notice_p99_s", "last_installed_s", "server_cpu_s",
                 "devices_cpu_s")}
