@@ -154,8 +154,10 @@ async def one_rollout(servers: list[ServerProcess], swarm: Swarm, version: str, 
                     if deployment_id in d.record.notices) for i in range(len(servers))]
     return {"deploy_call_s": returned - start, "deploy_call_cpu_s": call_cpu, "notice_p50_s": s["notice_p50_s"], "notice_p99_s": s["notice_p99_s"],
             "last_installed_s": (s["last_finished_s"] or 0) + (returned - start), "finished": finished,
-            "noticed": s["noticed"], "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"], "calls": {k: v - calls0.get(k, 0) for k, v in s["calls"].items() if v - calls0.get(k, 0)},
-            "server_cpu_s": sum(cpu), "cpu_s_per_server": cpu, "server_rss_mb": sum(rss_mb(server.pid) for server in servers), "devices_cpu_s": own,
+            "noticed": s["noticed"], "outcomes": s["outcomes"], "errors": s["errors"], "first_errors": s["first_errors"],
+            "calls": {k: v - calls0.get(k, 0) for k, v in s["calls"].items() if v - calls0.get(k, 0)},
+            "server_cpu_s": sum(cpu), "cpu_s_per_server": cpu,
+            "server_rss_mb": sum(rss_mb(server.pid) for server in servers), "devices_cpu_s": own,
             "notice_p50_p99_s_per_server": [p50_p99(h) for h in heard if len(h) > 1]}
 
 
