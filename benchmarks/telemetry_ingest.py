@@ -59,7 +59,8 @@ def _batches(rows: int, senders: int, rows_per_batch: int) -> list[list[Batch]]:
 
 
 @contextmanager
-def _postgres_database(server_url: str) -> Iterator[str]:
+def postgres_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server of `server_url` for the block (dropped after); yields its URL."""
     import psycopg
 
     name = f"fleetcast_bench_{secrets.token_hex(4)}"
@@ -128,7 +129,7 @@ def compare(*, rows: int, senders: int, rows_per_batch: int, store_url: str | No
     work = _batches(rows, senders, rows_per_batch)
     flat = [(b.device_id, r) for batches in work for b in batches for r in b.stats]
     if store_url and not store_url.startswith("sqlite:"):
-        with _postgres_database(store_url) as url:
+        with postgres_database(store_url) as url:
             plain_s = _plain_postgres(url, flat)
             ours_s, _, counted, flushes = _ingest(open_store(url), work)
             cpu = ""   # most of the work is the database server's, not this process's
@@ -157,7 +158,7 @@ def profile_flush(*, rows: int, senders: int, rows_per_batch: int, flushes: int,
     size = -(-len(batches) // flushes)
     with tempfile.TemporaryDirectory(prefix="fleetcast-flush-") as tmp:
         if store_url and not store_url.startswith("sqlite:"):
-            with _postgres_database(store_url) as url:
+            with postgres_database(store_url) as url:
                 return _profiled(open_store(url), batches, size, top)
         return _profiled(open_store(f"sqlite://{Path(tmp) / 'fleetcast.db'}"), batches, size, top)
 

@@ -37,6 +37,7 @@ class SwarmConfig:
     seed: int = 0
     server_ca: bytes | None = None      # PEM: the server's CA (DATA/server-ca.pem); None: plaintext
     mqtt: MqttConfig | None = None      # notices from this broker instead of gRPC watch streams
+    grpc_targets: Sequence[str] = ()    # server replicas: devices take them in turn (instead of grpc_target)
 
 
 class Swarm:
@@ -50,13 +51,17 @@ class Swarm:
         self._stop = asyncio.Event()
         self.direct = DirectDownloads()
         self.links: Links | None = None
+        targets = list(config.grpc_targets) or [config.grpc_target]
+        current: list[grpc.aio.Channel | None] = [None] * len(targets)
         n = 0
         for cohort in config.cohorts:
             for device_id in cohort.device_ids(config.prefix):
-                if n % max(1, config.devices_per_channel) == 0:
-                    self.channels.append(connect(config.grpc_target, config.server_ca))
+                t, k = n % len(targets), n // len(targets)     # device n on target n mod T
+                if k % max(1, config.devices_per_channel) == 0:
+                    current[t] = connect(targets[t], config.server_ca)
+                    self.channels.append(current[t])
                 self.devices.append(SimulatedDevice(
-                    device_id=device_id, cohort=cohort, config=config.device, channel=self.channels[-1],
+                    device_id=device_id, cohort=cohort, config=config.device, channel=current[t],
                     cache=self.cache, seed=config.seed * 1_000_003 + n, direct=self.direct))
                 n += 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,3 +202,30 @@ def test_simulate_refuses_a_plaintext_broker_off_loopback_before_enrolling(
                           str(tmp_path / "trust-root.json"), "--mqtt", "mqtt://broker.example:1883"])
     assert code == 2
     assert "plaintext to a host off loopback" in capsys.readouterr().err
+
+
+def test_devices_given_several_targets_take_them_in_turn(server: ServerProcess, tmp_path: Path) -> None:
+    other_dir = tmp_path / "other"          # the same TLS identity, its own store and enroll token
+    other_dir.mkdir(mode=0o700)
+    shutil.copytree(server.tls_dir, other_dir / "tls")
+    other = ServerProcess(other_dir).start()
+    try:
+        async def scenario() -> list[str]:
+            swarm = Swarm(SwarmConfig(
+                grpc_target=server.grpc, grpc_targets=[server.grpc, other.grpc], server_ca=server.server_ca.read_bytes(),
+                cohorts=[parse_cohort("name=x,devices=6")], devices_per_channel=2,
+                device=DeviceConfig(enroll_token=server.enroll_token, trust_root=load_trust_root(server.trust_root)),
+            ))
+            try:
+                await swarm.enroll()
+            finally:
+                await swarm.close()
+            assert swarm.summary()["errors"] == 3 and "UNAUTHENTICATED" in swarm.summary()["first_errors"][0]
+            return [d.device_id for d in swarm.enrolled()]
+
+        enrolled = asyncio.run(scenario())
+    finally:
+        other.stop()
+    assert enrolled == ["sim-x-00000", "sim-x-00002", "sim-x-00004"]       # device n on target n mod 2
+    with server.client() as fc:
+        assert sorted(d.id for d in fc.list_devices()) == enrolled
