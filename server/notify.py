@@ -44,7 +44,7 @@ def check_window_ms(devices: int) -> int:
 
 
 class Sink(Protocol):
-    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None: ...
+    def device_notices(self, notices: Sequence[tuple[str, AssignmentNotice]]) -> None: ...
     def fleet_notice(self) -> None: ...
 
 
@@ -95,15 +95,16 @@ class Hub:
         self.publish_many([(device_id, notice)])
 
     def publish_many(self, notices: Sequence[tuple[str, AssignmentNotice]]) -> None:
-        """Thread-safe: `publish` for many devices, waking the event loop once, not per device."""
-        for sink in list(self._sinks):
-            for device_id, notice in notices:
-                try:
-                    sink.device_notice(device_id, notice)
-                except Exception:
-                    logger.exception("notice sink failed device_id=%s", device_id)
+        """Thread-safe: `publish` for many devices, waking the event loop once, not per device.
+        This process's streams are woken first; the sinks (the broker, the other replicas)
+        get the batch after, each in one call."""
         if notices and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._offer_all, list(notices))
+        for sink in list(self._sinks):
+            try:
+                sink.device_notices(notices)
+            except Exception:
+                logger.exception("notice sink failed devices=%d", len(notices))
 
     def tell_watchers(self, device_id: str, notice: AssignmentNotice) -> None:
         """Thread-safe: tells this process's open streams only (a notice another replica
@@ -254,8 +255,12 @@ class MqttBridge:
         if ack is not None:
             self._client.publish(topics.device_ack(device_id), ack.encode(), qos=1)
 
-    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
-        self._client.publish(topics.device_assignment(device_id), notice.encode(), qos=1, retain=True)
+    def device_notices(self, notices: Sequence[tuple[str, AssignmentNotice]]) -> None:
+        for device_id, notice in notices:
+            try:
+                self._client.publish(topics.device_assignment(device_id), notice.encode(), qos=1, retain=True)
+            except Exception:   # one device's notice; the others still go out
+                logger.exception("mqtt notice not published device_id=%s", device_id)
 
     def fleet_notice(self) -> None:
         self._client.publish(topics.FLEET_ASSIGNMENT, b'{"v":1}', qos=1)

@@ -11,6 +11,7 @@ the announcement goes nowhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Final
 
 from fleetcast.proto.topics import AssignmentNotice, TopicError, check_device_id
@@ -31,8 +32,8 @@ class Relay:
         self._hub.add_sink(self)
         self._store.subscribe(self._on_change)
 
-    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
-        self._store.announce(TOPIC, f"{device_id}\n{notice.encode().decode()}")
+    def device_notices(self, notices: Sequence[tuple[str, AssignmentNotice]]) -> None:
+        self._store.announce(TOPIC, *(f"{device_id}\n{notice.encode().decode()}" for device_id, notice in notices))
 
     def fleet_notice(self) -> None:
         """Fleet notices go to the broker only."""

@@ -365,13 +365,13 @@ class Store(Protocol):
 
     # Coordination between every store instance on one database (every replica):
     # `exclusive(name)` holds a lock named `name` for the block, re-entrant in one thread.
-    # `announce(topic, detail)` tells the listeners `subscribe` registered on *other*
+    # `announce(topic, *details)` tells the listeners `subscribe` registered on *other*
     # store instances, in commit order; put_metadata announces ("metadata",
     # "REPOSITORY\nNAME") itself, in its own transaction. A listener is called from a
     # store thread; topic "" means notices may have been missed: assume anything changed.
     # SQLite serves one process, so it has no other instances to tell.
     def exclusive(self, name: str) -> AbstractContextManager[None]: ...
-    def announce(self, topic: str, detail: str) -> None: ...
+    def announce(self, topic: str, *details: str) -> None: ...   # one notice per detail, in one transaction
     def subscribe(self, listener: Callable[[str, str], None]) -> None: ...
 
     # models

@@ -437,7 +437,7 @@ class SqliteStore:
             finally:
                 os.close(fd)   # closing releases the flock
 
-    def announce(self, topic: str, detail: str) -> None:
+    def announce(self, topic: str, *details: str) -> None:
         """Nothing to tell: one server process serves a SQLite file."""
 
     def subscribe(self, listener: Callable[[str, str], None]) -> None:

@@ -96,3 +96,14 @@ def test_a_cache_whose_notices_were_cut_drops_what_it_may_have_missed(
     first.assign("dev-1", _assignment("dep-2"))                  # while nobody listens for the reader
     wait_for(lambda: _deployment_of(second, "dev-1") == "dep-2" or None,
              timeout_s=10, what="the reader to drop its copy after reconnecting")
+
+
+def test_many_announcements_in_one_call_reach_another_store_in_order(open_replica_store: OpenStore) -> None:
+    writer, reader = open_replica_store(), open_replica_store()
+    heard: list[str] = []
+    reader.subscribe(lambda topic, detail: heard.append(detail) if topic == "many" else None)
+    details = [f"dev-{i:05d}\nnotice {i}" for i in range(12_345)]     # more than one statement's worth
+    writer.announce("many", *details)
+    writer.announce("many", "last")
+    wait_for(lambda: len(heard) == len(details) + 1 or None, timeout_s=30, what="every announcement to arrive")
+    assert heard == [*details, "last"]

@@ -79,12 +79,13 @@ class SigningWitness:
         self.seen: list[tuple[str, str, str]] = []
         self.windows: list[int] = []
 
-    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
-        entry = _director_target(self.services, device_id)
-        recorded = self.services.store.assignment(device_id)
-        self.seen.append((notice.deployment_id, entry["deployment_id"] if entry else "",
-                          recorded.deployment_id if recorded else ""))
-        self.windows.append(notice.check_within_ms)
+    def device_notices(self, notices) -> None:
+        for device_id, notice in notices:
+            entry = _director_target(self.services, device_id)
+            recorded = self.services.store.assignment(device_id)
+            self.seen.append((notice.deployment_id, entry["deployment_id"] if entry else "",
+                              recorded.deployment_id if recorded else ""))
+            self.windows.append(notice.check_within_ms)
 
     def fleet_notice(self) -> None:
         pass

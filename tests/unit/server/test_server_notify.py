@@ -13,8 +13,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.notices: list[tuple[str, AssignmentNotice]] = []
 
-    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
-        self.notices.append((device_id, notice))
+    def device_notices(self, notices) -> None:
+        self.notices.extend(notices)
 
     def fleet_notice(self) -> None:
         pass

@@ -20,8 +20,8 @@ class _Recorder:
     def __init__(self, told: list[tuple[str, AssignmentNotice]]) -> None:
         self.told = told
 
-    def device_notice(self, device_id: str, notice: AssignmentNotice) -> None:
-        self.told.append((device_id, notice))
+    def device_notices(self, notices) -> None:
+        self.told.extend(notices)
 
     def fleet_notice(self) -> None:
         pass
