@@ -230,9 +230,12 @@ class Agent:
 
     def _report_check_failure(self, reason: str) -> None:
         self.last_error = reason
-        if reason == self._reported_check_error:
+        # Once per refusal and deployment: a check at start-up can refuse before the watch
+        # stream named the deployment; the same refusal is reported again once it has.
+        reported = f"{self._last_notice}\n{reason}"
+        if reported == self._reported_check_error:
             return
-        self._reported_check_error = reason
+        self._reported_check_error = reported
         # Sent before it is logged: the server just answered the check, so it is reachable.
         self.sender.report(device_pb2.StatusReport(
             deployment_id=self._last_notice, state=State.VERIFY.value, event=Event.FAILURE.value,
