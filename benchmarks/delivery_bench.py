@@ -14,6 +14,7 @@ Absolute times drift on shared machines: read the ratios. Results: docs/benchmar
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -33,16 +34,19 @@ from tests.support.static_http import serving_directory  # noqa: E402
 HARDWARE = ("x86-cpu", "arm-cpu", "rk3399", "jetson", "movidius", "phone-android", "phone-ios")
 
 
-def plain_http_download_s(path: Path, clients: int) -> float:
-    """Seconds for `clients` concurrent plain HTTP GETs of the file to complete."""
+def plain_http_download_s(path: Path, clients: int, *, sha256: bool = False) -> float:
+    """Seconds for `clients` concurrent plain HTTP GETs of the file to complete (with
+    `sha256`, each client also hashes what it read and checks it, as an installer would)."""
     size = path.stat().st_size
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if sha256 else ""
     with serving_directory(path.parent) as base:
         url = f"{base}/{path.name}"
 
         def fetch() -> None:
             with urllib.request.urlopen(url) as response:
-                got = len(response.read())
-            assert got == size, f"plain download got {got} of {size} bytes"
+                data = response.read()
+            assert len(data) == size, f"plain download got {len(data)} of {size} bytes"
+            assert not sha256 or hashlib.sha256(data).hexdigest() == digest, "plain download: another sha256"
 
         threads = [threading.Thread(target=fetch) for _ in range(clients)]
         start = time.perf_counter()

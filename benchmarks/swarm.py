@@ -217,7 +217,7 @@ def rollout(args: argparse.Namespace) -> None:
               f"deploy_call_s={med['deploy_call_s']:.3f} deploy_call_server_cpu_s={med['deploy_call_cpu_s']:.3f} "
               f"notice_p50_s={med['notice_p50_s']:.2f} "
               f"notice_p99_s={med['notice_p99_s']:.2f} last_installed_s={med['last_installed_s']:.2f} "
-              f"plain_http_s={plain:.2f} ratio={med['last_installed_s'] / plain:.2f} "
+              f"plain_http_s={plain:.2f} plain_sha256={args.plain_sha256} ratio={med['last_installed_s'] / plain:.2f} "
               f"per_run_ratios={','.join(f'{x:.2f}' for x in ratios)} "
               f"plain_http_cpu_ms_per_device={1000 * plain_cpu / devices:.2f} "
               f"server_cpu_ms_per_device={1000 * med['server_cpu_s'] / devices:.1f} "
@@ -241,7 +241,7 @@ async def _rollouts(servers: list[ServerProcess], devices: int, versions: list[s
         for version in versions:
             if devices <= args.plain_max:   # one thread per client: more would measure the backlog
                 own0 = own_cpu_s()
-                plains.append(await asyncio.to_thread(plain_http_download_s, path, devices))
+                plains.append(await asyncio.to_thread(plain_http_download_s, path, devices, sha256=args.plain_sha256))
                 plain_cpus.append(own_cpu_s() - own0)   # the static server and its clients: both in this process
             runs.append(await one_rollout(servers, swarm, version, args))
         if spy is not None:
@@ -313,6 +313,8 @@ def main() -> None:
     r.add_argument("--profile", type=Path, help="py-spy output of the server process (.svg or .json)")
     r.add_argument("--cprofile", type=Path, help="cProfile output of the server process (its event-loop thread), "
                    "where py-spy cannot attach")
+    r.add_argument("--plain-sha256", action="store_true", help="the plain HTTP clients also hash what they "
+                   "fetched and check it (as the simulated devices and any installer do)")
     r.add_argument("--server-log", type=Path, help="keep a copy of the server's log (-v) here")
     r.add_argument("--store", metavar="URL", nargs="?", const=POSTGRES,
                    help=f"the server on a fresh PostgreSQL database made (and dropped) on that server (no URL: "
