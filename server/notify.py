@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,8 @@ class Hub:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchers: dict[str, set[Watcher]] = {}
+        self._relayed: list[tuple[str, AssignmentNotice]] = []   # told by another replica, not yet offered
+        self._relayed_lock = threading.Lock()
         self._sinks: list[Sink] = []
         self._closed = False
 
@@ -108,9 +111,24 @@ class Hub:
 
     def tell_watchers(self, device_id: str, notice: AssignmentNotice) -> None:
         """Thread-safe: tells this process's open streams only (a notice another replica
-        already published to the sinks)."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._offer, device_id, notice)
+        already published to the sinks). Notices arriving one by one (a deploy on another
+        replica tells thousands) wake the event loop once per batch that piled up."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        with self._relayed_lock:
+            first = not self._relayed
+            self._relayed.append((device_id, notice))
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._offer_relayed)
+            except RuntimeError:   # the loop closed meanwhile: nobody is watching any more
+                with self._relayed_lock:
+                    self._relayed.clear()
+
+    def _offer_relayed(self) -> None:
+        with self._relayed_lock:
+            relayed, self._relayed = self._relayed, []
+        self._offer_all(relayed)
 
     def publish_fleet(self) -> None:
         for sink in list(self._sinks):

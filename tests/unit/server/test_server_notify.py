@@ -48,3 +48,21 @@ def test_the_check_window_grows_with_the_devices_told_at_once_and_stays_bounded(
     assert check_window_ms(1) == 0                       # one device checks at once
     assert check_window_ms(1_000) == 500 and check_window_ms(10_000) == 5_000
     assert check_window_ms(10**9) == MAX_CHECK_WITHIN_MS
+
+
+def test_notices_relayed_one_by_one_reach_their_streams_in_order_and_not_the_sinks() -> None:
+    hub, sink = Hub(), RecordingSink()
+    hub.add_sink(sink)
+    relayed = [(f"dev-{i % 50}", AssignmentNotice(director_version=i, deployment_id=f"dep-{i}")) for i in range(5000)]
+
+    async def scenario() -> list[AssignmentNotice | None]:
+        hub.bind(asyncio.get_running_loop())
+        with hub.watch("dev-3") as three, hub.watch("dev-49") as last:
+            thread = threading.Thread(target=lambda: [hub.tell_watchers(d, n) for d, n in relayed])
+            thread.start()
+            thread.join()
+            return [await asyncio.wait_for(w.next(), 5) for w in (three, last)]
+
+    three, last = asyncio.run(scenario())
+    assert three == relayed[-47][1] and last == relayed[-1][1]     # each stream sees its latest notice
+    assert sink.notices == []                                       # the replica that signed told the sinks
