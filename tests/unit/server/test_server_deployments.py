@@ -79,7 +79,7 @@ class SigningWitness:
         self.seen: list[tuple[str, str, str]] = []
         self.windows: list[int] = []
 
-    def device_notices(self, notices) -> None:
+    def device_notices(self, notices: list[tuple[str, AssignmentNotice]]) -> None:
         for device_id, notice in notices:
             entry = _director_target(self.services, device_id)
             recorded = self.services.store.assignment(device_id)

@@ -13,7 +13,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.notices: list[tuple[str, AssignmentNotice]] = []
 
-    def device_notices(self, notices) -> None:
+    def device_notices(self, notices: list[tuple[str, AssignmentNotice]]) -> None:
         self.notices.extend(notices)
 
     def fleet_notice(self) -> None:

@@ -20,7 +20,7 @@ class _Recorder:
     def __init__(self, told: list[tuple[str, AssignmentNotice]]) -> None:
         self.told = told
 
-    def device_notices(self, notices) -> None:
+    def device_notices(self, notices: list[tuple[str, AssignmentNotice]]) -> None:
         self.told.extend(notices)
 
     def fleet_notice(self) -> None:
